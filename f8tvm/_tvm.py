@@ -78,5 +78,27 @@ def primfuncs(mod: IRModule):
     return [(gv.name_hint, f) for gv, f in mod.functions_items() if isinstance(f, tir.PrimFunc)]
 
 
-def post_order_visit(stmt, fn) -> None:
-    tir.stmt_functor.post_order_visit(stmt, fn)
+def node_kind(node) -> str:
+    """Class name of an IR node ('Mul', 'BufferLoad', 'SBlock', ...): stable across the renames
+    of the modules that define them."""
+    return type(node).__name__
+
+
+def expr_dtype(expr) -> str:
+    """dtype of a TIR expression (0.27: ``.ty``; older: ``.dtype``)."""
+    return str(expr.ty) if hasattr(expr, "ty") else str(expr.dtype)
+
+
+def post_order_visit(node, fn) -> None:
+    """Call ``fn`` on every sub-node of a TIR statement/expression, children first.
+
+    0.27 dropped ``tir.stmt_functor``; tvm-ffi's reflection-based structural walk replaces it.
+    """
+    import tvm_ffi
+
+    tvm_ffi.structural_walk(node, fn)
+
+
+def compile_relax_lowered(lowered: IRModule, target: Target):
+    """Code generation of a module that already went through the Relax pipeline."""
+    return tvm.compile(lowered, target=target, relax_pipeline=None)

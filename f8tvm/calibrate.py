@@ -232,6 +232,12 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
             w_eff = n.weight.astype(np.float64) * eta[src] / eta[n.name]
             per_channel = sch.per_channel and n.name != graph.output
             w_fl = weight_fraclen(w_eff, sch.weight_fl, per_channel, w_lo, w_hi)
+            # The int32 bias shares the accumulator's FL: cap w_fl so |b_int| < 2**29 (tiny
+            # weights beside a large bias, e.g. a near-dead BN channel, would overflow).
+            b_abs = np.abs(n.bias.astype(np.float64) / eta[n.name])
+            cap = np.floor(np.log2(2.0**29 / np.maximum(b_abs, 1e-30))).astype(np.int64) - in_fl
+            cap = cap if per_channel else np.full_like(cap, cap.min())
+            w_fl = np.minimum(w_fl, np.maximum(cap, w_lo))
             bshape = (-1,) + (1,) * (w_eff.ndim - 1)
             w_int = fix_quant(w_eff, w_fl.reshape(bshape), True).astype(np.int8)
             b_int = np.clip(np.round(n.bias.astype(np.float64) / eta[n.name]

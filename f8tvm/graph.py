@@ -96,6 +96,7 @@ def extract_graph(mod, sources: dict | None = None) -> Graph:
         return name_of[e]
 
     pending_layer: dict = {}  # conv/matmul var -> Node awaiting a bias add
+    pads: dict = {}  # pad var -> (input var, [top, left, bottom, right]) awaiting its conv
 
     for b in bindings(func):
         v, vname = b.value, _tvm.var_name(b.var)
@@ -110,14 +111,26 @@ def extract_graph(mod, sources: dict | None = None) -> Graph:
         shape = _tvm.tensor_shape(b.var) if isinstance(b.var.ty, relax.TensorType) else ()
         src = sources.get(vname)
         label = f"{src.module} ({src.module_type})" if src and src.module else vname
+        if op == "relax.nn.pad":
+            pw = _ints(v.attrs.pad_width)
+            if (str(v.attrs.pad_mode) != "constant" or float(v.attrs.pad_value) != 0.0
+                    or any(pw[:4]) or uses.get(b.var, 0) != 1 or len(pw) != 8):
+                raise unsupported("a pad other than zero padding of H and W before a conv", vname)
+            pads[b.var] = (v.args[0], [pw[4], pw[6], pw[5], pw[7]])
+            continue
         if op == "relax.nn.conv2d":
+            data = v.args[0]
+            extra = [0, 0, 0, 0]
+            if data in pads:  # explicit zero padding (TF 'SAME') folds into the conv's own
+                data, extra = pads.pop(data)
             if not _tvm.is_const(v.args[1]):
                 raise unsupported("conv2d with a non-constant weight", vname)
             a = v.attrs
             if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW":
                 raise unsupported(f"conv2d in layout {a.data_layout}/{a.kernel_layout}", vname)
-            node = Node(vname, "conv2d", [ref(v.args[0])], shape, dict(
-                strides=_ints(a.strides), padding=_ints(a.padding), dilation=_ints(a.dilation),
+            padding = [p + e for p, e in zip(_ints(a.padding), extra)]
+            node = Node(vname, "conv2d", [ref(data)], shape, dict(
+                strides=_ints(a.strides), padding=padding, dilation=_ints(a.dilation),
                 groups=int(a.groups)), weight=_tvm.const_value(v.args[1]).astype(np.float32),
                 source=label, bindings=(vname,))
         elif op == "relax.matmul":
@@ -177,6 +190,8 @@ def extract_graph(mod, sources: dict | None = None) -> Graph:
         nodes.append(node)
         name_of[b.var] = node.name
 
+    if pads:
+        raise unsupported("a pad that does not feed a conv2d", _tvm.var_name(next(iter(pads))))
     out = func.body.body
     out = alias.get(out, out)
     if isinstance(out, relax.Var):  # the return tuple var

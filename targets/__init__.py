@@ -1,0 +1,34 @@
+"""Target presets: where a build runs.  One file per family; ``TARGETS`` is the registry.
+
+Each preset names its TVM target (a JSON dict, TVM 0.27 style), the cross compiler used to link
+the ``.so`` (None = the host's), the packed layout its kernels expect and the dot-product
+instruction it relies on.
+"""
+
+from __future__ import annotations
+
+from .base import TargetPreset
+from .x86 import PRESETS as _X86
+
+TARGETS: dict[str, TargetPreset] = {p.name: p for p in _X86}
+
+
+def host_target_name() -> str:
+    """The x86 preset that matches this CPU (``x86-avx512`` when it has AVX-512 VNNI)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "x86"
+    return "x86-avx512" if "avx512_vnni" in flags else "x86"
+
+
+def get_target(name: str) -> TargetPreset:
+    if name == "host":
+        name = host_target_name()
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; available: host, {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+__all__ = ["TARGETS", "TargetPreset", "get_target", "host_target_name"]

@@ -1,0 +1,205 @@
+"""The compiler's library entry: PyTorch module -> integer-only TVM module.
+
+Pipeline (phases; ``debug_dump`` writes the IR after each):
+
+1. import      torch.export -> Relax, bindings named after PyTorch modules
+2. fold        FoldBatchNorm, FoldConstant, CanonicalizeBindings, DeadCodeElimination
+3. calibrate   float layer graph on calibration batches -> FixedPointPlan (F8Net rules)
+4. integer     QuantizeToInteger(plan): int8 conv/dense, int32 acc, shift requantize
+5. lower       legalize + fuse (the CPU backend's pipeline), then AuditMultiplies on the TIR
+6. codegen     LLVM for the target preset; export .so + .json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+from .graph import Graph, extract_graph
+from .plan import DEFAULT_SCHEME, FixedPointPlan
+
+
+def import_model(model, example_input):
+    """Phases 1-2: a named, BN-folded float Relax module and the source table."""
+    from relay_passes.fold_batchnorm import FoldBatchNorm
+
+    from ._tvm import relax, tvm
+    from .frontend.torch_import import import_torch
+
+    mod, sources = import_torch(model, example_input)
+    mod = tvm.transform.Sequential([
+        FoldBatchNorm,
+        relax.transform.FoldConstant(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(),
+    ])(mod)
+    return mod, sources
+
+
+@dataclass
+class CompiledModel:
+    """Result of :func:`compile`: runs in-process and exports ``.so`` + ``.json``."""
+
+    graph: Graph
+    plan: FixedPointPlan
+    executable: object
+    target: object  # TargetPreset
+    audit: object  # AuditReport
+    int_mod: object  # integer Relax module (before lowering)
+    extra_meta: dict = field(default_factory=dict)
+    _module: object = None
+
+    def metadata(self) -> dict:
+        from ._tvm import TVM_VERSION
+
+        inp = self.graph[self.graph.input]
+        fl_out, eta_out = self.plan.output_format(self.graph)
+        fl_out = [int(v) for v in fl_out] if not np.all(fl_out == fl_out[0]) else int(fl_out[0])
+        return dict(
+            format="f8tvm",
+            f8tvm_version=__version__,
+            tvm_version=TVM_VERSION,
+            target=dict(name=self.target.name, tvm=self.target.tvm_target),
+            input=dict(name="q_in", shape=list(inp.shape),
+                       dtype="int8" if self.plan.input_signed else "uint8",
+                       fl=int(self.plan.input_fl), signed=bool(self.plan.input_signed)),
+            output=dict(shape=list(self.graph[self.graph.output].shape), dtype="int32",
+                        fl=fl_out, eta=float(eta_out)),
+            plan=self.plan.to_json(self.graph),
+            audit=self.audit.to_json(),
+            **self.extra_meta,
+        )
+
+    def export(self, path: str) -> tuple[str, str]:
+        """Write ``path`` (.so) and the ``.json`` beside it, atomically (both or neither)."""
+        path = os.path.abspath(path)
+        if not path.endswith(".so"):
+            raise InputError(f"export path must end in .so, got {path}")
+        out_dir = os.path.dirname(path)
+        os.makedirs(out_dir, exist_ok=True)
+        meta_path = os.path.splitext(path)[0] + ".json"
+        tmp = tempfile.mkdtemp(prefix=".f8tvm-", dir=out_dir)
+        try:
+            tmp_so = os.path.join(tmp, "model.so")
+            kwargs = {}
+            if self.target.cross_compiler:
+                from ._tvm import cc
+
+                kwargs["fcompile"] = cc.cross_compiler(self.target.cross_compiler)
+            self.executable.export_library(tmp_so, **kwargs)
+            tmp_json = os.path.join(tmp, "model.json")
+            with open(tmp_json, "w") as f:
+                json.dump(self.metadata(), f, indent=1)
+            os.replace(tmp_so, path)
+            os.replace(tmp_json, meta_path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path, meta_path
+
+    # in-process execution (same semantics as f8tvm.runtime.Module)
+    def _runtime(self):
+        if self._module is None:
+            from .runtime import Module
+
+            self._module = Module(self.executable, self.metadata())
+        return self._module
+
+    def run_int(self, q):
+        return self._runtime().run_int(q)
+
+    def run(self, x):
+        return self._runtime().run(x)
+
+
+def _batches(calib, example_input):
+    import torch
+
+    if calib is None:
+        calib = [example_input]
+    for b in calib:
+        if isinstance(b, (tuple, list)):
+            b = b[0]
+        if isinstance(b, torch.Tensor):
+            b = b.detach().cpu().numpy()
+        yield np.asarray(b, np.float32)
+
+
+def lower(int_mod, target_preset, check=True):
+    """Phase 5: legalize + fuse for the target; audit the TIR. Returns (lowered mod, report)."""
+    from relay_passes.audit_multiplies import audit_module, check_module
+
+    from ._tvm import relax
+
+    target = target_preset.tvm()
+    with target:
+        lowered = relax.get_default_pipeline(target)(int_mod)
+    report = check_module(lowered) if check else audit_module(lowered)
+    return lowered, report
+
+
+def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME,  # noqa: A001
+            progress=None, debug_dump=None, plan=None):
+    """Compile a PyTorch CNN into an F8Net integer-only module.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    example_input : torch.Tensor
+        Float32, the shape the compiled module will take (batch included).
+    target : str
+        A preset name from :data:`targets.TARGETS`, or ``host``.
+    calib : iterable of arrays/tensors, optional
+        Calibration batches (N x C x H x W, any N). Defaults to ``example_input`` alone.
+    scheme : str
+        Fixed-point scheme, a key of :data:`f8tvm.plan.SCHEMES`.
+    progress : callable(phase: str, done: int, total: int | None), optional
+    debug_dump : str, optional
+        Directory to write the IR after each phase.
+    plan : FixedPointPlan, optional
+        Skip calibration and use this plan (F8Net checkpoints, QAT).
+    """
+    from relay_passes.quantize_to_integer import QuantizeToInteger
+    from targets import get_target
+
+    from ._tvm import compile_relax_lowered
+    from .calibrate import collect_stats, plan_fixed_point
+
+    preset = get_target(target)
+    note = progress or (lambda *a: None)
+
+    def dump(name, mod):
+        if debug_dump:
+            os.makedirs(debug_dump, exist_ok=True)
+            with open(os.path.join(debug_dump, f"{name}.py"), "w") as f:
+                f.write(mod.script(show_meta=False))
+
+    note("import", 0, None)
+    float_mod, sources = import_model(model, example_input)
+    dump("1_float", float_mod)
+    graph = extract_graph(float_mod, sources)
+    if plan is None:
+        batches = list(_batches(calib, example_input))
+        done = [0]
+
+        def tick():
+            done[0] += 1
+            note("calibrate", done[0], len(batches))
+
+        stats = collect_stats(graph, batches, tick)
+        plan = plan_fixed_point(graph, stats, scheme)
+    note("integer", 0, None)
+    int_mod = QuantizeToInteger(graph, plan)(float_mod)
+    dump("2_integer", int_mod)
+    note("lower", 0, None)
+    lowered, report = lower(int_mod, preset)
+    dump("3_lowered", lowered)
+    note("codegen", 0, None)
+    ex = compile_relax_lowered(lowered, preset.tvm())
+    return CompiledModel(graph, plan, ex, preset, report, int_mod)

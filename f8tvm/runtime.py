@@ -1,0 +1,122 @@
+"""Deployment runtime: load an f8tvm ``.so`` + ``.json`` and run it.
+
+Needs only NumPy and TVM's runtime (``tvm.runtime``), not torch and not f8tvm's compiler, so it
+runs on a board with the TVM runtime wheel.  The compiled program is integer-only; this wrapper is
+the float boundary: it quantizes the float input (ties to even, clamped) and dequantizes the int32
+output with the metadata's fractional lengths and scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+__all__ = ["Module", "load"]
+
+
+def _metadata_path(so_path: str) -> str:
+    return os.path.splitext(so_path)[0] + ".json"
+
+
+class Module:
+    """A loaded f8tvm module: ``run`` (float in/out), ``run_int`` (the integer program)."""
+
+    def __init__(self, lib, meta: dict, device=None):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        self.meta = meta
+        self.device = device if device is not None else tvm.cpu()
+        self._tvm = tvm
+        self._vm = VirtualMachine(lib, self.device)
+        inp = meta["input"]
+        self.input_shape = tuple(inp["shape"])
+        self.input_dtype = inp["dtype"]
+        self.input_fl = int(inp["fl"])
+        out = meta["output"]
+        self.output_fl = np.asarray(out["fl"], np.int64)
+        self.output_scale = float(out["eta"])
+
+    # ------------------------------------------------------------------ integer program
+    def run_int(self, q):
+        """Run the integer program on an 8-bit input; returns ``(int32 output, output FL)``."""
+        q = np.asarray(q)
+        self._check(q, self.input_dtype, integer=True)
+        lo, hi = (0, 255) if self.input_dtype == "uint8" else (-127, 127)
+        if q.size and (q.min() < lo or q.max() > hi):
+            raise ValueError(f"input values must lie in [{lo}, {hi}] for {self.input_dtype}, "
+                             f"got [{q.min()}, {q.max()}]")
+        arg = self._tvm.runtime.tensor(np.ascontiguousarray(q.astype(self.input_dtype)),
+                                       self.device)
+        out = self._vm["main"](arg)
+        out = out[0] if not hasattr(out, "numpy") else out
+        fl = self.output_fl if self.output_fl.size > 1 else int(self.output_fl.ravel()[0])
+        return out.numpy(), fl
+
+    # ------------------------------------------------------------------ float boundary
+    def quantize(self, x):
+        """Float input -> the program's 8-bit input (round half to even, clamp)."""
+        x = np.asarray(x)
+        self._check(x, "float32", integer=False)
+        lo, hi = (0, 255) if self.input_dtype == "uint8" else (-127, 127)
+        q = np.clip(np.round(x.astype(np.float64) * 2.0**self.input_fl), lo, hi)
+        return q.astype(self.input_dtype)
+
+    def dequantize(self, acc):
+        fl = self.output_fl.reshape((1, -1) + (1,) * (acc.ndim - 2)) if self.output_fl.size > 1 \
+            else self.output_fl.ravel()[0]
+        return (acc.astype(np.float64) * self.output_scale * np.exp2(-fl)).astype(np.float32)
+
+    def run(self, x):
+        """Float input (same convention as the PyTorch model) -> float output."""
+        acc, _ = self.run_int(self.quantize(x))
+        return self.dequantize(acc)
+
+    def benchmark(self, number=10, repeat=5, warmup=2):
+        """Latency of the integer program (ms): dict with median, mean, p10, p90, min."""
+        rng = np.random.default_rng(0)
+        lo, hi = (0, 255) if self.input_dtype == "uint8" else (-127, 127)
+        q = rng.integers(lo, hi + 1, self.input_shape).astype(self.input_dtype)
+        arg = self._tvm.runtime.tensor(q, self.device)
+        f = self._vm["main"]
+        for _ in range(warmup):
+            f(arg)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                f(arg)
+            times.append((time.perf_counter() - t0) / number * 1e3)
+        t = np.asarray(times)
+        return dict(median_ms=float(np.median(t)), mean_ms=float(t.mean()),
+                    p10_ms=float(np.percentile(t, 10)), p90_ms=float(np.percentile(t, 90)),
+                    min_ms=float(t.min()), runs=int(number * repeat))
+
+    def _check(self, x, dtype, integer):
+        if tuple(x.shape) != self.input_shape:
+            raise ValueError(f"input shape {tuple(x.shape)} does not match the compiled model's "
+                             f"{self.input_shape}")
+        if integer:
+            if not np.issubdtype(x.dtype, np.integer):
+                raise ValueError(f"run_int expects an integer array ({self.input_dtype}), "
+                                 f"got {x.dtype}")
+        elif x.dtype != np.float32:
+            raise ValueError(f"run expects a float32 array, got {x.dtype}")
+
+
+def load(path: str, device=None) -> Module:
+    """Load ``path`` (.so) and the ``.json`` metadata beside it."""
+    meta_path = _metadata_path(path)
+    for p in (path, meta_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"no such file: {p}")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("format") != "f8tvm":
+        raise ValueError(f"{meta_path} is not f8tvm metadata")
+    import tvm
+
+    return Module(tvm.runtime.load_module(path), meta, device)

@@ -1,0 +1,22 @@
+"""x86-64 presets: an AVX2 baseline and AVX-512 with VNNI (``vpdpbusd``, u8 x s8)."""
+
+from .base import TargetPreset
+
+PRESETS = [
+    TargetPreset(
+        name="x86",
+        tvm_target={"kind": "llvm", "mcpu": "haswell", "num-cores": 2},
+        cross_compiler=None,
+        layout="NCHW",
+        dot_instruction=None,
+        description="x86-64 with AVX2 (Haswell and newer)",
+    ),
+    TargetPreset(
+        name="x86-avx512",
+        tvm_target={"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2},
+        cross_compiler=None,
+        layout="NCHW4c",
+        dot_instruction="vpdpbusd",
+        description="x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4/5)",
+    ),
+]
