@@ -1,0 +1,174 @@
+"""``python -m f8tvm.build``: build a model-zoo CNN into an F8Net integer-only ``.so`` + ``.json``.
+
+The CLI only parses and validates; :func:`f8tvm.api.compile` does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import F8TVMError
+
+
+@dataclass(frozen=True)
+class BuildArgs:
+    model: str
+    target: str
+    output_dir: str
+    weights: str | None
+    input_size: int
+    scheme: str
+    calib: str
+    calib_count: int
+    seed: int
+    debug_dump: str | None
+
+    def display(self) -> None:
+        print("f8tvm build plan:")
+        for k, v in asdict(self).items():
+            print(f"  {k:12s} {v}")
+
+
+def parse_args(argv=None) -> BuildArgs:
+    from targets import TARGETS
+
+    from .models import available_models
+    from .plan import DEFAULT_SCHEME, SCHEMES
+
+    p = argparse.ArgumentParser(prog="python -m f8tvm.build", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, choices=available_models())
+    p.add_argument("--target", default="host", choices=["host", *TARGETS])
+    p.add_argument("--output-dir", default="out")
+    p.add_argument("--weights", help="torchvision-style state_dict (.pth) to load")
+    p.add_argument("--input-size", type=int, default=None, help="H = W of the input (default: "
+                   "the model's, 224)")
+    p.add_argument("--scheme", default=DEFAULT_SCHEME, choices=list(SCHEMES))
+    p.add_argument("--calib", default="auto",
+                   help="'photos' (the unlabelled photos of ai-benchmark), 'random', a folder of "
+                        "images, or 'auto' (photos when installed, else random)")
+    p.add_argument("--calib-count", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug-dump", help="write the IR after each phase into this folder")
+    a = p.parse_args(argv)
+    if a.weights and not os.path.isfile(a.weights):
+        p.error(f"--weights: no such file: {a.weights}")
+    if a.calib_count < 1:
+        p.error("--calib-count must be >= 1")
+    return BuildArgs(a.model, a.target, a.output_dir, a.weights, a.input_size or 0, a.scheme,
+                     a.calib, a.calib_count, a.seed, a.debug_dump)
+
+
+def calibration_images(source: str, count: int, size: int, preprocess, seed: int = 0):
+    """Calibration batches (1 x 3 x size x size float32) and a description of where they came
+    from."""
+    from . import data
+
+    paths = None
+    if source in ("auto", "photos"):
+        try:
+            paths = data.unlabelled_photos()
+        except FileNotFoundError:
+            if source == "photos":
+                raise
+    elif source != "random":
+        if not os.path.isdir(source):
+            raise FileNotFoundError(f"--calib: no such folder: {source}")
+        exts = (".jpg", ".jpeg", ".png", ".bmp")
+        paths = sorted(os.path.join(source, f) for f in os.listdir(source)
+                       if f.lower().endswith(exts))
+        if not paths:
+            raise FileNotFoundError(f"--calib: no images in {source}")
+    if paths:
+        paths = paths[:count]
+        return [data.load_image(p, size, preprocess) for p in paths], f"{len(paths)} photos"
+    rng = np.random.default_rng(seed)
+    pix = [rng.integers(0, 256, (1, 3, size, size)).astype(np.float64) / 255.0
+           for _ in range(count)]
+    mean = np.asarray(preprocess.mean).reshape(1, 3, 1, 1)
+    std = np.asarray(preprocess.std).reshape(1, 3, 1, 1)
+    return [((p - mean) / std).astype(np.float32) for p in pix], f"{count} random images"
+
+
+class _Progress:
+    """Progress display for the phases of a build."""
+
+    def __init__(self):
+        self.bar, self.t0, self.phase = None, time.time(), None
+
+    def __call__(self, phase, done, total):
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            if total:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=f"  {phase}", unit="batch", leave=True)
+            else:
+                print(f"  [{time.time() - self.t0:6.1f}s] {phase} ...", flush=True)
+        if self.bar is not None and total:
+            self.bar.n = done
+            self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def summary_table(cm, files) -> str:
+    rows = cm.plan.shift_table(cm.graph)
+    lines = [f"{'layer':34s} {'op':6s} {'in_fl':>5s} {'w_fl':>9s} {'shift':>9s} {'MACs':>12s}"]
+
+    def fmt(v):
+        return str(v) if isinstance(v, int) else f"{min(v)}..{max(v)}"
+
+    for r in rows:
+        name = r["source"] or r["layer"]
+        lines.append(f"{name[:34]:34s} {r['op']:6s} {r['in_fl']:5d} {fmt(r['w_fl']):>9s} "
+                     f"{fmt(r['in_shift']):>9s} {r['macs']:12,d}")
+    a = cm.audit
+    lines.append("")
+    lines.append(f"layers: {len(rows)}   8-bit MACs: {a.macs_8bit:,}   shifts: {a.shifts:,}   "
+                 f"wide multiplies: {a.wide_multiplies}")
+    lines += [f"wrote {f}" for f in files]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.display()
+    try:
+        import torch
+
+        from . import api
+        from .models import get_model
+
+        model, spec = get_model(args.model, weights=args.weights, seed=args.seed)
+        size = args.input_size or spec.input_size
+        calib, what = calibration_images(args.calib, args.calib_count, size, spec.preprocess,
+                                         args.seed)
+        print(f"  calibration: {what}, scheme {args.scheme}")
+        progress = _Progress()
+        cm = api.compile(model, torch.zeros(1, 3, size, size), target=args.target, calib=calib,
+                         scheme=args.scheme, progress=progress, debug_dump=args.debug_dump)
+        progress.close()
+        cm.extra_meta["model"] = args.model
+        cm.extra_meta["preprocess"] = dict(mean=list(spec.preprocess.mean),
+                                           std=list(spec.preprocess.std), size=size)
+        stem = f"{args.model}-{cm.target.name}"
+        files = cm.export(os.path.join(args.output_dir, f"{stem}.so"))
+    except (F8TVMError, FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary_table(cm, files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Relax passes one by one: FoldBatchNorm, QuantizeToInteger, AuditMultiplies."""
+
+import numpy as np
+import pytest
+import torch
+
+from f8tvm import _tvm
+from f8tvm._tvm import relax, tvm
+from f8tvm.api import import_model, lower
+from f8tvm.calibrate import calibrate
+from f8tvm.errors import AuditError, UnsupportedOpError
+from f8tvm.frontend.torch_import import import_torch
+from f8tvm.graph import extract_graph
+from f8tvm.reference import quantize_input, run_reference
+from relay_passes._bindings import bindings
+from relay_passes.audit_multiplies import audit_module, check_module
+from relay_passes.fold_batchnorm import FoldBatchNorm
+from relay_passes.quantize_to_integer import QuantizeToInteger
+from targets import get_target
+
+
+def _ops(mod):
+    out = []
+    for b in bindings(mod["main"]):
+        if isinstance(b.value, relax.Call):
+            out.append((_tvm.var_name(b.var), b.value.op.name))
+    return out
+
+
+def _run(mod, *args):
+    ex = _tvm.compile_relax(mod, get_target("x86").tvm())
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in args])
+    return out[0].numpy()
+
+
+def test_fold_batchnorm_keeps_names_and_numerics(small_net):
+    x = torch.randn(1, 3, 16, 16)
+    mod, _ = import_torch(small_net, x)
+    assert any(op == "relax.nn.batch_norm" for _, op in _ops(mod))
+    folded = FoldBatchNorm(mod)
+    ops = _ops(folded)
+    assert not any(op == "relax.nn.batch_norm" for _, op in ops)
+    assert ("conv1", "relax.nn.conv2d") in ops  # the conv keeps its module's name
+    want = small_net(x).detach().numpy()
+    np.testing.assert_allclose(_run(folded, x.numpy()), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    from conftest import make_small_net
+
+    torch.manual_seed(0)
+    net = make_small_net()
+    x = torch.randn(1, 3, 16, 16)
+    mod, sources = import_model(net, x)
+    graph = extract_graph(mod, sources)
+    plan = calibrate(graph, [np.random.default_rng(0).standard_normal((4, 3, 16, 16))
+                             .astype("float32")])
+    return net, x, mod, graph, plan, QuantizeToInteger(graph, plan)(mod)
+
+
+def test_quantize_to_integer_structure(quantized):
+    _, _, _, graph, plan, qmod = quantized
+    func = qmod["main"]
+    assert _tvm.tensor_dtype(func.params[0]) in ("int8", "uint8")
+    convs = 0
+    for b in bindings(func):
+        v = b.value
+        if not isinstance(v, relax.Call):
+            continue
+        dt = _tvm.tensor_dtype(b.var)
+        assert not dt.startswith("float"), f"float op {v.op.name} in the integer program"
+        assert v.op.name not in ("relax.multiply", "relax.divide"), v.op.name
+        if v.op.name in ("relax.nn.conv2d", "relax.matmul"):
+            convs += 1
+            assert dt == "int32"
+            assert {_tvm.tensor_dtype(a) for a in v.args} <= {"int8", "uint8"}
+    assert convs == len(graph.layers()) == 4
+
+
+def test_quantize_to_integer_is_bit_exact_with_numpy_reference(quantized):
+    _, _, _, graph, plan, qmod = quantized
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        x = rng.standard_normal((1, 3, 16, 16)).astype("float32")
+        q = quantize_input(x, plan)
+        got = _run(qmod, q.astype("int8" if plan.input_signed else "uint8"))
+        assert np.array_equal(got, run_reference(graph, plan, q))
+
+
+def test_integer_program_tracks_float_model(quantized):
+    net, _, _, graph, plan, qmod = quantized
+    x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype("float32")
+    q = quantize_input(x, plan)
+    got = _run(qmod, q.astype("int8" if plan.input_signed else "uint8"))
+    fl, eta = plan.output_format(graph)
+    y = got * eta * 2.0**-fl
+    want = net(torch.from_numpy(x)).detach().numpy()
+    assert np.corrcoef(y.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_audit_counts_8bit_macs(quantized):
+    _, _, _, graph, _, qmod = quantized
+    _, report = lower(qmod, get_target("x86"))
+    macs = sum(int(np.prod(n.shape)) * int(np.prod(n.weight.shape[1:])) for n in graph.layers())
+    assert report.macs_8bit == macs
+    assert report.wide_multiplies == 0 and report.shifts > 0
+
+
+def test_audit_fails_on_a_wide_multiply():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", _tvm.TensorType((1, 8), "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.multiply(x, x), "wide")
+            out = bb.emit_output(relax.Tuple([y]))
+        bb.emit_func_output(out)
+    target = get_target("x86").tvm()
+    with target:
+        lowered = relax.get_default_pipeline(target)(bb.get())
+    report = audit_module(lowered)
+    assert report.wide_multiplies == 1 and report.macs_8bit == 0
+    assert report.violations[0]["operand_bits"] == [32, 32]
+    with pytest.raises(AuditError, match="wide multiply"):
+        check_module(lowered)
+
+
+def test_unsupported_op_names_op_and_module():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv(x))
+
+    with pytest.raises(UnsupportedOpError, match=r"sigmoid.*test_passes.py"):
+        mod, sources = import_model(Net().eval(), torch.randn(1, 3, 8, 8))
+        extract_graph(mod, sources)
