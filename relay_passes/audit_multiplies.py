@@ -85,11 +85,29 @@ def _is_shift(e) -> bool:
         ("shift_right", "shift_left"))
 
 
+def _call_counts(mod) -> dict:
+    """How many times the Relax functions of ``mod`` reference each PrimFunc."""
+    from f8tvm._tvm import relax
+
+    counts: dict = {}
+
+    def visit(e):
+        if isinstance(e, tvm.ir.GlobalVar):
+            counts[e.name_hint] = counts.get(e.name_hint, 0) + 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return counts
+
+
 def audit_module(mod) -> AuditReport:
     """Audit every PrimFunc of ``mod`` (TIR after legalization/fusion)."""
     report = AuditReport()
+    calls = _call_counts(mod)
     for fname, func in _tvm.primfuncs(mod):
         report.functions += 1
+        ncalls = calls.get(fname, 1)  # kernels of equal shape are shared by several layers
         blocks = []
 
         def collect(e):
@@ -100,7 +118,7 @@ def audit_module(mod) -> AuditReport:
         for block in blocks:
             if block.name_hint == "root":
                 continue
-            iters = _block_iterations(block)
+            iters = _block_iterations(block) * ncalls
             muls, shifts = [], []
 
             def visit(e):

@@ -1,0 +1,99 @@
+"""Whole models: compiled module vs NumPy reference and fake-quant model; export and runtime."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import f8tvm
+from f8tvm import runtime
+from f8tvm.fakequant import FakeQuantModel
+from f8tvm.models import get_model
+from f8tvm.reference import quantize_input, run_reference
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2"])
+def built(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model, _ = get_model(request.param, randomize_bn=True)
+    calib = [torch.randn(2, 3, SIZE, SIZE) for _ in range(2)]
+    cm = f8tvm.compile(model, torch.zeros(1, 3, SIZE, SIZE), target="x86", calib=calib)
+    out = tmp_path_factory.mktemp(request.param)
+    so, meta = cm.export(str(out / f"{request.param}.so"))
+    return request.param, model, cm, so, meta
+
+
+def _inputs(cm, n=2):
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32") for _ in range(n)]
+
+
+def test_bit_exact_with_numpy_reference(built):
+    _, _, cm, so, _ = built
+    m = runtime.load(so)
+    for x in _inputs(cm):
+        q = m.quantize(x)
+        acc, fl = m.run_int(q)
+        assert acc.dtype == np.int32
+        assert np.array_equal(acc, run_reference(cm.graph, cm.plan, q.astype(np.int64)))
+        assert fl == int(cm.plan.fl[cm.graph.output][0])
+
+
+def test_fake_quant_model_agrees_exactly(built):
+    _, _, cm, _, _ = built
+    for x in _inputs(cm):
+        acc, fl = cm.run_int(quantize_input(x, cm.plan).astype(
+            "int8" if cm.plan.input_signed else "uint8"))
+        stored = FakeQuantModel(cm.graph, cm.plan)(x, return_stored=True).numpy()
+        assert np.array_equal(stored * 2.0**fl, acc.astype(np.float64))
+
+
+def test_accuracy_against_float_model(built):
+    _, model, cm, so, _ = built
+    m = runtime.load(so)
+    x = _inputs(cm, 1)[0]
+    y = m.run(x)
+    want = model(torch.from_numpy(x)).detach().numpy()
+    assert np.corrcoef(y.ravel(), want.ravel())[0, 1] > 0.98
+
+
+def test_metadata_and_audit(built):
+    name, _, cm, so, meta_path = built
+    meta = json.load(open(meta_path))
+    assert meta["input"]["shape"] == [1, 3, SIZE, SIZE]
+    assert meta["input"]["dtype"] in ("int8", "uint8")
+    assert meta["audit"]["wide_multiplies"] == 0 and meta["audit"]["macs_8bit"] > 0
+    layers = meta["plan"]["layers"]
+    assert len(layers) == len(cm.graph.layers())
+    assert all("in_shift" in r and "w_fl" in r for r in layers)
+    assert meta["tvm_version"].startswith("0.27") and meta["f8tvm_version"]
+    assert sum(r["macs"] for r in layers) == meta["audit"]["macs_8bit"]
+
+
+def test_runtime_rejects_bad_input(built):
+    _, _, _, so, _ = built
+    m = runtime.load(so)
+    with pytest.raises(ValueError, match="shape"):
+        m.run(np.zeros((1, 3, SIZE + 1, SIZE), np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        m.run(np.zeros((1, 3, SIZE, SIZE), np.float64))
+    with pytest.raises(ValueError, match="integer"):
+        m.run_int(np.zeros((1, 3, SIZE, SIZE), np.float32))
+    with pytest.raises(FileNotFoundError, match="missing.so"):
+        runtime.load(os.path.join(os.path.dirname(so), "missing.so"))
+
+
+def test_export_is_atomic(built, tmp_path, monkeypatch):
+    _, _, cm, _, _ = built
+
+    def boom(*a, **k):
+        raise RuntimeError("link failed")
+
+    monkeypatch.setattr(cm.executable, "export_library", boom, raising=False)
+    with pytest.raises(RuntimeError):
+        cm.export(str(tmp_path / "m.so"))
+    assert os.listdir(tmp_path) == []
