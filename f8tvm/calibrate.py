@@ -183,9 +183,7 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
         if sch.act_fl == "std":
             return int(std_fraclen(st.std / eta, signed, lo, hi))
         y = st.sample() / eta
-        top = float(np.abs(y).max()) or 1.0
-        guess = int(np.clip(np.floor(np.log2((255 if not signed else 127) / top)), lo, hi))
-        return mse_fraclen(y, signed, range(max(lo, guess - 1), min(hi, guess + 5) + 1))[0]
+        return mse_fraclen(y, signed, _fl_candidates(y, signed, lo, hi))[0]
 
     # ---- eta per stream, in topological order of the streams' first tensors
     eta: dict = {}
@@ -277,6 +275,14 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
     return plan
 
 
+def _fl_candidates(y, signed, lo, hi):
+    """FLs worth trying on samples ``y``: from the one that just fits the largest magnitude
+    (no clipping) up to 5 more bits (clipping the tail for resolution)."""
+    top = float(np.abs(y).max()) or 1.0
+    guess = int(np.clip(np.floor(np.log2((127 if signed else 255) / top)), lo, hi))
+    return range(max(lo, guess - 1), min(hi, guess + 5) + 1)
+
+
 def _search_eta(names, layer_of_input, stats, nonneg, act_range) -> float:
     """The eta mantissa (in [1, 2)) with the least total relative quantization error.
 
@@ -293,10 +299,7 @@ def _search_eta(names, layer_of_input, stats, nonneg, act_range) -> float:
         for y, signed in samples:
             yv = y / m
             lo, hi = act_range(signed)
-            top = float(np.abs(yv).max()) or 1.0
-            guess = int(np.clip(np.floor(np.log2((127 if signed else 255) / top)), lo, hi))
-            cands = range(max(lo, guess - 1), min(hi, guess + 5) + 1)
-            _, err = mse_fraclen(yv, signed, cands)
+            _, err = mse_fraclen(yv, signed, _fl_candidates(yv, signed, lo, hi))
             total += err * m * m / max(float(np.mean(y * y)), 1e-30)
         if total < best_err:
             best, best_err = float(m), total
