@@ -50,22 +50,14 @@ def make_target(spec: dict) -> Target:
     return tvm.target.Target(spec)
 
 
-def relax_fusing_pipeline():
-    """Legalize + fuse, the phase of the default CPU pipeline that turns ops into fused TIR.
+def lower_relax(mod: IRModule, target: Target) -> IRModule:
+    """The CPU backend's Relax pipeline (legalize, fuse, ... ) for ``target``, stopping before
+    code generation so the compiler can audit the TIR.
 
-    ``tvm.compile`` on CPU does not fuse by itself; this is the same sequence its generic CPU
-    backend runs, kept here so the compiler can audit the fused TIR before code generation.
+    ``tvm.compile`` on CPU without this pipeline does not fuse ops.
     """
-    t = relax.transform
-    return tvm.transform.Sequential(
-        [
-            t.LegalizeOps(),
-            t.AnnotateTIROpPattern(),
-            t.FoldConstant(),
-            t.FuseOps(),
-            t.FuseTIR(),
-        ]
-    )
+    with target:
+        return relax.get_default_pipeline(target)(mod)
 
 
 def compile_relax(mod: IRModule, target: Target):

@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .graph import Graph, extract_graph
-from .plan import DEFAULT_SCHEME, FixedPointPlan
+from .plan import DEFAULT_SCHEME, FixedPointPlan, compact
 
 
 def import_model(model, example_input):
@@ -61,7 +61,6 @@ class CompiledModel:
 
         inp = self.graph[self.graph.input]
         fl_out, eta_out = self.plan.output_format(self.graph)
-        fl_out = [int(v) for v in fl_out] if not np.all(fl_out == fl_out[0]) else int(fl_out[0])
         return dict(
             format="f8tvm",
             f8tvm_version=__version__,
@@ -71,7 +70,7 @@ class CompiledModel:
                        dtype="int8" if self.plan.input_signed else "uint8",
                        fl=int(self.plan.input_fl), signed=bool(self.plan.input_signed)),
             output=dict(shape=list(self.graph[self.graph.output].shape), dtype="int32",
-                        fl=fl_out, eta=float(eta_out)),
+                        fl=compact(fl_out), eta=float(eta_out)),
             plan=self.plan.to_json(self.graph),
             audit=self.audit.to_json(),
             **self.extra_meta,
@@ -84,7 +83,9 @@ class CompiledModel:
             raise InputError(f"export path must end in .so, got {path}")
         out_dir = os.path.dirname(path)
         os.makedirs(out_dir, exist_ok=True)
-        meta_path = os.path.splitext(path)[0] + ".json"
+        from .runtime import metadata_path
+
+        meta_path = metadata_path(path)
         tmp = tempfile.mkdtemp(prefix=".f8tvm-", dir=out_dir)
         try:
             tmp_so = os.path.join(tmp, "model.so")
@@ -131,17 +132,14 @@ def _batches(calib, example_input):
         yield np.asarray(b, np.float32)
 
 
-def lower(int_mod, target_preset, check=True):
+def lower(int_mod, target_preset):
     """Phase 5: legalize + fuse for the target; audit the TIR. Returns (lowered mod, report)."""
-    from relay_passes.audit_multiplies import audit_module, check_module
+    from relay_passes.audit_multiplies import check_module
 
-    from ._tvm import relax
+    from ._tvm import lower_relax
 
-    target = target_preset.tvm()
-    with target:
-        lowered = relax.get_default_pipeline(target)(int_mod)
-    report = check_module(lowered) if check else audit_module(lowered)
-    return lowered, report
+    lowered = lower_relax(int_mod, target_preset.tvm())
+    return lowered, check_module(lowered)
 
 
 def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME,  # noqa: A001

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import F8TVMError, InputError
-from .fixedpoint import INT32_MAX, fix_quant, mse_fraclen, std_fraclen, weight_fraclen
+from .fixedpoint import (INT32_MAX, fix_quant, mse_fraclen, pool_shift, std_fraclen,
+                         weight_fraclen)
 from .graph import Graph
 from .plan import SCHEMES, FixedPointPlan, LayerPlan, Scheme
 
@@ -208,8 +209,7 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
                 e = 1.0
             elif n.op == "global_avg_pool":
                 hw = int(np.prod(graph[n.inputs[0]].shape[2:]))
-                k = int(round(np.log2(hw)))
-                e = eta[n.inputs[0]] * 2.0**k / hw
+                e = eta[n.inputs[0]] * 2.0 ** pool_shift(hw) / hw
             elif sch.clip == "mse":
                 e = _search_eta(names, layer_of_input, stats, nonneg, act_range)
             else:
@@ -257,8 +257,7 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
         elif n.op == "add":
             fl[n.name] = np.maximum(fl[n.inputs[0]], fl[n.inputs[1]])
         elif n.op == "global_avg_pool":
-            hw = int(np.prod(graph[n.inputs[0]].shape[2:]))
-            fl[n.name] = fl[n.inputs[0]] + int(round(np.log2(hw)))
+            fl[n.name] = fl[n.inputs[0]] + pool_shift(int(np.prod(graph[n.inputs[0]].shape[2:])))
         elif n.op == "reshape":
             f = fl[n.inputs[0]]
             src_shape = graph[n.inputs[0]].shape

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fixedpoint import pool_shift, qrange
+
 
 class FakeQuantModel(torch.nn.Module):
     def __init__(self, graph, plan):
@@ -23,7 +25,7 @@ class FakeQuantModel(torch.nn.Module):
         return torch.as_tensor(np.asarray(v, np.float64)).reshape((1, -1) + (1,) * (ndim - 2))
 
     def _quant(self, y, fl, signed):
-        lo, hi = (-127, 127) if signed else (0, 255)
+        lo, hi = qrange(signed)
         return torch.clamp(torch.round(y * 2.0**fl), lo, hi) * 2.0**-fl
 
     def forward(self, x, return_stored=False):
@@ -59,8 +61,7 @@ class FakeQuantModel(torch.nn.Module):
                                    at["pool_size"], at["strides"], 0, at["dilation"])
             elif n.op == "global_avg_pool":
                 # the stored value is the sum / 2**k; the HW / 2**k factor lives in eta
-                hw = a.shape[2] * a.shape[3]
-                out = a.sum(dim=(2, 3), keepdim=True) * 2.0 ** -round(np.log2(hw))
+                out = a.sum(dim=(2, 3), keepdim=True) * 2.0 ** -pool_shift(a.shape[2] * a.shape[3])
             elif n.op == "reshape":
                 out = a.reshape(a.shape[0], *n.shape[1:])
             else:

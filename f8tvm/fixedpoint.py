@@ -24,6 +24,11 @@ def qrange(signed: bool, bits: int = 8) -> tuple[int, int]:
     return (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
+def pool_shift(hw: int) -> int:
+    """F8Net's average-pool shift: ``round(log2(H*W))``; the ``2**k / (H*W)`` rest is folded."""
+    return int(round(np.log2(hw)))
+
+
 def fix_quant(y, fl, signed: bool, bits: int = 8):
     """``clamp(round_half_even(y * 2**fl))`` as float64 integers (``fl`` broadcasts)."""
     lo, hi = qrange(signed, bits)

@@ -102,20 +102,20 @@ class FixedPointPlan:
             rows.append(dict(
                 layer=node.name, source=node.source, op=node.op,
                 in_fl=int(lp.in_fl), in_signed=bool(lp.in_signed),
-                w_fl=_compact(lp.w_fl), acc_fl=_compact(lp.acc_fl),
-                in_shift=_compact(shift), eta_in=float(lp.eta_in), eta_out=float(lp.eta_out),
+                w_fl=compact(lp.w_fl), acc_fl=compact(lp.acc_fl),
+                in_shift=compact(shift), eta_in=float(lp.eta_in), eta_out=float(lp.eta_out),
                 macs=int(_macs(node))))
         return rows
 
     def to_json(self, graph) -> dict:
         fl_out, eta_out = self.output_format(graph)
         return dict(scheme=self.scheme, input_fl=int(self.input_fl),
-                    input_signed=bool(self.input_signed), output_fl=_compact(fl_out),
+                    input_signed=bool(self.input_signed), output_fl=compact(fl_out),
                     output_eta=float(eta_out), layers=self.shift_table(graph),
                     info=self.info)
 
 
-def _compact(arr):
+def compact(arr):
     arr = np.asarray(arr)
     if arr.size and np.all(arr == arr.flat[0]):
         return int(arr.flat[0])

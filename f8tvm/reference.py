@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fixedpoint import qrange, rq_reference
+from .fixedpoint import fix_quant, qrange, rq_reference
 
 _I32 = (-(2**31), 2**31 - 1)
 
@@ -92,5 +92,4 @@ def run_reference(graph, plan, q_input, return_all=False):
 
 def quantize_input(x, plan):
     """Float input -> 8-bit integers at ``plan.input_fl`` (ties to even, clamped)."""
-    lo, hi = qrange(plan.input_signed)
-    return np.clip(np.round(np.asarray(x, np.float64) * 2.0**plan.input_fl), lo, hi).astype(np.int64)
+    return fix_quant(x, plan.input_fl, plan.input_signed).astype(np.int64)

@@ -14,10 +14,13 @@ import time
 
 import numpy as np
 
+from .fixedpoint import qrange  # NumPy only: no torch, no TVM compiler
+
 __all__ = ["Module", "load"]
 
 
-def _metadata_path(so_path: str) -> str:
+def metadata_path(so_path: str) -> str:
+    """The ``.json`` that sits beside a module's ``.so``."""
     return os.path.splitext(so_path)[0] + ".json"
 
 
@@ -36,6 +39,7 @@ class Module:
         self.input_shape = tuple(inp["shape"])
         self.input_dtype = inp["dtype"]
         self.input_fl = int(inp["fl"])
+        self.input_range = qrange(self.input_dtype == "int8")
         out = meta["output"]
         self.output_fl = np.asarray(out["fl"], np.int64)
         self.output_scale = float(out["eta"])
@@ -45,7 +49,7 @@ class Module:
         """Run the integer program on an 8-bit input; returns ``(int32 output, output FL)``."""
         q = np.asarray(q)
         self._check(q, self.input_dtype, integer=True)
-        lo, hi = (0, 255) if self.input_dtype == "uint8" else (-127, 127)
+        lo, hi = self.input_range
         if q.size and (q.min() < lo or q.max() > hi):
             raise ValueError(f"input values must lie in [{lo}, {hi}] for {self.input_dtype}, "
                              f"got [{q.min()}, {q.max()}]")
@@ -61,7 +65,7 @@ class Module:
         """Float input -> the program's 8-bit input (round half to even, clamp)."""
         x = np.asarray(x)
         self._check(x, "float32", integer=False)
-        lo, hi = (0, 255) if self.input_dtype == "uint8" else (-127, 127)
+        lo, hi = self.input_range
         q = np.clip(np.round(x.astype(np.float64) * 2.0**self.input_fl), lo, hi)
         return q.astype(self.input_dtype)
 
@@ -78,7 +82,7 @@ class Module:
     def benchmark(self, number=10, repeat=5, warmup=2):
         """Latency of the integer program (ms): dict with median, mean, p10, p90, min."""
         rng = np.random.default_rng(0)
-        lo, hi = (0, 255) if self.input_dtype == "uint8" else (-127, 127)
+        lo, hi = self.input_range
         q = rng.integers(lo, hi + 1, self.input_shape).astype(self.input_dtype)
         arg = self._tvm.runtime.tensor(q, self.device)
         f = self._vm["main"]
@@ -109,7 +113,7 @@ class Module:
 
 def load(path: str, device=None) -> Module:
     """Load ``path`` (.so) and the ``.json`` metadata beside it."""
-    meta_path = _metadata_path(path)
+    meta_path = metadata_path(path)
     for p in (path, meta_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"no such file: {p}")

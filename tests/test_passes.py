@@ -116,9 +116,7 @@ def test_audit_fails_on_a_wide_multiply():
             y = bb.emit(relax.op.multiply(x, x), "wide")
             out = bb.emit_output(relax.Tuple([y]))
         bb.emit_func_output(out)
-    target = get_target("x86").tvm()
-    with target:
-        lowered = relax.get_default_pipeline(target)(bb.get())
+    lowered = _tvm.lower_relax(bb.get(), get_target("x86").tvm())
     report = audit_module(lowered)
     assert report.wide_multiplies == 1 and report.macs_8bit == 0
     assert report.violations[0]["operand_bits"] == [32, 32]
