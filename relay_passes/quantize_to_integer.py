@@ -10,7 +10,10 @@ channel, ``>>`` arithmetic):
                    the constants are 0 where r = 0), then ``clip`` to [0, 255] / [-127, 127] and cast
 * relu / ReLU6:    ``max(T, 0)`` / ``min(max(T, 0), hi_int)``
 * add (residual):  ``(A << (f - fl_a)) + (B << (f - fl_b))``, ``f = max(fl_a, fl_b)``; stays int32
-* max_pool2d:      on int32, exact (max commutes with the monotone requantization)
+* max_pool2d:      ``max_pool(RQ(T))`` on int8/uint8 when every consumer of the pool is a layer
+                   quantizing its input to one format (RQ is monotone, so this equals
+                   ``RQ(max_pool(T))`` exactly); on int32 when the pool feeds a residual stream,
+                   which F8Net keeps at 32 bits (ResNet's stem pool feeds the first identity add)
 * global avgpool:  ``sum`` over H, W in int32; the 2**k / HW factor lives in eta (folded offline)
 
 No multiplication is emitted outside conv2d/dense, whose operands are 8-bit.
@@ -60,6 +63,8 @@ def integer_function(graph, plan):
     in_shape = graph[graph.input].shape
     x = relax.Var("q_in", _tvm.TensorType(in_shape, "int8" if plan.input_signed else "uint8"))
     env = {}  # node -> int32 (or the 8-bit input) Relax var
+    pooled8 = _int8_pools(graph, plan)  # pool node -> (in_fl, signed) of its 8-bit form
+    q8 = {}  # node -> its 8-bit Relax var, when the 8-bit form is all consumers need
     with bb.function("main", [x]):
         with bb.dataflow():
             env[graph.input] = x
@@ -70,12 +75,18 @@ def integer_function(graph, plan):
                     lp = plan.layers[n.name]
                     if src == graph.input and lp.in_fl == plan.input_fl:
                         q = x
+                    elif src in q8:
+                        q = q8[src]
                     else:
                         t = env[src]
                         if src == graph.input:
                             t = wide_input = wide_input or bb.emit(R.astype(x, "int32"), "q_in_i32")
                         q = emit_requantize(bb, t, plan.fl[src] - lp.in_fl, lp.in_signed, n.name)
                     out = _emit_layer(bb, n, lp, q)
+                elif n.name in pooled8:
+                    in_fl, signed = pooled8[n.name]
+                    q = emit_requantize(bb, env[src], plan.fl[src] - in_fl, signed, n.name)
+                    q8[n.name] = out = _emit_max_pool(bb, n, q)
                 else:
                     args = []
                     for i in n.inputs:
@@ -106,6 +117,29 @@ def _emit_layer(bb, n, lp, q):
     return bb.emit(R.add(acc, b), n.name)
 
 
+def _int8_pools(graph, plan) -> dict:
+    """Max-pools whose consumers are all layers reading one 8-bit format (see module doc)."""
+    consumers = graph.consumers()
+    out = {}
+    for n in graph.nodes:
+        if n.op != "max_pool2d" or n.inputs[0] == graph.input:
+            continue
+        users = [graph[c] for c in consumers.get(n.name, [])]
+        if not users or n.name == graph.output or not all(u.is_layer for u in users):
+            continue
+        formats = {(int(plan.layers[u.name].in_fl), bool(plan.layers[u.name].in_signed))
+                   for u in users}
+        if len(formats) == 1:
+            out[n.name] = formats.pop()
+    return out
+
+
+def _emit_max_pool(bb, n, a):
+    at = n.attrs
+    return bb.emit(R.nn.max_pool2d(a, pool_size=at["pool_size"], strides=at["strides"],
+                                   padding=at["padding"], dilation=at["dilation"]), n.name)
+
+
 def _emit_elementwise(bb, n, plan, args):
     a = args[0]
     ndim = len(n.shape)
@@ -123,9 +157,7 @@ def _emit_elementwise(bb, n, plan, args):
             terms.append(R.left_shift(t, _const(s, ndim)[0]) if s.any() else t)
         return bb.emit(R.add(*terms), n.name)
     if n.op == "max_pool2d":
-        at = n.attrs
-        return bb.emit(R.nn.max_pool2d(a, pool_size=at["pool_size"], strides=at["strides"],
-                                       padding=at["padding"], dilation=at["dilation"]), n.name)
+        return _emit_max_pool(bb, n, a)
     if n.op == "global_avg_pool":
         return bb.emit(R.sum(a, axis=[2, 3], keepdims=True), n.name)
     if n.op == "reshape":

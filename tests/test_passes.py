@@ -136,3 +136,47 @@ def test_unsupported_op_names_op_and_module():
     with pytest.raises(UnsupportedOpError, match=r"sigmoid.*test_passes.py"):
         mod, sources = import_model(Net().eval(), torch.randn(1, 3, 8, 8))
         extract_graph(mod, sources)
+
+
+class _PoolNet(torch.nn.Module):
+    """A stem pool feeding only convs (8-bit pool) and one feeding a residual add (int32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(3, 2, 1)
+        self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 1)
+        self.pool2 = torch.nn.MaxPool2d(2, 2)
+        self.c = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.pool(torch.relu(self.stem(x)))
+        y = torch.relu(self.a(y)) + self.b(y)  # both pool consumers are convs
+        z = self.pool2(y)
+        return self.c(z) + z  # pool2 feeds the residual stream
+
+
+def _pool_dtypes(func):
+    # keyed by module name (a binding may carry a suffix such as ``pool_pre``)
+    return {_tvm.var_name(b.var).split("_pre")[0]: _tvm.tensor_dtype(b.var) for b in bindings(func)
+            if isinstance(b.value, relax.Call) and b.value.op.name == "relax.nn.max_pool2d"}
+
+
+@pytest.mark.parametrize("scheme", ["f8net", "mse"])
+def test_max_pool_runs_on_8bit_when_all_consumers_quantize(scheme):
+    net = _PoolNet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    mod, sources = import_model(net, x)
+    graph = extract_graph(mod, sources)
+    rng = np.random.default_rng(1)
+    plan = calibrate(graph, [rng.standard_normal((4, 3, 16, 16)).astype("float32")], scheme)
+    qmod = QuantizeToInteger(graph, plan)(mod)
+    dtypes = _pool_dtypes(qmod["main"])
+    # a and b read the pool at one format (same source, same F8Net rule) -> 8-bit pool
+    assert dtypes["pool"] in ("int8", "uint8")
+    assert dtypes["pool2"] == "int32"
+    for _ in range(3):
+        q = quantize_input(rng.standard_normal((1, 3, 16, 16)).astype("float32"), plan)
+        got = _run(qmod, q.astype("int8" if plan.input_signed else "uint8"))
+        assert np.array_equal(got, run_reference(graph, plan, q))
