@@ -10,7 +10,7 @@ costs one file.  Importing this module imports the TVM *compiler*; the deploymen
 from __future__ import annotations
 
 import tvm
-from tvm import relax, topi  # noqa: F401  (re-exported)
+from tvm import relax, te, topi  # noqa: F401  (re-exported)
 from tvm import tirx as tir  # 0.27: tvm.tir -> tvm.tirx
 from tvm.support import cc  # 0.27: tvm.contrib.cc -> tvm.support.cc
 
@@ -50,14 +50,22 @@ def make_target(spec: dict) -> Target:
     return tvm.target.Target(spec)
 
 
-def lower_relax(mod: IRModule, target: Target) -> IRModule:
-    """The CPU backend's Relax pipeline (legalize, fuse, ... ) for ``target``, stopping before
-    code generation so the compiler can audit the TIR.
+def lower_relax(mod: IRModule, target: Target, schedule=None) -> IRModule:
+    """The CPU backend's Relax pipeline for ``target``, stopping before code generation so the
+    compiler can audit the TIR.  ``schedule(fused_mod) -> fused_mod`` runs between fusion and
+    the VM lowering: that is where kernels get their schedules.
 
     ``tvm.compile`` on CPU without this pipeline does not fuse ops.
     """
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
     with target:
-        return relax.get_default_pipeline(target)(mod)
+        fused = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
+                                         + cpu.legalize_passes(target))(mod)
+        if schedule is not None:
+            fused = schedule(fused)
+        return tvm.transform.Sequential(cpu.dataflow_lower_passes(target)
+                                        + cpu.finalize_passes(target))(fused)
 
 
 def compile_relax(mod: IRModule, target: Target):
@@ -81,16 +89,62 @@ def expr_dtype(expr) -> str:
     return str(expr.ty) if hasattr(expr, "ty") else str(expr.dtype)
 
 
-def post_order_visit(node, fn) -> None:
-    """Call ``fn`` on every sub-node of a TIR statement/expression, children first.
+def post_order_visit(node, fn, skip=None) -> None:
+    """Call ``fn`` on every sub-node of a TIR statement/expression.  ``skip(n)`` true: do not
+    descend into ``n`` (nor call ``fn`` on it).
 
     0.27 dropped ``tir.stmt_functor``; tvm-ffi's reflection-based structural walk replaces it.
     """
     import tvm_ffi
 
-    tvm_ffi.structural_walk(node, fn)
+    if skip is None:
+        tvm_ffi.structural_walk(node, fn)
+        return
+
+    def visit(n):
+        if n is not node and skip(n):
+            return tvm_ffi.WalkResult.SKIP
+        fn(n)
+        return None
+
+    tvm_ffi.structural_walk(node, visit, order="pre")
+
+
+def llvm_intrinsic_name(call) -> str | None:
+    """The LLVM intrinsic a TIR ``call_llvm_(pure_)intrin`` calls, else None."""
+    op = getattr(call, "op", None)
+    if getattr(op, "name", "") not in ("tirx.call_llvm_pure_intrin", "tirx.call_llvm_intrin"):
+        return None
+    ident = int(call.args[0].value)
+    return _llvm_names().get(ident, f"llvm intrinsic #{ident}")
+
+
+_DOT_INTRINSICS = ("llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.vpdpbusd.256",
+                   "llvm.x86.avx2.pmadd.wd", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot")
+
+
+def _llvm_names(cache={}) -> dict:  # noqa: B006  (memo)
+    if not cache:
+        from tvm.target.codegen import llvm_lookup_intrinsic_id
+
+        for name in _DOT_INTRINSICS + ("llvm.x86.avx512.pmaddubs.w.512",
+                                       "llvm.x86.avx2.pmadd.ub.sw"):
+            cache[int(llvm_lookup_intrinsic_id(name))] = name
+    return cache
 
 
 def compile_relax_lowered(lowered: IRModule, target: Target):
     """Code generation of a module that already went through the Relax pipeline."""
     return tvm.compile(lowered, target=target, relax_pipeline=None)
+
+
+def region_tensor(region):
+    """The buffer a TIR block read/write region refers to (0.27: ``.source``; older: ``.buffer``)."""
+    return region.source if hasattr(region, "source") else region.buffer
+
+
+def schedule_of(prim_func):
+    """A TIR schedule over one PrimFunc (0.27: ``tvm.s_tir.Schedule``)."""
+    from tvm import s_tir
+
+    return s_tir.Schedule(prim_func)

@@ -6,8 +6,10 @@ Pipeline (phases; ``debug_dump`` writes the IR after each):
 2. fold        FoldBatchNorm, FoldConstant, CanonicalizeBindings, DeadCodeElimination
 3. calibrate   float layer graph on calibration batches -> FixedPointPlan (F8Net rules)
 4. integer     QuantizeToInteger(plan): int8 conv/dense, int32 acc, shift requantize
-5. lower       legalize + fuse (the CPU backend's pipeline), then AuditMultiplies on the TIR
-6. codegen     LLVM for the target preset; export .so + .json
+5. pack        PackChannelBlocks: the blocked layout of the target's dot-product instruction
+6. lower       legalize + fuse (the CPU backend's pipeline), a schedule per kernel
+               (schedules/), then AuditMultiplies on the scheduled TIR
+7. codegen     LLVM for the target preset; export .so + .json
 """
 
 from __future__ import annotations
@@ -132,13 +134,28 @@ def _batches(calib, example_input):
         yield np.asarray(b, np.float32)
 
 
-def lower(int_mod, target_preset):
-    """Phase 5: legalize + fuse for the target; audit the TIR. Returns (lowered mod, report)."""
+def pack(int_mod, target_preset):
+    """Phase 5: blocked channel layout for the target's dot-product instruction (if any)."""
+    from relay_passes.pack_channel_blocks import PackChannelBlocks
+    from schedules import dot_intrin
+
+    if not target_preset.dot_instruction:
+        return int_mod
+    dot = dot_intrin(target_preset.dot_instruction)
+    return PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None)(int_mod)
+
+
+def lower(int_mod, target_preset, progress=None):
+    """Phase 6: legalize + fuse for the target, schedule every kernel, audit the TIR.
+    Returns (lowered mod, report)."""
     from relay_passes.audit_multiplies import check_module
+    from schedules import apply_schedules, dot_intrin
 
     from ._tvm import lower_relax
 
-    lowered = lower_relax(int_mod, target_preset.tvm())
+    dot = dot_intrin(target_preset.dot_instruction) if target_preset.dot_instruction else None
+    lowered = lower_relax(int_mod, target_preset.tvm(),
+                          schedule=lambda m: apply_schedules(m, dot, progress))
     return lowered, check_module(lowered)
 
 
@@ -195,9 +212,11 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     note("integer", 0, None)
     int_mod = QuantizeToInteger(graph, plan)(float_mod)
     dump("2_integer", int_mod)
+    packed = pack(int_mod, preset)
+    dump("3_packed", packed)
     note("lower", 0, None)
-    lowered, report = lower(int_mod, preset)
-    dump("3_lowered", lowered)
+    lowered, report = lower(packed, preset, lambda i, n: note("schedule", i, n))
+    dump("4_lowered", lowered)
     note("codegen", 0, None)
     ex = compile_relax_lowered(lowered, preset.tvm())
     return CompiledModel(graph, plan, ex, preset, report, int_mod)

@@ -8,7 +8,10 @@ PrimFunc (after legalization, fusion and scheduling) and classifies each ``a * b
 * both operands are 8-bit tensor data (int8/uint8 loads, possibly cast to int32): an 8-bit MAC,
   counted with the block's iteration count;
 * anything else that touches tensor data (an int32 or float operand): a *wide multiply*, reported
-  with the function, the block and the expression.
+  with the function, the block and the expression;
+* a tensorized dot-product instruction (``vpdpbusd``, ``vpmaddwd``, ``sdot`` ...): its
+  multiplicand operands must be 8-bit values (possibly widened); it counts one MAC per lane of
+  the multiplicand.  Other multiplying LLVM intrinsics are reported as wide.
 
 Shifts (``>>``, ``<<``) are counted as well.  The report goes into the build's ``.json``.
 """
@@ -70,6 +73,10 @@ def _operand_bits(expr) -> int | None:
     return tvm.runtime.DataType(dt).bits
 
 
+def _lanes(expr) -> int:
+    return tvm.runtime.DataType(expr_dtype(expr)).lanes
+
+
 def _block_iterations(block) -> int:
     n = 1
     for iv in block.iter_vars:
@@ -119,16 +126,33 @@ def audit_module(mod) -> AuditReport:
             if block.name_hint == "root":
                 continue
             iters = _block_iterations(block) * ncalls
-            muls, shifts = [], []
+            muls, shifts, dots = [], [], []
 
             def visit(e):
                 if node_kind(e) == "Mul":
                     muls.append(e)
                 elif _is_shift(e):
                     shifts.append(e)
+                elif node_kind(e) == "Call" and _tvm.llvm_intrinsic_name(e):
+                    dots.append(e)
 
-            _tvm.post_order_visit(block.body, visit)
+            # nested blocks are audited on their own (tensorized kernels nest them)
+            _tvm.post_order_visit(block.body, visit, skip=lambda e: node_kind(e) == "SBlock")
             report.shifts += len(shifts) * iters
+            for d in dots:
+                name = _tvm.llvm_intrinsic_name(d)
+                operands = list(d.args)[-2:]
+                bits = [_operand_bits(x) for x in operands]
+                if name in _tvm._DOT_INTRINSICS and all(b is not None and b <= 8 for b in bits):
+                    report.macs_8bit += iters * _lanes(operands[-1])
+                    report.mac_sites += 1
+                elif any(k in name for k in ("mul", "madd", "dp", "dot")):
+                    report.wide_multiplies += 1
+                    report.violations.append(dict(
+                        function=fname, block=block.name_hint, dtype=expr_dtype(d),
+                        operand_bits=[b if b is not None else expr_dtype(x)
+                                      for b, x in zip(bits, operands)],
+                        expr=f"{name}: {str(d)[:160]}"))
             for m in muls:
                 if not (_has_data(m.a) or _has_data(m.b)):
                     continue  # address arithmetic

@@ -1,0 +1,99 @@
+"""How kernels run fast: packed layouts' dot-product intrinsics and the schedules that use them.
+
+Nothing here changes what a kernel computes (that is ``relay_passes``); a schedule only reorders,
+tiles, vectorizes and tensorizes.  :func:`apply_schedules` gives every PrimFunc of a fused module
+its schedule: a tuned record from a MetaSchedule database when there is one, else our default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DotIntrin:
+    """A dot-product instruction as a tensor intrinsic: ``C[i] += sum_k A[k] * B[i, k]``."""
+
+    instruction: str  # the machine instruction it lowers to (checked in the asm by tests)
+    intrin: str  # registered TensorIntrin name (unsigned activations)
+    lanes: int  # output lanes = output-channel block
+    depth: int  # k: input channels reduced per lane per instruction
+    accumulators: int  # vector registers available for the register tile
+    intrin_signed: str | None = None  # for int8 activations, if the instruction has one
+    a_cost: float = 1.0  # instructions to broadcast one activation group (shared by oc tiles)
+    b_cost: float = 1.0  # instructions to load one weight tile (shared by the pixels of a row)
+
+    def intrin_for(self, block) -> str:
+        """The intrinsic matching the activation dtype read by ``block``."""
+        from f8tvm._tvm import region_tensor
+
+        signed = any(str(region_tensor(r).dtype) == "int8" and len(region_tensor(r).shape) == 5
+                     for r in block.reads)
+        if signed:
+            if self.intrin_signed is None:
+                raise ValueError(f"{self.instruction} has no signed-activation form")
+            return self.intrin_signed
+        return self.intrin
+
+
+def _x86():
+    from . import intrin_x86 as x
+
+    return {
+        # vpdpbusd takes the broadcast and the weight tile as memory operands
+        "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, 16, 4, 24, None, 0.5, 1.0),
+        # AVX2: vpbroadcastw + vpmovzxbw per activation pair, vpmovsxbw per weight tile
+        "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0),
+    }
+
+
+def dot_intrin(instruction: str) -> DotIntrin:
+    table = _x86()
+    if instruction not in table:
+        raise ValueError(f"no tensor intrinsic for {instruction!r}; known: {', '.join(table)}")
+    return table[instruction]
+
+
+def kernel_kind(prim_func) -> str:
+    """'conv', 'depthwise' or 'other', from the packed kernel block a fused PrimFunc holds."""
+    from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
+
+    from f8tvm._tvm import schedule_of
+
+    sch = schedule_of(prim_func)
+    for name, kind in ((CONV_BLOCK, "conv"), (DEPTHWISE_BLOCK, "depthwise")):
+        try:
+            sch.get_sblock(name)
+            return kind
+        except Exception:  # no such block in this kernel
+            continue
+    return "other"
+
+
+def default_schedule(prim_func, dot: DotIntrin | None):
+    """Our schedule of one fused PrimFunc (no tuning): the returned PrimFunc."""
+    from f8tvm._tvm import schedule_of
+
+    from . import _sch, cpu
+
+    kind = kernel_kind(prim_func)
+    sch = schedule_of(prim_func)
+    if kind == "conv" and dot is not None:
+        cpu.schedule_conv(sch, dot)
+    elif kind == "depthwise":
+        cpu.schedule_depthwise(sch, dot)
+    else:
+        _sch.schedule_injective(sch)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def apply_schedules(mod, dot: DotIntrin | None, progress=None):
+    """Give every PrimFunc of the fused module ``mod`` its default schedule."""
+    from f8tvm._tvm import primfuncs
+
+    funcs = primfuncs(mod)
+    for i, (name, func) in enumerate(funcs):
+        mod[name] = default_schedule(func, dot)
+        if progress:
+            progress(i + 1, len(funcs))
+    return mod

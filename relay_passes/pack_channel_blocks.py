@@ -1,0 +1,267 @@
+"""PackChannelBlocks: carry activations in the blocked layout ``(N, C/b, H, W, b)`` end to end.
+
+Relax (Relay's successor in TVM) pass.  Why: the dot-product instructions (VNNI ``vpdpbusd``,
+AVX2 ``vpmaddwd``, ARM ``sdot``) reduce ``depth`` adjacent input channels into each of ``lanes``
+output channels, so weights and activations must be stored channel-blocked.  Converting around
+every layer would cost a transpose per layer; instead the whole integer program is rewritten to
+the blocked layout once, with a layout transform only at the graph boundary (the network input,
+and where a tensor leaves the blocked world: the flatten before the classifier, the outputs).
+
+What is computed does not change (bit-exact with the NCHW program).  Per binding:
+
+* ``conv2d`` (groups = 1): ``conv_nchwc`` with weights packed ``(O/lanes, I/b, KH, KW, b/depth,
+  lanes, depth)``; channel counts are zero-padded to the block (padded weights and biases are 0,
+  so padded channels hold 0 everywhere and are never read by a real channel);
+* depthwise ``conv2d``: ``depthwise_nchwc`` with weights ``(C/lanes, KH, KW, lanes)``;
+* elementwise ops (bias add, shifts, clip, cast, max/min, residual add): the same op on blocked
+  tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``;
+* ``max_pool2d``: the same pool with ``layout="NCHW{b}c"``; ``sum`` over H, W: over axes 2, 3;
+* ``reshape`` of a ``1 x 1`` map to ``(N, C)``: a plain reshape (blocked order = channel order);
+* anything else (grouped conv, ...): its inputs are unblocked and the op runs as before.
+
+Dot instructions that only take unsigned activations (VNNI is u8 x s8) get int8 inputs offset:
+``conv(x, w) = conv(x + 128, w) - 128 * sum(w)`` with ``x + 128`` as uint8, padded with 128
+(the offset zero), and ``-128 * sum(w)`` per output channel added to the int32 accumulator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from f8tvm import _tvm
+from f8tvm._tvm import relax, tvm
+
+from ._bindings import bindings
+from .packed_kernels import conv2d_nchwc, depthwise_nchwc
+
+R = relax.op
+_ELEMENTWISE = {
+    "relax.add", "relax.subtract", "relax.right_shift", "relax.left_shift", "relax.bitwise_and",
+    "relax.maximum", "relax.minimum", "relax.clip", "relax.astype",
+}
+
+
+def _round_up(n, b):
+    return -(-n // b) * b
+
+
+class _Blocked:
+    """A blocked stand-in for an NCHW tensor of ``channels`` channels (padded to ``block``)."""
+
+    def __init__(self, expr, channels, block):
+        self.expr, self.channels, self.block = expr, channels, block
+
+
+def pack_conv_weight(w, block_in, lanes, depth):
+    """``(O, I, KH, KW)`` int8 -> ``(O/lanes, I/block_in, KH, KW, block_in/depth, lanes, depth)``,
+    zero-padding O and I."""
+    o, i, kh, kw = w.shape
+    op_, ip = _round_up(o, lanes), _round_up(i, block_in)
+    wp = np.zeros((op_, ip, kh, kw), w.dtype)
+    wp[:o, :i] = w
+    wp = wp.reshape(op_ // lanes, lanes, ip // block_in, block_in // depth, depth, kh, kw)
+    return np.ascontiguousarray(wp.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def pack_depthwise_weight(w, lanes):
+    """``(C, 1, KH, KW)`` -> ``(C/lanes, KH, KW, lanes)``, zero-padding C."""
+    c, _, kh, kw = w.shape
+    cp = _round_up(c, lanes)
+    wp = np.zeros((cp, kh, kw), w.dtype)
+    wp[:c] = w[:, 0]
+    return np.ascontiguousarray(wp.reshape(cp // lanes, lanes, kh, kw).transpose(0, 2, 3, 1))
+
+
+def _pack_const(value, block):
+    """A ``(1, C, 1, 1)`` per-channel constant -> ``(1, C/b, 1, 1, b)`` (zero-padded)."""
+    c = value.shape[1]
+    cp = _round_up(c, block)
+    v = np.zeros((1, cp, 1, 1), value.dtype)
+    v[:, :c] = value
+    return v.reshape(1, cp // block, block, 1, 1).transpose(0, 1, 3, 4, 2).copy()
+
+
+class _Packer:
+    def __init__(self, lanes, depth, unsigned_only):
+        self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
+        self.bb = relax.BlockBuilder()
+        self.env = {}  # old Var -> new Expr or _Blocked
+
+    # --------------------------------------------------------------------- layout boundary
+    def block(self, expr, block):
+        shape = _tvm.tensor_shape(expr)
+        c = shape[1]
+        packed = self.bb.emit(R.layout_transform(
+            expr, lambda n, ch, h, w: (n, ch // block, h, w, ch % block),
+            pad_value=0 if c % block else None))
+        return _Blocked(packed, c, block)
+
+    def unblock(self, v):
+        if not isinstance(v, _Blocked):
+            return v
+        b = v.block
+        t = self.bb.emit(R.layout_transform(v.expr, lambda n, c, h, w, cb: (n, c * b + cb, h, w)))
+        if _tvm.tensor_shape(t)[1] != v.channels:
+            t = self.bb.emit(R.strided_slice(t, axes=[1], begin=[0], end=[v.channels]))
+        return t
+
+    def arg(self, a):
+        if isinstance(a, relax.Var):
+            return self.env.get(a, a)
+        return a
+
+    # --------------------------------------------------------------------- rules
+    def visit(self, b):
+        v = b.value
+        name = _tvm.var_name(b.var)
+        if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op):
+            op = v.op.name
+            rule = {"relax.nn.conv2d": self.conv2d, "relax.nn.max_pool2d": self.max_pool,
+                    "relax.sum": self.sum, "relax.reshape": self.reshape}.get(op)
+            if rule is None and op in _ELEMENTWISE:
+                rule = self.elementwise
+            if rule is not None:
+                out = rule(v, name)
+                if out is not None:
+                    return out
+            args = [self.unblock(self.arg(a)) for a in v.args]
+            return self.bb.emit(relax.Call(v.op, args, v.attrs, v.ty_args), name)
+        if isinstance(v, relax.Tuple):
+            return self.bb.emit(relax.Tuple([self.unblock(self.arg(f)) for f in v.fields]), name)
+        raise NotImplementedError(f"PackChannelBlocks: binding {name}: {type(v).__name__}")
+
+    def conv2d(self, call, name):
+        data, weight = call.args
+        a = call.attrs
+        if not _tvm.is_const(weight) or str(a.data_layout) != "NCHW":
+            return None
+        w = _tvm.const_value(weight)
+        o, i_per_group, kh, kw = w.shape
+        groups = int(a.groups)
+        x = self.arg(data)
+        c_in = x.channels if isinstance(x, _Blocked) else _tvm.tensor_shape(x)[1]
+        strides = [int(s) for s in a.strides]
+        padding = [int(p) for p in a.padding]
+        dilation = [int(d) for d in a.dilation]
+        if groups == 1:
+            if not isinstance(x, _Blocked):
+                blk = self.lanes if c_in >= self.lanes else _round_up(c_in, self.depth)
+                x = self.block(x, blk)
+            kernel = pack_conv_weight(w, x.block, self.lanes, self.depth)
+            data, pad_value = x.expr, 0
+            offset = self.unsigned_only and _tvm.tensor_dtype(data) == "int8"
+            if offset:  # see module doc
+                data = self.bb.emit(R.astype(R.add(R.astype(data, "int16"),
+                                                   relax.const(np.int16(128))), "uint8"))
+                pad_value = 128
+            out = self.bb.emit(self.bb.call_te(
+                conv2d_nchwc, data, relax.const(kernel), strides, padding, dilation, pad_value,
+                primfunc_name_hint="conv2d_nchwc"), name + ("_offset" if offset else ""))
+            if offset:
+                corr = -128 * w.astype(np.int64).sum(axis=(1, 2, 3))
+                corr = _pack_const(corr.astype("int32").reshape(1, -1, 1, 1), self.lanes)
+                out = self.bb.emit(R.add(out, relax.const(corr)), name)
+        elif groups == c_in == o and i_per_group == 1:
+            if not isinstance(x, _Blocked) or x.block != self.lanes:
+                x = self.block(self.unblock(x), self.lanes)
+            kernel = pack_depthwise_weight(w, self.lanes)
+            out = self.bb.emit(self.bb.call_te(
+                depthwise_nchwc, x.expr, relax.const(kernel), strides, padding, dilation,
+                primfunc_name_hint="depthwise_nchwc"), name)
+        else:
+            return None
+        return _Blocked(out, o, self.lanes)
+
+    def elementwise(self, call, name):
+        args = [self.arg(a) for a in call.args]
+        blocked = [a for a in args if isinstance(a, _Blocked)]
+        if not blocked:
+            return None
+        ref = blocked[0]
+        if any(b.block != ref.block or b.channels != ref.channels for b in blocked):
+            return None
+        new = []
+        for a in args:
+            if isinstance(a, _Blocked):
+                new.append(a.expr)
+            elif _tvm.is_const(a):
+                val = _tvm.const_value(a)
+                if val.ndim == 0:
+                    new.append(a)
+                elif val.ndim == 4 and val.shape[0] == 1 and val.shape[2:] == (1, 1):
+                    new.append(relax.const(_pack_const(val, ref.block)))
+                else:
+                    return None
+            elif isinstance(a, relax.Var):
+                if len(_tvm.tensor_shape(a)) != 4:
+                    return None
+                new.append(self.block(a, ref.block).expr)
+            else:  # attributes passed as arguments (clip bounds)
+                new.append(a)
+        out = self.bb.emit(relax.Call(call.op, new, call.attrs, call.ty_args), name)
+        return _Blocked(out, ref.channels, ref.block)
+
+    def max_pool(self, call, name):
+        x = self.arg(call.args[0])
+        if not isinstance(x, _Blocked):
+            return None
+        a = call.attrs
+        out = self.bb.emit(R.nn.max_pool2d(
+            x.expr, pool_size=[int(p) for p in a.pool_size], strides=[int(s) for s in a.strides],
+            padding=[int(p) for p in a.padding], dilation=[int(d) for d in a.dilation],
+            ceil_mode=bool(a.ceil_mode), layout=f"NCHW{x.block}c"), name)
+        return _Blocked(out, x.channels, x.block)
+
+    def sum(self, call, name):
+        x = self.arg(call.args[0])
+        a = call.attrs
+        axes = [int(i) for i in a.axis] if a.axis is not None else None
+        if not isinstance(x, _Blocked) or axes != [2, 3] or not bool(a.keepdims):
+            return None
+        out = self.bb.emit(R.sum(x.expr, axis=[2, 3], keepdims=True), name)
+        return _Blocked(out, x.channels, x.block)
+
+    def reshape(self, call, name):
+        x = self.arg(call.args[0])
+        shape = _tvm.tensor_shape(call)
+        if not isinstance(x, _Blocked) or len(shape) != 2:
+            return None
+        n, cb, h, w, b = _tvm.tensor_shape(x.expr)
+        if (h, w) != (1, 1) or shape != (n, x.channels):
+            return None
+        t = self.bb.emit(R.reshape(x.expr, (n, cb * b)), name)
+        if cb * b != x.channels:
+            t = self.bb.emit(R.strided_slice(t, axes=[1], begin=[0], end=[x.channels]))
+        return t
+
+
+def pack_module(func, lanes: int, depth: int, unsigned_only: bool = False):
+    """A module with the blocked version of the integer ``main`` (see module doc) and the
+    kernels it calls."""
+    p = _Packer(lanes, depth, unsigned_only)
+    params = list(func.params)
+    attrs = dict(func.attrs) if func.attrs is not None else {}
+    attrs.pop("global_symbol", None)
+    with p.bb.function("main", params, attrs=attrs):
+        with p.bb.dataflow():
+            for b in bindings(func):
+                p.env[b.var] = p.visit(b)
+            body = func.body.body
+            if isinstance(body, relax.Var):
+                res = p.unblock(p.arg(body))
+            else:
+                res = relax.Tuple([p.unblock(p.arg(f)) for f in body.fields])
+            out = p.bb.emit_output(res)
+        p.bb.emit_func_output(out)
+    return p.bb.get()
+
+
+def PackChannelBlocks(lanes: int, depth: int, unsigned_only: bool = False):  # noqa: N802
+    """The pass: blocks ``main``'s activations by ``lanes`` channels for a ``depth``-deep dot;
+    ``unsigned_only``: the dot takes uint8 activations only (offset int8 ones)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="PackChannelBlocks")
+    def _pass(mod, ctx):
+        return pack_module(mod["main"], lanes, depth, unsigned_only)
+
+    return _pass

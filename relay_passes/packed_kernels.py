@@ -1,0 +1,86 @@
+"""Tensor-expression definitions of the packed ("NCHW[b]c") integer kernels.
+
+What they compute is exactly the NCHW integer op (see ``quantize_to_integer``); the blocked layout
+exists so the dot-product instructions apply (``schedules/`` makes them fast).  Layouts:
+
+* activations ``(N, C/b, H, W, b)``: channel ``c`` at ``[.., c // b, .., c % b]``
+* conv weights ``(O/ob, I/ib, KH, KW, ib/k, ob, k)``: the innermost ``(ob, k)`` tile is the
+  ``B`` operand of a ``k``-deep dot product (k = 4: VNNI ``vpdpbusd``, ARM ``sdot``;
+  k = 2: AVX2 ``vpmaddwd``)
+* depthwise weights ``(C/b, KH, KW, b)``
+"""
+
+from __future__ import annotations
+
+from f8tvm._tvm import te, tir
+
+CONV_BLOCK = "conv_nchwc"  # schedules find the kernels by these block names
+DEPTHWISE_BLOCK = "depthwise_nchwc"
+PAD_BLOCK = "pad_nchwc"
+
+
+def _pad(data, padding, pad_value):
+    top, left, bottom, right = padding
+    if not any(padding):
+        return data
+    n, cc, h, w, cb = data.shape
+
+    def value(i, c, y, x, b):
+        inside = tir.all(y >= top, y < h + top, x >= left, x < w + left)
+        return tir.if_then_else(inside, data[i, c, y - top, x - left, b],
+                                tir.const(pad_value, data.dtype))
+
+    return te.compute((n, cc, h + top + bottom, w + left + right, cb), value, name=PAD_BLOCK)
+
+
+def _out_size(size, k, stride, dilation, pad_a, pad_b):
+    return (size + pad_a + pad_b - (k - 1) * dilation - 1) // stride + 1
+
+
+def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0):
+    """``out[n, o//ob, y, x, o%ob] = sum_{i,ky,kx} int32(d[n, i, y*s+ky*dl, x*s+kx*dl])
+    * int32(w[o, i, ky, kx])`` in the packed layouts (module doc); padding uses ``pad_value``
+    (0, or the activation offset when activations are stored offset)."""
+    n, icc, h, w, ib = (int(v) for v in data.shape)
+    occ, icc2, kh, kw, ibk, ob, depth = (int(v) for v in kernel.shape)
+    assert icc == icc2 and ib == ibk * depth, (data.shape, kernel.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
+    ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
+    dp = _pad(data, padding, pad_value)
+    rc = te.reduce_axis((0, icc), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    rq = te.reduce_axis((0, ibk), "rq")
+    rk = te.reduce_axis((0, depth), "rk")
+    return te.compute(
+        (n, occ, oh, ow, ob),
+        lambda b, o, y, x, ol: te.sum(
+            dp[b, rc, y * sh + ry * dh, x * sw + rx * dw, rq * depth + rk].astype("int32")
+            * kernel[o, rc, ry, rx, rq, ol, rk].astype("int32"),
+            axis=[rc, ry, rx, rq, rk]),
+        name=CONV_BLOCK)
+
+
+def depthwise_nchwc(data, kernel, strides, padding, dilation, pad_value=0):
+    """``out[n, c, y, x, b] = sum_{ky,kx} d[n, c, y*s+ky*dl, x*s+kx*dl, b] * w[c, ky, kx, b]``;
+    the product is formed in int16 (exact for 8-bit operands: |p| <= 128 * 255) and accumulated
+    in int32, so the vector multiply stays narrow."""
+    n, cc, h, w, cb = (int(v) for v in data.shape)
+    cc2, kh, kw, cb2 = (int(v) for v in kernel.shape)
+    assert (cc, cb) == (cc2, cb2), (data.shape, kernel.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
+    ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
+    dp = _pad(data, padding, pad_value)
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    return te.compute(
+        (n, cc, oh, ow, cb),
+        lambda b, c, y, x, cl: te.sum(
+            (dp[b, c, y * sh + ry * dh, x * sw + rx * dw, cl].astype("int16")
+             * kernel[c, ry, rx, cl].astype("int16")).astype("int32"),
+            axis=[ry, rx]),
+        name=DEPTHWISE_BLOCK)

@@ -1,0 +1,96 @@
+"""Small schedule helpers shared by the kernel schedules (TVM ``s_tir.Schedule`` primitives)."""
+
+from __future__ import annotations
+
+
+def extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def tile(sch, loop, inner: int, tune: bool, max_inner: int = 16):
+    """Split ``loop`` in two.  Tuning samples the split (a decision MetaSchedule mutates); the
+    default build uses ``inner``."""
+    n = extent(sch, loop)
+    decision = None if tune else [n // inner, inner]
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(max_inner, inner),
+                                      decision=decision)
+    return sch.split(loop, factors=factors)
+
+
+def consumers_chain(sch, block):
+    """All blocks after ``block`` in its PrimFunc, in program order."""
+    out, frontier, seen = [], [block], set()
+    while frontier:
+        nxt = []
+        for blk in frontier:
+            for c in sch.get_consumers(blk):
+                key = sch.get(c).name_hint
+                if key not in seen:
+                    seen.add(key)
+                    out.append(c)
+                    nxt.append(c)
+        frontier = nxt
+    return out
+
+
+def inline_epilogue(sch, block):
+    """Inline every elementwise block after ``block`` into its consumer, where possible; returns
+    the blocks that remain (those writing the function's outputs)."""
+    remaining = []
+    for blk in consumers_chain(sch, block):
+        try:
+            sch.compute_inline(blk)
+        except Exception:  # writes an output buffer, or not inlinable: keep it as a block
+            remaining.append(blk)
+    return remaining
+
+
+def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64):
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    if extent(sch, inner) <= max_lanes:
+        sch.vectorize(inner)
+    if unroll_rest:
+        for lp in loops[:-1]:
+            if extent(sch, lp) <= 16:
+                sch.unroll(lp)
+
+
+def schedule_pad(sch, name):
+    """The padding copy: parallel over (n, c, y) rows, vector over the channel block."""
+    try:
+        pad = sch.get_sblock(name)
+    except Exception:  # unpadded conv
+        return
+    loops = sch.get_loops(pad)
+    sch.vectorize(loops[-1])
+    sch.parallel(sch.fuse(*loops[:3]))
+
+
+def schedule_injective(sch) -> None:
+    """Elementwise/pool/reduce PrimFuncs: each root block parallel over its outer loops and
+    vectorized over the innermost one."""
+    root = sch.get_sblock("root")
+    for blk in sch.get_child_blocks(root):
+        loops = sch.get_loops(blk)
+        if not loops:
+            continue
+        n_spatial = len(loops)
+        block = sch.get(blk)
+        kinds = [iv.iter_type for iv in block.iter_vars]
+        if any(k != 0 for k in kinds):  # reduction: keep the loop order, parallel outside
+            n_spatial = next(i for i, k in enumerate(kinds) if k != 0)
+            if n_spatial == 0:
+                continue
+            sch.parallel(sch.fuse(*loops[:max(1, n_spatial - 1)]) if n_spatial > 1 else loops[0])
+            continue
+        inner = loops[-1]
+        if extent(sch, inner) in (4, 8, 16, 32, 64):
+            sch.vectorize(inner)
+            outer = loops[:-1]
+        else:
+            outer = loops
+        if outer:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])

@@ -1,0 +1,80 @@
+"""CPU schedules for the packed integer kernels (``relay_passes.packed_kernels``).
+
+conv: register tile of ``oc_tile`` x ``ow_tile`` accumulators (vectors of int32 lanes), reduction
+over input-channel groups of the dot depth innermost, the target's dot-product instruction via
+tensorization (:data:`schedules.DOT`), the requantize epilogue
+computed at the register tile (so no int32 tensor reaches memory), parallel over output rows.
+The two tile sizes are the decisions tuning explores (``sample_perfect_tile``); without tuning they
+come from :func:`default_conv_tiles`.
+"""
+
+from __future__ import annotations
+
+from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK
+
+from . import _sch
+
+
+def _divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def default_conv_tiles(occ: int, ow: int, dot) -> tuple[int, int]:
+    """(oc_tile, ow_tile): the register tile (at most ``dot.accumulators`` vectors) with the
+    fewest operand instructions per dot instruction: an activation broadcast is shared by the
+    ``oc_tile`` weight tiles, a weight tile by the ``ow_tile`` pixels."""
+    best, best_cost = (1, 1), float("inf")
+    for t_w in _divisors(ow):
+        for t_o in _divisors(occ):
+            if t_o * t_w > dot.accumulators or t_w > 16:
+                continue
+            cost = dot.a_cost / t_o + dot.b_cost / t_w
+            if cost < best_cost - 1e-9:
+                best, best_cost = (t_o, t_w), cost
+    return best
+
+
+def schedule_conv(sch, dot, tune: bool = False) -> None:
+    """Schedule the fused PrimFunc in ``sch`` that holds a ``conv_nchwc`` block, tensorized with
+    ``dot`` (a :class:`schedules.DotIntrin`)."""
+    conv = sch.get_sblock(CONV_BLOCK)
+    b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
+    occ, ow = _sch.extent(sch, o), _sch.extent(sch, x)
+    t_o, t_w = default_conv_tiles(occ, ow, dot)
+    o_o, o_i = _sch.tile(sch, o, t_o, tune, max_inner=8)
+    x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
+    sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)
+    sch.parallel(sch.fuse(b, o_o, y))  # before tensorize: parallel needs a plain reduction block
+    # epilogue (bias, requantize, residual, clip, cast) at the register tile
+    outs = _sch.inline_epilogue(sch, conv)
+    for blk in outs:
+        sch.reverse_compute_at(blk, x_o, preserve_unit_loops=True)
+        _sch.vectorize_inner(sch, blk, unroll_rest=True)
+    init = sch.decompose_reduction(conv, rc)
+    _sch.vectorize_inner(sch, init, unroll_rest=True)
+    sch.tensorize(ol, dot.intrin_for(sch.get(conv)))
+    sch.unroll(x_i)
+    sch.unroll(o_i)
+    _sch.schedule_pad(sch, PAD_BLOCK)
+
+
+def schedule_depthwise(sch, dot, tune: bool = False) -> None:
+    """Depthwise conv: vectors over the channel block, ``ow_tile`` pixels per step."""
+    dw = sch.get_sblock(DEPTHWISE_BLOCK)
+    b, c, y, x, cl, ry, rx = sch.get_loops(dw)
+    ow = _sch.extent(sch, x)
+    t_w = max(d for d in _divisors(ow) if d <= 8)
+    x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
+    sch.reorder(b, c, y, x_o, ry, rx, x_i, cl)
+    sch.parallel(sch.fuse(b, c, y))
+    outs = _sch.inline_epilogue(sch, dw)
+    for blk in outs:
+        sch.reverse_compute_at(blk, x_o, preserve_unit_loops=True)
+        _sch.vectorize_inner(sch, blk, unroll_rest=True)
+    sch.vectorize(cl)  # before decomposing: a vector loop needs a complete reduction block
+    sch.unroll(x_i)
+    sch.unroll(rx)
+    sch.unroll(ry)
+    init = sch.decompose_reduction(dw, ry)
+    _sch.vectorize_inner(sch, init, unroll_rest=True)
+    _sch.schedule_pad(sch, PAD_BLOCK)

@@ -1,0 +1,124 @@
+"""x86 dot-product tensor intrinsics.
+
+* AVX-512 VNNI ``vpdpbusd``: 16 int32 lanes, each a 4-deep u8 x s8 dot (64 MACs / instruction).
+* AVX2 ``vpmaddwd``: 8 int32 lanes, each a 2-deep dot of 8-bit values widened to 16 bits
+  (16 MACs / instruction).  It is exact for any u8 x s8 input; ``vpmaddubsw`` (32 MACs) is not:
+  it saturates its 16-bit pair sums (255 * 127 * 2 > 2**15), so we do not use it.
+
+TVM 0.27 ships ``dot_16x4_vnni``, but calls ``llvm.x86.avx512.vpdpbusd.512`` with ``<16 x i32>``
+operands; LLVM 22 (the one in the 0.27 wheel) declares it with ``<64 x i8>`` operands, so every
+tensorized kernel fails LLVM verification.  We register our own correct intrinsic under our own
+name for our schedules; :func:`fix_stock_vnni` re-registers the stock name with the same body so
+that MetaSchedule's built-in VNNI rule (tuning with the default search space) builds too.
+
+We do not import ``tvm.s_tir.tensor_intrin`` here: its package import parses every target's
+intrinsics (CUDA, ROCm, ...), which takes minutes in a process that has PyTorch loaded.
+
+Semantics (both):  ``C[i] += sum_k int32(A[k]) * int32(B[i, k])`` for ``i < 16, k < 4`` with
+``A`` uint8[4] (one activation quad, broadcast), ``B`` int8[16, 4], ``C`` int32[16].
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+VNNI_16x4 = "f8tvm_vnni_16x4_u8i8i32"  # 512-bit: 16 output lanes x 4-deep dot
+AVX2_8x2 = "f8tvm_avx2_8x2_u8i8i32"  # 256-bit: 8 output lanes x 2-deep dot
+
+
+@T.prim_func(s_tir=True)
+def _vnni_16x4_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _vnni_16x4_impl(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        # written as one expression (no local names): the multiplication audit reads the
+        # operands' 8-bit types straight off the call
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                          dtype="int8x64"),
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16")
+
+
+TensorIntrin.register(VNNI_16x4, _vnni_16x4_desc, _vnni_16x4_impl, override=True)
+
+
+def fix_stock_vnni() -> None:
+    """Make TVM's own ``dot_16x4_vnni`` (used by MetaSchedule's built-in x86 rules) correct for
+    LLVM >= 22.  Call in every process that tunes or applies a tuning database."""
+    from tvm.s_tir.tensor_intrin import x86 as stock  # registers the stock intrinsics first
+    from tvm.target.codegen import llvm_version_major
+
+    if llvm_version_major() >= 22:
+        TensorIntrin.register(stock.VNNI_DOT_16x4_INTRIN, _vnni_16x4_desc, _vnni_16x4_impl,
+                              override=True)
+
+
+def _desc_avx2(a_dtype):
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((2,), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 2), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+def _impl_avx2(a_dtype):
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((2,), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 2), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            # the activation pair broadcast as one 16-bit word (vpbroadcastw), each byte widened
+            # to 16 bits (vpmovzxbw / vpmovsxbw): lanes 2i, 2i+1 = A[0], A[1]; weights widened
+            # by vpmovsxbw.  One expression, so the audit sees the 8-bit operand types.
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.Cast("int16x16", T.reinterpret(
+                    T.broadcast(T.reinterpret(A.vload([0], a_dtype + "x2"), dtype="uint16"), 8),
+                    dtype=a_dtype + "x16")),
+                T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
+                dtype="int32x8")
+
+    return impl
+
+
+TensorIntrin.register(AVX2_8x2, _desc_avx2("uint8"), _impl_avx2("uint8"), override=True)
+TensorIntrin.register(AVX2_8x2 + "_s8", _desc_avx2("int8"), _impl_avx2("int8"), override=True)
