@@ -45,6 +45,19 @@ def inline_epilogue(sch, block):
     return remaining
 
 
+def fuse_epilogue(sch, block, loop):
+    """Compute the elementwise blocks after ``block`` at ``loop`` (its register tile), so no
+    intermediate reaches memory.  A block that cannot move there (it also needs data computed
+    elsewhere in the kernel) stays a separate parallel loop nest."""
+    for blk in inline_epilogue(sch, block):
+        try:
+            sch.reverse_compute_at(blk, loop, preserve_unit_loops=True)
+        except Exception:  # producers outside the tile: schedule it on its own
+            _schedule_root_block(sch, blk)
+            continue
+        vectorize_inner(sch, blk, unroll_rest=True)
+
+
 def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64):
     loops = sch.get_loops(block)
     if not loops:
@@ -74,23 +87,25 @@ def schedule_injective(sch) -> None:
     vectorized over the innermost one."""
     root = sch.get_sblock("root")
     for blk in sch.get_child_blocks(root):
-        loops = sch.get_loops(blk)
-        if not loops:
-            continue
-        n_spatial = len(loops)
-        block = sch.get(blk)
-        kinds = [iv.iter_type for iv in block.iter_vars]
-        if any(k != 0 for k in kinds):  # reduction: keep the loop order, parallel outside
-            n_spatial = next(i for i, k in enumerate(kinds) if k != 0)
-            if n_spatial == 0:
-                continue
-            sch.parallel(sch.fuse(*loops[:max(1, n_spatial - 1)]) if n_spatial > 1 else loops[0])
-            continue
-        inner = loops[-1]
-        if extent(sch, inner) in (4, 8, 16, 32, 64):
-            sch.vectorize(inner)
-            outer = loops[:-1]
-        else:
-            outer = loops
-        if outer:
-            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        _schedule_root_block(sch, blk)
+
+
+def _schedule_root_block(sch, blk) -> None:
+    """One root-level loop nest: parallel over its outer spatial loops, vector inner loop."""
+    loops = sch.get_loops(blk)
+    if not loops:
+        return
+    kinds = [int(iv.iter_type) for iv in sch.get(blk).iter_vars]
+    if len(kinds) != len(loops):  # loops already transformed: leave as is
+        return
+    if any(kinds):  # a reduction: parallel over the spatial loops outside it, if any
+        n_spatial = kinds.index(next(k for k in kinds if k))
+        if n_spatial:
+            sch.parallel(sch.fuse(*loops[:n_spatial]) if n_spatial > 1 else loops[0])
+        return
+    inner = loops[-1]
+    if extent(sch, inner) in (4, 8, 16, 32, 64):
+        sch.vectorize(inner)
+        loops = loops[:-1]
+    if loops:
+        sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])

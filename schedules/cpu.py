@@ -46,10 +46,7 @@ def schedule_conv(sch, dot, tune: bool = False) -> None:
     sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)
     sch.parallel(sch.fuse(b, o_o, y))  # before tensorize: parallel needs a plain reduction block
     # epilogue (bias, requantize, residual, clip, cast) at the register tile
-    outs = _sch.inline_epilogue(sch, conv)
-    for blk in outs:
-        sch.reverse_compute_at(blk, x_o, preserve_unit_loops=True)
-        _sch.vectorize_inner(sch, blk, unroll_rest=True)
+    _sch.fuse_epilogue(sch, conv, x_o)
     init = sch.decompose_reduction(conv, rc)
     _sch.vectorize_inner(sch, init, unroll_rest=True)
     sch.tensorize(ol, dot.intrin_for(sch.get(conv)))
@@ -67,10 +64,7 @@ def schedule_depthwise(sch, dot, tune: bool = False) -> None:
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     sch.reorder(b, c, y, x_o, ry, rx, x_i, cl)
     sch.parallel(sch.fuse(b, c, y))
-    outs = _sch.inline_epilogue(sch, dw)
-    for blk in outs:
-        sch.reverse_compute_at(blk, x_o, preserve_unit_loops=True)
-        _sch.vectorize_inner(sch, blk, unroll_rest=True)
+    _sch.fuse_epilogue(sch, dw, x_o)
     sch.vectorize(cl)  # before decomposing: a vector loop needs a complete reduction block
     sch.unroll(x_i)
     sch.unroll(rx)
