@@ -54,7 +54,8 @@ from f8tvm.errors import F8TVMError, InputError
 from f8tvm.plan import FixedPointPlan, LayerPlan
 
 __all__ = ["ARCHS", "AVGPOOL_MODES", "CONFIGS", "CheckpointError", "F8NetCheckpoint",
-           "F8NetConfig", "architecture", "load_checkpoint", "make_checkpoint"]
+           "F8NetConfig", "architecture", "load_checkpoint", "make_checkpoint",
+           "read_checkpoint"]
 
 BN_EPS = 1e-5  # ReLUClipFXQConvBN's default; no official model overrides it
 OFFICIAL_POOL_KERNEL = 7  # FXQAvgPool2d(7): the official int model always pools with this
@@ -353,8 +354,9 @@ class F8NetFloatModel(nn.Module):
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def _unwrap(obj) -> dict:
-    """A bare state_dict from a file path or a (possibly wrapped) dict."""
+def read_checkpoint(obj) -> dict:
+    """The bare state_dict of a checkpoint: a file path or a dict, possibly wrapped as
+    ``{"model": ...}`` (or ``{"state_dict": ...}``) with ``module.`` key prefixes."""
     if isinstance(obj, (str, bytes)) or hasattr(obj, "__fspath__"):
         from f8tvm.models import load_state_dict_file
 
@@ -530,8 +532,9 @@ def _export(sd: dict, arch: Arch, cfg: F8NetConfig, pool_scale: dict, fc_scale: 
 class F8NetCheckpoint:
     """An imported F8Net checkpoint: the float module, its example input and the plan.
 
-    ``f8tvm.compile(ck.model, ck.example_input, plan=ck.plan)`` compiles it;
-    :meth:`compile` does the same.
+    ``f8tvm.compile(ck.model, ck.example_input, plan=ck.plan)`` compiles it; :meth:`compile`
+    does the same with one import of the module instead of two (the plan is keyed by the names
+    of the imported graph, so :attr:`plan` and :attr:`graph` import it on first use).
     """
 
     arch: str
@@ -539,15 +542,39 @@ class F8NetCheckpoint:
     avgpool: str
     model: nn.Module
     example_input: torch.Tensor
-    plan: FixedPointPlan
-    graph: object
-    info: dict = field(default_factory=dict)
+    info: dict
+    _exported: dict = field(repr=False)
+    _graph: object = field(default=None, repr=False)
+    _plan: FixedPointPlan | None = field(default=None, repr=False)
+
+    def plan_for(self, graph) -> FixedPointPlan:
+        """The plan of this checkpoint over ``graph`` (the layer graph of :attr:`model`)."""
+        plan = _plan(graph, self._exported, CONFIGS[self.config], self.info["pool_shift"])
+        plan.info.update(f8net=dict(self.info))
+        self._graph, self._plan = graph, plan
+        return plan
+
+    @property
+    def graph(self):
+        if self._graph is None:
+            from f8tvm.api import import_model
+            from f8tvm.graph import extract_graph
+
+            self.plan_for(extract_graph(*import_model(self.model, self.example_input)))
+        return self._graph
+
+    @property
+    def plan(self) -> FixedPointPlan:
+        if self._plan is None:
+            _ = self.graph
+        return self._plan
 
     def compile(self, target="host", **kwargs):
         """Compile with :func:`f8tvm.compile` under this checkpoint's plan."""
         from f8tvm.api import compile as _compile
 
-        cm = _compile(self.model, self.example_input, target=target, plan=self.plan, **kwargs)
+        cm = _compile(self.model, self.example_input, target=target, plan=self.plan_for,
+                      **kwargs)
         cm.extra_meta["f8net"] = {"arch": self.arch, "config": self.config,
                                   "avgpool": self.avgpool}
         return cm
@@ -614,7 +641,7 @@ def load_checkpoint(checkpoint, arch: str, config: str = "conventional",
     if avgpool not in AVGPOOL_MODES:
         raise InputError(f"unknown avgpool mode {avgpool!r}; expected one of "
                          f"{', '.join(AVGPOOL_MODES)}")
-    sd = _unwrap(checkpoint)
+    sd = read_checkpoint(checkpoint)
     n_cls = num_classes or _infer_num_classes(sd)
     if width is None:
         width = _infer_width(sd, arch)
@@ -646,17 +673,11 @@ def load_checkpoint(checkpoint, arch: str, config: str = "conventional",
     fc = exported["classifier.0"]
     model.load_state_dict(_float_state_dict(sd, a, fc.eta_out / fc.eta_in), strict=True)
 
-    from f8tvm.api import import_model
-    from f8tvm.graph import extract_graph
-
-    graph = extract_graph(*import_model(model, x))
-    plan = _plan(graph, exported, cfg, shift)
     info = {"arch": arch, "config": cfg.name, "avgpool": avgpool, "pool_shift": shift,
             "pool_factor": factor, "final_hw": hw, "width": width, "num_classes": n_cls}
     if a.family == "resnet":
         info["head_maxpool_exact"] = _maxpool_exact(exported["head.0"])
-    plan.info.update(f8net=info)
-    return F8NetCheckpoint(arch, cfg.name, avgpool, model, x, plan, graph, info)
+    return F8NetCheckpoint(arch, cfg.name, avgpool, model, x, info, exported)
 
 
 def _maxpool_exact(e: _Exported) -> bool:
