@@ -17,6 +17,9 @@ from f8tvm.fakequant import FakeQuantModel
 from f8tvm.frontend.f8net import CheckpointError, load_checkpoint, make_checkpoint, read_checkpoint
 from f8tvm.reference import run_reference
 
+# the tests run official-mode models at reduced sizes on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:F8Net official avgpool")
+
 WIDTH = {"resnet18": 0.125, "resnet50": 0.125, "mobilenet_v1": 0.125, "mobilenet_v2": 0.25}
 FAMILY = {"resnet18": "resnet", "resnet50": "resnet", "mobilenet_v1": "mobilenet_v1",
           "mobilenet_v2": "mobilenet_v2"}
@@ -105,7 +108,8 @@ def test_avgpool_modes():
     """official folds 64/49 into the last block's body[-1] only; corrected folds the true 2**k/HW
     into the classifier (ResNet), so the identity branch is scaled too."""
     sd = _checkpoint("resnet18", "conventional", 96)
-    off = load_checkpoint(sd, "resnet18", input_size=96)
+    with pytest.warns(UserWarning, match="not 7x7"):
+        off = load_checkpoint(sd, "resnet18", input_size=96)
     cor = load_checkpoint(sd, "resnet18", avgpool="corrected", input_size=96)
     assert (off.info["pool_shift"], cor.info["pool_shift"]) == (6, 3)
     assert off.info["pool_factor"] == 64 / 49 and cor.info["pool_factor"] == 8 / 9

@@ -680,6 +680,12 @@ def load_checkpoint(checkpoint, arch: str, config: str = "conventional",
     if avgpool == "official":
         shift = round(math.log2(OFFICIAL_POOL_KERNEL**2))
         factor = 2.0**shift / OFFICIAL_POOL_KERNEL**2
+        if hw != OFFICIAL_POOL_KERNEL**2:
+            import warnings
+
+            warnings.warn(f"F8Net official avgpool: the final map is {hw} pixels, not 7x7; the "
+                          "official model still divides its sum by 49 (use avgpool='corrected' "
+                          "for a mean)", stacklevel=2)
     else:
         shift = round(math.log2(hw))
         factor = 2.0**shift / hw
