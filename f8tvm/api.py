@@ -177,8 +177,9 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     progress : callable(phase: str, done: int, total: int | None), optional
     debug_dump : str, optional
         Directory to write the IR after each phase.
-    plan : FixedPointPlan, optional
-        Skip calibration and use this plan (F8Net checkpoints, QAT).
+    plan : FixedPointPlan or callable(graph) -> FixedPointPlan, optional
+        Skip calibration and use this plan (F8Net checkpoints, QAT); a callable receives the
+        layer graph, for plans keyed by its node names.
     """
     from relay_passes.quantize_to_integer import QuantizeToInteger
     from targets import get_target
@@ -209,6 +210,8 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
 
         stats = collect_stats(graph, batches, tick)
         plan = plan_fixed_point(graph, stats, scheme)
+    elif callable(plan):
+        plan = plan(graph)
     note("integer", 0, None)
     int_mod = QuantizeToInteger(graph, plan)(float_mod)
     dump("2_integer", int_mod)

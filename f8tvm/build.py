@@ -28,6 +28,9 @@ class BuildArgs:
     calib_count: int
     seed: int
     debug_dump: str | None
+    f8net_checkpoint: str | None = None
+    f8net_config: str = "conventional"
+    f8net_avgpool: str = "official"
 
     def display(self) -> None:
         print("f8tvm build plan:")
@@ -38,11 +41,13 @@ class BuildArgs:
 def parse_args(argv=None) -> BuildArgs:
     from targets import TARGETS
 
+    from .frontend import f8net
     from .models import available_models
     from .plan import DEFAULT_SCHEME, SCHEMES
 
     p = argparse.ArgumentParser(prog="python -m f8tvm.build", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, choices=available_models())
+    zoo = available_models()
+    p.add_argument("--model", required=True, choices=zoo + [a for a in f8net.ARCHS if a not in zoo])
     p.add_argument("--target", default="host", choices=["host", *TARGETS])
     p.add_argument("--output-dir", default="out")
     p.add_argument("--weights", help="torchvision-style state_dict (.pth) to load")
@@ -55,13 +60,31 @@ def parse_args(argv=None) -> BuildArgs:
     p.add_argument("--calib-count", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug-dump", help="write the IR after each phase into this folder")
+    p.add_argument("--f8net-checkpoint", metavar="PATH",
+                   help="a checkpoint trained by the official F8Net code (--model names its "
+                        "architecture); its FLs, alphas and BN statistics replace calibration")
+    p.add_argument("--f8net-config", default="conventional", choices=list(f8net.CONFIGS),
+                   help="the checkpoint's training config family")
+    p.add_argument("--f8net-avgpool", default=f8net.DEFAULT_AVGPOOL, choices=f8net.AVGPOOL_MODES,
+                   help="official: bit-exact with the official integer model; corrected: the "
+                        "pool factor applies to the whole pooled sum")
     a = p.parse_args(argv)
+    if a.f8net_checkpoint:
+        if not os.path.isfile(a.f8net_checkpoint):
+            p.error(f"--f8net-checkpoint: no such file: {a.f8net_checkpoint}")
+        if a.model not in f8net.ARCHS:
+            p.error(f"--f8net-checkpoint: --model must be one of {', '.join(f8net.ARCHS)}")
+        if a.weights:
+            p.error("--weights and --f8net-checkpoint are exclusive")
+    elif a.model not in zoo:
+        p.error(f"--model {a.model} needs --f8net-checkpoint")
     if a.weights and not os.path.isfile(a.weights):
         p.error(f"--weights: no such file: {a.weights}")
     if a.calib_count < 1:
         p.error("--calib-count must be >= 1")
     return BuildArgs(a.model, a.target, a.output_dir, a.weights, a.input_size or 0, a.scheme,
-                     a.calib, a.calib_count, a.seed, a.debug_dump)
+                     a.calib, a.calib_count, a.seed, a.debug_dump, a.f8net_checkpoint,
+                     a.f8net_config, a.f8net_avgpool)
 
 
 def calibration_images(source: str, count: int, size: int, preprocess, seed: int = 0):
@@ -149,6 +172,12 @@ def main(argv=None) -> int:
         from . import api
         from .models import get_model
 
+        if args.f8net_checkpoint:
+            from .frontend.f8net import build_checkpoint
+
+            cm, files = build_checkpoint(args, _Progress())
+            print(summary_table(cm, files))
+            return 0
         model, spec = get_model(args.model, weights=args.weights, seed=args.seed)
         size = args.input_size or spec.input_size
         calib, what = calibration_images(args.calib, args.calib_count, size, spec.preprocess,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fixedpoint import pool_shift, qrange
+from .fixedpoint import qrange
 
 
 class FakeQuantModel(torch.nn.Module):
@@ -60,8 +60,10 @@ class FakeQuantModel(torch.nn.Module):
                 out = F.max_pool2d(F.pad(a, (pl, pr, pt, pb), value=-float("inf")),
                                    at["pool_size"], at["strides"], 0, at["dilation"])
             elif n.op == "global_avg_pool":
-                # the stored value is the sum / 2**k; the HW / 2**k factor lives in eta
-                out = a.sum(dim=(2, 3), keepdim=True) * 2.0 ** -pool_shift(a.shape[2] * a.shape[3])
+                # the stored value is the sum / 2**k; the HW / 2**k factor lives in eta.  k is
+                # the plan's (an F8Net checkpoint keeps the official k = 6 at any H*W)
+                k = p.fl[n.name] - p.fl[n.inputs[0]]
+                out = a.sum(dim=(2, 3), keepdim=True) * self._cvec(np.exp2(-k), a.ndim)
             elif n.op == "reshape":
                 out = a.reshape(a.shape[0], *n.shape[1:])
             else:
