@@ -170,6 +170,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     from .calibrate import collect_stats, plan_fixed_point
 
     preset = get_target(target)
+    preset.check_toolchain()  # fail before the minutes of work, not at export
     note = progress or (lambda *a: None)
 
     def dump(name, mod):
