@@ -163,6 +163,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     plan : FixedPointPlan, optional
         Skip calibration and use this plan (F8Net checkpoints, QAT).
     """
+    from relay_passes.offset_activations import offset_for_target
     from relay_passes.quantize_to_integer import QuantizeToInteger
     from targets import get_target
 
@@ -195,6 +196,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
         plan = plan_fixed_point(graph, stats, scheme)
     note("integer", 0, None)
     int_mod = QuantizeToInteger(graph, plan)(float_mod)
+    int_mod = offset_for_target(int_mod, preset)  # ARM: int8 activations for sdot (exact)
     dump("2_integer", int_mod)
     note("lower", 0, None)
     lowered, report = lower(int_mod, preset)

@@ -48,14 +48,17 @@ QEMU_PACKAGE = "qemu-user-static"
 BOARD_PYTHON = "3.11"  # Debian 12's python3; the wheels below are its cp311 builds
 DEBIAN_PACKAGES = (f"python{BOARD_PYTHON}", "libstdc++6")
 # The board's Python packages: the TVM runtime pair pinned like the host's (see setup.py), numpy,
-# and what TVM's RPC server imports (tornado/psutil/cloudpickle for trackers and popen pools).
+# what TVM's RPC server imports (tornado/psutil/cloudpickle for trackers and popen pools) and
+# pillow for `python -m f8tvm.run --input IMAGE` on the board.
 WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "ml_dtypes",
-          "typing_extensions", "psutil", "cloudpickle", "tornado")
+          "typing_extensions", "psutil", "cloudpickle", "tornado", "pillow")
 WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64")
-# f8tvm's deployment runtime: what a board needs besides the TVM runtime wheel and numpy.
-RUNTIME_FILES = ("__init__.py", "runtime.py", "fixedpoint.py", "board_server.py")
+# f8tvm's deployment runtime: what a board needs besides the TVM runtime wheel and numpy (the
+# README's deployment section lists the same files); none of them imports torch or TVM's compiler.
+RUNTIME_FILES = ("__init__.py", "runtime.py", "fixedpoint.py", "run.py", "data.py",
+                 "board_server.py")
 # bump when what setup builds changes, so old caches are rebuilt
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 
 
 def board_dir() -> str:
