@@ -226,6 +226,7 @@ class EmulatedBoard:
         self.host = host
         self.port = port
         self._proc = None
+        self._owned = False  # started by this object (so __exit__ stops it)
 
     # ------------------------------------------------------------------ set up
     @property
@@ -255,6 +256,9 @@ class EmulatedBoard:
         env.update(PYTHONPATH=os.pathsep.join([self.paths.app, self.paths.site]),
                    PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1",
                    TVM_USE_RUNTIME_LIB="1",  # the compiler library is not on the board
+                   # One worker thread: emulated parallelism buys nothing on a shared host, and
+                   # thread pools in processes forked under qemu-user are a deadlock risk.
+                   TVM_NUM_THREADS="1",
                    **{EMULATOR_ENV: QEMU})
         return env
 
@@ -300,6 +304,7 @@ class EmulatedBoard:
             with open(self.paths.log_file) as f:
                 tail = f.read()[-3000:]
             raise RuntimeError(f"the emulated board's RPC server did not start:\n{tail}")
+        self._owned = True
         self.port = int(line.split()[1].rsplit(":", 1)[1])
         with open(self.paths.server_file, "w") as f:
             json.dump({"pid": self._proc.pid, "host": self.host, "port": self.port,
@@ -350,7 +355,8 @@ class EmulatedBoard:
         return self
 
     def __exit__(self, *exc):
-        self.stop()
+        if self._owned:  # leave a server started elsewhere (the CLI) running
+            self.stop()
 
 
 def main(argv=None) -> int:

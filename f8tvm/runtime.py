@@ -48,6 +48,20 @@ class Module:
         self.output_fl = np.asarray(out["fl"], np.int64)
         self.output_scale = float(out["eta"])
 
+    def close(self) -> None:
+        """Release the module; on a board, also end the RPC session (a TVM RPC server serves one
+        session at a time, so the next client waits until this one has closed)."""
+        self._vm = None
+        if self.board is not None:
+            self.device = None  # a remote device holds the session too
+            self.board.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     # ------------------------------------------------------------------ integer program
     def run_int(self, q):
         """Run the integer program on an 8-bit input; returns ``(int32 output, output FL)``."""
@@ -142,9 +156,12 @@ class RemoteBoard:
     address : str
         ``host:port`` of the board's RPC server (``python -m tvm.exec.rpc_server`` or f8tvm's
         ``board_server.py``).
+    session_timeout : float
+        Seconds after which the board ends the session (0 = never), so that a stuck board
+        becomes an error instead of a hang.
     """
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, session_timeout: float = 0):
         from tvm import rpc
 
         host, sep, port = address.rpartition(":")
@@ -152,7 +169,7 @@ class RemoteBoard:
             raise ValueError(f"--rpc/remote must be HOST:PORT, got {address!r}")
         self.address = address
         try:
-            self.session = rpc.connect(host, int(port))
+            self.session = rpc.connect(host, int(port), session_timeout=session_timeout)
         except (OSError, RuntimeError) as err:  # TVM's errors are RuntimeErrors
             raise ConnectionError(f"cannot connect to the RPC server at {address}: {err}") from None
         self.info = self._info()
@@ -162,6 +179,14 @@ class RemoteBoard:
             return json.loads(self.session.get_function("f8tvm.board.info")())
         except (AttributeError, RuntimeError):  # a stock TVM RPC server has no such function
             return {}
+
+    def close(self) -> None:
+        """End the session: the board serves its next client (TVM has no explicit close; the
+        session ends when the last reference to it is gone)."""
+        import gc
+
+        self.session = None
+        gc.collect()
 
     @property
     def emulated(self) -> str | None:
@@ -182,9 +207,9 @@ class RemoteBoard:
         return Module(self.session.load_module(name), meta, self.session.cpu(), board=self)
 
 
-def connect(address: str) -> RemoteBoard:
-    """Open an RPC session with the board at ``host:port``."""
-    return RemoteBoard(address)
+def connect(address: str, session_timeout: float = 0) -> RemoteBoard:
+    """Open an RPC session with the board at ``host:port`` (see :class:`RemoteBoard`)."""
+    return RemoteBoard(address, session_timeout)
 
 
 def load(path: str, device=None, remote: str | RemoteBoard | None = None) -> Module:
