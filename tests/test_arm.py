@@ -151,6 +151,19 @@ def test_deployment_on_board_without_torch(builds, board, tmp_path):
 
 
 @on_board
+def test_board_setup_is_cached_and_cli_reports_status(board):
+    from f8tvm.emulated_board import EmulatedBoard
+
+    again = EmulatedBoard()
+    assert again.is_set_up
+    again.setup()  # idempotent: nothing is downloaded again
+    r = subprocess.run([sys.executable, "-m", "f8tvm.emulated_board", "status"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "set up:  yes" in r.stdout and f"{board.host}:{board.port}" in r.stdout
+
+
+@on_board
 def test_run_cli_over_rpc_says_emulated(builds, board, tmp_path):
     from PIL import Image
 
@@ -177,7 +190,8 @@ def test_run_cli_rpc_unreachable_is_a_clear_error(tmp_path):
 @pytest.mark.skipif(not HAVE_A32_CXX, reason="arm-linux-gnueabihf-g++ is not installed "
                     "(apt-get install g++-arm-linux-gnueabihf)")
 def test_armv7_cross_compiles_and_exports(tmp_path):
-    """armv7 is compile-only: PyPI has no armv7 TVM runtime to run it with (see the README)."""
+    """armv7 is compile-only: there is no armv7 TVM runtime on PyPI to run it with, and the
+    wheel's runtime sources are incomplete (see the README)."""
     from conftest import make_small_net
 
     torch.manual_seed(0)
