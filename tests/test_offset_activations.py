@@ -81,7 +81,7 @@ def test_offset_program_is_bit_exact_with_numpy_reference(program):
 
 
 def test_offset_program_audit_only_8bit_macs(program):
-    graph, _, qmod, omod = program
+    _, _, qmod, omod = program
     _, before = lower(qmod, get_target("x86"))
     _, after = lower(omod, get_target("arm"))
     assert after.wide_multiplies == 0
