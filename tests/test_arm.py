@@ -232,9 +232,48 @@ def test_presets_name_target_compiler_layout_instruction():
     assert TARGETS["x86"].activation_dtype == "uint8"  # VNNI is u8 x s8: no offset on x86
 
 
-@pytest.mark.skip(reason="needs the tensorized NCHW4c int8 conv schedules (schedules/, the "
-                  "kernel work to come); the untuned NCHW kernels do not use sdot")
-def test_dotprod_conv_asm_contains_sdot(builds):
-    cm, _ = builds[1]["arm-dotprod"]
+def _asm_multiplies(cm):
+    """Vector multiply instructions of the conv kernels: {function: [(mnemonic, operands)]}."""
+    import re
+
     asm = cm.executable.mod.imports[0].inspect_source("asm")
-    assert "sdot" in asm
+    out, fn = {}, None
+    for line in asm.splitlines():
+        m = re.match(r"^([A-Za-z_][\w.]*):", line)
+        if m and not m.group(1).startswith(".L"):
+            fn = m.group(1)
+        m = re.match(r"^\s+(s?mul\w*|s?mla\w*|s?mlal\w*|\w*dot)\s+(v\d+\.\w+.*)$", line)
+        if m and fn and "conv2d" in fn:
+            out.setdefault(fn, []).append((m.group(1), re.sub(r"v\d+", "v", m.group(2))))
+    return out
+
+
+@needs_a64_cxx
+def test_dotprod_conv_asm_contains_sdot(builds):
+    """Even untuned, LLVM turns the int8 x int8 conv reductions into sdot for +dotprod."""
+    cm, _ = builds[1]["arm-dotprod"]
+    muls = _asm_multiplies(cm)
+    sdots = sum(op == "sdot" for ops in muls.values() for op, _ in ops)
+    assert sdots > 0, muls
+    print(f"\narm-dotprod conv kernels: {sdots} sdot")
+
+
+@needs_a64_cxx
+def test_arm_asm_conv_products_are_8bit(builds):
+    """NEON build: every vector multiply in a conv kernel takes 8-bit lanes (smull .8b/.16b).
+
+    The TIR audit proves the operands are 8-bit values; at the instruction level LLVM's
+    vectorizer sometimes widens them first (``mla .4s`` in untuned 1x1 stride-2 convs,
+    ``smull/smlal .4h`` in depthwise convs).  Tensorized NEON schedules (TVM's
+    dot_4x4_i8i8s32_neon: smull .8b + saddlp; a depthwise one still to write) remove that;
+    until they land, such kernels are reported as an expected failure, with their names.
+    """
+    cm, _ = builds[1]["arm"]
+    muls = _asm_multiplies(cm)
+    assert muls, "no vector multiply in any conv kernel"
+    wide = {fn: sorted({f"{op} {args}" for op, args in ops
+                        if not (op in ("smull", "smull2") and (".8b" in args or ".16b" in args))})
+            for fn, ops in muls.items()}
+    wide = {fn: ops for fn, ops in wide.items() if ops}
+    if wide:
+        pytest.xfail(f"untuned kernels widen 8-bit values before multiplying: {wide}")
