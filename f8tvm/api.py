@@ -137,11 +137,11 @@ def _batches(calib, example_input):
 def pack(int_mod, target_preset):
     """Phase 5: blocked channel layout for the target's dot-product instruction (if any)."""
     from relay_passes.pack_channel_blocks import PackChannelBlocks
-    from schedules import dot_intrin
+    from schedules import find_dot
 
-    if not target_preset.dot_instruction:
+    dot = find_dot(target_preset.dot_instruction)
+    if dot is None:
         return int_mod
-    dot = dot_intrin(target_preset.dot_instruction)
     return PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None)(int_mod)
 
 
@@ -150,12 +150,12 @@ def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None):
     ``tuning_db`` where it has them, our default schedules elsewhere), audit the TIR.
     Returns (lowered mod, report); ``info`` (a dict) receives what was tuned."""
     from relay_passes.audit_multiplies import check_module
-    from schedules import dot_intrin
+    from schedules import find_dot
     from schedules.tuning import apply_database
 
     from ._tvm import lower_relax
 
-    dot = dot_intrin(target_preset.dot_instruction) if target_preset.dot_instruction else None
+    dot = find_dot(target_preset.dot_instruction)
     target = target_preset.tvm()
 
     def schedule(fused):
@@ -185,8 +185,10 @@ def fuse(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME,
         plan = plan_fixed_point(graph, stats, scheme)
     elif callable(plan):
         plan = plan(graph)
-    packed = pack(QuantizeToInteger(graph, plan)(float_mod), preset)
-    return fuse_relax(packed, preset.tvm()), preset
+    from relay_passes.offset_activations import offset_for_target
+
+    int_mod = offset_for_target(QuantizeToInteger(graph, plan)(float_mod), preset)
+    return fuse_relax(pack(int_mod, preset), preset.tvm()), preset
 
 
 def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME,  # noqa: A001
@@ -214,6 +216,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
         A tuning database directory (``f8tvm.tune --db``): kernels with a record use it, the
         others our default schedules; the metadata's ``tuning`` entry says which.
     """
+    from relay_passes.offset_activations import offset_for_target
     from relay_passes.quantize_to_integer import QuantizeToInteger
     from targets import get_target
 
@@ -221,6 +224,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     from .calibrate import collect_stats, plan_fixed_point
 
     preset = get_target(target)
+    preset.check_toolchain()  # fail before the minutes of work, not at export
     note = progress or (lambda *a: None)
 
     def dump(name, mod):
@@ -247,6 +251,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
         plan = plan(graph)
     note("integer", 0, None)
     int_mod = QuantizeToInteger(graph, plan)(float_mod)
+    int_mod = offset_for_target(int_mod, preset)  # ARM: int8 activations for sdot (exact)
     dump("2_integer", int_mod)
     packed = pack(int_mod, preset)
     dump("3_packed", packed)

@@ -47,6 +47,12 @@ def _x86():
     }
 
 
+def find_dot(instruction: str | None) -> DotIntrin | None:
+    """The tensor intrinsic of a target's dot instruction, None when we have no schedule for it
+    yet (the target then gets the generic layout and schedules)."""
+    return _x86().get(instruction) if instruction else None
+
+
 def dot_intrin(instruction: str) -> DotIntrin:
     table = _x86()
     if instruction not in table:
