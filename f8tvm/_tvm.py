@@ -12,7 +12,6 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, topi  # noqa: F401  (re-exported)
 from tvm import tirx as tir  # 0.27: tvm.tir -> tvm.tirx
-from tvm.support import cc  # 0.27: tvm.contrib.cc -> tvm.support.cc
 
 TVM_VERSION = tvm.__version__
 
@@ -147,7 +146,7 @@ def compile_relax_lowered(lowered: IRModule, target: Target):
 
 
 def region_tensor(region):
-    """The buffer a TIR block read/write region refers to (0.27: ``.source``; older: ``.buffer``)."""
+    """The buffer a TIR block region refers to (0.27: ``.source``; older: ``.buffer``)."""
     return region.source if hasattr(region, "source") else region.buffer
 
 

@@ -70,8 +70,12 @@ def f8tvm_system(name, model, x, calib, target, tuning_db=None):
 def onnx_systems(model, x, calib, tmp):
     import onnxruntime as ort
     import torch
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     fp32 = os.path.join(tmp, "model.onnx")
     t0 = time.perf_counter()

@@ -31,6 +31,7 @@ class BuildArgs:
     f8net_checkpoint: str | None = None
     f8net_config: str = "conventional"
     f8net_avgpool: str = "official"
+    tuning_db: str | None = None
 
     def display(self) -> None:
         print("f8tvm build plan:")
@@ -60,6 +61,8 @@ def parse_args(argv=None) -> BuildArgs:
     p.add_argument("--calib-count", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug-dump", help="write the IR after each phase into this folder")
+    p.add_argument("--tuning-db", metavar="DIR",
+                   help="apply the records of a tuning database (python -m f8tvm.tune --db DIR)")
     p.add_argument("--f8net-checkpoint", metavar="PATH",
                    help="a checkpoint trained by the official F8Net code (--model names its "
                         "architecture); its FLs, alphas and BN statistics replace calibration")
@@ -82,9 +85,13 @@ def parse_args(argv=None) -> BuildArgs:
         p.error(f"--weights: no such file: {a.weights}")
     if a.calib_count < 1:
         p.error("--calib-count must be >= 1")
+    if a.tuning_db and not os.path.isfile(os.path.join(a.tuning_db,
+                                                       "database_workload.json")):
+        p.error(f"--tuning-db: no tuning database in {a.tuning_db} "
+                f"(make one with python -m f8tvm.tune --db {a.tuning_db})")
     return BuildArgs(a.model, a.target, a.output_dir, a.weights, a.input_size or 0, a.scheme,
                      a.calib, a.calib_count, a.seed, a.debug_dump, a.f8net_checkpoint,
-                     a.f8net_config, a.f8net_avgpool)
+                     a.f8net_config, a.f8net_avgpool, a.tuning_db)
 
 
 def calibration_images(source: str, count: int, size: int, preprocess, seed: int = 0):
@@ -159,6 +166,13 @@ def summary_table(cm, files) -> str:
     lines.append("")
     lines.append(f"layers: {len(rows)}   8-bit MACs: {a.macs_8bit:,}   shifts: {a.shifts:,}   "
                  f"wide multiplies: {a.wide_multiplies}")
+    t = cm.extra_meta.get("tuning") or {}
+    if t.get("database"):
+        lines.append(f"kernels: {t['tuned']}/{t['tunable']} tuned from {t['database']} "
+                     f"({t['exact']} exact, {t['by_anchor']} by anchor)")
+    else:
+        lines.append(f"kernels: default schedules for {cm.target.name} (untuned; "
+                     f"python -m f8tvm.tune makes a database)")
     lines += [f"wrote {f}" for f in files]
     return "\n".join(lines)
 
@@ -185,7 +199,8 @@ def main(argv=None) -> int:
         print(f"  calibration: {what}, scheme {args.scheme}")
         progress = _Progress()
         cm = api.compile(model, torch.zeros(1, 3, size, size), target=args.target, calib=calib,
-                         scheme=args.scheme, progress=progress, debug_dump=args.debug_dump)
+                         scheme=args.scheme, progress=progress, debug_dump=args.debug_dump,
+                         tuning_db=args.tuning_db)
         progress.close()
         cm.extra_meta["model"] = args.model
         cm.extra_meta["preprocess"] = dict(mean=list(spec.preprocess.mean),

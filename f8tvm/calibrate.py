@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import F8TVMError, InputError
-from .fixedpoint import (INT32_MAX, fix_quant, mse_fraclen, pool_shift, std_fraclen,
-                         weight_fraclen)
+from .fixedpoint import INT32_MAX, fix_quant, mse_fraclen, pool_shift, std_fraclen, weight_fraclen
 from .graph import Graph
 from .plan import SCHEMES, FixedPointPlan, LayerPlan, Scheme
 
@@ -170,7 +169,6 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
     sch = SCHEMES[scheme] if isinstance(scheme, str) else scheme
     nonneg = nonnegative(graph)
     streams = _Streams(graph)
-    consumers = graph.consumers()
     input_signed = bool(stats[graph.input].min < 0)  # raw [0, 1] inputs stay unsigned
 
     def act_range(signed):

@@ -162,7 +162,8 @@ def extract_graph(mod, sources: dict | None = None) -> Graph:
         elif op == "relax.clip":
             lo, hi = float(v.args[1].value), float(v.args[2].value)
             if lo != 0.0:
-                raise unsupported(f"clip({lo}, {hi}) (only ReLU-like clips with a lower bound of 0)",
+                raise unsupported(
+                    f"clip({lo}, {hi}) (only ReLU-like clips with a lower bound of 0)",
                                   vname)
             node = Node(vname, "clip", [ref(v.args[0])], shape, dict(lo=0.0, hi=hi),
                         source=label, bindings=(vname,))

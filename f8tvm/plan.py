@@ -128,4 +128,5 @@ def _macs(node) -> int:
 
 
 def dumps(obj) -> str:
-    return json.dumps(obj, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else asdict(o))
+    return json.dumps(obj, indent=1,
+                      default=lambda o: o.tolist() if hasattr(o, "tolist") else asdict(o))

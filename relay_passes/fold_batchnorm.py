@@ -32,7 +32,8 @@ def _fold(func):
         x, gamma, beta, mean, var = v.args
         consts = [gamma, beta, mean, var]
         if not all(_tvm.is_const(c) for c in consts):
-            raise UnsupportedOpError(f"batch_norm '{_tvm.var_name(b.var)}' has non-constant statistics")
+            raise UnsupportedOpError(
+                f"batch_norm '{_tvm.var_name(b.var)}' has non-constant statistics")
         gamma, beta, mean, var = (_tvm.const_value(c).astype(np.float64) for c in consts)
         inv = gamma / np.sqrt(var + float(v.attrs.epsilon))
         conv_var, bias = x, None

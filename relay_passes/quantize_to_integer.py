@@ -4,10 +4,12 @@ Relax (Relay's successor in TVM) pass.  Reads only the FixedPointPlan and the la
 a new ``main(q_in: int8|uint8) -> (int32,)`` where, per node (``T`` = int32 tensors, FLs per
 channel, ``>>`` arithmetic):
 
-* conv2d / dense:  ``q = RQ(T_src, d = fl_src - in_fl)``;  ``acc = conv(q, w_int8, int32) + b_int32``
+* conv2d / dense:  ``q = RQ(T_src, d = fl_src - in_fl)``;
+                   ``acc = conv(q, w_int8, int32) + b_int32``
 * RQ(T, d):        ``T' = T << max(-d, 0)``, ``r = max(d, 0)``,
-                   ``y = (T' + (2**(r-1) - 1) + ((T' >> r) & 1)) >> r``  (= round_half_even(T'/2**r);
-                   the constants are 0 where r = 0), then ``clip`` to [0, 255] / [-127, 127] and cast
+                   ``y = (T' + (2**(r-1) - 1) + ((T' >> r) & 1)) >> r``
+                   (= round_half_even(T'/2**r); the constants are 0 where r = 0),
+                   then ``clip`` to [0, 255] / [-127, 127] and cast
 * relu / ReLU6:    ``max(T, 0)`` / ``min(max(T, 0), hi_int)``
 * add (residual):  ``(A << (f - fl_a)) + (B << (f - fl_b))``, ``f = max(fl_a, fl_b)``; stays int32
 * max_pool2d:      ``max_pool(RQ(T))`` on int8/uint8 when every consumer of the pool is a layer

@@ -1,8 +1,9 @@
 """How kernels run fast: packed layouts' dot-product intrinsics and the schedules that use them.
 
 Nothing here changes what a kernel computes (that is ``relay_passes``); a schedule only reorders,
-tiles, vectorizes and tensorizes.  :func:`schedules.tuning.apply_database` gives every PrimFunc of a fused module its schedule: a
-tuned record from a MetaSchedule database when there is one, else :func:`default_schedule`.
+tiles, vectorizes and tensorizes.  :func:`schedules.tuning.apply_database` gives every PrimFunc
+of a fused module its schedule: a tuned record from a MetaSchedule database when there is one,
+else :func:`default_schedule`.
 """
 
 from __future__ import annotations
@@ -62,9 +63,8 @@ def dot_intrin(instruction: str) -> DotIntrin:
 
 def kernel_kind(prim_func) -> str:
     """'conv', 'depthwise' or 'other', from the packed kernel block a fused PrimFunc holds."""
-    from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
-
     from f8tvm._tvm import schedule_of
+    from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
 
     sch = schedule_of(prim_func)
     for name, kind in ((CONV_BLOCK, "conv"), (DEPTHWISE_BLOCK, "depthwise")):
@@ -76,8 +76,8 @@ def kernel_kind(prim_func) -> str:
     return "other"
 
 
-def default_schedule(prim_func, dot: DotIntrin | None):
-    """Our schedule of one fused PrimFunc (no tuning): the returned PrimFunc."""
+def default_schedule(prim_func, dot: DotIntrin | None, tiles=None):
+    """Our schedule of one fused PrimFunc (``tiles``: tuned split decisions, else defaults)."""
     from f8tvm._tvm import schedule_of
 
     from . import _sch, cpu
@@ -85,9 +85,9 @@ def default_schedule(prim_func, dot: DotIntrin | None):
     kind = kernel_kind(prim_func)
     sch = schedule_of(prim_func)
     if kind == "conv" and dot is not None:
-        cpu.schedule_conv(sch, dot)
+        cpu.schedule_conv(sch, dot, tiles=tiles)
     elif kind == "depthwise":
-        cpu.schedule_depthwise(sch, dot)
+        cpu.schedule_depthwise(sch, dot, tiles=tiles)
     else:
         _sch.schedule_injective(sch)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -9,7 +9,8 @@ def extent(sch, loop) -> int:
 
 def tile(sch, loop, inner: int, tune: bool, max_inner: int = 16):
     """Split ``loop`` in two.  Tuning samples the split (a decision MetaSchedule mutates); the
-    default build uses ``inner``."""
+    default build uses ``inner``.  The sampling instruction is recorded either way, so a
+    schedule's trace always lists its split decisions in program order."""
     n = extent(sch, loop)
     decision = None if tune else [n // inner, inner]
     factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(max_inner, inner),

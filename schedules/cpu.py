@@ -34,13 +34,14 @@ def default_conv_tiles(occ: int, ow: int, dot) -> tuple[int, int]:
     return best
 
 
-def schedule_conv(sch, dot, tune: bool = False) -> None:
+def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     """Schedule the fused PrimFunc in ``sch`` that holds a ``conv_nchwc`` block, tensorized with
-    ``dot`` (a :class:`schedules.DotIntrin`)."""
+    ``dot`` (a :class:`schedules.DotIntrin`).  ``tiles``: the (oc, ow) register tile, e.g. from
+    a tuning record; default :func:`default_conv_tiles`."""
     conv = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     occ, ow = _sch.extent(sch, o), _sch.extent(sch, x)
-    t_o, t_w = default_conv_tiles(occ, ow, dot)
+    t_o, t_w = tiles or default_conv_tiles(occ, ow, dot)
     o_o, o_i = _sch.tile(sch, o, t_o, tune, max_inner=8)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)
@@ -55,12 +56,12 @@ def schedule_conv(sch, dot, tune: bool = False) -> None:
     _sch.schedule_pad(sch, PAD_BLOCK)
 
 
-def schedule_depthwise(sch, dot, tune: bool = False) -> None:
+def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
     """Depthwise conv: vectors over the channel block, ``ow_tile`` pixels per step."""
     dw = sch.get_sblock(DEPTHWISE_BLOCK)
     b, c, y, x, cl, ry, rx = sch.get_loops(dw)
     ow = _sch.extent(sch, x)
-    t_w = max(d for d in _divisors(ow) if d <= 8)
+    t_w = tiles[0] if tiles else max(d for d in _divisors(ow) if d <= 8)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     sch.reorder(b, c, y, x_o, ry, rx, x_i, cl)
     sch.parallel(sch.fuse(b, c, y))

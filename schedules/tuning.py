@@ -7,9 +7,13 @@ candidates (locally, or on remote boards through an RPC tracker).  Records go to
 database in a directory; re-running continues from it (the search starts from the best records).
 
 Applying a database is explicit: each kernel of the build is looked up by the same
-``IRModule({"main": kernel})`` it was tuned as, and the build reports how many kernels a record
-was found for.  (MetaSchedule's own ``compile_relax`` fuses differently from the tuning
-entry points, so its lookups can silently miss; we never rely on that path.)
+``IRModule({"main": kernel})`` it was tuned as; failing that, by its *anchor* (the conv block's
+loop extents and buffer shapes), whose best record's split decisions are replayed through our
+schedule.  The anchor matters because scalar requantization constants (shift amounts) are part
+of a fused kernel, so a model calibrated differently has structurally different kernels with
+the same conv.  The build reports how many kernels got a record and how.  (MetaSchedule's own
+``compile_relax`` fuses differently from the tuning entry points, so its lookups can silently
+miss; we never rely on that path.)
 """
 
 from __future__ import annotations
@@ -172,28 +176,74 @@ def best_latency(database, task: Task, target) -> float | None:
     return sum(secs) / len(secs)
 
 
-def apply_database(fused_mod, target, dot: DotIntrin | None, db_dir: str | None, progress=None):
-    """Schedule every kernel: from the database's best record when it has one, else ours.
-    Returns ``(module, info)``; ``info`` says which kernels were tuned."""
-    from f8tvm._tvm import schedule_of  # noqa: F401  (registers the schedule types)
+def anchor_key(prim_func) -> str | None:
+    """What a tuned schedule depends on: the packed conv block's loop extents and buffers."""
+    from f8tvm._tvm import region_tensor, schedule_of
+    from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
 
+    sch = schedule_of(prim_func)
+    for name in (CONV_BLOCK, DEPTHWISE_BLOCK):
+        try:
+            block = sch.get(sch.get_sblock(name))
+        except Exception:  # not this kind of kernel
+            continue
+        ext = [int(iv.dom.extent) for iv in block.iter_vars]
+        bufs = [(str(region_tensor(r).dtype), [int(d) for d in region_tensor(r).shape])
+                for r in list(block.reads) + list(block.writes)]
+        return f"{name}:{ext}:{bufs}"
+    return None
+
+
+def _split_decisions(trace) -> list:
+    """Inner factors of the trace's SamplePerfectTile decisions, in program order."""
+    out = []
+    for inst in trace.insts:
+        if inst.kind.name == "SamplePerfectTile":
+            out.append(int(trace.get_decision(inst)[-1]))
+    return out
+
+
+def anchor_index(database) -> dict:
+    """anchor key -> (best latency, split decisions) over all records of ``database``."""
+    index: dict = {}
+    for rec in database.get_all_tuning_records():
+        secs = [float(s) for s in rec.run_secs or []]
+        if not secs or min(secs) >= 1e9:  # failed candidates are stored with huge times
+            continue
+        key = anchor_key(rec.workload.mod["main"])
+        lat = sum(secs) / len(secs)
+        if key and (key not in index or lat < index[key][0]):
+            index[key] = (lat, _split_decisions(rec.trace))
+    return index
+
+
+def apply_database(fused_mod, target, dot: DotIntrin | None, db_dir: str | None, progress=None):
+    """Schedule every kernel: from the database's best record when it has one (exact workload,
+    else same anchor), else ours.  Returns ``(module, info)``; ``info`` says what was tuned."""
     database = open_database(db_dir) if db_dir else None
-    tuned, untuned = [], []
+    index = anchor_index(database) if database is not None else {}
+    tuned, transferred, untuned = [], [], []
     funcs = primfuncs(fused_mod)
     for i, (name, func) in enumerate(funcs):
         new = None
+        tiles = None
         if database is not None and kernel_kind(func) in ("conv", "depthwise"):
             sch = database.query_schedule(task_module(func), target, workload_name="main")
             if sch is not None:
                 new = sch.mod["main"].without_attr("global_symbol")
                 tuned.append(name)
+            elif anchor_key(func) in index:
+                tiles = index[anchor_key(func)][1]
+                transferred.append(name)
             else:
                 untuned.append(name)
         if new is None:
-            new = default_schedule(func, dot)
+            new = default_schedule(func, dot, tiles)
         fused_mod[name] = new.with_attr("tirx.is_scheduled", True)
         if progress:
             progress(i + 1, len(funcs))
-    info = dict(database=os.path.abspath(db_dir) if db_dir else None, tuned=len(tuned),
-                tunable=len(tuned) + len(untuned), untuned_kernels=untuned)
+    info = dict(database=os.path.abspath(db_dir) if db_dir else None,
+                tuned=len(tuned) + len(transferred), exact=len(tuned),
+                by_anchor=len(transferred), tunable=len(tuned) + len(transferred) + len(untuned),
+                untuned_kernels=untuned)
     return fused_mod, info

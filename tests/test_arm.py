@@ -82,7 +82,6 @@ def _inputs(cm, n=2):
 @needs_a64_cxx
 def test_arm_builds_are_aarch64_int8_only(builds):
     _, built = builds
-    x86, _ = built["x86"]
     for t in ARM_TARGETS:
         cm, so = built[t]
         assert "ARM aarch64" in _file(so)
@@ -90,7 +89,8 @@ def test_arm_builds_are_aarch64_int8_only(builds):
         meta = json.loads(Path(runtime.metadata_path(so)).read_text())
         audit = meta["audit"]
         assert audit["wide_multiplies"] == 0 and not audit["violations"]
-        assert audit["macs_8bit"] == x86.audit.macs_8bit > 0
+        # the generic ARM kernels execute exactly the model's MACs (no channel padding)
+        assert audit["macs_8bit"] == sum(r["macs"] for r in meta["plan"]["layers"]) > 0
         assert meta["target"]["name"] == t
         print(f"\n{t}: 8-bit MACs {audit['macs_8bit']:,}, wide multiplies "
               f"{audit['wide_multiplies']}, shifts {audit['shifts']:,}")

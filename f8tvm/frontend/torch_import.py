@@ -59,7 +59,8 @@ def export_program(model, example_input):
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor):
-        raise InputError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
+        raise InputError("example_input must be a torch.Tensor, got "
+                         f"{type(example_input).__name__}")
     if example_input.dtype != torch.float32:
         raise InputError(f"example_input must be float32, got {example_input.dtype}")
     model = model.eval()

@@ -1,0 +1,159 @@
+"""``python -m f8tvm.tune``: tune a model's int8 kernels with MetaSchedule into a database.
+
+    python -m f8tvm.tune --model resnet18 --target x86 --trials 32 --db tuning/x86
+    python -m f8tvm.build --model resnet18 --target x86 --tuning-db tuning/x86
+
+The search space of each kernel is f8tvm's own schedule (``schedules/``) with its register-tile
+splits as decisions; MetaSchedule's evolutionary search with the XGBoost cost model explores
+them and measures candidates here, or on boards behind a TVM RPC tracker
+(``--rpc-tracker host:port --device-key KEY``; every board registered under the key measures in
+parallel).  Records accumulate in ``--db``: running again resumes from the best ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from .errors import F8TVMError
+
+
+def parse_args(argv=None):
+    from targets import TARGETS
+
+    from .models import available_models
+
+    p = argparse.ArgumentParser(prog="python -m f8tvm.tune", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, choices=available_models())
+    p.add_argument("--target", default="host", choices=["host", *TARGETS])
+    p.add_argument("--trials", type=int, default=32,
+                   help="measured candidates per kernel (0: only report what --db holds)")
+    p.add_argument("--db", required=True, help="tuning database directory (created if needed)")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--max-kernels", type=int, default=None,
+                   help="tune only the N kernels with the most MACs x calls")
+    p.add_argument("--rpc-tracker", help="host:port of a TVM RPC tracker to measure on boards")
+    p.add_argument("--device-key", help="the boards' key at the tracker")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="MetaSchedule's own log")
+    a = p.parse_args(argv)
+    if a.trials < 0:
+        p.error("--trials must be >= 0")
+    if bool(a.rpc_tracker) != bool(a.device_key):
+        p.error("--rpc-tracker and --device-key go together")
+    return a
+
+
+def _progress_callback(tasks, bar):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    best = {}
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            for r in runner_results:
+                secs = [float(s) for s in (r.run_secs or [])]
+                if r.error_msg is None and secs:
+                    lat = sum(secs) / len(secs) * 1e6
+                    best[task_id] = min(best.get(task_id, lat), lat)
+            bar.update(len(runner_results))
+            bar.set_postfix_str(" ".join(f"#{i}:{best[i]:.0f}us" for i in sorted(best)))
+
+    return Progress(), best
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    from targets import get_target, host_target_name
+
+    target_name = host_target_name() if a.target == "host" else a.target
+    print(f"f8tvm tune: {a.model} for {target_name}, {a.trials} trials per kernel, db {a.db}"
+          + (f", measuring on '{a.device_key}' boards via {a.rpc_tracker}" if a.rpc_tracker
+             else ", measuring on this machine"))
+    if not a.verbose:
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    try:
+        import numpy as np
+        import torch
+        from tqdm import tqdm
+
+        from schedules import find_dot
+        from schedules.tuning import (
+            best_latency,
+            extract_tasks,
+            make_builder,
+            make_runner,
+            open_database,
+            tune,
+        )
+
+        from . import api
+        from .models import get_model
+
+        preset = get_target(target_name)
+        dot = find_dot(preset.dot_instruction)
+        if dot is None:
+            raise F8TVMError(f"target {target_name}: no tunable kernels yet (its dot "
+                             f"instruction {preset.dot_instruction!r} has no f8tvm schedule)")
+        model, spec = get_model(a.model, seed=a.seed)
+        size = a.input_size or spec.input_size
+        rng = np.random.default_rng(a.seed)
+        # kernels do not depend on the calibration data (the build matches them by anchor)
+        calib = [rng.standard_normal((1, 3, size, size)).astype("float32")]
+        t0 = time.time()
+        fused, _ = api.fuse(model, torch.zeros(1, 3, size, size), target_name, calib)
+        tasks = extract_tasks(fused)
+        macs = {t.name: t.weight for t in tasks}
+        tasks.sort(key=lambda t: -_task_macs(t) * macs[t.name])
+        if a.max_kernels:
+            tasks = tasks[:a.max_kernels]
+        print(f"  {len(tasks)} kernels to tune ({time.time() - t0:.0f}s to extract)")
+        target = preset.tvm()
+        if a.trials:
+            bar = tqdm(total=a.trials * len(tasks), desc="  tuning", unit="trial")
+            cb, _ = _progress_callback(tasks, bar)
+            db = tune(tasks, target, dot, a.db, a.trials,
+                      runner=make_runner(a.rpc_tracker, a.device_key),
+                      builder=make_builder(preset.cross_compiler), callbacks=[cb], seed=a.seed)
+            bar.close()
+        else:
+            db = open_database(a.db)
+        print(f"\n  {'#':>2} {'kernel':60s} {'calls':>5} {'best (us)':>10}")
+        for i, t in enumerate(tasks):
+            lat = best_latency(db, t, target)
+            shown = f"{lat * 1e6:10.1f}" if lat is not None else f"{'-':>10}"
+            print(f"  {i:>2} {t.name[:60]:60s} {t.weight:>5} {shown}")
+        print(f"\n  database: {os.path.abspath(a.db)} ({time.time() - t0:.0f}s)")
+        print(f"  build with: python -m f8tvm.build --model {a.model} --target {target_name} "
+              f"--tuning-db {a.db}")
+    except (F8TVMError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _task_macs(task) -> int:
+    from f8tvm._tvm import schedule_of
+    from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
+
+    sch = schedule_of(task.mod["main"])
+    for name in (CONV_BLOCK, DEPTHWISE_BLOCK):
+        try:
+            block = sch.get(sch.get_sblock(name))
+        except Exception:  # not this kind
+            continue
+        n = 1
+        for iv in block.iter_vars:
+            n *= int(iv.dom.extent)
+        return n
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

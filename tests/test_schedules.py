@@ -1,0 +1,212 @@
+"""Fast kernels: blocked layout pass, tensorized schedules, tuning database, RPC measurement."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import f8tvm
+from f8tvm import _tvm, api
+from f8tvm._tvm import relax, tvm
+from f8tvm.reference import quantize_input, run_reference
+from relay_passes._bindings import bindings
+from relay_passes.pack_channel_blocks import PackChannelBlocks
+from relay_passes.quantize_to_integer import QuantizeToInteger
+from targets import get_target
+
+SIZE = 16
+
+
+def _has_vnni():
+    try:
+        return "avx512_vnni" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def net():
+    from conftest import make_small_net
+
+    torch.manual_seed(0)
+    return make_small_net()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return [np.random.default_rng(0).standard_normal((4, 3, SIZE, SIZE)).astype("float32")]
+
+
+def _inputs(plan, n=3):
+    rng = np.random.default_rng(7)
+    return [quantize_input(rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32"), plan)
+            for _ in range(n)]
+
+
+def _asm(cm):
+    return cm.executable.mod.imports[0].inspect_source("asm")
+
+
+def _asm_functions(asm):
+    """Assembly text per function (split at global labels)."""
+    out, name = {}, None
+    for line in asm.splitlines():
+        if line and not line[0].isspace() and line.endswith(":") and not line.startswith("."):
+            name = line[:-1]
+        elif name:
+            out[name] = out.get(name, "") + line + "\n"
+    return out
+
+
+@pytest.mark.parametrize("unsigned_only", [False, True])
+def test_blocked_program_is_bit_exact(net, calib, unsigned_only):
+    # unsigned_only: the offset path VNNI needs (int8 input + 128, bias - 128 * sum(w))
+    x = torch.randn(1, 3, SIZE, SIZE)
+    mod, sources = api.import_model(net, x)
+    graph = api.extract_graph(mod, sources)
+    from f8tvm.calibrate import calibrate
+
+    plan = calibrate(graph, calib)
+    assert plan.input_signed  # randn input: the offset path is exercised
+    packed = PackChannelBlocks(8, 2, unsigned_only)(QuantizeToInteger(graph, plan)(mod))
+    ops = [b.value.op.name for b in bindings(packed["main"])
+           if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
+    assert "relax.nn.conv2d" in ops  # only the grouped conv stays on the generic path
+    assert ops.count("relax.nn.conv2d") == 1
+    # layout transforms only at the boundaries: network input, around the grouped conv
+    assert ops.count("relax.layout_transform") <= 3
+    ex = _tvm.compile_relax(packed, get_target("x86").tvm())
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    for q in _inputs(plan):
+        got = vm["main"](tvm.runtime.tensor(q.astype("int8")))[0].numpy()
+        assert np.array_equal(got, run_reference(graph, plan, q))
+
+
+@pytest.fixture(scope="module")
+def x86_build(net, calib):
+    return f8tvm.compile(net, torch.randn(1, 3, SIZE, SIZE), target="x86", calib=calib)
+
+
+def test_x86_kernels_use_vpmaddwd_and_stay_exact(x86_build):
+    cm = x86_build
+    funcs = _asm_functions(_asm(cm))
+    blocked = {n: a for n, a in funcs.items() if "nchwc" in n and n.endswith("_compute_")}
+    assert any("conv2d_nchwc" in n for n in blocked)  # the parallel bodies of the kernels
+    for name, asm in blocked.items():
+        if "conv2d_nchwc" in name:
+            assert "vpmaddwd" in asm, name
+        # the blocked kernels multiply 8-bit values in 16-bit lanes: never a 32-bit multiply
+        assert "vpmulld" not in asm, name
+    assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit > 0
+    assert cm.extra_meta["tuning"]["database"] is None
+    for q in _inputs(cm.plan):
+        assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
+
+
+def test_vnni_kernels_contain_vpdpbusd(net, calib):
+    # code generation needs no VNNI CPU; running it does (next test)
+    cm = f8tvm.compile(net, torch.randn(1, 3, SIZE, SIZE), target="x86-avx512", calib=calib)
+    asm = _asm(cm)
+    assert asm.count("vpdpbusd") > 0
+    assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit > 0
+    if not _has_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI: vpdpbusd code checked, not run")
+    for q in _inputs(cm.plan):
+        assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
+
+
+@pytest.fixture(scope="module")
+def tuned_db(net, calib, tmp_path_factory):
+    from schedules import dot_intrin
+    from schedules.tuning import extract_tasks, tune
+
+    db = str(tmp_path_factory.mktemp("tuning") / "db")
+    fused, preset = api.fuse(net, torch.randn(1, 3, SIZE, SIZE), "x86", calib)
+    tasks = extract_tasks(fused)
+    assert {t.kind for t in tasks} == {"conv", "depthwise"}
+    tune(tasks, preset.tvm(), dot_intrin(preset.dot_instruction), db, trials=2)
+    return db, tasks, preset
+
+
+@pytest.mark.tuning
+def test_tuning_records_are_applied_and_exact(net, calib, tuned_db):
+    from schedules.tuning import anchor_index, open_database
+
+    db, tasks, preset = tuned_db
+    cm = f8tvm.compile(net, torch.randn(1, 3, SIZE, SIZE), target="x86", calib=calib,
+                       tuning_db=db)
+    info = cm.extra_meta["tuning"]
+    assert info["tuned"] == info["tunable"] == len(tasks) and info["exact"] == len(tasks)
+    assert cm.audit.wide_multiplies == 0
+    for q in _inputs(cm.plan):
+        assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
+    # the records hold the split decisions the build replays
+    index = anchor_index(open_database(db))
+    assert len(index) == len(tasks) and all(dec for _, dec in index.values())
+
+
+@pytest.mark.tuning
+def test_tuning_records_transfer_to_other_calibrations(net, tuned_db):
+    # other calibration data: other shift constants inside the fused kernels, same convs
+    db, tasks, _ = tuned_db
+    other = [np.random.default_rng(9).uniform(-3, 3, (2, 3, SIZE, SIZE)).astype("float32")]
+    cm = f8tvm.compile(net, torch.randn(1, 3, SIZE, SIZE), target="x86", calib=other,
+                       tuning_db=db)
+    info = cm.extra_meta["tuning"]
+    assert info["tuned"] == info["tunable"] == len(tasks)
+    for q in _inputs(cm.plan):
+        assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.tuning
+def test_tuning_measures_on_boards_behind_an_rpc_tracker(net, calib, tmp_path):
+    """Two RPC servers on localhost registered to one tracker measure the candidates."""
+    from schedules import dot_intrin
+    from schedules.tuning import anchor_index, extract_tasks, make_runner, open_database, tune
+
+    port = _free_port()
+    env = dict(os.environ, TVM_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host",
+                               "127.0.0.1", "--port", str(port)], env=env)]
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
+                 f"127.0.0.1:{port}", "--key", "f8tvm-test", "--host", "127.0.0.1"], env=env))
+        from tvm import rpc
+
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                summary = rpc.connect_tracker("127.0.0.1", port).summary()
+                free = sum(q.get("free", 0) for k, q in summary["queue_info"].items()
+                           if k == "f8tvm-test")
+                if free >= 2:
+                    break
+            except Exception:  # tracker still starting
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("the RPC servers did not register with the tracker")
+        fused, preset = api.fuse(net, torch.randn(1, 3, SIZE, SIZE), "x86", calib)
+        task = [t for t in extract_tasks(fused) if t.kind == "conv"]
+        db = str(tmp_path / "db")
+        tune(task, preset.tvm(), dot_intrin(preset.dot_instruction), db, trials=2,
+             runner=make_runner(f"127.0.0.1:{port}", "f8tvm-test"))
+        assert len(anchor_index(open_database(db))) == 1  # measured (valid latency) over RPC
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+            p.wait(timeout=10)
