@@ -241,14 +241,14 @@ class QLayer(nn.Module):
         lo, hi = self.cfg.weight_range()
         w = w_eff.detach()
         cout = w.shape[0]
-        if self.cfg.per_channel and self.kind == "conv":
+        if self.cfg.per_channel and self.kind == "conv2d":
             std = w.reshape(cout, -1).std(dim=1) if w[0].numel() > 1 else w.reshape(cout).abs()
         else:
             std = w.std().expand(cout)
         fl = std_fl(std, True, lo, hi)
         b_abs = b_eff.detach().abs().clamp(min=1e-30)
         cap = torch.floor(torch.log2(2.0**29 / b_abs)) - in_fl
-        if not (self.cfg.per_channel and self.kind == "conv"):
+        if not (self.cfg.per_channel and self.kind == "conv2d"):
             cap = cap.min().expand(cout)
         return torch.minimum(fl, torch.clamp(cap, min=lo))
 
