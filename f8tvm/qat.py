@@ -58,8 +58,9 @@ __all__ = ["TRAIN_REGIMES", "LayerExport", "QATConfig", "QAvgPool", "QClip", "QL
            "TrainConfig", "clip_int", "compile", "evaluate", "fake_quant", "plan_for", "prepare",
            "std_fl", "to_float", "train"]
 
-_ALPHA_BAND = {False: 5.15, True: 4.49}  # alpha / sigma at the geometric middle of the band
-# where F8Net's std rule keeps the FL fixed (unsigned [3.64, 7.29), signed [3.18, 6.35))
+# alpha / sigma in the middle of the band where F8Net's std rule keeps the FL fixed
+# (unsigned [3.64, 7.29), signed [3.18, 6.35)): the fallback when no samples were seen
+_ALPHA_BAND = {False: 5.15, True: 4.49}
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ class QATConfig:
     init_fl : float
         Initial value of the FL buffers.
     alpha : 'calibrate' or float
-        Initial clipping levels: ``c * sigma`` of each stream on the calibration batches, with
-        ``c`` in the middle of the std rule's stable band, or a constant (F8Net: 8.0).
+        Initial clipping levels: per stream, the level with the least quantization error on the
+        calibration batches among those the std rule keeps stable (``alpha / sigma`` within
+        its band), or a constant (F8Net: 8.0).
     freeze_bn : bool
         Fold the running BN statistics in training too (no double forward, no updates).
     """
@@ -425,18 +427,21 @@ def _union_streams(graph) -> dict:
     return index
 
 
-def _real_sigmas(model, names, batches) -> dict:
-    """Unbiased std of the real input of each named module over ``batches``."""
-    acc = {k: [0, 0.0, 0.0] for k in names}
+def _input_samples(model, names, batches, keep=20000) -> dict:
+    """Unbiased std and a seeded random sample of the real input of each named module."""
+    acc = {k: [0, 0.0, 0.0, []] for k in names}
+    rng = np.random.default_rng(0)
     hooks = []
     for name, m in model.named_modules():
         if name in acc:
             def hook(mod, inp, name=name):
-                v = inp[0].detach().double()
+                v = inp[0].detach().double().reshape(-1)
                 a = acc[name]
                 a[0] += v.numel()
                 a[1] += float(v.sum())
                 a[2] += float((v * v).sum())
+                v = v.numpy()
+                a[3].append(rng.choice(v, keep, replace=False) if v.size > keep else v)
             hooks.append(m.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -446,11 +451,35 @@ def _real_sigmas(model, names, batches) -> dict:
         for h in hooks:
             h.remove()
     out = {}
-    for k, (n, s, ss) in acc.items():
+    for k, (n, s, ss, samples) in acc.items():
         if n > 1:
             mean = s / n
-            out[k] = math.sqrt(max(ss / n - mean * mean, 0.0) * n / (n - 1))
+            out[k] = (math.sqrt(max(ss / n - mean * mean, 0.0) * n / (n - 1)),
+                      np.concatenate(samples))
     return out
+
+
+def _band_alpha(std: float, samples: np.ndarray, signed: bool) -> float:
+    """The clipping level with the least quantization error among those F8Net's std rule can
+    hold (``alpha / sigma`` inside the band where the FL has a fixed point; outside it the FL
+    drifts until the effective clipping level is back inside)."""
+    top = 2 ** (8 - int(signed)) - 1
+    c_std = STD_C_SIGNED if signed else STD_C_UNSIGNED
+    lo_c, hi_c = top / c_std, 2 * top / c_std
+    best, best_err = _ALPHA_BAND[signed] * std, np.inf
+    for c in np.geomspace(lo_c * 1.001, hi_c * 0.999, 24):
+        a = c * std
+        step = a / top
+        q = np.clip(np.round(samples / step), -top if signed else 0, top) * step
+        err = float(np.mean((q - samples) ** 2))
+        if err < best_err:
+            best, best_err = a, err
+    return float(best)
+
+
+# graph op -> the module types QAT swaps for it (functional forms cannot be swapped)
+_SWAPPED = {"conv2d": nn.Conv2d, "dense": nn.Linear, "clip": (nn.ReLU6, nn.Hardtanh),
+            "global_avg_pool": (nn.AdaptiveAvgPool2d,)}
 
 
 def prepare(model: nn.Module, example_input, config: QATConfig | None = None, calib=None,
@@ -521,33 +550,37 @@ def prepare(model: nn.Module, example_input, config: QATConfig | None = None, ca
             kinds[b], derived[b], masters[b] = "derived", (a, f), None
     if cfg.alpha == "calibrate":
         names = [masters[s] for s in range(n_streams) if kinds[s] == "alpha"]
-        sig = _real_sigmas(model, names, calib)
+        seen_inputs = _input_samples(model, names, calib)
     init_alpha = []
     for s in range(n_streams):
         if kinds[s] != "alpha":
             continue
-        if cfg.alpha == "calibrate":
-            init_alpha.append(_ALPHA_BAND[signed[s]] * max(sig.get(masters[s], 1.0), 1e-6))
+        if cfg.alpha == "calibrate" and masters[s] in seen_inputs:
+            std, samples = seen_inputs[masters[s]]
+            init_alpha.append(_band_alpha(max(std, 1e-6), samples, signed[s]))
         else:
-            init_alpha.append(float(cfg.alpha))
+            init_alpha.append(float(8.0 if cfg.alpha == "calibrate" else cfg.alpha))
     streams = _Streams(kinds, masters, derived, signed, init_alpha)
 
     # ---- swap the modules
     layers, seen = {}, set()
     for n in graph.nodes:
         name = _module_name(n)
-        if n.op in ("conv2d", "dense", "clip", "global_avg_pool"):
-            if not name:
-                raise F8TVMError(f"QAT: the {n.op} {n.name} is a functional call; write it as a "
-                                 "module (nn.ReLU6, nn.AdaptiveAvgPool2d) so it can be swapped")
+        if n.op in _SWAPPED:
+            try:
+                mod = model.get_submodule(name) if name else None
+            except AttributeError:
+                mod = None
+            if not isinstance(mod, _SWAPPED[n.op]):
+                raise F8TVMError(f"QAT: the {n.op} {n.name} ({n.source or 'top level'}) is a "
+                                 "functional call or an unexpected module; write it as a module "
+                                 "(nn.Conv2d, nn.Linear, nn.ReLU6, nn.AdaptiveAvgPool2d) so it "
+                                 "can be swapped")
             if name in seen:
                 raise F8TVMError(f"QAT: module {name} is used twice; give each use its own module")
             seen.add(name)
         if n.is_layer:
             inner = model.get_submodule(name)
-            if not isinstance(inner, (nn.Conv2d, nn.Linear)):
-                raise F8TVMError(f"QAT: layer {n.name} comes from {n.source}, not a Conv2d or "
-                                 "Linear module")
             if type(inner) is nn.Conv2d and n.op == "conv2d":
                 p = inner.padding
                 if isinstance(p, str) or list(n.attrs["padding"]) != [p[0], p[1], p[0], p[1]]:
@@ -713,7 +746,7 @@ class TrainConfig:
 TRAIN_REGIMES = {r.name: r for r in [
     TrainConfig("conventional", 2000, 0.01, "sgd", 1e-4, 1.0,
                 "quantization-aware training from a float checkpoint on labelled data"),
-    TrainConfig("tiny", 300, 1e-5, "adam", 0.0, 1.0,
+    TrainConfig("tiny", 300, 1e-4, "adam", 0.0, 1.0,
                 "tiny fine-tuning: a few hundred steps on a small (calibration) set, small lr, "
                 "optionally distilled from the float model"),
 ]}
@@ -789,7 +822,7 @@ def train(qmodel: nn.Module, batches, regime: str | TrainConfig = "conventional"
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if log is not None:
                 log(step, losses[-1])
             step += 1
