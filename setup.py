@@ -20,7 +20,8 @@ setup(
     name="f8tvm",
     version="0.1.0",
     description="PyTorch CNN -> F8Net fixed-point integer program (8-bit multiplies only) on TVM",
-    packages=["f8tvm", "f8tvm.frontend", "f8tvm.models", "relay_passes", "schedules", "targets"],
+    packages=["f8tvm", "f8tvm.experiments", "f8tvm.frontend", "f8tvm.models", "relay_passes",
+              "schedules", "targets"],
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -612,7 +612,7 @@ def prepare(model: nn.Module, example_input, config: QATConfig | None = None, ca
     streams._layers = layers
     model.add_module("f8_streams", streams)
     model.f8_qat = {"config": cfg, "input_signed": input_signed,
-                        "input_shape": tuple(example_input.shape)}
+                    "input_shape": tuple(example_input.shape)}
     return model.train()
 
 

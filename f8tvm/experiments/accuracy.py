@@ -215,7 +215,7 @@ def train_float(model, x, y, epochs, batch, lr=0.1, seed=0, log=_log) -> nn.Modu
             sched.step()
             step += 1
             if step % 200 == 0:
-                log(f"    float step {step}/{steps}: loss {float(loss):.3f}")
+                log(f"    float step {step}/{steps}: loss {float(loss.detach()):.3f}")
             if step >= steps:
                 break
     return model.eval()
