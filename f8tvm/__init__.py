@@ -4,7 +4,23 @@
 them, so :mod:`f8tvm.runtime` works on a board that has just the TVM runtime and NumPy.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+
+def _default_threads() -> None:
+    # TVM's runtime sizes its thread pool once, from TVM_NUM_THREADS, else half the logical CPUs
+    # (it assumes SMT); on a 2-vCPU machine that is one thread.  Use every CPU we may run on,
+    # unless the user chose.
+    try:
+        n = len(_os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = _os.cpu_count() or 1
+    _os.environ.setdefault("TVM_NUM_THREADS", str(n))
+
+
+_default_threads()
 
 
 def compile(model, example_input, target="host", calib=None, **kwargs):  # noqa: A001

@@ -50,6 +50,15 @@ def make_target(spec: dict) -> Target:
     return tvm.target.Target(spec)
 
 
+def fuse_relax(mod: IRModule, target: Target) -> IRModule:
+    """The CPU backend's legalization and fusion: Relax calling fused, unscheduled kernels."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with target:
+        return tvm.transform.Sequential(cpu.library_dispatch_passes(target)
+                                        + cpu.legalize_passes(target))(mod)
+
+
 def lower_relax(mod: IRModule, target: Target, schedule=None) -> IRModule:
     """The CPU backend's Relax pipeline for ``target``, stopping before code generation so the
     compiler can audit the TIR.  ``schedule(fused_mod) -> fused_mod`` runs between fusion and
@@ -59,9 +68,8 @@ def lower_relax(mod: IRModule, target: Target, schedule=None) -> IRModule:
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    fused = fuse_relax(mod, target)
     with target:
-        fused = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
-                                         + cpu.legalize_passes(target))(mod)
         if schedule is not None:
             fused = schedule(fused)
         return tvm.transform.Sequential(cpu.dataflow_lower_passes(target)

@@ -137,30 +137,62 @@ def _batches(calib, example_input):
 def pack(int_mod, target_preset):
     """Phase 5: blocked channel layout for the target's dot-product instruction (if any)."""
     from relay_passes.pack_channel_blocks import PackChannelBlocks
-    from schedules import dot_intrin
+    from schedules import find_dot
 
-    if not target_preset.dot_instruction:
+    dot = find_dot(target_preset.dot_instruction)
+    if dot is None:
         return int_mod
-    dot = dot_intrin(target_preset.dot_instruction)
     return PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None)(int_mod)
 
 
-def lower(int_mod, target_preset, progress=None):
-    """Phase 6: legalize + fuse for the target, schedule every kernel, audit the TIR.
-    Returns (lowered mod, report)."""
+def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None):
+    """Phase 6: legalize + fuse for the target, schedule every kernel (tuned records from
+    ``tuning_db`` where it has them, our default schedules elsewhere), audit the TIR.
+    Returns (lowered mod, report); ``info`` (a dict) receives what was tuned."""
     from relay_passes.audit_multiplies import check_module
-    from schedules import apply_schedules, dot_intrin
+    from schedules import find_dot
+    from schedules.tuning import apply_database
 
     from ._tvm import lower_relax
 
-    dot = dot_intrin(target_preset.dot_instruction) if target_preset.dot_instruction else None
-    lowered = lower_relax(int_mod, target_preset.tvm(),
-                          schedule=lambda m: apply_schedules(m, dot, progress))
+    dot = find_dot(target_preset.dot_instruction)
+    target = target_preset.tvm()
+
+    def schedule(fused):
+        fused, tuned = apply_database(fused, target, dot, tuning_db, progress)
+        if info is not None:
+            info.update(tuned)
+        return fused
+
+    lowered = lower_relax(int_mod, target, schedule=schedule)
     return lowered, check_module(lowered)
 
 
+def fuse(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME, plan=None):
+    """The fused (legalized, not yet scheduled) kernels of a model: what tuning works on."""
+    from relay_passes.quantize_to_integer import QuantizeToInteger
+    from targets import get_target
+
+    from ._tvm import fuse_relax
+
+    preset = get_target(target)
+    float_mod, sources = import_model(model, example_input)
+    graph = extract_graph(float_mod, sources)
+    if plan is None:
+        from .calibrate import collect_stats, plan_fixed_point
+
+        stats = collect_stats(graph, list(_batches(calib, example_input)))
+        plan = plan_fixed_point(graph, stats, scheme)
+    elif callable(plan):
+        plan = plan(graph)
+    from relay_passes.offset_activations import offset_for_target
+
+    int_mod = offset_for_target(QuantizeToInteger(graph, plan)(float_mod), preset)
+    return fuse_relax(pack(int_mod, preset), preset.tvm()), preset
+
+
 def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME,  # noqa: A001
-            progress=None, debug_dump=None, plan=None):
+            progress=None, debug_dump=None, plan=None, tuning_db=None):
     """Compile a PyTorch CNN into an F8Net integer-only module.
 
     Parameters
@@ -180,7 +212,11 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     plan : FixedPointPlan or callable(graph) -> FixedPointPlan, optional
         Skip calibration and use this plan (F8Net checkpoints, QAT); a callable receives the
         layer graph, for plans keyed by its node names.
+    tuning_db : str, optional
+        A tuning database directory (``f8tvm.tune --db``): kernels with a record use it, the
+        others our default schedules; the metadata's ``tuning`` entry says which.
     """
+    from relay_passes.offset_activations import offset_for_target
     from relay_passes.quantize_to_integer import QuantizeToInteger
     from targets import get_target
 
@@ -188,6 +224,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     from .calibrate import collect_stats, plan_fixed_point
 
     preset = get_target(target)
+    preset.check_toolchain()  # fail before the minutes of work, not at export
     note = progress or (lambda *a: None)
 
     def dump(name, mod):
@@ -214,12 +251,16 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
         plan = plan(graph)
     note("integer", 0, None)
     int_mod = QuantizeToInteger(graph, plan)(float_mod)
+    int_mod = offset_for_target(int_mod, preset)  # ARM: int8 activations for sdot (exact)
     dump("2_integer", int_mod)
     packed = pack(int_mod, preset)
     dump("3_packed", packed)
     note("lower", 0, None)
-    lowered, report = lower(packed, preset, lambda i, n: note("schedule", i, n))
+    tuning = {}
+    lowered, report = lower(packed, preset, lambda i, n: note("schedule", i, n), tuning_db,
+                            tuning)
     dump("4_lowered", lowered)
     note("codegen", 0, None)
     ex = compile_relax_lowered(lowered, preset.tvm())
-    return CompiledModel(graph, plan, ex, preset, report, int_mod)
+    return CompiledModel(graph, plan, ex, preset, report, int_mod,
+                         extra_meta=dict(tuning=tuning))

@@ -1,7 +1,8 @@
 """Side-by-side latency benchmark: ``python -m f8tvm.bench``.
 
-One process, interleaved rounds (every system runs once per round, in turn, so that a noisy
-neighbour slows all of them alike), batch 1, float input to float output for every system:
+One process per thread count (TVM sizes its thread pool once per process), and in it interleaved
+rounds (every system runs once per round, in turn, so that a noisy neighbour slows all of them
+alike), batch 1, float input to float output for every system:
 
 * f8tvm int8 with the default schedules, and with a tuning database (``--tuning-db``);
 * ONNX Runtime int8 (static QDQ, uint8 activations x int8 per-channel weights) and FP32;
@@ -41,9 +42,9 @@ class System:
 
 # ----------------------------------------------------------------------------- thread control
 def _tvm_threads(n):
-    import tvm_ffi
-
-    tvm_ffi.get_global_func("runtime.config_threadpool")(1, n)
+    # fixed for the process by TVM_NUM_THREADS (see main); checked, not changed, here
+    if int(os.environ.get("TVM_NUM_THREADS", "0")) != n:
+        raise RuntimeError("f8tvm.bench: TVM_NUM_THREADS must be set before TVM starts")
 
 
 def _torch_threads(n):
@@ -300,15 +301,36 @@ def main(argv=None):
     p.add_argument("--tuning-db", default=None)
     p.add_argument("--output", default="bench.json")
     a = p.parse_args(argv)
-    a.threads = [int(t) for t in a.threads.split(",")]
+    threads = [int(t) for t in a.threads.split(",")]
     if a.target == "host":
         a.target = host_target_name()
+    if len(threads) == 1 and os.environ.get("TVM_NUM_THREADS") == str(threads[0]):
+        a.threads = threads
+        rows = []
+        for name in a.models.split(","):
+            bench_model(name, a, rows)
+            print_table(rows)
+        with open(a.output, "w") as f:
+            json.dump(dict(target=a.target, rows=rows), f, indent=1)
+        return
+    # one child process per thread count: each sizes TVM's, PyTorch's and ORT's pools alike
     rows = []
-    for name in a.models.split(","):
-        bench_model(name, a, rows)
-        print_table(rows)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in threads:
+            part = os.path.join(tmp, f"t{t}.json")
+            env = dict(os.environ, TVM_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t))
+            cmd = [sys.executable, "-m", "f8tvm.bench", *argv, "--threads", str(t),
+                   "--output", part, "--target", a.target]
+            print(f"\n#### {t} thread(s)", flush=True)
+            if subprocess.run(cmd, env=env).returncode:
+                raise SystemExit(f"f8tvm.bench: the {t}-thread run failed")
+            with open(part) as f:
+                rows += json.load(f)["rows"]
+    print_table(rows)
     with open(a.output, "w") as f:
-        json.dump(dict(target=a.target, python=sys.version.split()[0], rows=rows), f, indent=1)
+        json.dump(dict(target=a.target, python=sys.version.split()[0], command=" ".join(
+            ["python -m f8tvm.bench"] + (argv or [])), rows=rows), f, indent=1)
     print(f"wrote {a.output}")
     plot(rows, os.path.splitext(a.output)[0] + ".png")
 

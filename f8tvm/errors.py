@@ -13,6 +13,10 @@ class InputError(F8TVMError, ValueError):
     """Wrong input shape, dtype or file."""
 
 
+class ToolchainError(F8TVMError):
+    """A tool the target needs (cross compiler, emulator) is not installed."""
+
+
 class AuditError(F8TVMError):
     """The emitted program contains a multiplication that is not 8-bit x 8-bit."""
 

@@ -1,6 +1,7 @@
 """``python -m f8tvm.run MODEL.so --input IMAGE``: run a built module and print the top-5.
 
-Needs only NumPy, Pillow and TVM's runtime.
+Needs only NumPy, Pillow and TVM's runtime.  With ``--rpc HOST:PORT`` the module runs on a board's
+TVM RPC server (uploaded there); the image is read and quantized on this side.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ def main(argv=None) -> int:
     p.add_argument("--input", help="an image file; without it, a seeded random input is used")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--benchmark", action="store_true", help="also report the latency")
+    p.add_argument("--rpc", metavar="HOST:PORT",
+                   help="run on the board whose TVM RPC server listens there")
     a = p.parse_args(argv)
     from . import runtime
 
     try:
-        m = runtime.load(a.module)
+        m = runtime.load(a.module, remote=a.rpc)
+        if m.board is not None:
+            print(f"board: {m.board.describe()}")
         shape = m.input_shape
         pre = m.meta.get("preprocess")
         if a.input:
@@ -34,7 +39,7 @@ def main(argv=None) -> int:
         else:
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         logits = m.run(x).reshape(-1)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ConnectionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from .data import imagenet_class_names
@@ -47,8 +52,12 @@ def main(argv=None) -> int:
         print(f"  {rank}. class {k:4d}{label}  logit {logits[k]:.4f}")
     if a.benchmark:
         b = m.benchmark()
-        print(f"latency: median {b['median_ms']:.3f} ms  (p10 {b['p10_ms']:.3f}, "
+        where = " on the board" if m.board is not None else ""
+        print(f"latency{where}: median {b['median_ms']:.3f} ms  (p10 {b['p10_ms']:.3f}, "
               f"p90 {b['p90_ms']:.3f}, {b['runs']} runs)")
+        if b.get("emulated"):
+            print(f"note: the board is emulated ({b['emulated']}); these timings say nothing "
+                  "about a real board")
     return 0
 
 

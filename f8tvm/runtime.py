@@ -4,6 +4,9 @@ Needs only NumPy and TVM's runtime (``tvm.runtime``), not torch and not f8tvm's 
 runs on a board with the TVM runtime wheel.  The compiled program is integer-only; this wrapper is
 the float boundary: it quantizes the float input (ties to even, clamped) and dequantizes the int32
 output with the metadata's fractional lengths and scale.
+
+``load(path, remote="host:port")`` runs the module on a board over TVM RPC instead: the ``.so``
+is uploaded to the board's RPC server and executed there; quantization stays on this side.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from .fixedpoint import qrange  # NumPy only: no torch, no TVM compiler
 
-__all__ = ["Module", "load"]
+__all__ = ["Module", "RemoteBoard", "connect", "load"]
 
 
 def metadata_path(so_path: str) -> str:
@@ -27,11 +30,12 @@ def metadata_path(so_path: str) -> str:
 class Module:
     """A loaded f8tvm module: ``run`` (float in/out), ``run_int`` (the integer program)."""
 
-    def __init__(self, lib, meta: dict, device=None):
+    def __init__(self, lib, meta: dict, device=None, board=None):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
         self.meta = meta
+        self.board = board  # RemoteBoard when the module runs over RPC, else None
         self.device = device if device is not None else tvm.cpu()
         self._tvm = tvm
         self._vm = VirtualMachine(lib, self.device)
@@ -44,6 +48,20 @@ class Module:
         self.output_fl = np.asarray(out["fl"], np.int64)
         self.output_scale = float(out["eta"])
 
+    def close(self) -> None:
+        """Release the module; on a board, also end the RPC session (a TVM RPC server serves one
+        session at a time, so the next client waits until this one has closed)."""
+        self._vm = None
+        if self.board is not None:
+            self.device = None  # a remote device holds the session too
+            self.board.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     # ------------------------------------------------------------------ integer program
     def run_int(self, q):
         """Run the integer program on an 8-bit input; returns ``(int32 output, output FL)``."""
@@ -55,7 +73,13 @@ class Module:
                              f"got [{q.min()}, {q.max()}]")
         arg = self._tvm.runtime.tensor(np.ascontiguousarray(q.astype(self.input_dtype)),
                                        self.device)
-        out = self._vm["main"](arg)
+        if self.board is None:
+            out = self._vm["main"](arg)
+        else:
+            # A VM call returning a tuple cannot cross RPC; the stateful API can.
+            self._vm.set_input("main", arg)
+            self._vm.invoke_stateful("main")
+            out = self._vm.get_outputs("main")
         out = out[0] if not hasattr(out, "numpy") else out
         fl = self.output_fl if self.output_fl.size > 1 else int(self.output_fl.ravel()[0])
         return out.numpy(), fl
@@ -80,11 +104,21 @@ class Module:
         return self.dequantize(acc)
 
     def benchmark(self, number=10, repeat=5, warmup=2):
-        """Latency of the integer program (ms): dict with median, mean, p10, p90, min."""
+        """Latency of the integer program (ms): dict with median, mean, p10, p90, min.
+
+        On a remote board the board times itself (TVM's time evaluator), so the network is not
+        measured; ``emulated`` says whether those are an emulator's timings (meaningless).
+        """
         rng = np.random.default_rng(0)
         lo, hi = self.input_range
         q = rng.integers(lo, hi + 1, self.input_shape).astype(self.input_dtype)
         arg = self._tvm.runtime.tensor(q, self.device)
+        if self.board is not None:
+            self._vm.set_input("main", arg)
+            timer = self._vm.time_evaluator("invoke_stateful", self.device, number=number,
+                                            repeat=repeat)
+            t = np.asarray(timer("main").results) * 1e3
+            return self._stats(t, number * repeat) | {"emulated": self.board.emulated}
         f = self._vm["main"]
         for _ in range(warmup):
             f(arg)
@@ -94,10 +128,13 @@ class Module:
             for _ in range(number):
                 f(arg)
             times.append((time.perf_counter() - t0) / number * 1e3)
-        t = np.asarray(times)
+        return self._stats(np.asarray(times), number * repeat)
+
+    @staticmethod
+    def _stats(t, runs):
         return dict(median_ms=float(np.median(t)), mean_ms=float(t.mean()),
                     p10_ms=float(np.percentile(t, 10)), p90_ms=float(np.percentile(t, 90)),
-                    min_ms=float(t.min()), runs=int(number * repeat))
+                    min_ms=float(t.min()), runs=int(runs))
 
     def _check(self, x, dtype, integer):
         if tuple(x.shape) != self.input_shape:
@@ -111,8 +148,83 @@ class Module:
             raise ValueError(f"run expects a float32 array, got {x.dtype}")
 
 
-def load(path: str, device=None) -> Module:
-    """Load ``path`` (.so) and the ``.json`` metadata beside it."""
+class RemoteBoard:
+    """A TVM RPC session with a board (``tvm.rpc.connect``) and what the board says about itself.
+
+    Parameters
+    ----------
+    address : str
+        ``host:port`` of the board's RPC server (``python -m tvm.exec.rpc_server`` or f8tvm's
+        ``board_server.py``).
+    session_timeout : float
+        Seconds after which the board ends the session (0 = never), so that a stuck board
+        becomes an error instead of a hang.
+    """
+
+    def __init__(self, address: str, session_timeout: float = 0):
+        from tvm import rpc
+
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"--rpc/remote must be HOST:PORT, got {address!r}")
+        self.address = address
+        try:
+            self.session = rpc.connect(host, int(port), session_timeout=session_timeout)
+        except (OSError, RuntimeError) as err:  # TVM's errors are RuntimeErrors
+            raise ConnectionError(f"cannot connect to the RPC server at {address}: {err}") from None
+        self.info = self._info()
+
+    def _info(self) -> dict:
+        try:
+            return json.loads(self.session.get_function("f8tvm.board.info")())
+        except (AttributeError, RuntimeError):  # a stock TVM RPC server has no such function
+            return {}
+
+    def close(self) -> None:
+        """End the session: the board serves its next client (TVM has no explicit close; the
+        session ends when the last reference to it is gone)."""
+        import gc
+
+        self.session = None
+        gc.collect()
+
+    @property
+    def emulated(self) -> str | None:
+        """The emulator's name when the board is emulated (its timings mean nothing)."""
+        return self.info.get("emulator")
+
+    def describe(self) -> str:
+        machine = self.info.get("machine", "unknown machine")
+        if self.emulated:
+            return (f"{self.address} ({machine}, EMULATED by {self.emulated}: timings are not "
+                    "those of a real board)")
+        return f"{self.address} ({machine})"
+
+    def load(self, path: str, meta: dict) -> Module:
+        """Upload ``path`` to the board and load it there."""
+        name = os.path.basename(path)
+        self.session.upload(path, name)
+        return Module(self.session.load_module(name), meta, self.session.cpu(), board=self)
+
+
+def connect(address: str, session_timeout: float = 0) -> RemoteBoard:
+    """Open an RPC session with the board at ``host:port`` (see :class:`RemoteBoard`)."""
+    return RemoteBoard(address, session_timeout)
+
+
+def load(path: str, device=None, remote: str | RemoteBoard | None = None) -> Module:
+    """Load ``path`` (.so) and the ``.json`` metadata beside it.
+
+    Parameters
+    ----------
+    path : str
+        The ``.so`` written by ``f8tvm.build`` / ``CompiledModel.export``.
+    device : tvm.runtime.Device, optional
+        Local device (default: CPU).  Ignored with ``remote``.
+    remote : str or RemoteBoard, optional
+        ``host:port`` of a board's TVM RPC server (or an open :func:`connect` session): the
+        module is uploaded and runs on the board.
+    """
     meta_path = metadata_path(path)
     for p in (path, meta_path):
         if not os.path.isfile(p):
@@ -121,6 +233,9 @@ def load(path: str, device=None) -> Module:
         meta = json.load(f)
     if meta.get("format") != "f8tvm":
         raise ValueError(f"{meta_path} is not f8tvm metadata")
+    if remote is not None:
+        board = remote if isinstance(remote, RemoteBoard) else RemoteBoard(remote)
+        return board.load(path, meta)
     import tvm
 
     return Module(tvm.runtime.load_module(path), meta, device)

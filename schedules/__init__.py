@@ -1,8 +1,8 @@
 """How kernels run fast: packed layouts' dot-product intrinsics and the schedules that use them.
 
 Nothing here changes what a kernel computes (that is ``relay_passes``); a schedule only reorders,
-tiles, vectorizes and tensorizes.  :func:`apply_schedules` gives every PrimFunc of a fused module
-its schedule: a tuned record from a MetaSchedule database when there is one, else our default.
+tiles, vectorizes and tensorizes.  :func:`schedules.tuning.apply_database` gives every PrimFunc of a fused module its schedule: a
+tuned record from a MetaSchedule database when there is one, else :func:`default_schedule`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def _x86():
     }
 
 
+def find_dot(instruction: str | None) -> DotIntrin | None:
+    """The tensor intrinsic of a target's dot instruction, None when we have no schedule for it
+    yet (the target then gets the generic layout and schedules)."""
+    return _x86().get(instruction) if instruction else None
+
+
 def dot_intrin(instruction: str) -> DotIntrin:
     table = _x86()
     if instruction not in table:
@@ -86,14 +92,3 @@ def default_schedule(prim_func, dot: DotIntrin | None):
         _sch.schedule_injective(sch)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
-
-def apply_schedules(mod, dot: DotIntrin | None, progress=None):
-    """Give every PrimFunc of the fused module ``mod`` its default schedule."""
-    from f8tvm._tvm import primfuncs
-
-    funcs = primfuncs(mod)
-    for i, (name, func) in enumerate(funcs):
-        mod[name] = default_schedule(func, dot)
-        if progress:
-            progress(i + 1, len(funcs))
-    return mod

@@ -98,10 +98,16 @@ def _schedule_root_block(sch, blk) -> None:
     kinds = [int(iv.iter_type) for iv in sch.get(blk).iter_vars]
     if len(kinds) != len(loops):  # loops already transformed: leave as is
         return
-    if any(kinds):  # a reduction: parallel over the spatial loops outside it, if any
+    if any(kinds):  # a reduction (pools): lanes of the channel block innermost, as a vector
         n_spatial = kinds.index(next(k for k in kinds if k))
-        if n_spatial:
-            sch.parallel(sch.fuse(*loops[:n_spatial]) if n_spatial > 1 else loops[0])
+        if n_spatial and all(kinds[n_spatial:]):
+            spatial, reduce = loops[:n_spatial], loops[n_spatial:]
+            if extent(sch, spatial[-1]) in (4, 8, 16, 32, 64):
+                lane = spatial.pop()
+                sch.reorder(*spatial, *reduce, lane)
+                sch.vectorize(lane)
+            if spatial:
+                sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
         return
     inner = loops[-1]
     if extent(sch, inner) in (4, 8, 16, 32, 64):

@@ -8,8 +8,7 @@
 TVM 0.27 ships ``dot_16x4_vnni``, but calls ``llvm.x86.avx512.vpdpbusd.512`` with ``<16 x i32>``
 operands; LLVM 22 (the one in the 0.27 wheel) declares it with ``<64 x i8>`` operands, so every
 tensorized kernel fails LLVM verification.  We register our own correct intrinsic under our own
-name for our schedules; :func:`fix_stock_vnni` re-registers the stock name with the same body so
-that MetaSchedule's built-in VNNI rule (tuning with the default search space) builds too.
+name; our schedules (and so our tuning space) use it.
 
 We do not import ``tvm.s_tir.tensor_intrin`` here: its package import parses every target's
 intrinsics (CUDA, ROCm, ...), which takes minutes in a process that has PyTorch loaded.
@@ -65,16 +64,6 @@ def _vnni_16x4_impl(
 
 TensorIntrin.register(VNNI_16x4, _vnni_16x4_desc, _vnni_16x4_impl, override=True)
 
-
-def fix_stock_vnni() -> None:
-    """Make TVM's own ``dot_16x4_vnni`` (used by MetaSchedule's built-in x86 rules) correct for
-    LLVM >= 22.  Call in every process that tunes or applies a tuning database."""
-    from tvm.s_tir.tensor_intrin import x86 as stock  # registers the stock intrinsics first
-    from tvm.target.codegen import llvm_version_major
-
-    if llvm_version_major() >= 22:
-        TensorIntrin.register(stock.VNNI_DOT_16x4_INTRIN, _vnni_16x4_desc, _vnni_16x4_impl,
-                              override=True)
 
 
 def _desc_avx2(a_dtype):

@@ -7,10 +7,11 @@ instruction it relies on.
 
 from __future__ import annotations
 
+from .arm import PRESETS as _ARM
 from .base import TargetPreset
 from .x86 import PRESETS as _X86
 
-TARGETS: dict[str, TargetPreset] = {p.name: p for p in _X86}
+TARGETS: dict[str, TargetPreset] = {p.name: p for p in [*_X86, *_ARM]}
 
 
 def host_target_name() -> str:

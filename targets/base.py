@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 
@@ -14,8 +15,25 @@ class TargetPreset:
     dot_instruction: str | None  # e.g. 'vpdpbusd', 'sdot'
     description: str = ""
     compiler_package: str | None = None  # Debian package that provides cross_compiler
+    # dtype of the 8-bit activations fed to conv/dense.  x86 VNNI multiplies u8 x s8, so F8Net's
+    # unsigned activations go in as they are; ARM's sdot (and smull) want s8 x s8, so on ARM the
+    # compiler offsets them into int8 (relay_passes/offset_activations.py).
+    activation_dtype: str = "uint8"
 
     def tvm(self):
         from f8tvm import _tvm
 
         return _tvm.make_target(self.tvm_target)
+
+    def check_toolchain(self) -> None:
+        """Raise :class:`f8tvm.errors.ToolchainError` if the cross compiler is not installed.
+
+        Called before a build starts, so a missing compiler costs seconds, not a whole build.
+        """
+        if self.cross_compiler and shutil.which(self.cross_compiler) is None:
+            from f8tvm.errors import ToolchainError
+
+            pkg = self.compiler_package or "the package that provides it"
+            raise ToolchainError(
+                f"target {self.name!r} links with the cross compiler {self.cross_compiler!r}, "
+                f"which is not on PATH; install it with: apt-get install {pkg}")

@@ -5,6 +5,8 @@ import torch
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (real-data accuracy, big builds)")
+    config.addinivalue_line("markers", "arm_emulated: runs on the emulated aarch64 board "
+                            "(qemu-user-static, cross compilers; f8tvm.emulated_board)")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,149 @@
+"""OffsetUnsignedActivations: feed conv2d/dense int8 instead of uint8 activations, exactly.
+
+Why: F8Net's activations after ReLU are unsigned 8-bit, and the weights are signed.  x86 VNNI
+multiplies exactly that (u8 x s8), but ARM's dot products are s8 x s8 (``sdot``) or u8 x u8
+(``udot``), so on ARM a u8 x s8 conv would have to widen its operands.  Shifting the activation
+by -128 makes it int8 and costs nothing at run time: the correction is a constant per output
+channel, folded into the int32 bias.
+
+Integer formula (``u`` uint8 in [0, 255], ``W`` int8, ``b`` int32, all sums exact in int32):
+
+* ``s = u - 128`` as int8, emitted by the requantize epilogue itself:
+  ``s = int8(clip(T, 0, 255) - 128)`` (the same clip, then a subtract, fused into one kernel);
+* conv2d: ``conv(u, W)[o] + b[o] = conv(pad(s, -128), W)[o] + (b[o] + 128 * S[o])`` with
+  ``S[o] = sum_{i,kh,kw} W[o, i, kh, kw]`` (per output channel, any groups).  The zero
+  padding of ``u`` is the value -128 of ``s``, so the padding becomes an explicit ``nn.pad``
+  with -128 and the conv itself pads nothing;
+* dense: ``u @ W + b = s @ W + (b + 128 * sum_k W[k, :])``.
+
+Every other consumer of ``u`` (there is none in QuantizeToInteger's programs, where a requantized
+tensor feeds exactly one layer) keeps reading ``u`` unchanged, and a conv result read by anything
+but its bias add gets the correction added explicitly, so the program's outputs are unchanged bit
+for bit.  No multiplication is added.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from f8tvm import _tvm
+from f8tvm._tvm import relax, tvm
+from f8tvm.errors import F8TVMError
+
+from ._bindings import bindings, rebuild
+
+R = relax.op
+OFFSET = 128  # u8 -> s8: s = u - 128
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _int_const(v):
+    """The integer of a clip bound (an IntImm, or a PrimValue holding one), else None."""
+    v = getattr(v, "value", None)
+    v = getattr(v, "value", v)  # PrimValue -> IntImm -> int
+    return int(v) if isinstance(v, int) else None
+
+
+def _is_call(v, op):
+    return isinstance(v, relax.Call) and v.op.name == op
+
+
+def _dtype(e):
+    ty = getattr(e, "ty", None)
+    return str(ty.dtype) if isinstance(ty, _tvm.TensorType) else None
+
+
+def _offset_function(func):
+    producers = {b.var: b.value for b in bindings(func)}
+    signed = {}  # old uint8 var -> new int8 var (u - 128)
+    corrected = {}  # old accumulator var -> (new accumulator on s, correction)
+
+    def to_signed(u, env, bb):
+        if u in signed:
+            return signed[u]
+        name = f"{_tvm.var_name(u)}_s8"
+        src = producers.get(u)
+        clip = producers.get(src.args[0]) if _is_call(src, "relax.astype") else None
+        lo, hi = (_int_const(a) for a in clip.args[1:]) if _is_call(clip, "relax.clip") else (
+            None, None)
+        if (lo is not None and hi is not None and 0 <= lo and hi <= 255
+                and _dtype(clip.args[0]) == "int32"):
+            # the requantize epilogue: clip to [0, 255] then subtract, never out of int8
+            wide = env[src.args[0]]
+        else:
+            wide = R.astype(env.get(u, u), "int32")
+        s = bb.emit(R.astype(R.subtract(wide, relax.const(np.int32(OFFSET))), "int8"), name)
+        signed[u] = s
+        return s
+
+    def handler(b, env, bb):
+        v = b.value
+        name = _tvm.var_name(b.var)
+        if ((_is_call(v, "relax.nn.conv2d") or _is_call(v, "relax.matmul"))
+                and _dtype(v.args[0]) == "uint8" and _tvm.is_const(v.args[1])):
+            s = to_signed(v.args[0], env, bb)
+            w = _tvm.const_value(v.args[1]).astype(np.int64)
+            if v.op.name == "relax.nn.conv2d":
+                a = v.attrs
+                if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW":
+                    raise F8TVMError(f"OffsetUnsignedActivations: conv2d '{name}' in layout "
+                                     f"{a.data_layout}/{a.kernel_layout}; expected NCHW/OIHW")
+                top, left, bottom, right = (int(p) for p in a.padding)
+                if top or left or bottom or right:
+                    # u's zero padding is s = -128
+                    s = bb.emit(R.nn.pad(s, [0, 0, 0, 0, top, bottom, left, right],
+                                         pad_value=float(-OFFSET)), f"{name}_pad")
+                acc = R.nn.conv2d(s, v.args[1], strides=a.strides, padding=[0, 0, 0, 0],
+                                  dilation=a.dilation, groups=a.groups, data_layout="NCHW",
+                                  kernel_layout="OIHW", out_layout=a.out_layout,
+                                  out_dtype=a.out_dtype)
+                corr = OFFSET * w.sum(axis=(1, 2, 3)).reshape(1, -1, 1, 1)
+            else:
+                acc = R.matmul(s, v.args[1], out_dtype=v.attrs.out_dtype)
+                corr = OFFSET * w.sum(axis=-2).reshape(1, -1)  # x[.., K] @ W[K, N]
+            acc = bb.emit(acc, f"{name}_s8")
+            corrected[b.var] = (acc, corr)
+            # the exact accumulator, for consumers other than the bias add (dead code otherwise)
+            return bb.emit(R.add(acc, _i32(corr, name)), name)
+        if _is_call(v, "relax.add"):
+            x, y = v.args
+            if y in corrected and _tvm.is_const(x):
+                x, y = y, x
+            if x in corrected and _tvm.is_const(y):
+                acc, corr = corrected[x]
+                bias = _tvm.const_value(y).astype(np.int64)
+                return bb.emit(R.add(acc, _i32(bias + corr, name)), name)
+        return None
+
+    new = rebuild(func, handler)
+    return relax.analysis.remove_all_unused(new)
+
+
+def _i32(v, name):
+    v = np.asarray(v, np.int64)
+    if v.size and (v.min() < _INT32[0] or v.max() > _INT32[1]):
+        raise F8TVMError(f"OffsetUnsignedActivations: the corrected bias of '{name}' overflows "
+                         "int32")
+    return relax.const(v.astype("int32"))
+
+
+def has_unsigned_dot(mod) -> bool:
+    """Whether any conv2d/matmul of ``mod``'s ``main`` still reads uint8 data."""
+    return any((_is_call(b.value, "relax.nn.conv2d") or _is_call(b.value, "relax.matmul"))
+               and _dtype(b.value.args[0]) == "uint8" for b in bindings(mod["main"]))
+
+
+@tvm.transform.module_pass(opt_level=0, name="OffsetUnsignedActivations")
+def OffsetUnsignedActivations(mod, ctx):  # noqa: N802  (pass names are PascalCase, as in TVM)
+    """Rewrite ``main`` so that every conv2d/dense reads int8 ``u - 128`` instead of uint8 ``u``.
+    """
+    # a new module: assigning into ``mod`` from Python would change the caller's module in place
+    funcs = {gv: f for gv, f in mod.functions_items()}
+    main = mod.get_global_var("main")
+    funcs[main] = _offset_function(mod["main"]).with_attr("global_symbol", "main")
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def offset_for_target(mod, preset):
+    """Apply :func:`OffsetUnsignedActivations` when the target's dot product wants int8 data."""
+    return OffsetUnsignedActivations(mod) if preset.activation_dtype == "int8" else mod

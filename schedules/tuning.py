@@ -1,0 +1,199 @@
+"""Tuning with MetaSchedule (AutoTVM's successor): our schedules are the search space.
+
+A *task* is one fused kernel that holds a packed conv or depthwise block.  Its search space is
+our own schedule (``schedules.cpu``) with the register-tile splits left as sampled decisions;
+MetaSchedule's evolutionary search, guided by its XGBoost cost model, mutates them and measures
+candidates (locally, or on remote boards through an RPC tracker).  Records go to a JSON
+database in a directory; re-running continues from it (the search starts from the best records).
+
+Applying a database is explicit: each kernel of the build is looked up by the same
+``IRModule({"main": kernel})`` it was tuned as, and the build reports how many kernels a record
+was found for.  (MetaSchedule's own ``compile_relax`` fuses differently from the tuning
+entry points, so its lookups can silently miss; we never rely on that path.)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from f8tvm._tvm import primfuncs, tvm
+
+from . import DotIntrin, default_schedule, kernel_kind
+
+
+@dataclass
+class Task:
+    name: str  # kernel name in the fused module
+    kind: str  # 'conv' | 'depthwise'
+    mod: object  # IRModule({"main": kernel}): the workload key
+    weight: int  # how many times the model calls it
+
+
+def task_module(prim_func):
+    """The workload form of a kernel (also its database key)."""
+    func = prim_func.without_attr("tirx.is_scheduled") if prim_func.attrs and \
+        "tirx.is_scheduled" in prim_func.attrs else prim_func
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def extract_tasks(fused_mod) -> list[Task]:
+    """The tunable kernels of a fused module (convs and depthwise convs), with call counts."""
+    from f8tvm._tvm import relax
+
+    calls: dict = {}
+
+    def visit(e):
+        if isinstance(e, tvm.ir.GlobalVar):
+            calls[e.name_hint] = calls.get(e.name_hint, 0) + 1
+
+    relax.analysis.post_order_visit(fused_mod["main"], visit)
+    tasks = []
+    for name, func in primfuncs(fused_mod):
+        kind = kernel_kind(func)
+        if kind in ("conv", "depthwise"):
+            tasks.append(Task(name, kind, task_module(func), calls.get(name, 1)))
+    return tasks
+
+
+def _space(kind, dot):
+    from . import cpu
+
+    def sch_fn(sch):
+        if kind == "conv":
+            cpu.schedule_conv(sch, dot, tune=True)
+        else:
+            cpu.schedule_depthwise(sch, dot, tune=True)
+
+    return sch_fn
+
+
+def open_database(db_dir: str, create: bool = False):
+    from tvm.s_tir import meta_schedule as ms
+
+    wl = os.path.join(db_dir, "database_workload.json")
+    if not create and not os.path.exists(wl):
+        raise FileNotFoundError(f"no tuning database in {db_dir} (expected {wl})")
+    os.makedirs(db_dir, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=db_dir, allow_missing=True)
+
+
+def _build_kernel(mod, target, _params):
+    # MetaSchedule's default build first imports tvm.s_tir.tensor_intrin, which parses every
+    # target's intrinsics (about a minute per worker); our candidates arrive already
+    # tensorized, so plain code generation is all they need.
+    from tvm.driver import build
+
+    return build(mod, target=target)
+
+
+def make_builder(cross_compiler: str | None = None, timeout_sec: float = 120.0):
+    """A local builder (parallel LLVM builds); ``cross_compiler`` links for a remote board."""
+    from tvm.s_tir import meta_schedule as ms
+
+    f_export = None
+    if cross_compiler:
+        def f_export(rt_mod, cxx=cross_compiler):
+            import tempfile
+
+            from tvm.support import cc
+
+            path = os.path.join(tempfile.mkdtemp(), "kernel.so")
+            rt_mod.export_library(path, fcompile=cc.cross_compiler(cxx))
+            return path
+
+    return ms.builder.LocalBuilder(timeout_sec=timeout_sec, f_build=_build_kernel,
+                                   f_export=f_export)
+
+
+def make_runner(tracker: str | None = None, device_key: str | None = None,
+                evaluator=None, timeout_sec: int = 60):
+    """Where candidates are measured: this machine, or boards registered to an RPC tracker
+    (``host:port``) under ``device_key`` -- several boards measure in parallel."""
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = evaluator or ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20,
+                                                       enable_cpu_cache_flush=False)
+    if not tracker:
+        return ms.runner.LocalRunner(evaluator_config=evaluator)
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit() or not device_key:
+        raise ValueError(f"--rpc-tracker must be host:port and --device-key given, got "
+                         f"{tracker!r} / {device_key!r}")
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port),
+                                 tracker_key=device_key, session_timeout_sec=timeout_sec)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator)
+
+
+def tune(tasks, target, dot: DotIntrin, db_dir: str, trials: int, runner=None,
+         builder=None, callbacks=(), seed: int = 0, trials_per_iter: int = 16):
+    """Tune ``tasks`` for ``trials`` measured candidates each; records go to ``db_dir``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    database = open_database(db_dir, create=True)
+    contexts = []
+    for t in tasks:
+        space = ms.space_generator.ScheduleFn(
+            _space(t.kind, dot), sch_rules=[], postprocs=[],
+            mutator_probs={ms.mutator.MutateTileSize(): 1.0})
+        contexts.append(ms.TuneContext(
+            mod=t.mod, target=target, space_generator=space,
+            # our spaces are small (a few split decisions): a small population suffices, and
+            # every candidate costs a Python replay of the schedule
+            search_strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=64, init_min_unmeasured=16, genetic_num_iters=2,
+                genetic_max_fail_count=4),
+            task_name=t.name,
+            rand_state=seed, num_threads="physical"))
+    ms.tune.tune_tasks(
+        tasks=contexts, task_weights=[float(t.weight) for t in tasks],
+        work_dir=db_dir, max_trials_global=trials * len(tasks), max_trials_per_task=trials,
+        num_trials_per_iter=min(trials_per_iter, trials),
+        builder=builder or make_builder(),
+        runner=runner or make_runner(),
+        database=database, cost_model=ms.cost_model.XGBModel(),
+        measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+        + list(callbacks))
+    return database
+
+
+def best_latency(database, task: Task, target) -> float | None:
+    """Best measured latency (seconds) of ``task`` in ``database``, None if it has no record."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not database.has_workload(task.mod):
+        return None
+    wl = database.commit_workload(task.mod)
+    top = database.get_top_k(wl, 1)
+    if not top:
+        return None
+    secs = [float(s) for s in top[0].run_secs]
+    _ = ms
+    return sum(secs) / len(secs)
+
+
+def apply_database(fused_mod, target, dot: DotIntrin | None, db_dir: str | None, progress=None):
+    """Schedule every kernel: from the database's best record when it has one, else ours.
+    Returns ``(module, info)``; ``info`` says which kernels were tuned."""
+    from f8tvm._tvm import schedule_of  # noqa: F401  (registers the schedule types)
+
+    database = open_database(db_dir) if db_dir else None
+    tuned, untuned = [], []
+    funcs = primfuncs(fused_mod)
+    for i, (name, func) in enumerate(funcs):
+        new = None
+        if database is not None and kernel_kind(func) in ("conv", "depthwise"):
+            sch = database.query_schedule(task_module(func), target, workload_name="main")
+            if sch is not None:
+                new = sch.mod["main"].without_attr("global_symbol")
+                tuned.append(name)
+            else:
+                untuned.append(name)
+        if new is None:
+            new = default_schedule(func, dot)
+        fused_mod[name] = new.with_attr("tirx.is_scheduled", True)
+        if progress:
+            progress(i + 1, len(funcs))
+    info = dict(database=os.path.abspath(db_dir) if db_dir else None, tuned=len(tuned),
+                tunable=len(tuned) + len(untuned), untuned_kernels=untuned)
+    return fused_mod, info

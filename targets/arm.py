@@ -1,0 +1,52 @@
+"""ARM presets: aarch64 with NEON, aarch64 with the Armv8.2 dot product, and 32-bit armv7.
+
+ARM's 8-bit dot products multiply s8 x s8 (``sdot``) or u8 x u8 (``udot``), never the u8 x s8
+that F8Net's unsigned activations times signed weights would need, so every ARM preset asks for
+int8 activations (``activation_dtype``); the compiler offsets unsigned ones by -128 exactly.
+``num-cores`` is required by MetaSchedule; 4 matches the common boards (Raspberry Pi 4/5, RK3588
+little cluster).
+"""
+
+from .base import TargetPreset
+
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+ARMV7_CXX = "arm-linux-gnueabihf-g++"
+
+PRESETS = [
+    TargetPreset(
+        name="arm",
+        tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
+                    "num-cores": 4},
+        cross_compiler=AARCH64_CXX,
+        compiler_package="g++-aarch64-linux-gnu",
+        layout="NCHW4c",
+        # 8-bit widening multiply (s8 x s8 -> s16) + pairwise add: TVM's dot_4x4_i8i8s32_neon
+        dot_instruction="smull",
+        activation_dtype="int8",
+        description="aarch64 (Armv8-A) with NEON: Cortex-A53/A72 (Raspberry Pi 3/4)",
+    ),
+    TargetPreset(
+        name="arm-dotprod",
+        tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                    "mattr": ["+neon", "+dotprod"], "num-cores": 4},
+        cross_compiler=AARCH64_CXX,
+        compiler_package="g++-aarch64-linux-gnu",
+        layout="NCHW4c",
+        dot_instruction="sdot",
+        activation_dtype="int8",
+        description="aarch64 Armv8.2-A+ with the dot product: Cortex-A55/A76 (Raspberry Pi 5)",
+    ),
+    TargetPreset(
+        name="armv7",
+        tvm_target={"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf",
+                    "mattr": ["+neon", "+vfp4"], "mfloat-abi": "hard", "num-cores": 4},
+        cross_compiler=ARMV7_CXX,
+        compiler_package="g++-arm-linux-gnueabihf",
+        # TVM 0.27's NEON int8 intrinsic is aarch64-only (it aborts LLVM on armv7), so armv7
+        # kernels stay generic NCHW loops whose products are 8-bit (LLVM may use vmull.s8).
+        layout="NCHW",
+        dot_instruction=None,
+        activation_dtype="int8",
+        description="32-bit Armv7-A, NEON, hard-float: Cortex-A7/A9/A15 (Raspberry Pi 2)",
+    ),
+]

@@ -1,0 +1,279 @@
+"""ARM targets: cross-compiled modules run on the emulated aarch64 board, bit-exact with x86.
+
+The emulated tests need ``qemu-aarch64-static`` (Debian ``qemu-user-static``) and
+``aarch64-linux-gnu-g++`` (``g++-aarch64-linux-gnu``); the first run builds the board's sysroot in
+``$F8TVM_BOARD_DIR`` (default ``~/.cache/f8tvm/aarch64-board``, about a minute of downloads),
+later runs reuse it.  Emulated timings are meaningless; only results are compared.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import f8tvm
+from f8tvm import runtime
+from f8tvm.errors import ToolchainError
+from f8tvm.models import get_model
+from f8tvm.reference import run_reference
+from relay_passes.offset_activations import has_unsigned_dot
+from targets import TARGETS
+
+SIZE = 32
+ARM_TARGETS = ["arm", "arm-dotprod"]
+HAVE_QEMU = shutil.which("qemu-aarch64-static") is not None
+HAVE_A64_CXX = shutil.which(TARGETS["arm"].cross_compiler) is not None
+HAVE_A32_CXX = shutil.which(TARGETS["armv7"].cross_compiler) is not None
+
+needs_a64_cxx = pytest.mark.skipif(not HAVE_A64_CXX, reason="aarch64-linux-gnu-g++ is not "
+                                   "installed (apt-get install g++-aarch64-linux-gnu)")
+
+
+def on_board(test):
+    """Mark a test that runs on the emulated aarch64 board."""
+    test = pytest.mark.skipif(not HAVE_QEMU, reason="qemu-aarch64-static is not installed "
+                              "(apt-get install qemu-user-static)")(test)
+    return pytest.mark.arm_emulated(needs_a64_cxx(test))
+
+
+def _file(path):
+    return subprocess.run(["file", "-b", path], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def board():
+    from f8tvm.emulated_board import EmulatedBoard
+
+    with EmulatedBoard() as b:
+        yield b
+
+
+@pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2"])
+def builds(request, tmp_path_factory):
+    """One model compiled for x86 and for both aarch64 presets, from one plan."""
+    torch.manual_seed(0)
+    model, _ = get_model(request.param, randomize_bn=True)
+    calib = [torch.randn(2, 3, SIZE, SIZE) for _ in range(2)]
+    example = torch.zeros(1, 3, SIZE, SIZE)
+    out = tmp_path_factory.mktemp(f"arm-{request.param}")
+    x86 = f8tvm.compile(model, example, target="x86", calib=calib)
+    built = {"x86": (x86, x86.export(str(out / "x86.so"))[0])}
+    for t in ARM_TARGETS:
+        cm = f8tvm.compile(model, example, target=t, plan=x86.plan)  # same decisions
+        built[t] = (cm, cm.export(str(out / f"{t}.so"))[0])
+    return request.param, built
+
+
+def _inputs(cm, n=2):
+    rng = np.random.default_rng(7)
+    lo, hi = (-127, 127) if cm.plan.input_signed else (0, 255)
+    dtype = "int8" if cm.plan.input_signed else "uint8"
+    return [rng.integers(lo, hi + 1, (1, 3, SIZE, SIZE)).astype(dtype) for _ in range(n)]
+
+
+@needs_a64_cxx
+def test_arm_builds_are_aarch64_int8_only(builds):
+    _, built = builds
+    x86, _ = built["x86"]
+    for t in ARM_TARGETS:
+        cm, so = built[t]
+        assert "ARM aarch64" in _file(so)
+        assert not has_unsigned_dot(cm.int_mod)  # sdot/smull take s8 x s8
+        meta = json.loads(Path(runtime.metadata_path(so)).read_text())
+        audit = meta["audit"]
+        assert audit["wide_multiplies"] == 0 and not audit["violations"]
+        assert audit["macs_8bit"] == x86.audit.macs_8bit > 0
+        assert meta["target"]["name"] == t
+        print(f"\n{t}: 8-bit MACs {audit['macs_8bit']:,}, wide multiplies "
+              f"{audit['wide_multiplies']}, shifts {audit['shifts']:,}")
+
+
+@on_board
+@pytest.mark.parametrize("target", ARM_TARGETS)
+def test_bit_exact_on_emulated_board(builds, board, target):
+    name, built = builds
+    x86, x86_so = built["x86"]
+    _, arm_so = built[target]
+    local = runtime.load(x86_so)
+    # the board serves one session at a time: close it (with) so the next test can connect
+    with runtime.load(arm_so, remote=runtime.connect(board.address, session_timeout=600)) as m:
+        assert m.board.emulated and m.board.info["machine"] == "aarch64"
+        for q in _inputs(x86):
+            got, fl = m.run_int(q)
+            want, want_fl = local.run_int(q)
+            assert got.dtype == np.int32 and fl == want_fl
+            assert np.array_equal(got, want), f"{name}/{target}: aarch64 differs from x86"
+            assert np.array_equal(got, run_reference(x86.graph, x86.plan, q.astype(np.int64)))
+
+
+def _one_build(builds, target="arm"):
+    return builds[1][target][1]
+
+
+@on_board
+def test_deployment_on_board_without_torch(builds, board, tmp_path):
+    """The README's deployment: copy the .so + .json, run with f8tvm.runtime on the board."""
+    so = _one_build(builds)
+    dst = tmp_path / "board"
+    dst.mkdir()
+    for f in (so, runtime.metadata_path(so)):
+        shutil.copy(f, dst)
+    x86 = builds[1]["x86"][0]
+    q = _inputs(x86, 1)[0]
+    np.save(dst / "q.npy", q)
+    script = (
+        "import sys, numpy as np\n"
+        "import f8tvm.runtime as rt\n"
+        "m = rt.load(sys.argv[1])\n"
+        "acc, fl = m.run_int(np.load(sys.argv[2]))\n"
+        "np.save(sys.argv[3], acc)\n"
+        "y = m.run(np.zeros(m.input_shape, np.float32))\n"
+        "import importlib.util as u\n"
+        "print('torch' in sys.modules, u.find_spec('torch') is not None, y.dtype)\n")
+    r = board.run_python("-c", script, str(dst / os.path.basename(so)), str(dst / "q.npy"),
+                         str(dst / "out.npy"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["False", "False", "float32"]  # no torch on the board at all
+    want = run_reference(x86.graph, x86.plan, q.astype(np.int64))
+    assert np.array_equal(np.load(dst / "out.npy"), want)
+    # and the CLI runs on the board itself
+    r = board.run_python("-m", "f8tvm.run", str(dst / os.path.basename(so)), "--top", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "top-3" in r.stdout
+
+
+@on_board
+def test_board_setup_is_cached_and_cli_reports_status(board):
+    from f8tvm.emulated_board import EmulatedBoard
+
+    again = EmulatedBoard()
+    assert again.is_set_up
+    again.setup()  # idempotent: nothing is downloaded again
+    r = subprocess.run([sys.executable, "-m", "f8tvm.emulated_board", "status"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "set up:  yes" in r.stdout and f"{board.host}:{board.port}" in r.stdout
+
+
+@on_board
+def test_run_cli_over_rpc_says_emulated(builds, board, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "img.png"
+    Image.new("RGB", (40, 36), (20, 180, 90)).save(img)
+    so = _one_build(builds, "arm-dotprod")
+    r = subprocess.run([sys.executable, "-m", "f8tvm.run", so, "--rpc", board.address,
+                        "--input", str(img), "--benchmark"], capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "EMULATED" in r.stdout and "top-5" in r.stdout
+    assert "latency on the board" in r.stdout and "say nothing about a real board" in r.stdout
+
+
+def test_run_cli_rpc_unreachable_is_a_clear_error(tmp_path):
+    so = tmp_path / "m.so"
+    so.write_bytes(b"")
+    (tmp_path / "m.json").write_text(json.dumps({"format": "f8tvm"}))
+    r = subprocess.run([sys.executable, "-m", "f8tvm.run", str(so), "--rpc", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and "cannot connect" in r.stderr and "127.0.0.1:1" in r.stderr
+
+
+@pytest.mark.skipif(not HAVE_A32_CXX, reason="arm-linux-gnueabihf-g++ is not installed "
+                    "(apt-get install g++-arm-linux-gnueabihf)")
+def test_armv7_cross_compiles_and_exports(tmp_path):
+    """armv7 is compile-only: there is no armv7 TVM runtime on PyPI to run it with, and the
+    wheel's runtime sources are incomplete (see the README)."""
+    from conftest import make_small_net
+
+    torch.manual_seed(0)
+    cm = f8tvm.compile(make_small_net(), torch.zeros(1, 3, 16, 16), target="armv7",
+                       calib=[torch.randn(2, 3, 16, 16)])
+    so, meta = cm.export(str(tmp_path / "small-armv7.so"))
+    assert "ELF 32-bit" in _file(so) and "ARM, EABI5" in _file(so)
+    assert not has_unsigned_dot(cm.int_mod)
+    audit = json.loads(Path(meta).read_text())["audit"]
+    assert audit["wide_multiplies"] == 0 and audit["macs_8bit"] > 0
+
+
+def test_missing_cross_compiler_names_the_package(monkeypatch):
+    fake = dataclasses.replace(TARGETS["arm"], name="arm-missing",
+                               cross_compiler="no-such-aarch64-g++",
+                               compiler_package="g++-aarch64-linux-gnu")
+    with pytest.raises(ToolchainError, match=r"apt-get install g\+\+-aarch64-linux-gnu"):
+        fake.check_toolchain()
+    # checked before any work: compile fails at once, even with a model it cannot import
+    monkeypatch.setitem(TARGETS, "arm-missing", fake)
+    with pytest.raises(ToolchainError, match="no-such-aarch64-g"):
+        f8tvm.compile(object(), None, target="arm-missing")
+
+
+def test_presets_name_target_compiler_layout_instruction():
+    for name, triple, cxx, pkg in [
+        ("arm", "aarch64-linux-gnu", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+        ("arm-dotprod", "aarch64-linux-gnu", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+        ("armv7", "armv7a-linux-gnueabihf", "arm-linux-gnueabihf-g++", "g++-arm-linux-gnueabihf"),
+    ]:
+        p = TARGETS[name]
+        assert p.tvm_target["mtriple"] == triple and p.tvm_target["num-cores"] >= 1
+        assert (p.cross_compiler, p.compiler_package, p.activation_dtype) == (cxx, pkg, "int8")
+        assert p.layout
+        assert str(p.tvm().kind) == "llvm"
+    assert "+dotprod" in TARGETS["arm-dotprod"].tvm_target["mattr"]
+    assert TARGETS["arm-dotprod"].dot_instruction == "sdot"
+    assert TARGETS["x86"].activation_dtype == "uint8"  # VNNI is u8 x s8: no offset on x86
+
+
+def _asm_multiplies(cm):
+    """Vector multiply instructions of the conv kernels: {function: [(mnemonic, operands)]}."""
+    import re
+
+    asm = cm.executable.mod.imports[0].inspect_source("asm")
+    out, fn = {}, None
+    for line in asm.splitlines():
+        m = re.match(r"^([A-Za-z_][\w.]*):", line)
+        if m and not m.group(1).startswith(".L"):
+            fn = m.group(1)
+        m = re.match(r"^\s+(s?mul\w*|s?mla\w*|s?mlal\w*|\w*dot)\s+(v\d+\.\w+.*)$", line)
+        if m and fn and "conv2d" in fn:
+            out.setdefault(fn, []).append((m.group(1), re.sub(r"v\d+", "v", m.group(2))))
+    return out
+
+
+@needs_a64_cxx
+def test_dotprod_conv_asm_contains_sdot(builds):
+    """Even untuned, LLVM turns the int8 x int8 conv reductions into sdot for +dotprod."""
+    cm, _ = builds[1]["arm-dotprod"]
+    muls = _asm_multiplies(cm)
+    sdots = sum(op == "sdot" for ops in muls.values() for op, _ in ops)
+    assert sdots > 0, muls
+    print(f"\narm-dotprod conv kernels: {sdots} sdot")
+
+
+@needs_a64_cxx
+def test_arm_asm_conv_products_are_8bit(builds):
+    """NEON build: every vector multiply in a conv kernel takes 8-bit lanes (smull .8b/.16b).
+
+    The TIR audit proves the operands are 8-bit values; at the instruction level LLVM's
+    vectorizer sometimes widens them first (``mla .4s`` in untuned 1x1 stride-2 convs,
+    ``smull/smlal .4h`` in depthwise convs).  Tensorized NEON schedules (TVM's
+    dot_4x4_i8i8s32_neon: smull .8b + saddlp; a depthwise one still to write) remove that;
+    until they land, such kernels are reported as an expected failure, with their names.
+    """
+    cm, _ = builds[1]["arm"]
+    muls = _asm_multiplies(cm)
+    assert muls, "no vector multiply in any conv kernel"
+    wide = {fn: sorted({f"{op} {args}" for op, args in ops
+                        if not (op in ("smull", "smull2") and (".8b" in args or ".16b" in args))})
+            for fn, ops in muls.items()}
+    wide = {fn: ops for fn, ops in wide.items() if ops}
+    if wide:
+        pytest.xfail(f"untuned kernels widen 8-bit values before multiplying: {wide}")

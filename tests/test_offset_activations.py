@@ -1,0 +1,124 @@
+"""OffsetUnsignedActivations on the host: structure, bit-exactness, audit (no board needed)."""
+
+import numpy as np
+import pytest
+import torch
+
+from f8tvm import _tvm
+from f8tvm._tvm import relax, tvm
+from f8tvm.api import import_model, lower
+from f8tvm.calibrate import calibrate
+from f8tvm.graph import extract_graph
+from f8tvm.reference import quantize_input, run_reference
+from relay_passes._bindings import bindings
+from relay_passes.offset_activations import (
+    OffsetUnsignedActivations,
+    has_unsigned_dot,
+    offset_for_target,
+)
+from relay_passes.quantize_to_integer import QuantizeToInteger
+from targets import TARGETS, get_target
+
+R = relax.op
+
+
+def _run(mod, *args):
+    ex = _tvm.compile_relax(mod, get_target("x86").tvm())
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in args])
+    return [o.numpy() for o in out]
+
+
+def _dots(mod):
+    return [b.value for b in bindings(mod["main"]) if isinstance(b.value, relax.Call)
+            and b.value.op.name in ("relax.nn.conv2d", "relax.matmul")]
+
+
+@pytest.fixture(scope="module", params=["signed_input", "unsigned_input"])
+def program(request):
+    """The small test net's integer program; an unsigned input feeds the first conv directly."""
+    from conftest import make_small_net
+
+    torch.manual_seed(0)
+    net = make_small_net()
+    mod, sources = import_model(net, torch.randn(1, 3, 16, 16))
+    graph = extract_graph(mod, sources)
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((4, 3, 16, 16)).astype("float32")
+    if request.param == "unsigned_input":
+        calib = np.abs(calib)  # non-negative calibration data -> uint8 input
+    plan = calibrate(graph, [calib])
+    assert plan.input_signed == (request.param == "signed_input")
+    qmod = QuantizeToInteger(graph, plan)(mod)
+    return graph, plan, qmod, OffsetUnsignedActivations(qmod)
+
+
+def test_no_unsigned_dot_remains(program):
+    _, _, qmod, omod = program
+    assert has_unsigned_dot(qmod)  # F8Net's ReLU outputs are uint8 before the pass
+    assert not has_unsigned_dot(omod)
+    assert len(_dots(omod)) == len(_dots(qmod))
+    for old, new in zip(_dots(qmod), _dots(omod)):
+        assert {_tvm.tensor_dtype(a) for a in new.args} == {"int8"}
+        if new.op.name == "relax.nn.conv2d" and _tvm.tensor_dtype(old.args[0]) == "uint8":
+            assert [int(p) for p in new.attrs.padding] == [0, 0, 0, 0]  # explicit -128 pad
+    # the interface is unchanged
+    assert _tvm.tensor_dtype(omod["main"].params[0]) == _tvm.tensor_dtype(qmod["main"].params[0])
+
+
+def test_offset_program_is_bit_exact_with_numpy_reference(program):
+    graph, plan, qmod, omod = program
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        x = rng.standard_normal((1, 3, 16, 16)).astype("float32")
+        if not plan.input_signed:
+            x = np.abs(x) * 2  # also exercises saturation at 255
+        q = quantize_input(x, plan)
+        arg = q.astype("int8" if plan.input_signed else "uint8")
+        got = _run(omod, arg)[0]
+        assert np.array_equal(got, run_reference(graph, plan, q))
+        assert np.array_equal(got, _run(qmod, arg)[0])
+
+
+def test_offset_program_audit_only_8bit_macs(program):
+    _, _, qmod, omod = program
+    _, before = lower(qmod, get_target("x86"))
+    _, after = lower(omod, get_target("arm"))
+    assert after.wide_multiplies == 0
+    assert after.macs_8bit == before.macs_8bit > 0
+
+
+def test_other_consumers_and_extreme_values_stay_exact():
+    """u feeds a padded conv, a dense-like matmul *and* the output; the conv result feeds its
+    bias add *and* the output: all outputs unchanged, for u over the full [0, 255] range."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (4, 3, 3, 3)).astype("int8")
+    wm = rng.integers(-127, 128, (6, 5)).astype("int8")
+    b = rng.integers(-1000, 1000, (1, 4, 1, 1)).astype("int32")
+    bb = relax.BlockBuilder()
+    t = relax.Var("t", _tvm.TensorType((1, 3, 5, 6), "int32"))
+    with bb.function("main", [t]):
+        with bb.dataflow():
+            c = bb.emit(R.clip(t, 0, 255), "c")
+            u = bb.emit(R.astype(c, "uint8"), "u")
+            acc = bb.emit(R.nn.conv2d(u, relax.const(w), padding=[1, 2, 0, 1],
+                                      out_dtype="int32"), "acc")
+            y = bb.emit(R.add(relax.const(b), acc), "y")  # bias first: add is not commutative
+            mm = bb.emit(R.matmul(u, relax.const(wm), out_dtype="int32"), "mm")
+            out = bb.emit_output(relax.Tuple([y, acc, R.astype(u, "int32"), mm]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    omod = OffsetUnsignedActivations(mod)
+    assert not has_unsigned_dot(omod)
+    x = rng.integers(-300, 600, (1, 3, 5, 6)).astype("int32")
+    x.flat[:4] = [0, 255, -1, 256]
+    for got, want in zip(_run(omod, x), _run(mod, x)):
+        assert np.array_equal(got, want)
+
+
+def test_only_int8_targets_are_offset(program):
+    _, _, qmod, _ = program
+    assert offset_for_target(qmod, get_target("x86")) is qmod
+    for name in ("arm", "arm-dotprod", "armv7"):
+        assert TARGETS[name].activation_dtype == "int8"
+        assert not has_unsigned_dot(offset_for_target(qmod, TARGETS[name]))
