@@ -116,7 +116,7 @@ def collect_stats(graph: Graph, batches, progress=None) -> dict:
                              f"{graph[graph.input].shape}")
         vals = run_float(graph, x, keep=quant_points)
         stats[graph.input].add(x)
-        for k in quant_points - {graph.input}:
+        for k in sorted(quant_points - {graph.input}):  # a fixed order: the sampling rng is shared
             stats[k].add(vals[k].numpy())
         if progress:
             progress()

@@ -1,0 +1,1 @@
+"""Reproducible experiments (``python -m f8tvm.experiments.<name>``)."""
