@@ -126,12 +126,16 @@ def torch_systems(model, x, calib):
     torch.backends.quantized.engine = "x86"
     import copy
 
-    prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"),
-                          (torch.from_numpy(x),))
-    with torch.no_grad():
-        for b in calib:
-            prepared(torch.from_numpy(b))
-    q = convert_fx(prepared)
+    try:
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"),
+                              (torch.from_numpy(x),))
+        with torch.no_grad():
+            for b in calib:
+                prepared(torch.from_numpy(b))
+        q = convert_fx(prepared)
+    except Exception as e:  # FX cannot trace every model: keep the fp32 row
+        print(f"  (torch-int8 skipped: {type(e).__name__}: {str(e)[:160]})")
+        return out
     dt = time.perf_counter() - t0
 
     def int8(xx):
@@ -185,10 +189,12 @@ def measure_peak(instruction: str, threads: int) -> float | None:
             f.write(_PEAK_C)
         if subprocess.run(["gcc", "-O2", "-mavx2", src, "-o", exe]).returncode:
             return None
-        procs = [subprocess.Popen([exe], stdout=subprocess.PIPE, text=True)
-                 for _ in range(threads)]
-        rates = [float(p.communicate()[0].split()[0]) for p in procs]
-    return sum(rates)
+        best = 0.0
+        for _ in range(3):  # shared cores: keep the best of three
+            procs = [subprocess.Popen([exe], stdout=subprocess.PIPE, text=True)
+                     for _ in range(threads)]
+            best = max(best, sum(float(p.communicate()[0].split()[0]) for p in procs))
+    return best
 
 
 # ----------------------------------------------------------------------------- main

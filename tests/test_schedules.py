@@ -178,7 +178,8 @@ def test_tuning_measures_on_boards_behind_an_rpc_tracker(net, calib, tmp_path):
     port = _free_port()
     env = dict(os.environ, TVM_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host",
-                               "127.0.0.1", "--port", str(port)], env=env)]
+                               "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
+                              env=env)]
     try:
         time.sleep(3)
         for _ in range(2):

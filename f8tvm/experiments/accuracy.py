@@ -337,7 +337,7 @@ def lite0_row(budget: Budget, target: str = "host", log=_log) -> Row:
     def stream():
         r = np.random.default_rng(2)
         while True:
-            for i in range(0, len(xu) - budget.lite_batch + 1, budget.lite_batch):
+            for _ in range(0, len(xu) - budget.lite_batch + 1, budget.lite_batch):
                 yield xu[r.permutation(len(xu))[:budget.lite_batch]]
 
     qat.train(q, _Take(stream(), budget.lite_steps), "tiny", teacher=model,
