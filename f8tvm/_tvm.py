@@ -12,6 +12,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, topi  # noqa: F401  (re-exported)
 from tvm import tirx as tir  # 0.27: tvm.tir -> tvm.tirx
+from tvm.support import cc  # noqa: F401  (re-exported; 0.27: tvm.contrib.cc -> tvm.support.cc)
 
 TVM_VERSION = tvm.__version__
 
