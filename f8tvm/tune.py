@@ -87,6 +87,7 @@ def main(argv=None) -> int:
         from schedules.tuning import (
             best_latency,
             extract_tasks,
+            kernel_macs,
             make_builder,
             make_runner,
             open_database,
@@ -109,8 +110,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         fused, _ = api.fuse(model, torch.zeros(1, 3, size, size), target_name, calib)
         tasks = extract_tasks(fused)
-        macs = {t.name: t.weight for t in tasks}
-        tasks.sort(key=lambda t: -_task_macs(t) * macs[t.name])
+        tasks.sort(key=lambda t: -kernel_macs(t.mod["main"]) * t.weight)
         if a.max_kernels:
             tasks = tasks[:a.max_kernels]
         print(f"  {len(tasks)} kernels to tune ({time.time() - t0:.0f}s to extract)")
@@ -135,23 +135,6 @@ def main(argv=None) -> int:
     except (F8TVMError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
-
-
-def _task_macs(task) -> int:
-    from f8tvm._tvm import schedule_of
-    from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
-
-    sch = schedule_of(task.mod["main"])
-    for name in (CONV_BLOCK, DEPTHWISE_BLOCK):
-        try:
-            block = sch.get(sch.get_sblock(name))
-        except Exception:  # not this kind
-            continue
-        n = 1
-        for iv in block.iter_vars:
-            n *= int(iv.dom.extent)
-        return n
     return 0
 
 

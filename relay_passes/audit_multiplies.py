@@ -92,7 +92,7 @@ def _is_shift(e) -> bool:
         ("shift_right", "shift_left"))
 
 
-def _call_counts(mod) -> dict:
+def call_counts(mod) -> dict:
     """How many times the Relax functions of ``mod`` reference each PrimFunc."""
     from f8tvm._tvm import relax
 
@@ -111,7 +111,7 @@ def _call_counts(mod) -> dict:
 def audit_module(mod) -> AuditReport:
     """Audit every PrimFunc of ``mod`` (TIR after legalization/fusion)."""
     report = AuditReport()
-    calls = _call_counts(mod)
+    calls = call_counts(mod)
     for fname, func in _tvm.primfuncs(mod):
         report.functions += 1
         ncalls = calls.get(fname, 1)  # kernels of equal shape are shared by several layers

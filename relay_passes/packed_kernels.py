@@ -37,27 +37,34 @@ def _out_size(size, k, stride, dilation, pad_a, pad_b):
     return (size + pad_a + pad_b - (k - 1) * dilation - 1) // stride + 1
 
 
+def _window(data, kh, kw, strides, padding, dilation, pad_value):
+    """What both convolutions share: the padded input, the output size, the kernel-window
+    reduce axes and the input row / column an output pixel reads at a window offset."""
+    h, w = int(data.shape[2]), int(data.shape[3])
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
+    ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    return (_pad(data, padding, pad_value), oh, ow, ry, rx,
+            lambda y: y * sh + ry * dh, lambda x: x * sw + rx * dw)
+
+
 def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0):
     """``out[n, o//ob, y, x, o%ob] = sum_{i,ky,kx} int32(d[n, i, y*s+ky*dl, x*s+kx*dl])
     * int32(w[o, i, ky, kx])`` in the packed layouts (module doc); padding uses ``pad_value``
     (0, or the activation offset when activations are stored offset)."""
-    n, icc, h, w, ib = (int(v) for v in data.shape)
+    n, icc, _, _, ib = (int(v) for v in data.shape)
     occ, icc2, kh, kw, ibk, ob, depth = (int(v) for v in kernel.shape)
     assert icc == icc2 and ib == ibk * depth, (data.shape, kernel.shape)
-    sh, sw = strides
-    dh, dw = dilation
-    oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
-    ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
-    dp = _pad(data, padding, pad_value)
+    dp, oh, ow, ry, rx, row, col = _window(data, kh, kw, strides, padding, dilation, pad_value)
     rc = te.reduce_axis((0, icc), "rc")
-    ry = te.reduce_axis((0, kh), "ry")
-    rx = te.reduce_axis((0, kw), "rx")
     rq = te.reduce_axis((0, ibk), "rq")
     rk = te.reduce_axis((0, depth), "rk")
     return te.compute(
         (n, occ, oh, ow, ob),
         lambda b, o, y, x, ol: te.sum(
-            dp[b, rc, y * sh + ry * dh, x * sw + rx * dw, rq * depth + rk].astype("int32")
+            dp[b, rc, row(y), col(x), rq * depth + rk].astype("int32")
             * kernel[o, rc, ry, rx, rq, ol, rk].astype("int32"),
             axis=[rc, ry, rx, rq, rk]),
         name=CONV_BLOCK)
@@ -67,20 +74,14 @@ def depthwise_nchwc(data, kernel, strides, padding, dilation, pad_value=0):
     """``out[n, c, y, x, b] = sum_{ky,kx} d[n, c, y*s+ky*dl, x*s+kx*dl, b] * w[c, ky, kx, b]``;
     the product is formed in int16 (exact for 8-bit operands: |p| <= 128 * 255) and accumulated
     in int32, so the vector multiply stays narrow."""
-    n, cc, h, w, cb = (int(v) for v in data.shape)
+    n, cc, _, _, cb = (int(v) for v in data.shape)
     cc2, kh, kw, cb2 = (int(v) for v in kernel.shape)
     assert (cc, cb) == (cc2, cb2), (data.shape, kernel.shape)
-    sh, sw = strides
-    dh, dw = dilation
-    oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
-    ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
-    dp = _pad(data, padding, pad_value)
-    ry = te.reduce_axis((0, kh), "ry")
-    rx = te.reduce_axis((0, kw), "rx")
+    dp, oh, ow, ry, rx, row, col = _window(data, kh, kw, strides, padding, dilation, pad_value)
     return te.compute(
         (n, cc, oh, ow, cb),
         lambda b, c, y, x, cl: te.sum(
-            (dp[b, c, y * sh + ry * dh, x * sw + rx * dw, cl].astype("int16")
+            (dp[b, c, row(y), col(x), cl].astype("int16")
              * kernel[c, ry, rx, cl].astype("int16")).astype("int32"),
             axis=[ry, rx]),
         name=DEPTHWISE_BLOCK)

@@ -61,19 +61,24 @@ def dot_intrin(instruction: str) -> DotIntrin:
     return table[instruction]
 
 
-def kernel_kind(prim_func) -> str:
-    """'conv', 'depthwise' or 'other', from the packed kernel block a fused PrimFunc holds."""
+def kernel_block(prim_func):
+    """``(kind, block)`` of the packed kernel block a fused PrimFunc holds: kind 'conv' or
+    'depthwise', or ``('other', None)``."""
     from f8tvm._tvm import schedule_of
     from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
 
     sch = schedule_of(prim_func)
     for name, kind in ((CONV_BLOCK, "conv"), (DEPTHWISE_BLOCK, "depthwise")):
         try:
-            sch.get_sblock(name)
-            return kind
+            return kind, sch.get(sch.get_sblock(name))
         except Exception:  # no such block in this kernel
             continue
-    return "other"
+    return "other", None
+
+
+def kernel_kind(prim_func) -> str:
+    """'conv', 'depthwise' or 'other' (see :func:`kernel_block`)."""
+    return kernel_block(prim_func)[0]
 
 
 def default_schedule(prim_func, dot: DotIntrin | None, tiles=None):

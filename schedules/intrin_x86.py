@@ -26,20 +26,25 @@ VNNI_16x4 = "f8tvm_vnni_16x4_u8i8i32"  # 512-bit: 16 output lanes x 4-deep dot
 AVX2_8x2 = "f8tvm_avx2_8x2_u8i8i32"  # 256-bit: 8 output lanes x 2-deep dot
 
 
-@T.prim_func(s_tir=True)
-def _vnni_16x4_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _dot_desc(lanes: int, depth: int, a_dtype: str):
+    """What every dot intrinsic computes: ``C[i] += sum_k int32(A[k]) * int32(B[i, k])``."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((depth,), a_dtype, offset_factor=1),
+        B: T.Buffer((lanes, depth), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, depth):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -62,27 +67,8 @@ def _vnni_16x4_impl(
             dtype="int32x16")
 
 
-TensorIntrin.register(VNNI_16x4, _vnni_16x4_desc, _vnni_16x4_impl, override=True)
+TensorIntrin.register(VNNI_16x4, _dot_desc(16, 4, "uint8"), _vnni_16x4_impl, override=True)
 
-
-
-def _desc_avx2(a_dtype):
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((2,), a_dtype, offset_factor=1),
-        B: T.Buffer((8, 2), "int8", offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            for i in T.serial(0, 8):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    return desc
 
 
 def _impl_avx2(a_dtype):
@@ -109,5 +95,6 @@ def _impl_avx2(a_dtype):
     return impl
 
 
-TensorIntrin.register(AVX2_8x2, _desc_avx2("uint8"), _impl_avx2("uint8"), override=True)
-TensorIntrin.register(AVX2_8x2 + "_s8", _desc_avx2("int8"), _impl_avx2("int8"), override=True)
+TensorIntrin.register(AVX2_8x2, _dot_desc(8, 2, "uint8"), _impl_avx2("uint8"), override=True)
+TensorIntrin.register(AVX2_8x2 + "_s8", _dot_desc(8, 2, "int8"), _impl_avx2("int8"),
+                      override=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from f8tvm._tvm import primfuncs, tvm
 
-from . import DotIntrin, default_schedule, kernel_kind
+from . import DotIntrin, default_schedule, kernel_block, kernel_kind
 
 
 @dataclass
@@ -43,15 +43,9 @@ def task_module(prim_func):
 
 def extract_tasks(fused_mod) -> list[Task]:
     """The tunable kernels of a fused module (convs and depthwise convs), with call counts."""
-    from f8tvm._tvm import relax
+    from relay_passes.audit_multiplies import call_counts
 
-    calls: dict = {}
-
-    def visit(e):
-        if isinstance(e, tvm.ir.GlobalVar):
-            calls[e.name_hint] = calls.get(e.name_hint, 0) + 1
-
-    relax.analysis.post_order_visit(fused_mod["main"], visit)
+    calls = call_counts(fused_mod)
     tasks = []
     for name, func in primfuncs(fused_mod):
         kind = kernel_kind(func)
@@ -163,8 +157,6 @@ def tune(tasks, target, dot: DotIntrin, db_dir: str, trials: int, runner=None,
 
 def best_latency(database, task: Task, target) -> float | None:
     """Best measured latency (seconds) of ``task`` in ``database``, None if it has no record."""
-    from tvm.s_tir import meta_schedule as ms
-
     if not database.has_workload(task.mod):
         return None
     wl = database.commit_workload(task.mod)
@@ -172,26 +164,31 @@ def best_latency(database, task: Task, target) -> float | None:
     if not top:
         return None
     secs = [float(s) for s in top[0].run_secs]
-    _ = ms
     return sum(secs) / len(secs)
 
 
 def anchor_key(prim_func) -> str | None:
     """What a tuned schedule depends on: the packed conv block's loop extents and buffers."""
-    from f8tvm._tvm import region_tensor, schedule_of
-    from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
+    from f8tvm._tvm import region_tensor
 
-    sch = schedule_of(prim_func)
-    for name in (CONV_BLOCK, DEPTHWISE_BLOCK):
-        try:
-            block = sch.get(sch.get_sblock(name))
-        except Exception:  # not this kind of kernel
-            continue
-        ext = [int(iv.dom.extent) for iv in block.iter_vars]
-        bufs = [(str(region_tensor(r).dtype), [int(d) for d in region_tensor(r).shape])
-                for r in list(block.reads) + list(block.writes)]
-        return f"{name}:{ext}:{bufs}"
-    return None
+    _, block = kernel_block(prim_func)
+    if block is None:
+        return None
+    ext = [int(iv.dom.extent) for iv in block.iter_vars]
+    bufs = [(str(region_tensor(r).dtype), [int(d) for d in region_tensor(r).shape])
+            for r in list(block.reads) + list(block.writes)]
+    return f"{block.name_hint}:{ext}:{bufs}"
+
+
+def kernel_macs(prim_func) -> int:
+    """Iterations of the kernel's packed conv block (its MACs per call), 0 for other kernels."""
+    _, block = kernel_block(prim_func)
+    if block is None:
+        return 0
+    n = 1
+    for iv in block.iter_vars:
+        n *= int(iv.dom.extent)
+    return n
 
 
 def _split_decisions(trace) -> list:
@@ -232,8 +229,8 @@ def apply_database(fused_mod, target, dot: DotIntrin | None, db_dir: str | None,
             if sch is not None:
                 new = sch.mod["main"].without_attr("global_symbol")
                 tuned.append(name)
-            elif anchor_key(func) in index:
-                tiles = index[anchor_key(func)][1]
+            elif (key := anchor_key(func)) in index:
+                tiles = index[key][1]
                 transferred.append(name)
             else:
                 untuned.append(name)
