@@ -128,7 +128,8 @@ def llvm_intrinsic_name(call) -> str | None:
 
 
 _DOT_INTRINSICS = ("llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.vpdpbusd.256",
-                   "llvm.x86.avx2.pmadd.wd", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot")
+                   "llvm.x86.avx2.pmadd.wd", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot",
+                   "llvm.aarch64.neon.smull")  # smull: 8-bit lanes -> 16-bit products
 
 
 def _llvm_names(cache={}) -> dict:  # noqa: B006  (memo)

@@ -17,6 +17,9 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
   tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``;
 * ``max_pool2d``: the same pool with ``layout="NCHW{b}c"``; ``sum`` over H, W: over axes 2, 3;
 * ``reshape`` of a ``1 x 1`` map to ``(N, C)``: a plain reshape (blocked order = channel order);
+* a constant spatial ``nn.pad`` (ARM's offset activations pad with -128 explicitly,
+  ``offset_activations``): folded into the padding of the conv that reads it (the kernels pad
+  with any value); any other reader gets the pad done on the blocked tensor;
 * anything else (grouped conv, ...): its inputs are unblocked and the op runs as before.
 
 Dot instructions that only take unsigned activations (VNNI is u8 x s8) get int8 inputs offset:
@@ -50,6 +53,14 @@ class _Blocked:
 
     def __init__(self, expr, channels, block):
         self.expr, self.channels, self.block = expr, channels, block
+
+
+class _Padded:
+    """A spatial constant pad of a blocked tensor, not emitted yet: a conv reading it pads
+    inside its kernel.  ``padding``: (top, left, bottom, right)."""
+
+    def __init__(self, source: _Blocked, padding, value: int):
+        self.source, self.padding, self.value = source, tuple(padding), value
 
 
 def pack_conv_weight(w, block_in, lanes, depth):
@@ -105,10 +116,20 @@ class _Packer:
             t = self.bb.emit(R.strided_slice(t, axes=[1], begin=[0], end=[v.channels]))
         return t
 
-    def arg(self, a):
+    def arg(self, a, keep_pad=False):
+        """The new value of an old argument; a deferred pad is emitted unless ``keep_pad``."""
         if isinstance(a, relax.Var):
-            return self.env.get(a, a)
+            a = self.env.get(a, a)
+            if isinstance(a, _Padded) and not keep_pad:
+                a = self.materialize(a)
         return a
+
+    def materialize(self, p: _Padded) -> _Blocked:
+        top, left, bottom, right = p.padding
+        x = p.source
+        out = self.bb.emit(R.nn.pad(x.expr, [0, 0, 0, 0, top, bottom, left, right, 0, 0],
+                                    pad_value=float(p.value)))
+        return _Blocked(out, x.channels, x.block)
 
     # --------------------------------------------------------------------- rules
     def visit(self, b):
@@ -117,7 +138,8 @@ class _Packer:
         if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op):
             op = v.op.name
             rule = {"relax.nn.conv2d": self.conv2d, "relax.nn.max_pool2d": self.max_pool,
-                    "relax.sum": self.sum, "relax.reshape": self.reshape}.get(op)
+                    "relax.sum": self.sum, "relax.reshape": self.reshape,
+                    "relax.nn.pad": self.pad}.get(op)
             if rule is None and op in _ELEMENTWISE:
                 rule = self.elementwise
             if rule is not None:
@@ -126,6 +148,8 @@ class _Packer:
                     return out
             args = [self.unblock(self.arg(a)) for a in v.args]
             return self.bb.emit(relax.Call(v.op, args, v.attrs, v.ty_args), name)
+        if isinstance(v, relax.Var):  # an alias: the same (possibly blocked) value
+            return self.arg(v, keep_pad=True)
         if isinstance(v, relax.Tuple):
             return self.bb.emit(relax.Tuple([self.unblock(self.arg(f)) for f in v.fields]), name)
         raise NotImplementedError(f"PackChannelBlocks: binding {name}: {type(v).__name__}")
@@ -138,18 +162,26 @@ class _Packer:
         w = _tvm.const_value(weight)
         o, i_per_group, kh, kw = w.shape
         groups = int(a.groups)
-        x = self.arg(data)
-        c_in = x.channels if isinstance(x, _Blocked) else _tvm.tensor_shape(x)[1]
+        x = self.arg(data, keep_pad=True)
         strides = [int(s) for s in a.strides]
         padding = [int(p) for p in a.padding]
         dilation = [int(d) for d in a.dilation]
+        pad_value = 0
+        if isinstance(x, _Padded):
+            if any(padding) or (groups != 1 and x.source.block != self.lanes):
+                x = self.materialize(x)
+            else:  # the explicit pad becomes the kernel's padding
+                padding, pad_value, x = list(x.padding), x.value, x.source
+        c_in = x.channels if isinstance(x, _Blocked) else _tvm.tensor_shape(x)[1]
         if groups == 1:
             if not isinstance(x, _Blocked):
                 blk = self.lanes if c_in >= self.lanes else _round_up(c_in, self.depth)
                 x = self.block(x, blk)
             kernel = pack_conv_weight(w, x.block, self.lanes, self.depth)
-            data, pad_value = x.expr, 0
+            data = x.expr
             offset = self.unsigned_only and _tvm.tensor_dtype(data) == "int8"
+            if offset and pad_value != 0:
+                raise NotImplementedError("PackChannelBlocks: offset of a non-zero padded input")
             if offset:  # see module doc
                 data = self.bb.emit(R.astype(R.add(R.astype(data, "int16"),
                                                    relax.const(np.int16(128))), "uint8"))
@@ -167,7 +199,7 @@ class _Packer:
             kernel = pack_depthwise_weight(w, self.lanes)
             out = self.bb.emit(self.bb.call_te(
                 depthwise_nchwc, x.expr, relax.const(kernel), strides, padding, dilation,
-                primfunc_name_hint="depthwise_nchwc"), name)
+                pad_value, primfunc_name_hint="depthwise_nchwc"), name)
         else:
             return None
         return _Blocked(out, o, self.lanes)
@@ -200,6 +232,19 @@ class _Packer:
                 new.append(a)
         out = self.bb.emit(relax.Call(call.op, new, call.attrs, call.ty_args), name)
         return _Blocked(out, ref.channels, ref.block)
+
+    def pad(self, call, name):
+        x = self.arg(call.args[0])
+        a = call.attrs
+        width = [int(p) for p in a.pad_width]
+        if (not isinstance(x, _Blocked) or str(a.pad_mode) != "constant" or len(width) != 8
+                or any(width[:4])):
+            return None
+        value = float(a.pad_value)
+        if value != int(value):
+            return None
+        top, bottom, left, right = width[4:]
+        return _Padded(x, (top, left, bottom, right), int(value))
 
     def max_pool(self, call, name):
         x = self.arg(call.args[0])

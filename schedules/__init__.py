@@ -16,7 +16,7 @@ class DotIntrin:
     """A dot-product instruction as a tensor intrinsic: ``C[i] += sum_k A[k] * B[i, k]``."""
 
     instruction: str  # the machine instruction it lowers to (checked in the asm by tests)
-    intrin: str  # registered TensorIntrin name (unsigned activations)
+    intrin: str | None  # registered TensorIntrin name for uint8 activations (None: no such form)
     lanes: int  # output lanes = output-channel block
     depth: int  # k: input channels reduced per lane per instruction
     accumulators: int  # vector registers available for the register tile
@@ -30,11 +30,11 @@ class DotIntrin:
 
         signed = any(str(region_tensor(r).dtype) == "int8" and len(region_tensor(r).shape) == 5
                      for r in block.reads)
-        if signed:
-            if self.intrin_signed is None:
-                raise ValueError(f"{self.instruction} has no signed-activation form")
-            return self.intrin_signed
-        return self.intrin
+        name = self.intrin_signed if signed else self.intrin
+        if name is None:
+            kind = "int8" if signed else "uint8"
+            raise ValueError(f"{self.instruction} has no form for {kind} activations")
+        return name
 
 
 def _x86():
@@ -48,14 +48,30 @@ def _x86():
     }
 
 
+def _arm():
+    from . import intrin_arm as a
+
+    return {
+        # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
+        # so 12 register tiles of the 32 vector registers hold accumulators
+        "sdot": DotIntrin("sdot", None, 8, 4, 12, a.SDOT_8x4, 1.0, 1.0),
+        # smull + saddlp + addp: temporaries need registers too
+        "smull": DotIntrin("smull", None, 8, 4, 8, a.NEON_8x4, 1.0, 2.0),
+    }
+
+
+def _table() -> dict:
+    return {**_x86(), **_arm()}
+
+
 def find_dot(instruction: str | None) -> DotIntrin | None:
     """The tensor intrinsic of a target's dot instruction, None when we have no schedule for it
     yet (the target then gets the generic layout and schedules)."""
-    return _x86().get(instruction) if instruction else None
+    return _table().get(instruction) if instruction else None
 
 
 def dot_intrin(instruction: str) -> DotIntrin:
-    table = _x86()
+    table = _table()
     if instruction not in table:
         raise ValueError(f"no tensor intrinsic for {instruction!r}; known: {', '.join(table)}")
     return table[instruction]

@@ -19,8 +19,8 @@ PRESETS = [
                     "num-cores": 4},
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
-        layout="NCHW4c",
-        # 8-bit widening multiply (s8 x s8 -> s16) + pairwise add: TVM's dot_4x4_i8i8s32_neon
+        layout="NCHW8c",
+        # 8-bit widening multiply (smull .8b: s8 x s8 -> s16) + pairwise adds into int32
         dot_instruction="smull",
         activation_dtype="int8",
         description="aarch64 (Armv8-A) with NEON: Cortex-A53/A72 (Raspberry Pi 3/4)",
@@ -31,7 +31,7 @@ PRESETS = [
                     "mattr": ["+neon", "+dotprod"], "num-cores": 4},
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
-        layout="NCHW4c",
+        layout="NCHW8c",
         dot_instruction="sdot",
         activation_dtype="int8",
         description="aarch64 Armv8.2-A+ with the dot product: Cortex-A55/A76 (Raspberry Pi 5)",

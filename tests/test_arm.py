@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from macs import blocked_macs
 
 import f8tvm
 from f8tvm import runtime
@@ -89,8 +90,9 @@ def test_arm_builds_are_aarch64_int8_only(builds):
         meta = json.loads(Path(runtime.metadata_path(so)).read_text())
         audit = meta["audit"]
         assert audit["wide_multiplies"] == 0 and not audit["violations"]
-        # the generic ARM kernels execute exactly the model's MACs (no channel padding)
-        assert audit["macs_8bit"] == sum(r["macs"] for r in meta["plan"]["layers"]) > 0
+        # the packed kernels execute the model's MACs plus those of the zero-padded channels
+        assert audit["macs_8bit"] == blocked_macs(cm) >= sum(r["macs"]
+                                                             for r in meta["plan"]["layers"])
         assert meta["target"]["name"] == t
         print(f"\n{t}: 8-bit MACs {audit['macs_8bit']:,}, wide multiplies "
               f"{audit['wide_multiplies']}, shifts {audit['shifts']:,}")
@@ -232,8 +234,13 @@ def test_presets_name_target_compiler_layout_instruction():
     assert TARGETS["x86"].activation_dtype == "uint8"  # VNNI is u8 x s8: no offset on x86
 
 
+_VECTOR_MUL = (r"^\s+([su]?ml[as]l?2?|[su]?mull?2?|[su]?dot|sq\w*mulh?|mul|fmul\w*|fml[as]\w*)"
+               r"\s+(v\d+\.\w+.*)$")
+
+
 def _asm_multiplies(cm):
-    """Vector multiply instructions of the conv kernels: {function: [(mnemonic, operands)]}."""
+    """Vector multiply instructions of the conv and depthwise kernels:
+    {function: [(mnemonic, operands with register numbers dropped)]}."""
     import re
 
     asm = cm.executable.mod.imports[0].inspect_source("asm")
@@ -242,38 +249,47 @@ def _asm_multiplies(cm):
         m = re.match(r"^([A-Za-z_][\w.]*):", line)
         if m and not m.group(1).startswith(".L"):
             fn = m.group(1)
-        m = re.match(r"^\s+(s?mul\w*|s?mla\w*|s?mlal\w*|\w*dot)\s+(v\d+\.\w+.*)$", line)
-        if m and fn and "conv2d" in fn:
-            out.setdefault(fn, []).append((m.group(1), re.sub(r"v\d+", "v", m.group(2))))
+            if fn.startswith("__tvm_ffi_"):  # the calling-convention wrapper of a kernel
+                continue
+            if "conv2d_nchwc" in fn or "depthwise_nchwc" in fn:
+                out.setdefault(fn, [])
+        m = re.match(_VECTOR_MUL, line)
+        if m and fn in out:
+            out[fn].append((m.group(1), re.sub(r"v\d+", "v", m.group(2))))
     return out
+
+
+def _is_8bit_smull(op, args):
+    return op in ("smull", "smull2") and (".8b" in args or ".16b" in args)
 
 
 @needs_a64_cxx
 def test_dotprod_conv_asm_contains_sdot(builds):
-    """Even untuned, LLVM turns the int8 x int8 conv reductions into sdot for +dotprod."""
+    """arm-dotprod: every packed conv kernel multiplies with sdot (our 8x4 intrinsic); depthwise
+    kernels with smull on 8-bit lanes; nothing else multiplies."""
     cm, _ = builds[1]["arm-dotprod"]
     muls = _asm_multiplies(cm)
-    sdots = sum(op == "sdot" for ops in muls.values() for op, _ in ops)
-    assert sdots > 0, muls
-    print(f"\narm-dotprod conv kernels: {sdots} sdot")
+    convs = {fn: ops for fn, ops in muls.items() if "conv2d_nchwc" in fn}
+    assert convs, "no packed conv kernel in the module"
+    no_sdot = [fn for fn, ops in convs.items() if not any(op == "sdot" for op, _ in ops)]
+    assert not no_sdot, f"conv kernels without sdot: {no_sdot}"
+    other = {fn: sorted({f"{op} {a}" for op, a in ops
+                         if not (op == "sdot" and ".16b" in a) and not _is_8bit_smull(op, a)})
+             for fn, ops in muls.items()}
+    assert not any(other.values()), {fn: ops for fn, ops in other.items() if ops}
+    sdots = sum(op == "sdot" for ops in convs.values() for op, _ in ops)
+    print(f"\narm-dotprod: {len(convs)} conv kernels, {sdots} sdot")
 
 
 @needs_a64_cxx
 def test_arm_asm_conv_products_are_8bit(builds):
-    """NEON build: every vector multiply in a conv kernel takes 8-bit lanes (smull .8b/.16b).
-
-    The TIR audit proves the operands are 8-bit values; at the instruction level LLVM's
-    vectorizer sometimes widens them first (``mla .4s`` in untuned 1x1 stride-2 convs,
-    ``smull/smlal .4h`` in depthwise convs).  Tensorized NEON schedules (TVM's
-    dot_4x4_i8i8s32_neon: smull .8b + saddlp; a depthwise one still to write) remove that;
-    until they land, such kernels are reported as an expected failure, with their names.
-    """
+    """NEON build: every vector multiply in a conv or depthwise kernel takes 8-bit lanes
+    (``smull .8h, .8b, .8b``): the convs through our NEON 8x4 intrinsic, the depthwise convs
+    through int16 products of int8 lanes, which LLVM selects as smull."""
     cm, _ = builds[1]["arm"]
     muls = _asm_multiplies(cm)
-    assert muls, "no vector multiply in any conv kernel"
-    wide = {fn: sorted({f"{op} {args}" for op, args in ops
-                        if not (op in ("smull", "smull2") and (".8b" in args or ".16b" in args))})
+    assert muls and all(muls.values()), "a conv kernel without any vector multiply"
+    wide = {fn: sorted({f"{op} {args}" for op, args in ops if not _is_8bit_smull(op, args)})
             for fn, ops in muls.items()}
-    wide = {fn: ops for fn, ops in wide.items() if ops}
-    if wide:
-        pytest.xfail(f"untuned kernels widen 8-bit values before multiplying: {wide}")
+    assert not any(wide.values()), {fn: ops for fn, ops in wide.items() if ops}
+    print(f"\narm: {len(muls)} conv kernels, {sum(map(len, muls.values()))} smull .8b")

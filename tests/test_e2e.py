@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from macs import blocked_macs
 
 import f8tvm
 from f8tvm import runtime
@@ -72,30 +73,7 @@ def test_metadata_and_audit(built):
     assert all("in_shift" in r and "w_fl" in r for r in layers)
     assert meta["tvm_version"].startswith("0.27") and meta["f8tvm_version"]
     # the kernels execute the model's MACs plus those of channels padded to the dot block
-    assert meta["audit"]["macs_8bit"] == _blocked_macs(cm)
-
-
-def _blocked_macs(cm):
-    from schedules import dot_intrin
-
-    dot = dot_intrin(cm.target.dot_instruction)
-
-    def up(n, b):
-        return -(-n // b) * b
-
-    total = 0
-    for n in cm.graph.layers():
-        out = int(np.prod(n.shape[2:])) if n.op == "conv2d" else 1
-        o, i = n.weight.shape[:2]
-        k = int(np.prod(n.weight.shape[2:]))
-        if n.op == "dense":
-            total += o * i
-        elif n.attrs["groups"] == 1:
-            blk = dot.lanes if i >= dot.lanes else up(i, dot.depth)
-            total += up(o, dot.lanes) * up(i, blk) * k * out
-        else:  # depthwise
-            total += up(o, dot.lanes) * k * out
-    return total
+    assert meta["audit"]["macs_8bit"] == blocked_macs(cm)
 
 
 def test_runtime_rejects_bad_input(built):

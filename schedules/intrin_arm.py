@@ -1,0 +1,90 @@
+"""AArch64 dot-product tensor intrinsics (8 output lanes x 4-deep, int8 x int8).
+
+ARM multiplies s8 x s8 (or u8 x u8), so ARM programs carry int8 activations (unsigned ones are
+offset by -128 exactly, ``relay_passes/offset_activations.py``).  The packed layout is NCHW8c: an
+8-lane int32 accumulator is two NEON registers.
+
+* Armv8.2 dot product ``sdot``: each instruction is 4 int32 lanes x a 4-deep dot (16 MACs); the
+  4 activation bytes are broadcast to every lane (two ``sdot`` per intrinsic).
+* Armv8.0 NEON ``smull``: 8 products of 8-bit lanes into 16 bits (exact: |p| <= 2**14), then
+  ``saddlp`` (pairwise add into int32) and ``addp``: four ``smull .8b`` per intrinsic.  TVM 0.27
+  ships a 4x4 variant of the same idea (``dot_4x4_i8i8s32_neon``); ours covers 8 lanes and reads
+  its operands in one expression per instruction, so the multiplication audit sees 8-bit types.
+
+Semantics (both):  ``C[i] += sum_k int32(A[k]) * int32(B[i, k])`` for ``i < 8, k < 4`` with
+``A`` int8[4] (one activation quad), ``B`` int8[8, 4], ``C`` int32[8].
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+from .intrin_x86 import _dot_desc
+
+SDOT_8x4 = "f8tvm_sdot_8x4_i8i8i32"
+NEON_8x4 = "f8tvm_neon_8x4_i8i8i32"
+
+
+# The impls repeat their statement for lanes 0-3 and 4-7 instead of looping: the multiplication
+# audit counts the instructions of a tensorized block once per block iteration.
+
+
+@T.prim_func(s_tir=True)
+def _sdot_8x4_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([0], dtype="int32x4"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                          dtype="int8x16"),
+            B.vload([0, 0], dtype="int8x16"),
+            dtype="int32x4")
+        C[T.ramp(T.int32(4), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([4], dtype="int32x4"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                          dtype="int8x16"),
+            B.vload([4, 0], dtype="int8x16"),
+            dtype="int32x4")
+
+
+def _smull_pairs(A, B, row):
+    """``saddlp(smull(quad x2, B[row:row+2]))``: [l0 k01, l0 k23, l1 k01, l1 k23] (int32x4)."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+        T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2),
+                          dtype="int8x8"),
+            B.vload([row, 0], dtype="int8x8"),
+            dtype="int16x8"),
+        dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def _neon_8x4_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        # lanes 0-3: addp of the pair sums of lanes 0, 1 and of lanes 2, 3; then lanes 4-7
+        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+            _smull_pairs(A, B, 0), _smull_pairs(A, B, 2), dtype="int32x4")
+        C[T.ramp(T.int32(4), 1, 4)] = C.vload([4], dtype="int32x4") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+            _smull_pairs(A, B, 4), _smull_pairs(A, B, 6), dtype="int32x4")
+
+
+TensorIntrin.register(SDOT_8x4, _dot_desc(8, 4, "int8"), _sdot_8x4_impl, override=True)
+TensorIntrin.register(NEON_8x4, _dot_desc(8, 4, "int8"), _neon_8x4_impl, override=True)

@@ -1,0 +1,28 @@
+"""Independent counts the tests compare the compiler's reports with."""
+
+import numpy as np
+
+
+def blocked_macs(cm):
+    """MACs the packed kernels of ``cm`` execute: the model's, plus those of channels
+    zero-padded to the target's dot block (counted from the graph, not from the kernels)."""
+    from schedules import dot_intrin
+
+    dot = dot_intrin(cm.target.dot_instruction)
+
+    def up(n, b):
+        return -(-n // b) * b
+
+    total = 0
+    for n in cm.graph.layers():
+        out = int(np.prod(n.shape[2:])) if n.op == "conv2d" else 1
+        o, i = n.weight.shape[:2]
+        k = int(np.prod(n.weight.shape[2:]))
+        if n.op == "dense":
+            total += o * i
+        elif n.attrs["groups"] == 1:
+            blk = dot.lanes if i >= dot.lanes else up(i, dot.depth)
+            total += up(o, dot.lanes) * up(i, blk) * k * out
+        else:  # depthwise
+            total += up(o, dot.lanes) * k * out
+    return total
