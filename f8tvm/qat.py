@@ -483,7 +483,7 @@ _SWAPPED = {"conv2d": nn.Conv2d, "dense": nn.Linear, "clip": (nn.ReLU6, nn.Hardt
 
 
 def prepare(model: nn.Module, example_input, config: QATConfig | None = None, calib=None,
-            inplace: bool = False) -> nn.Module:
+            inplace: bool = False, input_signed: bool | None = None) -> nn.Module:
     """Swap F8Net fixed-point fake-quant modules into a float model.
 
     Parameters
@@ -499,6 +499,11 @@ def prepare(model: nn.Module, example_input, config: QATConfig | None = None, ca
         to decide whether the input is signed; defaults to ``example_input``.
     inplace : bool
         Modify ``model`` instead of a deep copy.
+    input_signed : bool, optional
+        Whether the network input is quantized as signed 8-bit; None: signed when ``calib``
+        holds a negative value.  The signedness shapes the modules but is no parameter or
+        buffer: a model rebuilt from a checkpoint (on a zero input, which would say unsigned)
+        must be given the saved one.
 
     Returns
     -------
@@ -523,7 +528,9 @@ def prepare(model: nn.Module, example_input, config: QATConfig | None = None, ca
     stream_of = _union_streams(graph)
     nonneg = nonnegative(graph)
     consumers = graph.consumers()
-    input_signed = bool(min(float(b.min()) for b in calib) < 0)
+    if input_signed is None:
+        input_signed = min(float(b.min()) for b in calib) < 0
+    input_signed = bool(input_signed)
     n_streams = max(stream_of.values()) + 1
 
     # ---- streams: kind, master consumer, signedness
@@ -612,7 +619,8 @@ def prepare(model: nn.Module, example_input, config: QATConfig | None = None, ca
     streams._layers = layers
     model.add_module("f8_streams", streams)
     model.f8_qat = {"config": cfg, "input_signed": input_signed,
-                    "input_shape": tuple(example_input.shape)}
+                    "input_shape": tuple(example_input.shape),
+                    "output_shape": tuple(graph[graph.output].shape)}
     return model.train()
 
 
