@@ -268,11 +268,13 @@ def main(argv=None) -> int:
         from . import api
         from .models import get_model
 
-        if args.f8net_checkpoint or args.qat_checkpoint:
-            if args.f8net_checkpoint:
-                from .frontend.f8net import build_checkpoint
-            else:
-                build_checkpoint = build_qat_checkpoint
+        if args.qat_checkpoint:
+            cm, files = build_qat_checkpoint(args, _Progress())
+            print(summary_table(cm, files))
+            return 0
+        if args.f8net_checkpoint:
+            from .frontend.f8net import build_checkpoint
+
             cm, files = build_checkpoint(args, _Progress())
             print(summary_table(cm, files))
             return 0

@@ -50,7 +50,7 @@ import copy
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -750,7 +750,7 @@ class QATCheckpoint:
     input_shape: tuple
     input_signed: bool
     output_shape: tuple
-    state_dict: dict
+    state_dict: dict = field(repr=False)
 
 
 def _prepared_info(qmodel) -> dict:
