@@ -32,6 +32,7 @@ class BuildArgs:
     f8net_config: str = "conventional"
     f8net_avgpool: str = "official"
     tuning_db: str | None = None
+    qat_checkpoint: str | None = None
 
     def display(self) -> None:
         print("f8tvm build plan:")
@@ -53,25 +54,33 @@ def parse_args(argv=None) -> BuildArgs:
     p.add_argument("--output-dir", default="out")
     p.add_argument("--weights", help="torchvision-style state_dict (.pth) to load")
     p.add_argument("--input-size", type=int, default=None, help="H = W of the input (default: "
-                   "the model's, 224)")
-    p.add_argument("--scheme", default=DEFAULT_SCHEME, choices=list(SCHEMES))
-    p.add_argument("--calib", default="auto",
+                   "the model's, 224; a QAT checkpoint's own)")
+    # calibration flags default to None so that a QAT build can tell them given (and refuse)
+    p.add_argument("--scheme", default=None, choices=list(SCHEMES),
+                   help=f"calibration scheme (default {DEFAULT_SCHEME})")
+    p.add_argument("--calib", default=None,
                    help="'photos' (the unlabelled photos of ai-benchmark), 'random', a folder of "
-                        "images, or 'auto' (photos when installed, else random)")
-    p.add_argument("--calib-count", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+                        "images, or 'auto' (photos when installed, else random; the default)")
+    p.add_argument("--calib-count", type=int, default=None, help="default 16")
+    p.add_argument("--seed", type=int, default=None, help="random weights and images (default 0)")
     p.add_argument("--debug-dump", help="write the IR after each phase into this folder")
     p.add_argument("--tuning-db", metavar="DIR",
                    help="apply the records of a tuning database (python -m f8tvm.tune --db DIR)")
     p.add_argument("--f8net-checkpoint", metavar="PATH",
                    help="a checkpoint trained by the official F8Net code (--model names its "
                         "architecture); its FLs, alphas and BN statistics replace calibration")
-    p.add_argument("--f8net-config", default="conventional", choices=list(f8net.CONFIGS),
-                   help="the checkpoint's training config family")
-    p.add_argument("--f8net-avgpool", default=f8net.DEFAULT_AVGPOOL, choices=f8net.AVGPOOL_MODES,
+    p.add_argument("--f8net-config", default=None, choices=list(f8net.CONFIGS),
+                   help="the checkpoint's training config family (default conventional)")
+    p.add_argument("--f8net-avgpool", default=None, choices=f8net.AVGPOOL_MODES,
                    help="official: bit-exact with the official integer model; corrected: the "
-                        "pool factor applies to the whole pooled sum")
+                        f"pool factor applies to the whole pooled sum (default "
+                        f"{f8net.DEFAULT_AVGPOOL})")
+    p.add_argument("--qat-checkpoint", metavar="PATH",
+                   help="a checkpoint written by f8tvm.qat.save (--model names its zoo "
+                        "architecture); its trained formats replace calibration")
     a = p.parse_args(argv)
+    if a.qat_checkpoint:
+        _check_qat_args(p, a, zoo)
     if a.f8net_checkpoint:
         if not os.path.isfile(a.f8net_checkpoint):
             p.error(f"--f8net-checkpoint: no such file: {a.f8net_checkpoint}")
@@ -83,15 +92,41 @@ def parse_args(argv=None) -> BuildArgs:
         p.error(f"--model {a.model} needs --f8net-checkpoint")
     if a.weights and not os.path.isfile(a.weights):
         p.error(f"--weights: no such file: {a.weights}")
-    if a.calib_count < 1:
+    if a.calib_count is not None and a.calib_count < 1:
         p.error("--calib-count must be >= 1")
     if a.tuning_db and not os.path.isfile(os.path.join(a.tuning_db,
                                                        "database_workload.json")):
         p.error(f"--tuning-db: no tuning database in {a.tuning_db} "
                 f"(make one with python -m f8tvm.tune --db {a.tuning_db})")
-    return BuildArgs(a.model, a.target, a.output_dir, a.weights, a.input_size or 0, a.scheme,
-                     a.calib, a.calib_count, a.seed, a.debug_dump, a.f8net_checkpoint,
-                     a.f8net_config, a.f8net_avgpool, a.tuning_db)
+    if a.qat_checkpoint:  # what the build does instead of calibrating
+        scheme, calib, calib_count = "qat", "none", 0
+    else:
+        scheme, calib = a.scheme or DEFAULT_SCHEME, a.calib or "auto"
+        calib_count = 16 if a.calib_count is None else a.calib_count
+    return BuildArgs(a.model, a.target, a.output_dir, a.weights, a.input_size or 0, scheme,
+                     calib, calib_count, a.seed or 0, a.debug_dump, a.f8net_checkpoint,
+                     a.f8net_config or "conventional", a.f8net_avgpool or f8net.DEFAULT_AVGPOOL,
+                     a.tuning_db, a.qat_checkpoint)
+
+
+# flags that choose weights or calibration: a QAT checkpoint has already decided all of them
+_NOT_WITH_QAT = {"weights": "--weights", "f8net_checkpoint": "--f8net-checkpoint",
+                 "f8net_config": "--f8net-config", "f8net_avgpool": "--f8net-avgpool",
+                 "scheme": "--scheme", "calib": "--calib", "calib_count": "--calib-count",
+                 "seed": "--seed"}
+
+
+def _check_qat_args(p, a, zoo) -> None:
+    """``--qat-checkpoint``: an existing file, a zoo model, no flag it would silently ignore
+    (the checkpoint holds the weights and every fixed-point format)."""
+    given = [flag for dest, flag in _NOT_WITH_QAT.items() if getattr(a, dest) is not None]
+    if given:
+        p.error(f"--qat-checkpoint cannot be combined with {', '.join(given)}: the checkpoint "
+                "holds the trained weights and fixed-point formats (no calibration)")
+    if not os.path.isfile(a.qat_checkpoint):
+        p.error(f"--qat-checkpoint: no such file: {a.qat_checkpoint}")
+    if a.model not in zoo:
+        p.error(f"--qat-checkpoint: --model must be a zoo model ({', '.join(zoo)})")
 
 
 def calibration_images(source: str, count: int, size: int, preprocess, seed: int = 0):
@@ -151,6 +186,10 @@ class _Progress:
             self.bar = None
 
 
+_PLAN_ORIGIN = {"qat": "from the QAT checkpoint: trained formats, no calibration",
+                "f8net-checkpoint": "from the F8Net checkpoint, no calibration"}
+
+
 def summary_table(cm, files) -> str:
     rows = cm.plan.shift_table(cm.graph)
     lines = [f"{'layer':34s} {'op':6s} {'in_fl':>5s} {'w_fl':>9s} {'shift':>9s} {'MACs':>12s}"]
@@ -164,6 +203,8 @@ def summary_table(cm, files) -> str:
                      f"{fmt(r['in_shift']):>9s} {r['macs']:12,d}")
     a = cm.audit
     lines.append("")
+    origin = _PLAN_ORIGIN.get(cm.plan.scheme, "calibrated")
+    lines.append(f"plan: scheme {cm.plan.scheme} ({origin})")
     lines.append(f"layers: {len(rows)}   8-bit MACs: {a.macs_8bit:,}   shifts: {a.shifts:,}   "
                  f"wide multiplies: {a.wide_multiplies}")
     t = cm.extra_meta.get("tuning") or {}
@@ -177,6 +218,47 @@ def summary_table(cm, files) -> str:
     return "\n".join(lines)
 
 
+def build_qat_checkpoint(args: BuildArgs, progress=None):
+    """``--qat-checkpoint``: rebuild the trained model (:func:`f8tvm.qat.load`), compile it under
+    its own plan (scheme ``qat``) at batch 1 and the checkpoint's input size, export.  Returns
+    the compiled model and the written files."""
+    import torch
+
+    from . import qat
+    from .models import MODELS
+
+    ck = qat.read_checkpoint(args.qat_checkpoint)
+    if ck.model_name != args.model:
+        held = f"model {ck.model_name}" if ck.model_name else "no model-zoo name"
+        raise F8TVMError(f"--qat-checkpoint {ck.path} holds {held}, not --model {args.model}")
+    shape = ck.input_shape
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise F8TVMError(f"--qat-checkpoint {ck.path}: input shape {shape} is not an N x C x S x "
+                         "S image batch (f8tvm.build makes square-image modules)")
+    _, c, h, w = shape
+    if args.input_size and args.input_size != h:
+        raise F8TVMError(f"--qat-checkpoint {ck.path} was trained at input {h}x{w}, not "
+                         f"--input-size {args.input_size}: its pool shifts and clipping levels "
+                         "hold at that size only (leave --input-size out)")
+    q = qat.load(ck)
+    cfg = ck.config
+    print(f"  QAT checkpoint: {args.model}, input {c}x{h}x{w} "
+          f"({'signed' if ck.input_signed else 'unsigned'}), "
+          f"{'per-channel' if cfg.per_channel else 'per-layer'} weight FLs; plan scheme qat: "
+          "the trained formats, no calibration")
+    cm = qat.compile(q, torch.zeros(1, c, h, w), target=args.target, progress=progress,
+                     debug_dump=args.debug_dump, tuning_db=args.tuning_db)
+    if progress is not None:
+        progress.close()
+    pre = MODELS[args.model].preprocess
+    cm.extra_meta["model"] = args.model
+    cm.extra_meta["preprocess"] = dict(mean=list(pre.mean), std=list(pre.std), size=h)
+    cm.extra_meta["qat"]["checkpoint"] = os.path.basename(ck.path)
+    stem = f"{args.model}-{cm.target.name}"
+    files = cm.export(os.path.join(args.output_dir, f"{stem}.so"))
+    return cm, files
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.display()
@@ -186,6 +268,10 @@ def main(argv=None) -> int:
         from . import api
         from .models import get_model
 
+        if args.qat_checkpoint:
+            cm, files = build_qat_checkpoint(args, _Progress())
+            print(summary_table(cm, files))
+            return 0
         if args.f8net_checkpoint:
             from .frontend.f8net import build_checkpoint
 

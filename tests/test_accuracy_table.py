@@ -1,12 +1,20 @@
 """The accuracy experiment, reduced: real Fashion-MNIST, a tiny ResNet, a handful of QAT steps."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from f8tvm import datasets
+from f8tvm import datasets, qat
 from f8tvm.data import DataNotFoundError
-from f8tvm.experiments.accuracy import Budget, fashion_mnist_row, format_table, lite0_row
+from f8tvm.experiments.accuracy import (
+    Budget,
+    TinyResNet,
+    fashion_mnist_row,
+    format_table,
+    lite0_row,
+)
 
 # 2048 training images, 200 test images, width 8, two float epochs, 20 QAT steps
 REDUCED = Budget("test", 2048, 200, 8, 2.0, 20, 32, 100, 2, 2)
@@ -43,9 +51,9 @@ def test_fashion_mnist_missing_says_how_to_install(monkeypatch, tmp_path):
         datasets.fashion_mnist("train")
 
 
-def test_reduced_fashion_mnist_table(one_thread):
-    _fashion_or_skip()
-    row = fashion_mnist_row(REDUCED, log=lambda *_: None)
+def test_reduced_fashion_mnist_table(one_thread, tmp_path):
+    xte, yte = _fashion_or_skip()
+    row = fashion_mnist_row(REDUCED, log=lambda *_: None, save_qat=str(tmp_path))
     # the compiled module is the QAT model: same predictions, logits bit for bit
     assert row.bit_exact and row.same_predictions == row.n_compiled == 200
     assert row.compiled == row.qat
@@ -53,6 +61,12 @@ def test_reduced_fashion_mnist_table(one_thread):
     assert row.fp32 > 0.45 and row.ptq_mse > 0.4 and row.qat > 0.4
     table = format_table([row])
     assert "Fashion-MNIST" in table and "bit-exact" in table
+    # --save-qat: the checkpoint is the evaluated QAT model (same test accuracy)
+    path = row.extra["qat_checkpoint"]
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
+    q = qat.load(path, model=TinyResNet(REDUCED.fm_width))
+    logits = qat.evaluate(q, [xte[:200].astype(np.float32) / 256])
+    assert float(np.mean(np.argmax(logits, 1) == yte[:200])) == row.qat
 
 
 @pytest.mark.slow

@@ -17,6 +17,11 @@ a Markdown table and writes it (and the raw numbers as JSON) to ``--out``:
 
 The compiled column is measured with the compiled TVM module itself, and the run checks that its
 int32 logits equal the QAT model's evaluation-mode logits times ``2**FL`` bit for bit.
+
+``--save-qat DIR`` keeps the trained models as QAT checkpoints (:func:`f8tvm.qat.save`):
+``efficientnet_lite0-qat.pt`` names its zoo model, so ``python -m f8tvm.build --model
+efficientnet_lite0 --qat-checkpoint DIR/efficientnet_lite0-qat.pt`` builds it; the Fashion-MNIST
+ResNet is no zoo model (``qat.load(path, model=TinyResNet(8))`` rebuilds it).
 """
 
 from __future__ import annotations
@@ -222,8 +227,19 @@ def train_float(model, x, y, epochs, batch, lr=0.1, seed=0, log=_log) -> nn.Modu
 
 
 # ----------------------------------------------------------------------------- experiments
-def fashion_mnist_row(budget: Budget, target: str = "host", log=_log) -> Row:
-    """Train a small ResNet on Fashion-MNIST, quantize it three ways, compile the QAT model."""
+def _save_qat(q, save_dir, filename, log, model_name=None) -> str:
+    from f8tvm import qat
+
+    path = qat.save(q, os.path.join(save_dir, filename), model_name=model_name)
+    log(f"  saved the QAT checkpoint {path}")
+    return path
+
+
+def fashion_mnist_row(budget: Budget, target: str = "host", log=_log,
+                      save_qat: str | None = None) -> Row:
+    """Train a small ResNet on Fashion-MNIST, quantize it three ways, compile the QAT model;
+    with ``save_qat`` (a folder), save the QAT model there as ``fmnist-resnet-w{width}-qat.pt``
+    (no zoo name: ``qat.load(path, model=TinyResNet(width))``)."""
     from f8tvm import qat
     from f8tvm.api import import_model
     from f8tvm.datasets import fashion_mnist
@@ -266,6 +282,10 @@ def fashion_mnist_row(budget: Budget, target: str = "host", log=_log) -> Row:
     fq = qat.evaluate(q, [xte[i:i + 500] for i in range(0, len(xte), 500)])
     qat_acc = float(np.mean(np.argmax(fq, 1) == yte))
     log(f"  QAT {_pct(qat_acc)} ({time.time() - t0:.0f} s)")
+    extra = {}
+    if save_qat:
+        extra["qat_checkpoint"] = _save_qat(q, save_qat, f"fmnist-resnet-w{budget.fm_width}"
+                                            "-qat.pt", log)
 
     t0 = time.time()
     cm = qat.compile(q, torch.zeros(budget.fm_eval_batch, 1, 28, 28), target=target)
@@ -277,7 +297,7 @@ def fashion_mnist_row(budget: Budget, target: str = "host", log=_log) -> Row:
                f"Fashion-MNIST test ({len(xte)})", len(xte), fp32, ptq["f8net"], ptq["mse"],
                qat_acc, comp, "QAT", same, len(xte), exact,
                extra={"train_images": len(xtr), "float_epochs": budget.fm_epochs,
-                      "qat_steps": budget.fm_qat_steps, "batch": budget.fm_batch})
+                      "qat_steps": budget.fm_qat_steps, "batch": budget.fm_batch, **extra})
 
 
 class _Take:
@@ -291,8 +311,10 @@ class _Take:
             yield next(self.it)
 
 
-def lite0_row(budget: Budget, target: str = "host", log=_log) -> Row:
-    """EfficientNet-Lite0 on the sample photos: PTQ, tiny fine-tuning, the compiled module."""
+def lite0_row(budget: Budget, target: str = "host", log=_log, save_qat: str | None = None) -> Row:
+    """EfficientNet-Lite0 on the sample photos: PTQ, tiny fine-tuning, the compiled module; with
+    ``save_qat`` (a folder), save the fine-tuned model there as ``efficientnet_lite0-qat.pt``
+    (buildable with ``python -m f8tvm.build --qat-checkpoint``)."""
     from f8tvm import data, qat
     from f8tvm.api import import_model
     from f8tvm.graph import extract_graph
@@ -349,6 +371,10 @@ def lite0_row(budget: Budget, target: str = "host", log=_log) -> Row:
     agree["qat"] = f"{a_l}/{nl}; {a_u}/{len(xu)}"
     log(f"  tiny fine-tune: top-1 {round(acc * nl)}/{nl}, agreement {agree['qat']} "
         f"({time.time() - t0:.0f} s)")
+    extra = {}
+    if save_qat:
+        extra["qat_checkpoint"] = _save_qat(q, save_qat, "efficientnet_lite0-qat.pt", log,
+                                            model_name="efficientnet_lite0")
 
     t0 = time.time()
     cm = qat.compile(q, torch.zeros(1, 3, 224, 224), target=target)
@@ -362,7 +388,7 @@ def lite0_row(budget: Budget, target: str = "host", log=_log) -> Row:
               extra={"agreement": agree, "compiled_images": len(x_all),
                      "qat_init": {"top1": init[0], "agree_labelled": init[1],
                                   "agree_unlabelled": init[2]},
-                     "steps": budget.lite_steps, "batch": budget.lite_batch})
+                     "steps": budget.lite_steps, "batch": budget.lite_batch, **extra})
     return row
 
 
@@ -379,6 +405,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="host", help="f8tvm target preset for the compiled module")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="accuracy.md", help="Markdown table (JSON beside it)")
+    ap.add_argument("--save-qat", metavar="DIR",
+                    help="save the trained QAT models there as QAT checkpoints (the Lite0 one "
+                         "builds with python -m f8tvm.build --qat-checkpoint)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -388,7 +417,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for name in args.only or list(EXPERIMENTS):
         print(f"[{name}]", flush=True)
-        rows.append(EXPERIMENTS[name](budget, args.target))
+        rows.append(EXPERIMENTS[name](budget, args.target, save_qat=args.save_qat))
     table = format_table(rows)
     cmd = "python -m f8tvm.experiments.accuracy " + " ".join(sys.argv[1:] if argv is None
                                                               else argv)
