@@ -214,6 +214,11 @@ class EmulatedBoard:
         Address the RPC server listens on (loopback by default).
     port : int, optional
         First port to try; a free one is picked when omitted.
+    tracker : str, optional
+        ``host:port`` of a TVM RPC tracker the server registers with (under ``key``), so that
+        ``f8tvm.tune --rpc-tracker`` can measure on it.
+    key : str
+        The device key announced to the tracker.
 
     Examples
     --------
@@ -221,10 +226,12 @@ class EmulatedBoard:
     ...     m = f8tvm.runtime.load("resnet18-arm.so", remote=board.address)
     """
 
-    def __init__(self, root: str | None = None, host: str = "127.0.0.1", port: int | None = None):
+    def __init__(self, root: str | None = None, host: str = "127.0.0.1", port: int | None = None,
+                 tracker: str | None = None, key: str = "emulated-aarch64"):
         self.paths = BoardPaths(os.path.abspath(root) if root else board_dir())
         self.host = host
         self.port = port
+        self.tracker, self.key = tracker, key
         self._proc = None
         self._owned = False  # started by this object (so __exit__ stops it)
 
@@ -278,6 +285,11 @@ class EmulatedBoard:
         else:
             _install_runtime_files(self.paths)
         running = self.status()
+        if running and running.get("tracker") != self.tracker:
+            raise RuntimeError(
+                f"an emulated board already runs on {running['host']}:{running['port']} "
+                f"registered with tracker {running.get('tracker')!r}, not {self.tracker!r}; "
+                "stop it first (python -m f8tvm.emulated_board stop)")
         if running:
             self.host, self.port = running["host"], running["port"]
             _say(f"already running: {self.host}:{self.port} (pid {running['pid']})")
@@ -289,7 +301,9 @@ class EmulatedBoard:
             # own session: stop() signals the whole group (the server and its forked sessions)
             self._proc = subprocess.Popen(
                 self.command(server, "--host", self.host, "--port", str(port),
-                             "--port-end", str(port + 50)),
+                             "--port-end", str(port + 50),
+                             *(["--tracker", self.tracker, "--key", self.key]
+                               if self.tracker else [])),
                 env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         from .board_server import READY
@@ -308,7 +322,8 @@ class EmulatedBoard:
         self.port = int(line.split()[1].rsplit(":", 1)[1])
         with open(self.paths.server_file, "w") as f:
             json.dump({"pid": self._proc.pid, "host": self.host, "port": self.port,
-                       "emulator": QEMU, "started": time.time()}, f)
+                       "emulator": QEMU, "started": time.time(), "tracker": self.tracker,
+                       "key": self.key if self.tracker else None}, f)
         _say(f"RPC server on {self.host}:{self.port} (pid {self._proc.pid}); emulated: "
              f"timings are not those of a real board")
         return self.host, self.port
@@ -366,8 +381,13 @@ def main(argv=None) -> int:
     p.add_argument("--dir", help=f"cache folder (default: ${BOARD_DIR_ENV} or {DEFAULT_DIR})")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: a free port")
+    p.add_argument("--tracker", metavar="HOST:PORT",
+                   help="register the RPC server with this TVM RPC tracker (for f8tvm.tune)")
+    p.add_argument("--key", default="emulated-aarch64", help="device key at the tracker")
     a = p.parse_args(argv)
-    board = EmulatedBoard(a.dir, a.host, a.port)
+    if a.tracker and (":" not in a.tracker or not a.tracker.rsplit(":", 1)[1].isdigit()):
+        p.error(f"--tracker must be HOST:PORT, got {a.tracker!r}")
+    board = EmulatedBoard(a.dir, a.host, a.port, a.tracker, a.key)
     try:
         if a.command == "setup":
             board.setup()
@@ -385,6 +405,8 @@ def main(argv=None) -> int:
             print(f"set up:  {'yes' if board.is_set_up else 'no'}")
             print("server:  " + (f"{info['host']}:{info['port']} (pid {info['pid']}, emulated "
                                  f"by {info['emulator']})" if info else "not running"))
+            if info and info.get("tracker"):
+                print(f"tracker: {info['tracker']} (key {info['key']})")
     except (ToolchainError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

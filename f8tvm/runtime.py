@@ -161,17 +161,22 @@ class RemoteBoard:
         becomes an error instead of a hang.
     """
 
-    def __init__(self, address: str, session_timeout: float = 0):
+    def __init__(self, address: str, session_timeout: float = 0, key: str | None = None):
         from tvm import rpc
 
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
             raise ValueError(f"--rpc/remote must be HOST:PORT, got {address!r}")
-        self.address = address
+        self.address = address if key is None else f"{key}@{address}"
         try:
-            self.session = rpc.connect(host, int(port), session_timeout=session_timeout)
+            if key is None:
+                self.session = rpc.connect(host, int(port), session_timeout=session_timeout)
+            else:
+                self.session = rpc.connect_tracker(host, int(port)).request(
+                    key, session_timeout=session_timeout)
         except (OSError, RuntimeError) as err:  # TVM's errors are RuntimeErrors
-            raise ConnectionError(f"cannot connect to the RPC server at {address}: {err}") from None
+            what = "RPC server" if key is None else f"RPC tracker (board key {key!r})"
+            raise ConnectionError(f"cannot connect to the {what} at {address}: {err}") from None
         self.info = self._info()
 
     def _info(self) -> dict:
@@ -207,9 +212,11 @@ class RemoteBoard:
         return Module(self.session.load_module(name), meta, self.session.cpu(), board=self)
 
 
-def connect(address: str, session_timeout: float = 0) -> RemoteBoard:
-    """Open an RPC session with the board at ``host:port`` (see :class:`RemoteBoard`)."""
-    return RemoteBoard(address, session_timeout)
+def connect(address: str, session_timeout: float = 0, key: str | None = None) -> RemoteBoard:
+    """Open an RPC session with the board at ``host:port`` (see :class:`RemoteBoard`); with
+    ``key``, ``address`` is an RPC tracker and the session is with a free board registered
+    there under ``key`` (a board registered with a tracker accepts no direct connection)."""
+    return RemoteBoard(address, session_timeout, key)
 
 
 def load(path: str, device=None, remote: str | RemoteBoard | None = None) -> Module:

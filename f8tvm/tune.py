@@ -51,21 +51,23 @@ def _progress_callback(tasks, bar):
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
-    best = {}
+    best, errors = {}, []
 
     @derived_object
     class Progress(ms.measure_callback.PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
                   runner_results):
-            for r in runner_results:
+            for b, r in zip(builder_results, runner_results):
                 secs = [float(s) for s in (r.run_secs or [])]
                 if r.error_msg is None and secs:
                     lat = sum(secs) / len(secs) * 1e6
                     best[task_id] = min(best.get(task_id, lat), lat)
+                else:
+                    errors.append(str(b.error_msg or r.error_msg))
             bar.update(len(runner_results))
             bar.set_postfix_str(" ".join(f"#{i}:{best[i]:.0f}us" for i in sorted(best)))
 
-    return Progress(), best
+    return Progress(), best, errors
 
 
 def main(argv=None) -> int:
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
             make_builder,
             make_runner,
             open_database,
+            tracker_boards,
             tune,
         )
 
@@ -115,16 +118,29 @@ def main(argv=None) -> int:
             tasks = tasks[:a.max_kernels]
         print(f"  {len(tasks)} kernels to tune ({time.time() - t0:.0f}s to extract)")
         target = preset.tvm()
+        emulated = None
+        if a.rpc_tracker:
+            free, info = tracker_boards(a.rpc_tracker, a.device_key)
+            emulated = info.get("emulator")
+            machine = info.get("machine", "unknown machine")
+            print(f"  boards '{a.device_key}': {free} free ({machine})"
+                  + (f"; EMULATED by {emulated}: measured latencies are the emulator's, "
+                     "meaningless for a real board (use this to check the setup only)"
+                     if emulated else ""))
         if a.trials:
             bar = tqdm(total=a.trials * len(tasks), desc="  tuning", unit="trial")
-            cb, _ = _progress_callback(tasks, bar)
+            cb, best, errors = _progress_callback(tasks, bar)
             db = tune(tasks, target, dot, a.db, a.trials,
                       runner=make_runner(a.rpc_tracker, a.device_key),
                       builder=make_builder(preset.cross_compiler), callbacks=[cb], seed=a.seed)
             bar.close()
+            if errors:
+                print(f"  {len(errors)} of {a.trials * len(tasks)} measurements failed; the "
+                      f"first error:\n    " + errors[0].strip()[-1500:].replace("\n", "\n    "))
         else:
             db = open_database(a.db)
-        print(f"\n  {'#':>2} {'kernel':60s} {'calls':>5} {'best (us)':>10}")
+        print(f"\n  {'#':>2} {'kernel':60s} {'calls':>5} {'best (us)':>10}"
+              + ("  (emulated: meaningless)" if emulated else ""))
         for i, t in enumerate(tasks):
             lat = best_latency(db, t, target)
             shown = f"{lat * 1e6:10.1f}" if lat is not None else f"{'-':>10}"
@@ -132,7 +148,7 @@ def main(argv=None) -> int:
         print(f"\n  database: {os.path.abspath(a.db)} ({time.time() - t0:.0f}s)")
         print(f"  build with: python -m f8tvm.build --model {a.model} --target {target_name} "
               f"--tuning-db {a.db}")
-    except (F8TVMError, FileNotFoundError, ValueError) as err:
+    except (F8TVMError, FileNotFoundError, ValueError, ConnectionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -104,6 +104,32 @@ def make_builder(cross_compiler: str | None = None, timeout_sec: float = 120.0):
                                    f_export=f_export)
 
 
+def alloc_from_host(session, device, args_info, alloc_repeat):
+    """MetaSchedule's argument allocator for boards: random inputs made here with NumPy and
+    copied over RPC.  MetaSchedule's default asks the board for
+    ``tvm.contrib.random.random_fill_for_measure``, which the runtime-only TVM of a board (the
+    apache-tvm wheel with ``TVM_USE_RUNTIME_LIB=1``, f8tvm's emulated board) does not have."""
+    import numpy as np
+    import tvm
+
+    rng = np.random.default_rng(0)
+    repeated = []
+    for _ in range(alloc_repeat):
+        args = []
+        for kind, dtype, shape in args_info:
+            if kind != "TENSOR":
+                raise NotImplementedError(f"argument kind {kind!r}")
+            if dtype.startswith(("int", "uint")):
+                info = np.iinfo(dtype)
+                lo, hi = max(int(info.min), -128), min(int(info.max), 127)
+                arr = rng.integers(lo, hi + 1, size=shape).astype(dtype)
+            else:
+                arr = rng.standard_normal(size=shape).astype(dtype)
+            args.append(tvm.runtime.tensor(arr, device))
+        repeated.append(args)
+    return repeated
+
+
 def make_runner(tracker: str | None = None, device_key: str | None = None,
                 evaluator=None, timeout_sec: int = 60):
     """Where candidates are measured: this machine, or boards registered to an RPC tracker
@@ -114,13 +140,50 @@ def make_runner(tracker: str | None = None, device_key: str | None = None,
                                                        enable_cpu_cache_flush=False)
     if not tracker:
         return ms.runner.LocalRunner(evaluator_config=evaluator)
-    host, _, port = tracker.rpartition(":")
-    if not host or not port.isdigit() or not device_key:
-        raise ValueError(f"--rpc-tracker must be host:port and --device-key given, got "
-                         f"{tracker!r} / {device_key!r}")
-    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port),
+    if not device_key:
+        raise ValueError(f"--device-key is needed with --rpc-tracker {tracker}")
+    host, port = _tracker_address(tracker)
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port,
                                  tracker_key=device_key, session_timeout_sec=timeout_sec)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                               f_alloc_argument=alloc_from_host)
+
+
+def _tracker_address(tracker: str) -> tuple[str, int]:
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--rpc-tracker must be HOST:PORT, got {tracker!r}")
+    return host, int(port)
+
+
+def tracker_boards(tracker: str, device_key: str, timeout: float = 60) -> tuple[int, dict]:
+    """``(free boards under device_key, what one of them says about itself)`` -- asked before
+    tuning, so that a wrong key or a dead tracker is an error up front and an emulated board
+    (``info["emulator"]``: its timings are meaningless) is said so."""
+    import gc
+    import json
+
+    from tvm import rpc
+
+    host, port = _tracker_address(tracker)
+    try:
+        tr = rpc.connect_tracker(host, port)
+        queue = tr.summary().get("queue_info", {})
+    except (OSError, RuntimeError) as err:
+        raise ConnectionError(f"cannot reach the RPC tracker at {tracker}: {err}") from None
+    free = int(queue.get(device_key, {}).get("free", 0))
+    if device_key not in queue:
+        known = ", ".join(sorted(queue)) or "none"
+        raise ConnectionError(f"no board is registered under the key {device_key!r} at the "
+                              f"tracker {tracker} (keys there: {known})")
+    session = tr.request(device_key, session_timeout=timeout)
+    try:
+        info = json.loads(session.get_function("f8tvm.board.info")())
+    except (AttributeError, RuntimeError, ValueError):  # a stock TVM RPC server
+        info = {}
+    del session
+    gc.collect()  # ends the session: the board serves the tuner next
+    return free, info
 
 
 def tune(tasks, target, dot: DotIntrin, db_dir: str, trials: int, runner=None,

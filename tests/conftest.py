@@ -1,3 +1,9 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -51,3 +57,53 @@ def make_small_net():
 @pytest.fixture
 def small_net():
     return make_small_net()
+
+
+class Tracker:
+    """A TVM RPC tracker on localhost (see the ``rpc_tracker`` fixture)."""
+
+    def __init__(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs = [subprocess.Popen(
+            [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+             str(self.port), "--port-end", str(self.port + 1)],
+            env=dict(os.environ, TVM_NUM_THREADS="1"))]
+
+    def add_local_server(self, key: str) -> None:
+        """Start an RPC server on this machine registered under ``key``."""
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", self.address, "--key",
+             key, "--host", "127.0.0.1"], env=dict(os.environ, TVM_NUM_THREADS="1")))
+
+    def wait(self, key: str, boards: int, timeout: float = 120) -> None:
+        """Until ``boards`` servers are free under ``key``."""
+        from tvm import rpc
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                queue = rpc.connect_tracker("127.0.0.1", self.port).summary()["queue_info"]
+                if queue.get(key, {}).get("free", 0) >= boards:
+                    return
+            except Exception:  # tracker still starting
+                pass
+            time.sleep(1)
+        pytest.fail(f"{boards} RPC server(s) did not register with the tracker under {key!r}")
+
+    def close(self) -> None:
+        for p in self.procs[::-1]:
+            p.terminate()
+            p.wait(timeout=10)
+
+
+@pytest.fixture
+def rpc_tracker():
+    """A TVM RPC tracker on localhost; servers started with ``add_local_server`` stop with it."""
+    t = Tracker()
+    try:
+        yield t
+    finally:
+        t.close()

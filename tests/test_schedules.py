@@ -1,10 +1,5 @@
 """Fast kernels: blocked layout pass, tensorized schedules, tuning database, RPC measurement."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -163,51 +158,18 @@ def test_tuning_records_transfer_to_other_calibrations(net, tuned_db):
         assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.tuning
-def test_tuning_measures_on_boards_behind_an_rpc_tracker(net, calib, tmp_path):
+def test_tuning_measures_on_boards_behind_an_rpc_tracker(net, calib, tmp_path, rpc_tracker):
     """Two RPC servers on localhost registered to one tracker measure the candidates."""
     from schedules import dot_intrin
     from schedules.tuning import anchor_index, extract_tasks, make_runner, open_database, tune
 
-    port = _free_port()
-    env = dict(os.environ, TVM_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host",
-                               "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
-                              env=env)]
-    try:
-        time.sleep(3)
-        for _ in range(2):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
-                 f"127.0.0.1:{port}", "--key", "f8tvm-test", "--host", "127.0.0.1"], env=env))
-        from tvm import rpc
-
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                summary = rpc.connect_tracker("127.0.0.1", port).summary()
-                free = sum(q.get("free", 0) for k, q in summary["queue_info"].items()
-                           if k == "f8tvm-test")
-                if free >= 2:
-                    break
-            except Exception:  # tracker still starting
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("the RPC servers did not register with the tracker")
-        fused, preset = api.fuse(net, torch.randn(1, 3, SIZE, SIZE), "x86", calib)
-        task = [t for t in extract_tasks(fused) if t.kind == "conv"]
-        db = str(tmp_path / "db")
-        tune(task, preset.tvm(), dot_intrin(preset.dot_instruction), db, trials=2,
-             runner=make_runner(f"127.0.0.1:{port}", "f8tvm-test"))
-        assert len(anchor_index(open_database(db))) == 1  # measured (valid latency) over RPC
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-            p.wait(timeout=10)
+    for _ in range(2):
+        rpc_tracker.add_local_server("f8tvm-test")
+    rpc_tracker.wait("f8tvm-test", 2)
+    fused, preset = api.fuse(net, torch.randn(1, 3, SIZE, SIZE), "x86", calib)
+    task = [t for t in extract_tasks(fused) if t.kind == "conv"]
+    db = str(tmp_path / "db")
+    tune(task, preset.tvm(), dot_intrin(preset.dot_instruction), db, trials=2,
+         runner=make_runner(rpc_tracker.address, "f8tvm-test"))
+    assert len(anchor_index(open_database(db))) == 1  # measured (valid latency) over RPC
