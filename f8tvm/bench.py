@@ -169,7 +169,7 @@ def onnx_systems(model, x, calib, tmp):
     return out
 
 
-def torch_systems(model, x, calib):
+def torch_systems(model, x, calib, int8=True):
     import torch
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -179,6 +179,8 @@ def torch_systems(model, x, calib):
             return model(torch.from_numpy(xx)).numpy()
 
     out = [System("torch-fp32", fp32, _torch_threads, 0.0, f"torch {torch.__version__} eager")]
+    if not int8:
+        return out
     t0 = time.perf_counter()
     torch.backends.quantized.engine = "x86"
     import copy
@@ -315,8 +317,10 @@ def bench_model(name, args, out, board=None):
                 _skip(out, name, peers, f"runs on this machine only, not on the board at "
                       f"{board.address}")
             peers = []
-        for group, make in ((("ort-int8", "ort-fp32"), lambda: onnx_systems(model, x, calib, tmp)),
-                            (("torch-int8", "torch-fp32"), lambda: torch_systems(model, x, calib))):
+        makers = ((("ort-int8", "ort-fp32"), lambda: onnx_systems(model, x, calib, tmp)),
+                  (("torch-int8", "torch-fp32"),
+                   lambda: torch_systems(model, x, calib, int8="torch-int8" in peers)))
+        for group, make in makers:
             wanted = [p for p in group if p in peers]
             if not wanted:
                 continue

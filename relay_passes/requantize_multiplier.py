@@ -19,7 +19,9 @@ into, with ``M = 2**30`` (an int32 per-channel multiplier tensor) and ``k = 30 +
 which is ``rounding_doubling_high_mul(T, M) >> s`` with ``s = r - 1``, the doubling high multiply
 (a division by ``2**31``) and the exponent shift ``s`` done as *one* rounding of the 64-bit
 product, ties to even as F8Net rounds.  ``P / 2**k = T / 2**r`` exactly, so ``y`` is the shift
-build's value bit for bit (gemmlowp rounds twice, ties away from zero, which would not be).  The
+build's value bit for bit (gemmlowp rounds twice, ties away from zero, which would not be) for
+every ``T`` whose int32 rounding add ``T + 2**(r-1)`` does not overflow in the shift build (a
+program the reference's int32 checks exclude; the int64 product cannot overflow).  The
 left shifts (``fl_src < in_fl``) stay shifts, as in TFLite's ``MultiplyByQuantizedMultiplier``;
 a requantize with no right shift on any channel (only a clip and a cast) has nothing to rewrite.
 
