@@ -6,6 +6,8 @@ Pipeline (phases; ``debug_dump`` writes the IR after each):
 2. fold        FoldBatchNorm, FoldConstant, CanonicalizeBindings, DeadCodeElimination
 3. calibrate   float layer graph on calibration batches -> FixedPointPlan (F8Net rules)
 4. integer     QuantizeToInteger(plan): int8 conv/dense, int32 acc, shift requantize
+               (requantize="multiplier": RequantizeWithMultiplier after phase 5, a
+               comparison build with int32 fixed-point multiplies, not 8-bit only)
 5. pack        PackChannelBlocks: the blocked layout of the target's dot-product instruction
 6. lower       legalize + fuse (the CPU backend's pipeline), a schedule per kernel
                (schedules/), then AuditMultiplies on the scheduled TIR
@@ -26,6 +28,8 @@ from . import __version__
 from .errors import InputError
 from .graph import Graph, extract_graph
 from .plan import DEFAULT_SCHEME, FixedPointPlan, compact
+
+REQUANTIZE_MODES = ("shift", "multiplier")  # see compile(requantize=...)
 
 
 def import_model(model, example_input):
@@ -145,11 +149,13 @@ def pack(int_mod, target_preset):
     return PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None)(int_mod)
 
 
-def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None):
+def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, strict=True):
     """Phase 6: legalize + fuse for the target, schedule every kernel (tuned records from
     ``tuning_db`` where it has them, our default schedules elsewhere), audit the TIR.
-    Returns (lowered mod, report); ``info`` (a dict) receives what was tuned."""
-    from relay_passes.audit_multiplies import check_module
+    Returns (lowered mod, report); ``info`` (a dict) receives what was tuned.  ``strict``: a wide
+    multiply fails the build (:class:`AuditError`); without it the report only records it (the
+    ``requantize="multiplier"`` comparison build, which is not 8-bit only by design)."""
+    from relay_passes.audit_multiplies import audit_module, check_module
     from schedules import find_dot
     from schedules.tuning import apply_database
 
@@ -165,7 +171,7 @@ def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None):
         return fused
 
     lowered = lower_relax(int_mod, target, schedule=schedule)
-    return lowered, check_module(lowered)
+    return lowered, (check_module if strict else audit_module)(lowered)
 
 
 def fuse(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME, plan=None):
@@ -192,7 +198,7 @@ def fuse(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME,
 
 
 def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME,  # noqa: A001
-            progress=None, debug_dump=None, plan=None, tuning_db=None):
+            progress=None, debug_dump=None, plan=None, tuning_db=None, requantize="shift"):
     """Compile a PyTorch CNN into an F8Net integer-only module.
 
     Parameters
@@ -215,6 +221,13 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     tuning_db : str, optional
         A tuning database directory (``f8tvm.tune --db``): kernels with a record use it, the
         others our default schedules; the metadata's ``tuning`` entry says which.
+    requantize : {"shift", "multiplier"}
+        ``"shift"`` (default): F8Net's rounding right shift, the 8-bit-only program whose audit
+        fails the build on any wide multiply.  ``"multiplier"``: a comparison build that
+        requantizes through an int32 fixed-point multiplier (int64 product, gemmlowp/TFLite
+        style; ``relay_passes/requantize_multiplier.py``), bit-exact with the shift build but
+        **not** 8-bit only: its audit records the wide requantize multiplies instead of failing,
+        and the metadata's ``requantize`` entry says so.
     """
     from relay_passes.offset_activations import offset_for_target
     from relay_passes.quantize_to_integer import QuantizeToInteger
@@ -223,6 +236,9 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     from ._tvm import compile_relax_lowered
     from .calibrate import collect_stats, plan_fixed_point
 
+    if requantize not in REQUANTIZE_MODES:
+        raise InputError(f"requantize must be one of {', '.join(REQUANTIZE_MODES)}, "
+                         f"got {requantize!r}")
     preset = get_target(target)
     preset.check_toolchain()  # fail before the minutes of work, not at export
     note = progress or (lambda *a: None)
@@ -254,13 +270,25 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     int_mod = offset_for_target(int_mod, preset)  # ARM: int8 activations for sdot (exact)
     dump("2_integer", int_mod)
     packed = pack(int_mod, preset)
+    extra = {}
+    if requantize == "multiplier":
+        from relay_passes.requantize_multiplier import MULTIPLIER, RequantizeWithMultiplier
+
+        rq = {}
+        packed = RequantizeWithMultiplier(rq)(packed)
+        extra["requantize"] = dict(
+            mode="multiplier", multiplier=MULTIPLIER, rewritten=rq["rewritten"],
+            int8_only=False,
+            note="comparison build: requantizes with int32 x int32 -> int64 fixed-point "
+                 "multiplies (bit-exact with the shift build); NOT an 8-bit-only program, see "
+                 "audit.wide_multiplies")
     dump("3_packed", packed)
     note("lower", 0, None)
     tuning = {}
     lowered, report = lower(packed, preset, lambda i, n: note("schedule", i, n), tuning_db,
-                            tuning)
+                            tuning, strict=requantize == "shift")
     dump("4_lowered", lowered)
     note("codegen", 0, None)
     ex = compile_relax_lowered(lowered, preset.tvm())
     return CompiledModel(graph, plan, ex, preset, report, int_mod,
-                         extra_meta=dict(tuning=tuning))
+                         extra_meta=dict(tuning=tuning, **extra))

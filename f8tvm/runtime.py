@@ -104,7 +104,8 @@ class Module:
         return self.dequantize(acc)
 
     def benchmark(self, number=10, repeat=5, warmup=2):
-        """Latency of the integer program (ms): dict with median, mean, p10, p90, min.
+        """Latency of the integer program (ms): dict with median, mean, p10, p90, min, and
+        ``samples_ms`` (one mean of ``number`` runs per repeat).
 
         On a remote board the board times itself (TVM's time evaluator), so the network is not
         measured; ``emulated`` says whether those are an emulator's timings (meaningless).
@@ -134,7 +135,7 @@ class Module:
     def _stats(t, runs):
         return dict(median_ms=float(np.median(t)), mean_ms=float(t.mean()),
                     p10_ms=float(np.percentile(t, 10)), p90_ms=float(np.percentile(t, 90)),
-                    min_ms=float(t.min()), runs=int(runs))
+                    min_ms=float(t.min()), runs=int(runs), samples_ms=[float(v) for v in t])
 
     def _check(self, x, dtype, integer):
         if tuple(x.shape) != self.input_shape:

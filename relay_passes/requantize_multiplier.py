@@ -1,0 +1,134 @@
+"""RequantizeWithMultiplier: requantize through a 32-bit fixed-point multiplier, not a shift.
+
+Relax pass, for the comparison build ``f8tvm.compile(..., requantize="multiplier")`` (the bench's
+``f8tvm-int8-mul32`` row): what a gemmlowp/TFLite-style integer kernel does where F8Net shifts,
+to show what the shift buys.  It is **not** an 8-bit-only program: every rewritten requantize
+multiplies the int32 accumulator by an int32 multiplier into an int64 product, which the
+multiplication audit reports as wide multiplies (the default build stays 8-bit only).
+
+Rewrites every rounding right shift that ``emit_requantize`` emits (in NCHW or after
+PackChannelBlocks, per-channel constants in either layout)::
+
+    y = (T + (2**(r-1) - 1) + ((T >> r) & 1)) >> r          # round_half_even(T / 2**r)
+
+into, with ``M = 2**30`` (an int32 per-channel multiplier tensor) and ``k = 30 + r``::
+
+    P = int64(T) * int64(M)                                  # the 32 x 32 -> 64-bit multiply
+    y = int32((P + (2**(k-1) - 1) + ((P >> k) & 1)) >> k)   # round_half_even(P / 2**k)
+
+which is ``rounding_doubling_high_mul(T, M) >> s`` with ``s = r - 1``, the doubling high multiply
+(a division by ``2**31``) and the exponent shift ``s`` done as *one* rounding of the 64-bit
+product, ties to even as F8Net rounds.  ``P / 2**k = T / 2**r`` exactly, so ``y`` is the shift
+build's value bit for bit (gemmlowp rounds twice, ties away from zero, which would not be) for
+every ``T`` whose int32 rounding add ``T + 2**(r-1)`` does not overflow in the shift build (a
+program the reference's int32 checks exclude; the int64 product cannot overflow).  The
+left shifts (``fl_src < in_fl``) stay shifts, as in TFLite's ``MultiplyByQuantizedMultiplier``;
+a requantize with no right shift on any channel (only a clip and a cast) has nothing to rewrite.
+
+Why after PackChannelBlocks: that pass keeps elementwise ops it knows in the blocked layout and
+unblocks around any other op, ``multiply`` included; rewriting the packed program keeps the
+multiply in the conv's fused epilogue, where the shift was.  Why a tensor multiplier: as a scalar
+immediate ``2**30`` LLVM would turn the multiply back into a shift; loaded from a per-channel
+tensor (as per-channel quantization has it) it stays a multiply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from f8tvm import _tvm
+from f8tvm._tvm import relax, tvm
+
+from ._bindings import bindings, rebuild
+
+R = relax.op
+MULTIPLIER = 1 << 30  # the fixed-point 1/2 of rounding_doubling_high_mul (x * 2**30 / 2**31)
+MULTIPLIER_SHIFT = 30  # log2(MULTIPLIER): the product is T * 2**30
+
+
+def _call(v, op):
+    return isinstance(v, relax.Call) and v.op.name == op
+
+
+def _match(value, producers):
+    """``(T, r)`` when ``value`` is ``right_shift(add(...), r)`` of emit_requantize's rounding, with
+    ``r`` constant; else None."""
+    if not (_call(value, "relax.right_shift") and _tvm.is_const(value.args[1])):
+        return None
+    r = _tvm.const_value(value.args[1])
+    total = producers.get(value.args[0])
+    if not _call(total, "relax.add"):
+        return None
+    args = list(total.args)
+    for a, b in (args, args[::-1]):
+        rounded, lsb = producers.get(a), producers.get(b)
+        if not (_call(rounded, "relax.add") and _call(lsb, "relax.bitwise_and")
+                and _tvm.is_const(rounded.args[1]) and _tvm.is_const(lsb.args[1])):
+            continue
+        t = rounded.args[0]
+        inner = producers.get(lsb.args[0])
+        if not (_call(inner, "relax.right_shift") and inner.args[0].same_as(t)
+                and _tvm.is_const(inner.args[1])
+                and np.array_equal(_tvm.const_value(inner.args[1]), r)):
+            continue
+        r64 = r.astype(np.int64)
+        rounding, parity, rb = np.broadcast_arrays(
+            _tvm.const_value(rounded.args[1]).astype(np.int64),
+            _tvm.const_value(lsb.args[1]).astype(np.int64), r64)
+        if (np.array_equal(rounding, np.where(rb > 0, (np.int64(1) << np.maximum(rb - 1, 0)) - 1,
+                                              0))
+                and np.array_equal(parity, (rb > 0).astype(np.int64))):
+            return t, r64
+    return None
+
+
+def _channel_shape(shape):
+    """The broadcast shape of a per-channel constant for a tensor of ``shape``: ``(1, C)``,
+    ``(1, C, 1, 1)`` or, channel-blocked, ``(1, C/b, 1, 1, b)``."""
+    out = [1] * len(shape)
+    if len(shape) >= 2:
+        out[1] = shape[1]
+    if len(shape) == 5:
+        out[4] = shape[4]
+    return tuple(out)
+
+
+def _rewrite(func):
+    producers = {b.var: b.value for b in bindings(func)}
+    count = [0]
+
+    def handler(b, env, bb):
+        m = _match(b.value, producers)
+        if m is None:
+            return None
+        t, r = m
+        name = _tvm.var_name(b.var)
+        shape = _channel_shape(_tvm.tensor_shape(env.get(t, t)))
+        k = r + MULTIPLIER_SHIFT  # same shape as r: a scalar or per-channel
+        k_c = relax.const(k, "int64")
+        mult = relax.const(np.full(shape, MULTIPLIER, "int32"))
+        prod = bb.emit(R.multiply(R.astype(env.get(t, t), "int64"), R.astype(mult, "int64")),
+                       f"{name}_mul")
+        rounding = relax.const((np.int64(1) << (k - 1)) - 1, "int64")
+        lsb = R.bitwise_and(R.right_shift(prod, k_c), relax.const(np.array(1, "int64"), "int64"))
+        y = R.right_shift(R.add(R.add(prod, rounding), lsb), k_c)
+        count[0] += 1
+        return bb.emit(R.astype(y, "int32"), name)  # |y| <= |T|: fits in int32
+
+    return rebuild(func, handler), count[0]
+
+
+def RequantizeWithMultiplier(info: dict | None = None):  # noqa: N802  (PascalCase, as in TVM)
+    """The pass; ``info`` (a dict) receives ``rewritten``, the number of requantizes rewritten."""
+
+    @tvm.transform.module_pass(opt_level=0, name="RequantizeWithMultiplier")
+    def _pass(mod, ctx):
+        funcs = {gv: f for gv, f in mod.functions_items()}
+        main = mod.get_global_var("main")
+        new, n = _rewrite(mod["main"])
+        funcs[main] = new.with_attr("global_symbol", "main")
+        if info is not None:
+            info["rewritten"] = info.get("rewritten", 0) + n
+        return tvm.IRModule(funcs, attrs=mod.attrs)
+
+    return _pass
