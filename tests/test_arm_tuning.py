@@ -40,7 +40,7 @@ def test_tune_on_emulated_board_via_tracker_then_build_applies_it(rpc_tracker, t
     from schedules.tuning import anchor_index, open_database
 
     db = str(tmp_path / "db")
-    with EmulatedBoard(tracker=rpc_tracker.address, key=KEY) as board:
+    with EmulatedBoard(tracker=rpc_tracker.address, key=KEY):
         rpc_tracker.wait(KEY, 1)
         rc = tune.main(["--model", "resnet18", "--target", "arm-dotprod", "--trials", "2",
                         "--max-kernels", "1", "--input-size", str(SIZE), "--db", db,
