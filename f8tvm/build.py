@@ -88,6 +88,12 @@ def parse_args(argv=None) -> BuildArgs:
             p.error(f"--f8net-checkpoint: --model must be one of {', '.join(f8net.ARCHS)}")
         if a.weights:
             p.error("--weights and --f8net-checkpoint are exclusive")
+        given = [flag for dest, flag in _CALIBRATION.items() if getattr(a, dest) is not None]
+        if given:
+            p.error(f"--f8net-checkpoint cannot be combined with {', '.join(given)}: the "
+                    "checkpoint's trained fixed-point formats replace calibration")
+    elif a.f8net_config is not None or a.f8net_avgpool is not None:
+        p.error("--f8net-config and --f8net-avgpool only apply with --f8net-checkpoint")
     elif a.model not in zoo:
         p.error(f"--model {a.model} needs --f8net-checkpoint")
     if a.weights and not os.path.isfile(a.weights):
@@ -109,11 +115,13 @@ def parse_args(argv=None) -> BuildArgs:
                      a.tuning_db, a.qat_checkpoint)
 
 
-# flags that choose weights or calibration: a QAT checkpoint has already decided all of them
+# flags that choose the calibration: a trained checkpoint (QAT or F8Net) has decided them
+_CALIBRATION = {"scheme": "--scheme", "calib": "--calib", "calib_count": "--calib-count",
+                "seed": "--seed"}
+# ... and for a QAT checkpoint the weights as well
 _NOT_WITH_QAT = {"weights": "--weights", "f8net_checkpoint": "--f8net-checkpoint",
                  "f8net_config": "--f8net-config", "f8net_avgpool": "--f8net-avgpool",
-                 "scheme": "--scheme", "calib": "--calib", "calib_count": "--calib-count",
-                 "seed": "--seed"}
+                 **_CALIBRATION}
 
 
 def _check_qat_args(p, a, zoo) -> None:

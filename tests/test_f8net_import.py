@@ -226,3 +226,13 @@ def test_build_cli_rejects_bad_combinations(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--model", "resnet18", "--f8net-checkpoint", str(tmp_path / "none.pth")])
     assert "no such file" in capsys.readouterr().err
+    ckpt = tmp_path / "res18_fix.pth"
+    ckpt.write_bytes(b"")  # only its existence is checked while parsing
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "resnet18", "--f8net-checkpoint", str(ckpt), "--scheme", "mse",
+                    "--calib", "random"])
+    err = capsys.readouterr().err
+    assert "--scheme, --calib" in err and "replace calibration" in err
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "resnet18", "--f8net-avgpool", "corrected"])
+    assert "only apply with --f8net-checkpoint" in capsys.readouterr().err
