@@ -17,6 +17,8 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
   tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``;
 * ``max_pool2d``: the same pool with ``layout="NCHW{b}c"``; ``sum`` over H, W: over axes 2, 3;
 * ``reshape`` of a ``1 x 1`` map to ``(N, C)``: a plain reshape (blocked order = channel order);
+* dense (``matmul`` by a constant): a 1x1 ``conv_nchwc`` of the ``(N, I, 1, 1)`` map, blocked
+  and back to ``(N, O)`` by reshapes;
 * a constant spatial ``nn.pad`` (ARM's offset activations pad with -128 explicitly,
   ``offset_activations``): folded into the padding of the conv that reads it (the kernels pad
   with any value); any other reader gets the pad done on the blocked tensor;
@@ -139,7 +141,7 @@ class _Packer:
             op = v.op.name
             rule = {"relax.nn.conv2d": self.conv2d, "relax.nn.max_pool2d": self.max_pool,
                     "relax.sum": self.sum, "relax.reshape": self.reshape,
-                    "relax.nn.pad": self.pad}.get(op)
+                    "relax.nn.pad": self.pad, "relax.matmul": self.matmul}.get(op)
             if rule is None and op in _ELEMENTWISE:
                 rule = self.elementwise
             if rule is not None:
@@ -174,35 +176,68 @@ class _Packer:
                 padding, pad_value, x = list(x.padding), x.value, x.source
         c_in = x.channels if isinstance(x, _Blocked) else _tvm.tensor_shape(x)[1]
         if groups == 1:
-            if not isinstance(x, _Blocked):
-                blk = self.lanes if c_in >= self.lanes else _round_up(c_in, self.depth)
-                x = self.block(x, blk)
-            kernel = pack_conv_weight(w, x.block, self.lanes, self.depth)
-            data = x.expr
-            offset = self.unsigned_only and _tvm.tensor_dtype(data) == "int8"
-            if offset and pad_value != 0:
-                raise NotImplementedError("PackChannelBlocks: offset of a non-zero padded input")
-            if offset:  # see module doc
-                data = self.bb.emit(R.astype(R.add(R.astype(data, "int16"),
-                                                   relax.const(np.int16(128))), "uint8"))
-                pad_value = 128
-            out = self.bb.emit(self.bb.call_te(
-                conv2d_nchwc, data, relax.const(kernel), strides, padding, dilation, pad_value,
-                primfunc_name_hint="conv2d_nchwc"), name + ("_offset" if offset else ""))
-            if offset:
-                corr = -128 * w.astype(np.int64).sum(axis=(1, 2, 3))
-                corr = _pack_const(corr.astype("int32").reshape(1, -1, 1, 1), self.lanes)
-                out = self.bb.emit(R.add(out, relax.const(corr)), name)
-        elif groups == c_in == o and i_per_group == 1:
+            return self._conv(x, w, strides, padding, dilation, pad_value, name)
+        if groups == c_in == o and i_per_group == 1:
             if not isinstance(x, _Blocked) or x.block != self.lanes:
                 x = self.block(self.unblock(x), self.lanes)
             kernel = pack_depthwise_weight(w, self.lanes)
             out = self.bb.emit(self.bb.call_te(
                 depthwise_nchwc, x.expr, relax.const(kernel), strides, padding, dilation,
                 pad_value, primfunc_name_hint="depthwise_nchwc"), name)
-        else:
-            return None
+            return _Blocked(out, o, self.lanes)
+        return None
+
+    def _conv(self, x, w, strides, padding, dilation, pad_value, name) -> _Blocked:
+        """``conv_nchwc`` of ``x`` (blocked, or NCHW to block) with OIHW weights ``w``."""
+        o = w.shape[0]
+        if not isinstance(x, _Blocked):
+            c_in = _tvm.tensor_shape(x)[1]
+            blk = self.lanes if c_in >= self.lanes else _round_up(c_in, self.depth)
+            x = self.block(x, blk)
+        kernel = pack_conv_weight(w, x.block, self.lanes, self.depth)
+        data = x.expr
+        offset = self.unsigned_only and _tvm.tensor_dtype(data) == "int8"
+        if offset and pad_value != 0:
+            raise NotImplementedError("PackChannelBlocks: offset of a non-zero padded input")
+        if offset:  # see module doc
+            data = self.bb.emit(R.astype(R.add(R.astype(data, "int16"),
+                                               relax.const(np.int16(128))), "uint8"))
+            pad_value = 128
+        out = self.bb.emit(self.bb.call_te(
+            conv2d_nchwc, data, relax.const(kernel), strides, padding, dilation, pad_value,
+            primfunc_name_hint="conv2d_nchwc"), name + ("_offset" if offset else ""))
+        if offset:
+            corr = -128 * w.astype(np.int64).sum(axis=(1, 2, 3))
+            corr = _pack_const(corr.astype("int32").reshape(1, -1, 1, 1), self.lanes)
+            out = self.bb.emit(R.add(out, relax.const(corr)), name)
         return _Blocked(out, o, self.lanes)
+
+    def matmul(self, call, name):
+        """Dense ``(N, I) @ (I, O)`` as a 1x1 conv of the ``(N, I, 1, 1)`` map, so that it runs
+        on the dot-product kernels too (a generic matmul loop is an order of magnitude slower
+        and multiplies widened values); its ``(N, O)`` result leaves the blocked layout."""
+        data, weight = call.args
+        x = self.arg(data)
+        if (not _tvm.is_const(weight) or isinstance(x, _Blocked)
+                or len(_tvm.tensor_shape(x)) != 2 or str(call.attrs.out_dtype) != "int32"):
+            return None
+        w = _tvm.const_value(weight)
+        if w.ndim != 2 or _tvm.tensor_dtype(x) not in ("int8", "uint8"):
+            return None
+        n, i = _tvm.tensor_shape(x)
+        o = w.shape[1]
+        blk = self.lanes if i >= self.lanes else _round_up(i, self.depth)
+        if i % blk == 0:  # a 1 x 1 map is blocked by a reshape (blocked order = channel order)
+            x4 = _Blocked(self.bb.emit(R.reshape(x, (n, i // blk, 1, 1, blk))), i, blk)
+        else:
+            x4 = self.block(self.bb.emit(R.reshape(x, (n, i, 1, 1))), blk)
+        out = self._conv(x4, np.ascontiguousarray(w.T).reshape(o, i, 1, 1), [1, 1],
+                         [0, 0, 0, 0], [1, 1], 0, name)
+        cb, b = _tvm.tensor_shape(out.expr)[1], out.block
+        t = self.bb.emit(R.reshape(out.expr, (n, cb * b)), name)
+        if cb * b != o:
+            t = self.bb.emit(R.strided_slice(t, axes=[1], begin=[0], end=[o]))
+        return t
 
     def elementwise(self, call, name):
         args = [self.arg(a) for a in call.args]

@@ -18,8 +18,9 @@ def blocked_macs(cm):
         out = int(np.prod(n.shape[2:])) if n.op == "conv2d" else 1
         o, i = n.weight.shape[:2]
         k = int(np.prod(n.weight.shape[2:]))
-        if n.op == "dense":
-            total += o * i
+        if n.op == "dense":  # a 1x1 conv of the (N, I, 1, 1) map
+            blk = dot.lanes if i >= dot.lanes else up(i, dot.depth)
+            total += up(o, dot.lanes) * up(i, blk)
         elif n.attrs["groups"] == 1:
             blk = dot.lanes if i >= dot.lanes else up(i, dot.depth)
             total += up(o, dot.lanes) * up(i, blk) * k * out
