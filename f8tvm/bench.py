@@ -29,12 +29,15 @@ timings are an emulator's and meaningless.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,6 +127,27 @@ def f8tvm_system(name, model, x, calib, target, tuning_db=None, requantize="shif
                   info=info), cm
 
 
+@contextlib.contextmanager
+def _quiet_peers():
+    """Build the peers without their screens of deprecation warnings and per-tensor log lines
+    (torch's FX quantization, the ONNX exporter, ORT's quantizer); errors still show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def onnx_systems(model, x, calib, tmp):
     import onnxruntime as ort
     import torch
@@ -158,6 +182,7 @@ def onnx_systems(model, x, calib, tmp):
             so = ort.SessionOptions()
             so.intra_op_num_threads = n
             so.inter_op_num_threads = 1
+            so.log_severity_level = 3  # errors only: ORT warns about every unused initializer
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             holder["s"] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
@@ -325,7 +350,8 @@ def bench_model(name, args, out, board=None):
             if not wanted:
                 continue
             try:
-                made = [sy for sy in make() if sy.name in wanted]
+                with _quiet_peers():
+                    made = [sy for sy in make() if sy.name in wanted]
             except Exception as e:  # an optional peer that is missing or fails: say so
                 _skip(out, name, wanted, f"{type(e).__name__}: {str(e)[:200]}")
                 continue

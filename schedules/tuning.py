@@ -188,10 +188,16 @@ def tracker_boards(tracker: str, device_key: str, timeout: float = 60) -> tuple[
 
 def tune(tasks, target, dot: DotIntrin, db_dir: str, trials: int, runner=None,
          builder=None, callbacks=(), seed: int = 0, trials_per_iter: int = 16):
-    """Tune ``tasks`` for ``trials`` measured candidates each; records go to ``db_dir``."""
+    """Tune ``tasks`` for ``trials`` measured candidates each; records go to ``db_dir``.
+
+    The runner's worker processes are shut down at the end (a MetaSchedule runner keeps its
+    worker pool alive, and the workers outlive this process otherwise): make a new runner for
+    another call."""
     from tvm.s_tir import meta_schedule as ms
 
     database = open_database(db_dir, create=True)
+    builder = builder or make_builder()
+    runner = runner or make_runner()
     contexts = []
     for t in tasks:
         space = ms.space_generator.ScheduleFn(
@@ -206,15 +212,19 @@ def tune(tasks, target, dot: DotIntrin, db_dir: str, trials: int, runner=None,
                 genetic_max_fail_count=4),
             task_name=t.name,
             rand_state=seed, num_threads="physical"))
-    ms.tune.tune_tasks(
-        tasks=contexts, task_weights=[float(t.weight) for t in tasks],
-        work_dir=db_dir, max_trials_global=trials * len(tasks), max_trials_per_task=trials,
-        num_trials_per_iter=min(trials_per_iter, trials),
-        builder=builder or make_builder(),
-        runner=runner or make_runner(),
-        database=database, cost_model=ms.cost_model.XGBModel(),
-        measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-        + list(callbacks))
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=[float(t.weight) for t in tasks],
+            work_dir=db_dir, max_trials_global=trials * len(tasks), max_trials_per_task=trials,
+            num_trials_per_iter=min(trials_per_iter, trials), builder=builder, runner=runner,
+            database=database, cost_model=ms.cost_model.XGBModel(),
+            measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+            + list(callbacks))
+    finally:
+        for obj in (runner, builder):
+            pool = getattr(obj, "pool", None)
+            if pool is not None:
+                pool.shutdown(wait=False)
     return database
 
 
