@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -67,16 +68,19 @@ class Tracker:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
+        # own process groups: TVM's tracker and servers run in worker subprocesses, which a
+        # plain terminate() would leave running
         self.procs = [subprocess.Popen(
             [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
              str(self.port), "--port-end", str(self.port + 1)],
-            env=dict(os.environ, TVM_NUM_THREADS="1"))]
+            env=dict(os.environ, TVM_NUM_THREADS="1"), start_new_session=True)]
 
     def add_local_server(self, key: str) -> None:
         """Start an RPC server on this machine registered under ``key``."""
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", self.address, "--key",
-             key, "--host", "127.0.0.1"], env=dict(os.environ, TVM_NUM_THREADS="1")))
+             key, "--host", "127.0.0.1"], env=dict(os.environ, TVM_NUM_THREADS="1"),
+            start_new_session=True))
 
     def wait(self, key: str, boards: int, timeout: float = 120) -> None:
         """Until ``boards`` servers are free under ``key``."""
@@ -95,8 +99,15 @@ class Tracker:
 
     def close(self) -> None:
         for p in self.procs[::-1]:
-            p.terminate()
-            p.wait(timeout=10)
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:  # already gone
+                pass
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
 @pytest.fixture
