@@ -27,7 +27,22 @@ NEON_8x4 = "f8tvm_neon_8x4_i8i8i32"
 
 
 # The impls repeat their statement for lanes 0-3 and 4-7 instead of looping: the multiplication
-# audit counts the instructions of a tensorized block once per block iteration.
+# audit counts the instructions of a tensorized block once per block iteration.  The helpers
+# below build expressions (TVMScript evaluates them while parsing), one per instruction.
+
+
+def _quad(A, copies):
+    """The 4 activation bytes ``A[0:4]`` repeated ``copies`` times (int8 x 4*copies)."""
+    return T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"),
+                                     copies), dtype=f"int8x{4 * copies}")
+
+
+def _sdot(A, B, C, lane):
+    """``sdot``: lanes ``lane .. lane+3`` of ``C`` plus their 4-deep dots with the quad."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+        C.vload([lane], dtype="int32x4"), _quad(A, 4), B.vload([lane, 0], dtype="int8x16"),
+        dtype="int32x4")
 
 
 @T.prim_func(s_tir=True)
@@ -39,20 +54,8 @@ def _sdot_8x4_impl(
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
         T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-            C.vload([0], dtype="int32x4"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
-                          dtype="int8x16"),
-            B.vload([0, 0], dtype="int8x16"),
-            dtype="int32x4")
-        C[T.ramp(T.int32(4), 1, 4)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-            C.vload([4], dtype="int32x4"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
-                          dtype="int8x16"),
-            B.vload([4, 0], dtype="int8x16"),
-            dtype="int32x4")
+        C[T.ramp(T.int32(0), 1, 4)] = _sdot(A, B, C, 0)
+        C[T.ramp(T.int32(4), 1, 4)] = _sdot(A, B, C, 4)
 
 
 def _smull_pairs(A, B, row):
@@ -61,10 +64,7 @@ def _smull_pairs(A, B, row):
         T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
         T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2),
-                          dtype="int8x8"),
-            B.vload([row, 0], dtype="int8x8"),
-            dtype="int16x8"),
+            _quad(A, 2), B.vload([row, 0], dtype="int8x8"), dtype="int16x8"),
         dtype="int32x4")
 
 
