@@ -101,6 +101,11 @@ class _Packer:
         self.env = {}  # old Var -> new Expr or _Blocked
 
     # --------------------------------------------------------------------- layout boundary
+    def in_block(self, channels: int) -> int:
+        """The channel block of a conv input entering the blocked layout: ``lanes``, or for a
+        narrower input (the RGB image) its channels rounded up to the dot depth."""
+        return self.lanes if channels >= self.lanes else _round_up(channels, self.depth)
+
     def block(self, expr, block):
         shape = _tvm.tensor_shape(expr)
         c = shape[1]
@@ -192,8 +197,7 @@ class _Packer:
         o = w.shape[0]
         if not isinstance(x, _Blocked):
             c_in = _tvm.tensor_shape(x)[1]
-            blk = self.lanes if c_in >= self.lanes else _round_up(c_in, self.depth)
-            x = self.block(x, blk)
+            x = self.block(x, self.in_block(c_in))
         kernel = pack_conv_weight(w, x.block, self.lanes, self.depth)
         data = x.expr
         offset = self.unsigned_only and _tvm.tensor_dtype(data) == "int8"
@@ -226,7 +230,7 @@ class _Packer:
             return None
         n, i = _tvm.tensor_shape(x)
         o = w.shape[1]
-        blk = self.lanes if i >= self.lanes else _round_up(i, self.depth)
+        blk = self.in_block(i)
         if i % blk == 0:  # a 1 x 1 map is blocked by a reshape (blocked order = channel order)
             x4 = _Blocked(self.bb.emit(R.reshape(x, (n, i // blk, 1, 1, blk))), i, blk)
         else:
