@@ -146,7 +146,8 @@ def pack(int_mod, target_preset):
     dot = find_dot(target_preset.dot_instruction)
     if dot is None:
         return int_mod
-    return PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None)(int_mod)
+    return PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None,
+                             dot.pair_taps)(int_mod)
 
 
 def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, strict=True):

@@ -12,7 +12,9 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
 * ``conv2d`` (groups = 1): ``conv_nchwc`` with weights packed ``(O/lanes, I/b, KH, KW, b/depth,
   lanes, depth)``; channel counts are zero-padded to the block (padded weights and biases are 0,
   so padded channels hold 0 everywhere and are never read by a real channel);
-* depthwise ``conv2d``: ``depthwise_nchwc`` with weights ``(C/lanes, KH, KW, lanes)``;
+* depthwise ``conv2d``: ``depthwise_nchwc`` with weights ``(C/lanes, KH, KW, lanes)``, or with
+  ``pair_taps`` (a 2-deep dot, AVX2 ``vpmaddwd``) ``depthwise_pairs_nchwc`` with weights
+  ``(C/lanes, KH, ceil(KW/2), lanes, 2)``: two window columns per dot step;
 * elementwise ops (bias add, shifts, clip, cast, max/min, residual add): the same op on blocked
   tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``;
 * ``max_pool2d``: the same pool with ``layout="NCHW{b}c"``; ``sum`` over H, W: over axes 2, 3;
@@ -37,7 +39,7 @@ from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 
 from ._bindings import bindings
-from .packed_kernels import conv2d_nchwc, depthwise_nchwc
+from .packed_kernels import conv2d_nchwc, depthwise_nchwc, depthwise_pairs_nchwc
 
 R = relax.op
 _ELEMENTWISE = {
@@ -85,6 +87,17 @@ def pack_depthwise_weight(w, lanes):
     return np.ascontiguousarray(wp.reshape(cp // lanes, lanes, kh, kw).transpose(0, 2, 3, 1))
 
 
+def pack_depthwise_pairs(w, lanes):
+    """``(C, 1, KH, KW)`` -> ``(C/lanes, KH, ceil(KW/2), lanes, 2)``: column ``2p + k`` of the
+    window at ``[.., p, :, k]``, zero for the phantom column of an odd KW and for padded C."""
+    c, _, kh, kw = w.shape
+    cp, kp = _round_up(c, lanes), (kw + 1) // 2
+    wp = np.zeros((cp, kh, 2 * kp), w.dtype)
+    wp[:c, :, :kw] = w[:, 0]
+    wp = wp.reshape(cp // lanes, lanes, kh, kp, 2)
+    return np.ascontiguousarray(wp.transpose(0, 2, 3, 1, 4))
+
+
 def _pack_const(value, block):
     """A ``(1, C, 1, 1)`` per-channel constant -> ``(1, C/b, 1, 1, b)`` (zero-padded)."""
     c = value.shape[1]
@@ -95,8 +108,9 @@ def _pack_const(value, block):
 
 
 class _Packer:
-    def __init__(self, lanes, depth, unsigned_only):
+    def __init__(self, lanes, depth, unsigned_only, pair_taps=False):
         self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
+        self.pair_taps = pair_taps
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
 
@@ -185,10 +199,15 @@ class _Packer:
         if groups == c_in == o and i_per_group == 1:
             if not isinstance(x, _Blocked) or x.block != self.lanes:
                 x = self.block(self.unblock(x), self.lanes)
-            kernel = pack_depthwise_weight(w, self.lanes)
+            if self.pair_taps and dilation[1] == 1 and kw > 1:
+                te_func = depthwise_pairs_nchwc
+                args = (relax.const(pack_depthwise_pairs(w, self.lanes)), kw)
+            else:
+                te_func = depthwise_nchwc
+                args = (relax.const(pack_depthwise_weight(w, self.lanes)),)
             out = self.bb.emit(self.bb.call_te(
-                depthwise_nchwc, x.expr, relax.const(kernel), strides, padding, dilation,
-                pad_value, primfunc_name_hint="depthwise_nchwc"), name)
+                te_func, x.expr, *args, strides, padding, dilation, pad_value,
+                primfunc_name_hint="depthwise_nchwc"), name)
             return _Blocked(out, o, self.lanes)
         return None
 
@@ -319,10 +338,11 @@ class _Packer:
         return t
 
 
-def pack_module(func, lanes: int, depth: int, unsigned_only: bool = False):
+def pack_module(func, lanes: int, depth: int, unsigned_only: bool = False,
+                pair_taps: bool = False):
     """A module with the blocked version of the integer ``main`` (see module doc) and the
     kernels it calls."""
-    p = _Packer(lanes, depth, unsigned_only)
+    p = _Packer(lanes, depth, unsigned_only, pair_taps)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)
@@ -340,12 +360,14 @@ def pack_module(func, lanes: int, depth: int, unsigned_only: bool = False):
     return p.bb.get()
 
 
-def PackChannelBlocks(lanes: int, depth: int, unsigned_only: bool = False):  # noqa: N802
+def PackChannelBlocks(lanes: int, depth: int, unsigned_only: bool = False,  # noqa: N802
+                      pair_taps: bool = False):
     """The pass: blocks ``main``'s activations by ``lanes`` channels for a ``depth``-deep dot;
-    ``unsigned_only``: the dot takes uint8 activations only (offset int8 ones)."""
+    ``unsigned_only``: the dot takes uint8 activations only (offset int8 ones); ``pair_taps``:
+    depthwise convs in the tap-pair form (module doc)."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackChannelBlocks")
     def _pass(mod, ctx):
-        return pack_module(mod["main"], lanes, depth, unsigned_only)
+        return pack_module(mod["main"], lanes, depth, unsigned_only, pair_taps)
 
     return _pass

@@ -7,7 +7,8 @@ exists so the dot-product instructions apply (``schedules/`` makes them fast).  
 * conv weights ``(O/ob, I/ib, KH, KW, ib/k, ob, k)``: the innermost ``(ob, k)`` tile is the
   ``B`` operand of a ``k``-deep dot product (k = 4: VNNI ``vpdpbusd``, ARM ``sdot``;
   k = 2: AVX2 ``vpmaddwd``)
-* depthwise weights ``(C/b, KH, KW, b)``
+* depthwise weights ``(C/b, KH, KW, b)``, or for the tap-pair form ``(C/b, KH, ceil(KW/2), b, 2)``
+  (see :func:`depthwise_pairs_nchwc`)
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ DEPTHWISE_BLOCK = "depthwise_nchwc"
 PAD_BLOCK = "pad_nchwc"
 
 
-def _pad(data, padding, pad_value):
+def _pad(data, padding, pad_value, extra_right=0):
     top, left, bottom, right = padding
+    right += extra_right
     if not any(padding):
         return data
     n, cc, h, w, cb = data.shape
@@ -37,16 +39,17 @@ def _out_size(size, k, stride, dilation, pad_a, pad_b):
     return (size + pad_a + pad_b - (k - 1) * dilation - 1) // stride + 1
 
 
-def _window(data, kh, kw, strides, padding, dilation, pad_value):
-    """What both convolutions share: the padded input, the output size, the kernel-window
-    reduce axes and the input row / column an output pixel reads at a window offset."""
+def _window(data, kh, kw, strides, padding, dilation, pad_value, extra_right=0):
+    """What the convolutions share: the padded input, the output size, the kernel-window
+    reduce axes and the input row / column an output pixel reads at a window offset.
+    ``extra_right``: more pad columns than the window reads (the phantom tap of a pair)."""
     h, w = int(data.shape[2]), int(data.shape[3])
     (sh, sw), (dh, dw) = strides, dilation
     oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
     ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    return (_pad(data, padding, pad_value), oh, ow, ry, rx,
+    return (_pad(data, padding, pad_value, extra_right), oh, ow, ry, rx,
             lambda y: y * sh + ry * dh, lambda x: x * sw + rx * dw)
 
 
@@ -84,4 +87,30 @@ def depthwise_nchwc(data, kernel, strides, padding, dilation, pad_value=0):
             (dp[b, c, row(y), col(x), cl].astype("int16")
              * kernel[c, ry, rx, cl].astype("int16")).astype("int32"),
             axis=[ry, rx]),
+        name=DEPTHWISE_BLOCK)
+
+
+def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_value=0):
+    """The depthwise conv of :func:`depthwise_nchwc` with the window's columns taken two at a
+    time, so that a 2-deep dot instruction (AVX2 ``vpmaddwd``) forms two taps' products of a
+    channel and adds them in one step:
+    ``out[n, c, y, x, b] = sum_{ky, p, k} d[n, c, y*s+ky*dl, x*s+2p+k, b] * w[c, ky, p, b, k]``.
+    ``kernel`` is ``(C/b, KH, ceil(kw/2), b, 2)``; an odd ``kw`` leaves one phantom tap per row
+    whose weight is zero (it reads one pad column past the window; those MACs are executed and
+    counted).  Width dilation must be 1 (the pair is two adjacent columns)."""
+    n, cc, _, _, cb = (int(v) for v in data.shape)
+    cc2, kh, kp, cb2, two = (int(v) for v in kernel.shape)
+    assert (cc, cb, two) == (cc2, cb2, 2) and kp == (kw + 1) // 2, (data.shape, kernel.shape, kw)
+    assert dilation[1] == 1, dilation
+    dp, oh, ow, ry, _, row, _ = _window(data, kh, kw, strides, padding, dilation, pad_value,
+                                        extra_right=2 * kp - kw)
+    rp = te.reduce_axis((0, kp), "rp")
+    rk = te.reduce_axis((0, 2), "rk")
+    sw = strides[1]
+    return te.compute(
+        (n, cc, oh, ow, cb),
+        lambda b, c, y, x, cl: te.sum(
+            dp[b, c, row(y), x * sw + 2 * rp + rk, cl].astype("int32")
+            * kernel[c, ry, rp, cl, rk].astype("int32"),
+            axis=[ry, rp, rk]),
         name=DEPTHWISE_BLOCK)

@@ -23,18 +23,48 @@ class DotIntrin:
     intrin_signed: str | None = None  # for int8 activations, if the instruction has one
     a_cost: float = 1.0  # instructions to broadcast one activation group (shared by oc tiles)
     b_cost: float = 1.0  # instructions to load one weight tile (shared by the pixels of a row)
+    # depthwise convs in the tap-pair form (``depthwise_pairs_nchwc``), for uint8 / int8
+    # activations; None: the plain form, vectorized over the channel block
+    dw_pair: str | None = None
+    dw_pair_signed: str | None = None
 
-    def intrin_for(self, block) -> str:
-        """The intrinsic matching the activation dtype read by ``block``."""
-        from f8tvm._tvm import region_tensor
+    @property
+    def pair_taps(self) -> bool:
+        return self.dw_pair is not None
 
-        signed = any(str(region_tensor(r).dtype) == "int8" and len(region_tensor(r).shape) == 5
-                     for r in block.reads)
-        name = self.intrin_signed if signed else self.intrin
+    def intrin_for(self, block, depthwise: bool = False) -> str:
+        """The intrinsic matching the activation dtype read by ``block`` (a conv block, or with
+        ``depthwise`` a tap-pair depthwise block)."""
+        signed = _activation_dtype(block) == "int8"
+        if depthwise:
+            name = self.dw_pair_signed if signed else self.dw_pair
+        else:
+            name = self.intrin_signed if signed else self.intrin
         if name is None:
             kind = "int8" if signed else "uint8"
             raise ValueError(f"{self.instruction} has no form for {kind} activations")
         return name
+
+
+def _activation_dtype(block) -> str:
+    """Dtype of the activation a packed kernel block multiplies: the left operand of its product
+    (``packed_kernels`` writes ``data * weight``)."""
+    from f8tvm._tvm import expr_dtype, node_kind, post_order_visit
+
+    found = []
+
+    def visit(e):
+        if node_kind(e) == "Mul":
+            a = e.a
+            while node_kind(a) == "Cast":
+                a = a.value
+            if node_kind(a) in ("BufferLoad", "TensorLoad"):  # not index arithmetic
+                found.append(expr_dtype(a))
+
+    post_order_visit(block.body, visit)
+    if not found:
+        raise ValueError(f"block {block.name_hint} multiplies no tensor data")
+    return found[0]
 
 
 def _x86():
@@ -44,7 +74,8 @@ def _x86():
         # vpdpbusd takes the broadcast and the weight tile as memory operands
         "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, 16, 4, 24, None, 0.5, 1.0),
         # AVX2: vpbroadcastw + vpmovzxbw per activation pair, vpmovsxbw per weight tile
-        "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0),
+        "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
+                              x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8"),
     }
 
 

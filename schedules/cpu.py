@@ -57,19 +57,37 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
 
 
 def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
-    """Depthwise conv: vectors over the channel block, ``ow_tile`` pixels per step."""
+    """Depthwise conv: vectors over the channel block, ``ow_tile`` pixels per step.  The tap-pair
+    form (``depthwise_pairs_nchwc``) is tensorized with ``dot``'s pair intrinsic: one 2-deep dot
+    per pair of window columns."""
     dw = sch.get_sblock(DEPTHWISE_BLOCK)
-    b, c, y, x, cl, ry, rx = sch.get_loops(dw)
+    loops = sch.get_loops(dw)
+    pairs = len(loops) == 8
+    if pairs:
+        b, c, y, x, cl, ry, rp, rk = loops
+    else:
+        b, c, y, x, cl, ry, rx = loops
     ow = _sch.extent(sch, x)
     t_w = tiles[0] if tiles else max(d for d in _divisors(ow) if d <= 8)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
-    sch.reorder(b, c, y, x_o, ry, rx, x_i, cl)
+    if pairs:
+        sch.reorder(b, c, y, x_o, ry, rp, x_i, cl, rk)
+    else:
+        sch.reorder(b, c, y, x_o, ry, rx, x_i, cl)
     sch.parallel(sch.fuse(b, c, y))
     _sch.fuse_epilogue(sch, dw, x_o)
-    sch.vectorize(cl)  # before decomposing: a vector loop needs a complete reduction block
-    sch.unroll(x_i)
-    sch.unroll(rx)
-    sch.unroll(ry)
-    init = sch.decompose_reduction(dw, ry)
-    _sch.vectorize_inner(sch, init, unroll_rest=True)
+    if pairs:
+        init = sch.decompose_reduction(dw, ry)
+        _sch.vectorize_inner(sch, init, unroll_rest=True)
+        sch.tensorize(cl, dot.intrin_for(sch.get(dw), depthwise=True))
+        sch.unroll(x_i)
+        sch.unroll(rp)
+        sch.unroll(ry)
+    else:
+        sch.vectorize(cl)  # before decomposing: a vector loop needs a complete reduction block
+        sch.unroll(x_i)
+        sch.unroll(rx)
+        sch.unroll(ry)
+        init = sch.decompose_reduction(dw, ry)
+        _sch.vectorize_inner(sch, init, unroll_rest=True)
     _sch.schedule_pad(sch, PAD_BLOCK)

@@ -24,6 +24,7 @@ from tvm.script import tirx as T
 
 VNNI_16x4 = "f8tvm_vnni_16x4_u8i8i32"  # 512-bit: 16 output lanes x 4-deep dot
 AVX2_8x2 = "f8tvm_avx2_8x2_u8i8i32"  # 256-bit: 8 output lanes x 2-deep dot
+AVX2_DW_8x2 = "f8tvm_avx2_dw_8x2_u8i8i32"  # depthwise: 8 channels x 2 taps (pairs of columns)
 
 
 def _dot_desc(lanes: int, depth: int, a_dtype: str):
@@ -97,4 +98,55 @@ def _impl_avx2(a_dtype):
 
 TensorIntrin.register(AVX2_8x2, _dot_desc(8, 2, "uint8"), _impl_avx2("uint8"), override=True)
 TensorIntrin.register(AVX2_8x2 + "_s8", _dot_desc(8, 2, "int8"), _impl_avx2("int8"),
+                      override=True)
+
+
+# Depthwise tap pairs (``depthwise_pairs_nchwc``): ``C[i] += sum_k A[k, i] * B[i, k]`` -- 8
+# channels, two window columns.  The activations of the two columns are adjacent in the blocked
+# layout (``[k, i]``, 16 bytes); one byte shuffle interleaves them so that ``vpmaddwd`` multiplies
+# lane pair (2i, 2i+1) = channel i at both columns by its two weights ``B[i, 0:2]`` and adds them.
+def _dw_pair_desc(a_dtype: str):
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((2, 8), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 2), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2, 0:8], B[0:8, 0:2])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+_INTERLEAVE = [j for i in range(8) for j in (i, i + 8)]
+
+
+def _dw_pair_impl(a_dtype: str):
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((2, 8), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 2), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2, 0:8], B[0:8, 0:2])
+            T.writes(C[0:8])
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.Cast("int16x16", T.Shuffle([A.vload([0, 0], dtype=a_dtype + "x16")],
+                                             _INTERLEAVE)),
+                T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
+                dtype="int32x8")
+
+    return impl
+
+
+TensorIntrin.register(AVX2_DW_8x2, _dw_pair_desc("uint8"), _dw_pair_impl("uint8"), override=True)
+TensorIntrin.register(AVX2_DW_8x2 + "_s8", _dw_pair_desc("int8"), _dw_pair_impl("int8"),
                       override=True)

@@ -5,7 +5,9 @@ import numpy as np
 
 def blocked_macs(cm):
     """MACs the packed kernels of ``cm`` execute: the model's, plus those of channels
-    zero-padded to the target's dot block (counted from the graph, not from the kernels)."""
+    zero-padded to the target's dot block and, where depthwise convs take window columns in
+    pairs, of the zero-weight phantom column of an odd kernel width (counted from the graph,
+    not from the kernels)."""
     from schedules import dot_intrin
 
     dot = dot_intrin(cm.target.dot_instruction)
@@ -25,5 +27,8 @@ def blocked_macs(cm):
             blk = dot.lanes if i >= dot.lanes else up(i, dot.depth)
             total += up(o, dot.lanes) * up(i, blk) * k * out
         else:  # depthwise
-            total += up(o, dot.lanes) * k * out
+            kh, kw = n.weight.shape[2:]
+            if dot.pair_taps and kw > 1 and n.attrs["dilation"][1] == 1:
+                kw = up(kw, 2)
+            total += up(o, dot.lanes) * kh * kw * out
     return total
