@@ -366,6 +366,11 @@ def bench_model(name, args, out, board=None):
             for _ in range(args.rounds):
                 for sy in systems:
                     ts = sy.times.setdefault(threads, [])
+                    # let the previous system's worker threads go idle (ORT, OpenMP and TVM
+                    # pools spin after a run and would take the cores from this one), then one
+                    # untimed run to bring this system's threads and data back
+                    time.sleep(args.settle)
+                    sy.run(x)
                     if sy.timer is not None:
                         ts += sy.timer(args.runs)
                         continue
@@ -539,6 +544,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=10, help="timed runs per system per round")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="seconds of idle before each system's turn in a round, so that the "
+                        "spinning worker threads of the one before do not compete (default 0.3)")
     p.add_argument("--tuning-db", default=None,
                    help="adds the f8tvm-int8-tuned row, built with this tuning database")
     p.add_argument("--systems", default=None,

@@ -83,6 +83,20 @@ def schedule_pad(sch, name):
     sch.parallel(sch.fuse(*loops[:3]))
 
 
+def compute_pad_at(sch, name, loop) -> bool:
+    """Pad the input of one iteration of ``loop`` (a channel-block plane) right before it is
+    read, so the padded copy is consumed from cache instead of making a round trip through
+    memory; vector over the channel block.  False when the kernel has no pad block."""
+    try:
+        pad = sch.get_sblock(name)
+    except Exception:  # unpadded conv
+        return False
+    sch.compute_at(pad, loop, preserve_unit_loops=True)
+    loops = sch.get_loops(pad)
+    sch.vectorize(loops[-1])
+    return True
+
+
 def schedule_injective(sch) -> None:
     """Elementwise/pool/reduce PrimFuncs: each root block parallel over its outer loops and
     vectorized over the innermost one."""

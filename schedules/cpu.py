@@ -74,8 +74,11 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         sch.reorder(b, c, y, x_o, ry, rp, x_i, cl, rk)
     else:
         sch.reorder(b, c, y, x_o, ry, rx, x_i, cl)
-    sch.parallel(sch.fuse(b, c, y))
+    plane = sch.fuse(b, c)
+    sch.parallel(plane)
     _sch.fuse_epilogue(sch, dw, x_o)
+    # the tap-pair form reads one padded plane per channel block: pad it there, from cache
+    pad_done = pairs and _sch.compute_pad_at(sch, PAD_BLOCK, plane)
     if pairs:
         init = sch.decompose_reduction(dw, ry)
         _sch.vectorize_inner(sch, init, unroll_rest=True)
@@ -90,4 +93,5 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         sch.unroll(ry)
         init = sch.decompose_reduction(dw, ry)
         _sch.vectorize_inner(sch, init, unroll_rest=True)
-    _sch.schedule_pad(sch, PAD_BLOCK)
+    if not pad_done:
+        _sch.schedule_pad(sch, PAD_BLOCK)

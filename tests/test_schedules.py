@@ -92,11 +92,12 @@ def test_x86_kernels_use_vpmaddwd_and_stay_exact(x86_build):
     funcs = _asm_functions(_asm(cm))
     blocked = {n: a for n, a in funcs.items() if "nchwc" in n and n.endswith("_compute_")}
     assert any("conv2d_nchwc" in n for n in blocked)  # the parallel bodies of the kernels
+    assert any("depthwise_nchwc" in n for n in blocked)
     for name, asm in blocked.items():
-        if "conv2d_nchwc" in name:
-            assert "vpmaddwd" in asm, name
-        # the blocked kernels multiply 8-bit values in 16-bit lanes: never a 32-bit multiply
-        assert "vpmulld" not in asm, name
+        # convs and depthwise convs (window columns in pairs) multiply with vpmaddwd
+        assert "vpmaddwd" in asm, name
+        # ... 8-bit values in 16-bit lanes: never a 32-bit multiply, nor a lone 16-bit one
+        assert "vpmulld" not in asm and "vpmullw" not in asm, name
     assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit > 0
     assert cm.extra_meta["tuning"]["database"] is None
     for q in _inputs(cm.plan):

@@ -1,0 +1,105 @@
+"""The x86 depthwise kernel that takes window columns in pairs (``depthwise_pairs_nchwc``):
+bit-exact against an int64 NumPy depthwise conv, multiplies with ``vpmaddwd`` only, and the audit
+counts its MACs (phantom column of an odd kernel width included)."""
+
+import numpy as np
+import pytest
+
+from f8tvm._tvm import te, tvm
+from relay_passes.audit_multiplies import audit_module
+from relay_passes.pack_channel_blocks import pack_depthwise_pairs
+from relay_passes.packed_kernels import depthwise_pairs_nchwc
+from schedules import default_schedule, find_dot
+from targets import get_target
+
+LANES = 8
+
+
+def _reference(x, w, stride, pad):
+    """int64 depthwise conv of NCHW ``x`` with ``(C, 1, KH, KW)`` weights, zero padding
+    ``(top, left, bottom, right)``."""
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    top, left, bottom, right = pad
+    xp = np.zeros((n, c, h + top + bottom, wd + left + right), np.int64)
+    xp[:, :, top:top + h, left:left + wd] = x
+    oh = (h + top + bottom - kh) // stride + 1
+    ow = (wd + left + right - kw) // stride + 1
+    out = np.zeros((n, c, oh, ow), np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
+            cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
+            win = xp[:, :, rows, cols]
+            out += win * w[None, :, 0, ky, kx, None, None].astype(np.int64)
+    return out
+
+
+def _block(x):
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // LANES, LANES, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def _unblock(y):
+    n, cb, h, w, b = y.shape
+    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
+
+
+def _build(shape, kernel_shape, kw, stride, pad, dtype):
+    data = te.placeholder(shape, dtype, name="data")
+    kernel = te.placeholder(kernel_shape, "int8", name="kernel")
+    out = depthwise_pairs_nchwc(data, kernel, kw, (stride, stride), pad, (1, 1))
+    func = te.create_prim_func([data, kernel, out])
+    sched = default_schedule(func, find_dot("vpmaddwd"))
+    mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
+    return mod, tvm.compile(mod, target=get_target("x86").tvm()), [int(v) for v in out.shape]
+
+
+CASES = [  # (C, H, W, KH, KW, stride, (top, left, bottom, right), activation dtype)
+    (16, 9, 11, 3, 3, 1, (1, 1, 1, 1), "uint8"),
+    (8, 12, 12, 3, 3, 2, (1, 1, 1, 1), "uint8"),
+    (16, 10, 10, 5, 5, 1, (2, 2, 2, 2), "uint8"),
+    (8, 13, 13, 5, 5, 2, (2, 2, 2, 2), "int8"),
+    (8, 7, 9, 3, 4, 1, (1, 2, 1, 1), "int8"),  # even width: no phantom column
+    (8, 8, 8, 3, 3, 1, (0, 0, 0, 0), "uint8"),  # unpadded: only the phantom column is padded
+]
+
+
+@pytest.mark.parametrize("c,h,w,kh,kw,stride,pad,dtype", CASES)
+def test_pair_kernel_is_exact_and_uses_vpmaddwd(c, h, w, kh, kw, stride, pad, dtype):
+    rng = np.random.default_rng(c + h + kw + stride)
+    lo, hi = (0, 255) if dtype == "uint8" else (-128, 127)
+    x = rng.integers(lo, hi + 1, (1, c, h, w)).astype(dtype)
+    x.flat[:c] = hi  # extremes: the largest products a lane can take
+    wt = rng.integers(-128, 128, (c, 1, kh, kw)).astype("int8")
+    wt[0] = -128
+    packed = pack_depthwise_pairs(wt, LANES)
+    mod, lib, out_shape = _build(_block(x).shape, packed.shape, kw, stride, pad, dtype)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(out_shape, "int32"), dev)
+    lib["main"](tvm.runtime.tensor(_block(x), dev), tvm.runtime.tensor(packed, dev), out)
+    assert np.array_equal(_unblock(out.numpy()), _reference(x, wt, stride, pad))
+
+    asm = lib.mod.imports[0].inspect_source("asm") if lib.mod.imports else \
+        lib.mod.inspect_source("asm")
+    body = asm.split("main_compute_:")
+    assert len(body) == 2  # the kernel's parallel body
+    assert "vpmaddwd" in body[1]
+    for wide in ("vpmulld", "vpmullw", "imul"):  # no other vector/scalar multiply of data
+        assert f"\t{wide}\t" not in body[1], wide
+
+    report = audit_module(mod)
+    oh, ow = out_shape[2:4]
+    assert report.wide_multiplies == 0
+    assert report.macs_8bit == c * oh * ow * kh * 2 * ((kw + 1) // 2)
+
+
+def test_pair_weights_layout():
+    w = np.arange(-60, -60 + 16 * 3 * 5).astype("int8").reshape(16, 1, 3, 5)
+    p = pack_depthwise_pairs(w, LANES)
+    assert p.shape == (2, 3, 3, LANES, 2)
+    for c in range(16):
+        for ky in range(3):
+            for kx in range(6):
+                want = w[c, 0, ky, kx] if kx < 5 else 0  # column 5: the phantom, weight 0
+                assert p[c // LANES, ky, kx // 2, c % LANES, kx % 2] == want
