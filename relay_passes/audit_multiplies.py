@@ -13,6 +13,12 @@ PrimFunc (after legalization, fusion and scheduling) and classifies each ``a * b
   multiplicand operands must be 8-bit values (possibly widened); it counts one MAC per lane of
   the multiplicand.  Other multiplying LLVM intrinsics are reported as wide.
 
+An operand is 8-bit by its type (an int8/uint8 load, possibly cast wider) or by its value: a load
+of a kernel parameter that every call of the kernel binds to an integer constant whose values
+all fit 8 bits (weights stored widened to int16 for AVX2, ``PackChannelBlocks``).  The constants
+are read from the Relax functions' ``call_tir`` sites, so a widened weight holding a 9-bit value
+is reported as a wide multiply.
+
 Shifts (``>>``, ``<<``) are counted as well.  The report goes into the build's ``.json``.
 """
 
@@ -57,8 +63,9 @@ def _has_data(expr) -> bool:
     return bool(found)
 
 
-def _operand_bits(expr) -> int | None:
-    """Bits of the value an operand really carries (through casts), None if not an integer."""
+def _operand_bits(expr, narrow=lambda buf: False) -> int | None:
+    """Bits of the value an operand really carries (through casts), None if not an integer.
+    ``narrow(buffer)``: the buffer holds 8-bit values whatever its type (8-bit constants)."""
     while node_kind(expr) == "Cast":
         inner = expr.value
         if not expr_dtype(inner).startswith(("int", "uint")):
@@ -70,7 +77,65 @@ def _operand_bits(expr) -> int | None:
     if node_kind(expr) == "IntImm":
         v = int(expr.value)
         return 8 if -128 <= v <= 255 else 32
+    if node_kind(expr) in _LOADS and narrow(expr.source):
+        return 8
     return tvm.runtime.DataType(dt).bits
+
+
+def _fits_8bit(value) -> bool:
+    import numpy as np
+
+    if not np.issubdtype(value.dtype, np.integer) or value.size == 0:
+        return False
+    lo, hi = int(value.min()), int(value.max())
+    return (-128 <= lo and hi <= 127) or (0 <= lo and hi <= 255)
+
+
+def narrow_constant_params(mod) -> dict:
+    """``{PrimFunc name: {param index, ...}}``: the parameters that every call of the kernel in
+    ``mod``'s Relax functions (``call_tir``, or the direct call it lowers to) binds to an integer
+    constant with 8-bit values."""
+    from f8tvm._tvm import relax
+
+    sites: dict = {}
+
+    def visit(e):
+        if node_kind(e) != "Call":
+            return
+        if getattr(e.op, "name", "") == "relax.call_tir":  # before VM lowering
+            name, args = e.args[0].name_hint, e.args[1]
+            args = list(args.fields) if node_kind(args) == "Tuple" else [args]
+        elif isinstance(e.op, tvm.ir.GlobalVar):  # lowered: the kernel called with its outputs
+            name, args = e.op.name_hint, list(e.args)
+        else:
+            return
+        sites.setdefault(name, []).append(
+            [_tvm.is_const(a) and _fits_8bit(_tvm.const_value(a)) for a in args])
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return {name: {i for i in range(len(calls[0])) if all(c[i] for c in calls)}
+            for name, calls in sites.items()}
+
+
+def _narrow_test(func, params: set, blocks):
+    """``narrow(buffer)`` for :func:`_operand_bits`: the buffer is one of ``func``'s params in
+    ``params`` (indices), directly or through the match buffers of tensorized blocks."""
+    narrow = [func.params[i] for i in params]
+    alias = [(mb.buffer, _tvm.region_tensor(mb.source)) for b in blocks for mb in b.match_buffers]
+
+    def test(buf):
+        for _ in range(len(alias) + 1):
+            if any(buf.same_as(p) for p in narrow):
+                return True
+            nxt = next((src for b, src in alias if b.same_as(buf)), None)
+            if nxt is None:
+                return False
+            buf = nxt
+        return False
+
+    return test
 
 
 def _lanes(expr) -> int:
@@ -112,6 +177,7 @@ def audit_module(mod) -> AuditReport:
     """Audit every PrimFunc of ``mod`` (TIR after legalization/fusion)."""
     report = AuditReport()
     calls = call_counts(mod)
+    narrow_params = narrow_constant_params(mod)
     for fname, func in _tvm.primfuncs(mod):
         report.functions += 1
         ncalls = calls.get(fname, 1)  # kernels of equal shape are shared by several layers
@@ -122,6 +188,7 @@ def audit_module(mod) -> AuditReport:
                 blocks.append(e)
 
         _tvm.post_order_visit(func.body, collect)
+        narrow = _narrow_test(func, narrow_params.get(fname, set()), blocks)
         for block in blocks:
             if block.name_hint == "root":
                 continue
@@ -142,7 +209,7 @@ def audit_module(mod) -> AuditReport:
             for d in dots:
                 name = _tvm.llvm_intrinsic_name(d)
                 operands = list(d.args)[-2:]
-                bits = [_operand_bits(x) for x in operands]
+                bits = [_operand_bits(x, narrow) for x in operands]
                 if name in _tvm._DOT_INTRINSICS and all(b is not None and b <= 8 for b in bits):
                     report.macs_8bit += iters * _lanes(operands[-1])
                     report.mac_sites += 1
@@ -156,7 +223,7 @@ def audit_module(mod) -> AuditReport:
             for m in muls:
                 if not (_has_data(m.a) or _has_data(m.b)):
                     continue  # address arithmetic
-                bits = (_operand_bits(m.a), _operand_bits(m.b))
+                bits = (_operand_bits(m.a, narrow), _operand_bits(m.b, narrow))
                 if all(b is not None and b <= 8 for b in bits):
                     report.macs_8bit += iters
                     report.mac_sites += 1

@@ -27,44 +27,32 @@ class DotIntrin:
     # activations; None: the plain form, vectorized over the channel block
     dw_pair: str | None = None
     dw_pair_signed: str | None = None
+    # convs whose weights are stored widened to int16 (uint8 / int8 activations); None: the
+    # target keeps int8 weights everywhere
+    wide_intrin: str | None = None
+    wide_intrin_signed: str | None = None
 
     @property
     def pair_taps(self) -> bool:
         return self.dw_pair is not None
 
     def intrin_for(self, block, depthwise: bool = False) -> str:
-        """The intrinsic matching the activation dtype read by ``block`` (a conv block, or with
-        ``depthwise`` a tap-pair depthwise block)."""
-        signed = _activation_dtype(block) == "int8"
+        """The intrinsic matching the activation (and weight) dtypes read by ``block`` (a conv
+        block, or with ``depthwise`` a tap-pair depthwise block)."""
+        from ._sch import operand_dtypes
+
+        a_dtype, b_dtype = operand_dtypes(block)
+        signed = a_dtype == "int8"
         if depthwise:
             name = self.dw_pair_signed if signed else self.dw_pair
+        elif b_dtype == "int16":
+            name = self.wide_intrin_signed if signed else self.wide_intrin
         else:
             name = self.intrin_signed if signed else self.intrin
         if name is None:
             kind = "int8" if signed else "uint8"
             raise ValueError(f"{self.instruction} has no form for {kind} activations")
         return name
-
-
-def _activation_dtype(block) -> str:
-    """Dtype of the activation a packed kernel block multiplies: the left operand of its product
-    (``packed_kernels`` writes ``data * weight``)."""
-    from f8tvm._tvm import expr_dtype, node_kind, post_order_visit
-
-    found = []
-
-    def visit(e):
-        if node_kind(e) == "Mul":
-            a = e.a
-            while node_kind(a) == "Cast":
-                a = a.value
-            if node_kind(a) in ("BufferLoad", "TensorLoad"):  # not index arithmetic
-                found.append(expr_dtype(a))
-
-    post_order_visit(block.body, visit)
-    if not found:
-        raise ValueError(f"block {block.name_hint} multiplies no tensor data")
-    return found[0]
 
 
 def _x86():
@@ -75,7 +63,8 @@ def _x86():
         "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, 16, 4, 24, None, 0.5, 1.0),
         # AVX2: vpbroadcastw + vpmovzxbw per activation pair, vpmovsxbw per weight tile
         "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
-                              x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8"),
+                              x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
+                              x.AVX2_8x2_W16, x.AVX2_8x2_W16 + "_s8"),
     }
 
 

@@ -130,3 +130,27 @@ def _schedule_root_block(sch, blk) -> None:
         loops = loops[:-1]
     if loops:
         sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def operand_dtypes(block) -> tuple[str, str]:
+    """Dtypes of the activation and the weight a packed kernel block multiplies: the operands of
+    its product (``packed_kernels`` writes ``data * weight``)."""
+    from f8tvm._tvm import expr_dtype, node_kind, post_order_visit
+
+    found = []
+
+    def load_dtype(e):
+        while node_kind(e) == "Cast":
+            e = e.value
+        return expr_dtype(e) if node_kind(e) in ("BufferLoad", "TensorLoad") else None
+
+    def visit(e):
+        if node_kind(e) == "Mul":
+            a, b = load_dtype(e.a), load_dtype(e.b)
+            if a and b:  # not index arithmetic
+                found.append((a, b))
+
+    post_order_visit(block.body, visit)
+    if not found:
+        raise ValueError(f"block {block.name_hint} multiplies no tensor data")
+    return found[0]

@@ -24,16 +24,17 @@ from tvm.script import tirx as T
 
 VNNI_16x4 = "f8tvm_vnni_16x4_u8i8i32"  # 512-bit: 16 output lanes x 4-deep dot
 AVX2_8x2 = "f8tvm_avx2_8x2_u8i8i32"  # 256-bit: 8 output lanes x 2-deep dot
+AVX2_8x2_W16 = "f8tvm_avx2_8x2_u8w16i32"  # the same, weights stored widened (int16)
 AVX2_DW_8x2 = "f8tvm_avx2_dw_8x2_u8i8i32"  # depthwise: 8 channels x 2 taps (pairs of columns)
 
 
-def _dot_desc(lanes: int, depth: int, a_dtype: str):
+def _dot_desc(lanes: int, depth: int, a_dtype: str, b_dtype: str = "int8"):
     """What every dot intrinsic computes: ``C[i] += sum_k int32(A[k]) * int32(B[i, k])``."""
 
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer((depth,), a_dtype, offset_factor=1),
-        B: T.Buffer((lanes, depth), "int8", offset_factor=1),
+        B: T.Buffer((lanes, depth), b_dtype, offset_factor=1),
         C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
@@ -99,6 +100,36 @@ def _impl_avx2(a_dtype):
 TensorIntrin.register(AVX2_8x2, _dot_desc(8, 2, "uint8"), _impl_avx2("uint8"), override=True)
 TensorIntrin.register(AVX2_8x2 + "_s8", _dot_desc(8, 2, "int8"), _impl_avx2("int8"),
                       override=True)
+
+
+def _impl_avx2_w16(a_dtype):
+    """:func:`_impl_avx2` for weights stored as int16 (values 8-bit, checked by the audit on the
+    constants): the weight tile is ``vpmaddwd``'s memory operand, no widening instruction."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((2,), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 2), "int16", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.Cast("int16x16", T.reinterpret(
+                    T.broadcast(T.reinterpret(A.vload([0], a_dtype + "x2"), dtype="uint16"), 8),
+                    dtype=a_dtype + "x16")),
+                B.vload([0, 0], dtype="int16x16"),
+                dtype="int32x8")
+
+    return impl
+
+
+TensorIntrin.register(AVX2_8x2_W16, _dot_desc(8, 2, "uint8", "int16"), _impl_avx2_w16("uint8"),
+                      override=True)
+TensorIntrin.register(AVX2_8x2_W16 + "_s8", _dot_desc(8, 2, "int8", "int16"),
+                      _impl_avx2_w16("int8"), override=True)
 
 
 # Depthwise tap pairs (``depthwise_pairs_nchwc``): ``C[i] += sum_k A[k, i] * B[i, k]`` -- 8

@@ -124,6 +124,32 @@ def test_audit_fails_on_a_wide_multiply():
         check_module(lowered)
 
 
+@pytest.mark.parametrize("big", [False, True])
+def test_audit_reads_the_values_of_widened_weights(big):
+    """int16 weights (AVX2 keeps some widened) count as 8-bit only if the constants bound at
+    every call hold 8-bit values."""
+    from relay_passes.packed_kernels import conv2d_nchwc
+
+    w = np.random.default_rng(0).integers(-128, 128, (2, 1, 1, 1, 4, 8, 2)).astype("int16")
+    if big:
+        w[1, 0, 0, 0, 3, 5, 1] = 300  # a 9-bit weight: the multiply is not 8-bit any more
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", _tvm.TensorType((1, 1, 4, 4, 8), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(bb.call_te(conv2d_nchwc, x, relax.const(w), [1, 1], [0, 0, 0, 0],
+                                   [1, 1], 0, primfunc_name_hint="conv2d_nchwc"))
+            out = bb.emit_output(relax.Tuple([y]))
+        bb.emit_func_output(out)
+    lowered = _tvm.lower_relax(bb.get(), get_target("x86").tvm())
+    report = audit_module(lowered)
+    if big:
+        assert report.wide_multiplies == 1 and report.macs_8bit == 0
+        assert report.violations[0]["operand_bits"] == [8, 16]
+    else:
+        assert report.wide_multiplies == 0 and report.macs_8bit == 16 * 16 * 8
+
+
 def test_unsupported_op_names_op_and_module():
     class Net(torch.nn.Module):
         def __init__(self):
