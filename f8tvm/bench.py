@@ -274,7 +274,8 @@ def measure_peak(instruction: str, threads: int) -> float | None:
         if subprocess.run(["gcc", "-O2", "-mavx2", src, "-o", exe]).returncode:
             return None
         best = 0.0
-        for _ in range(3):  # shared cores: keep the best of three
+        time.sleep(1.0)  # measured after the timed rounds: let their worker threads go idle
+        for _ in range(5):  # shared cores: keep the best of five
             procs = [subprocess.Popen([exe], stdout=subprocess.PIPE, text=True)
                      for _ in range(threads)]
             best = max(best, sum(float(p.communicate()[0].split()[0]) for p in procs))

@@ -157,6 +157,34 @@ def _is_shift(e) -> bool:
         ("shift_right", "shift_left"))
 
 
+def _sites(stmt, times=1, out=None) -> list:
+    """``(node, times)`` for every multiply, shift and LLVM intrinsic call in ``stmt``, where
+    ``times`` is the product of the extents of the loops around it inside ``stmt`` (a tensorized
+    block's body may loop); nested blocks are left out (they are audited on their own)."""
+    out = [] if out is None else out
+    while node_kind(stmt) == "For":
+        ext = stmt.extent
+        times *= int(ext.value) if node_kind(ext) == "IntImm" else 1
+        stmt = stmt.body
+
+    def skip(e):
+        kind = node_kind(e)
+        if kind in ("SBlock", "SBlockRealize"):
+            return True
+        if kind == "For":
+            _sites(e, times, out)
+            return True
+        return False
+
+    def visit(e):
+        if (node_kind(e) == "Mul" or _is_shift(e)
+                or (node_kind(e) == "Call" and _tvm.llvm_intrinsic_name(e))):
+            out.append((e, times))
+
+    _tvm.post_order_visit(stmt, visit, skip=skip)
+    return out
+
+
 def call_counts(mod) -> dict:
     """How many times the Relax functions of ``mod`` reference each PrimFunc."""
     from f8tvm._tvm import relax
@@ -192,49 +220,50 @@ def audit_module(mod) -> AuditReport:
         for block in blocks:
             if block.name_hint == "root":
                 continue
-            iters = _block_iterations(block) * ncalls
-            muls, shifts, dots = [], [], []
-
-            def visit(e):
-                if node_kind(e) == "Mul":
-                    muls.append(e)
-                elif _is_shift(e):
-                    shifts.append(e)
-                elif node_kind(e) == "Call" and _tvm.llvm_intrinsic_name(e):
-                    dots.append(e)
-
-            # nested blocks are audited on their own (tensorized kernels nest them)
-            _tvm.post_order_visit(block.body, visit, skip=lambda e: node_kind(e) == "SBlock")
-            report.shifts += len(shifts) * iters
-            for d in dots:
-                name = _tvm.llvm_intrinsic_name(d)
-                operands = list(d.args)[-2:]
-                bits = [_operand_bits(x, narrow) for x in operands]
-                if name in _tvm._DOT_INTRINSICS and all(b is not None and b <= 8 for b in bits):
-                    report.macs_8bit += iters * _lanes(operands[-1])
-                    report.mac_sites += 1
-                elif any(k in name for k in ("mul", "madd", "dp", "dot")):
-                    report.wide_multiplies += 1
-                    report.violations.append(dict(
-                        function=fname, block=block.name_hint, dtype=expr_dtype(d),
-                        operand_bits=[b if b is not None else expr_dtype(x)
-                                      for b, x in zip(bits, operands)],
-                        expr=f"{name}: {str(d)[:160]}"))
-            for m in muls:
-                if not (_has_data(m.a) or _has_data(m.b)):
-                    continue  # address arithmetic
-                bits = (_operand_bits(m.a, narrow), _operand_bits(m.b, narrow))
-                if all(b is not None and b <= 8 for b in bits):
-                    report.macs_8bit += iters
-                    report.mac_sites += 1
+            block_iters = _block_iterations(block) * ncalls
+            for e, times in _sites(block.body):
+                iters = block_iters * times
+                if _is_shift(e):
+                    report.shifts += iters
+                elif node_kind(e) == "Mul":
+                    _audit_mul(report, fname, block, e, iters, narrow)
                 else:
-                    report.wide_multiplies += 1
-                    report.violations.append(dict(
-                        function=fname, block=block.name_hint, dtype=expr_dtype(m),
-                        operand_bits=[b if b is not None else expr_dtype(x)
-                                      for b, x in zip(bits, (m.a, m.b))],
-                        expr=str(m)[:200]))
+                    _audit_call(report, fname, block, e, iters, narrow)
     return report
+
+
+def _audit_call(report, fname, block, d, iters, narrow) -> None:
+    """A multiplying LLVM intrinsic: a dot instruction on 8-bit operands counts its lanes as
+    MACs; any other multiplying intrinsic is a wide multiply."""
+    name = _tvm.llvm_intrinsic_name(d)
+    operands = list(d.args)[-2:]
+    bits = [_operand_bits(x, narrow) for x in operands]
+    if name in _tvm._DOT_INTRINSICS and all(b is not None and b <= 8 for b in bits):
+        report.macs_8bit += iters * _lanes(operands[-1])
+        report.mac_sites += 1
+    elif any(k in name for k in ("mul", "madd", "dp", "dot")):
+        _violation(report, fname, block, d, bits, operands, f"{name}: {str(d)[:160]}")
+
+
+def _audit_mul(report, fname, block, m, iters, narrow) -> None:
+    """``a * b`` on tensor data: 8-bit operands count ``iters`` MACs, anything wider is a wide
+    multiply; index arithmetic is ignored."""
+    if not (_has_data(m.a) or _has_data(m.b)):
+        return  # address arithmetic
+    bits = (_operand_bits(m.a, narrow), _operand_bits(m.b, narrow))
+    if all(b is not None and b <= 8 for b in bits):
+        report.macs_8bit += iters
+        report.mac_sites += 1
+    else:
+        _violation(report, fname, block, m, bits, (m.a, m.b), str(m)[:200])
+
+
+def _violation(report, fname, block, e, bits, operands, text) -> None:
+    report.wide_multiplies += 1
+    report.violations.append(dict(
+        function=fname, block=block.name_hint, dtype=expr_dtype(e),
+        operand_bits=[b if b is not None else expr_dtype(x) for b, x in zip(bits, operands)],
+        expr=text))
 
 
 def check_module(mod) -> AuditReport:

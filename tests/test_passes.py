@@ -124,6 +124,27 @@ def test_audit_fails_on_a_wide_multiply():
         check_module(lowered)
 
 
+def test_audit_counts_loops_inside_a_block():
+    """A block whose body loops (as a tensor intrinsic's may) executes its products once per
+    loop iteration: the MAC count multiplies by the loop extents inside the block too."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def dot(a: T.Buffer((8, 4), "int8"), b: T.Buffer((8, 4), "uint8"),
+            c: T.Buffer((8,), "int32")):
+        for i in range(8):
+            with T.sblock("dot"):
+                vi = T.axis.spatial(8, i)
+                T.reads(a[vi, 0:4], b[vi, 0:4])
+                T.writes(c[vi])
+                c[vi] = 0
+                for k in range(4):
+                    c[vi] = c[vi] + T.Cast("int32", a[vi, k]) * T.Cast("int32", b[vi, k])
+
+    report = audit_module(tvm.IRModule({"dot": dot}))
+    assert report.macs_8bit == 8 * 4 and report.wide_multiplies == 0
+
+
 @pytest.mark.parametrize("big", [False, True])
 def test_audit_reads_the_values_of_widened_weights(big):
     """int16 weights (AVX2 keeps some widened) count as 8-bit only if the constants bound at
