@@ -95,8 +95,6 @@ def narrow_constant_params(mod) -> dict:
     """``{PrimFunc name: {param index, ...}}``: the parameters that every call of the kernel in
     ``mod``'s Relax functions (``call_tir``, or the direct call it lowers to) binds to an integer
     constant with 8-bit values."""
-    from f8tvm._tvm import relax
-
     sites: dict = {}
 
     def visit(e):
@@ -112,9 +110,7 @@ def narrow_constant_params(mod) -> dict:
         sites.setdefault(name, []).append(
             [_tvm.is_const(a) and _fits_8bit(_tvm.const_value(a)) for a in args])
 
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
+    _visit_relax(mod, visit)
     return {name: {i for i in range(len(calls[0])) if all(c[i] for c in calls)}
             for name, calls in sites.items()}
 
@@ -185,19 +181,24 @@ def _sites(stmt, times=1, out=None) -> list:
     return out
 
 
-def call_counts(mod) -> dict:
-    """How many times the Relax functions of ``mod`` reference each PrimFunc."""
+def _visit_relax(mod, visit) -> None:
+    """``visit`` every expression of ``mod``'s Relax functions."""
     from f8tvm._tvm import relax
 
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+
+
+def call_counts(mod) -> dict:
+    """How many times the Relax functions of ``mod`` reference each PrimFunc."""
     counts: dict = {}
 
     def visit(e):
         if isinstance(e, tvm.ir.GlobalVar):
             counts[e.name_hint] = counts.get(e.name_hint, 0) + 1
 
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
+    _visit_relax(mod, visit)
     return counts
 
 

@@ -46,7 +46,7 @@ from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 
 from ._bindings import bindings
-from .packed_kernels import conv2d_nchwc, depthwise_nchwc, depthwise_pairs_nchwc
+from .packed_kernels import conv2d_nchwc, depthwise_nchwc, depthwise_pairs_nchwc, out_size
 
 R = relax.op
 _ELEMENTWISE = {
@@ -236,9 +236,9 @@ class _Packer:
         data = x.expr
         if self.wide_weights:
             _, icc, _, width, ib = _tvm.tensor_shape(data)
-            kw = w.shape[3]
-            ow = (width + padding[1] + padding[3] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
-            if wide_weights_pay(w.shape[2], kw, icc * ib, ow):
+            kh, kw = w.shape[2:]
+            ow = out_size(width, kw, strides[1], dilation[1], padding[1], padding[3])
+            if wide_weights_pay(kh, kw, icc * ib, ow):
                 kernel = kernel.astype(np.int16)
         offset = self.unsigned_only and _tvm.tensor_dtype(data) == "int8"
         if offset and pad_value != 0:

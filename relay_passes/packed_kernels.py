@@ -35,7 +35,8 @@ def _pad(data, padding, pad_value, extra_right=0):
     return te.compute((n, cc, h + top + bottom, w + left + right, cb), value, name=PAD_BLOCK)
 
 
-def _out_size(size, k, stride, dilation, pad_a, pad_b):
+def out_size(size, k, stride, dilation, pad_a, pad_b):
+    """Output length of a window ``k`` long over ``size`` (padded by ``pad_a``, ``pad_b``)."""
     return (size + pad_a + pad_b - (k - 1) * dilation - 1) // stride + 1
 
 
@@ -45,8 +46,8 @@ def _window(data, kh, kw, strides, padding, dilation, pad_value, extra_right=0):
     ``extra_right``: more pad columns than the window reads (the phantom tap of a pair)."""
     h, w = int(data.shape[2]), int(data.shape[3])
     (sh, sw), (dh, dw) = strides, dilation
-    oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
-    ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
+    oh = out_size(h, kh, sh, dh, padding[0], padding[2])
+    ow = out_size(w, kw, sw, dw, padding[1], padding[3])
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     return (_pad(data, padding, pad_value, extra_right), oh, ow, ry, rx,

@@ -72,11 +72,17 @@ def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64):
                 sch.unroll(lp)
 
 
+def _block_or_none(sch, name):
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # no such block (an unpadded conv has no pad block)
+        return None
+
+
 def schedule_pad(sch, name):
     """The padding copy: parallel over (n, c, y) rows, vector over the channel block."""
-    try:
-        pad = sch.get_sblock(name)
-    except Exception:  # unpadded conv
+    pad = _block_or_none(sch, name)
+    if pad is None:
         return
     loops = sch.get_loops(pad)
     sch.vectorize(loops[-1])
@@ -87,9 +93,8 @@ def compute_pad_at(sch, name, loop) -> bool:
     """Pad the input of one iteration of ``loop`` (a channel-block plane) right before it is
     read, so the padded copy is consumed from cache instead of making a round trip through
     memory; vector over the channel block.  False when the kernel has no pad block."""
-    try:
-        pad = sch.get_sblock(name)
-    except Exception:  # unpadded conv
+    pad = _block_or_none(sch, name)
+    if pad is None:
         return False
     sch.compute_at(pad, loop, preserve_unit_loops=True)
     loops = sch.get_loops(pad)

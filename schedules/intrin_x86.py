@@ -73,63 +73,50 @@ TensorIntrin.register(VNNI_16x4, _dot_desc(16, 4, "uint8"), _vnni_16x4_impl, ove
 
 
 
-def _impl_avx2(a_dtype):
+def _pmadd_acc(C, a, b):
+    """``C[0:8] + vpmaddwd(a, b)``: the accumulate step of every AVX2 intrinsic; ``a`` and ``b``
+    are 16-lane int16 expressions of 8-bit values."""
+    return C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, b, dtype="int32x8")
+
+
+def _weight_tile(B, b_dtype):
+    """The ``(8, 2)`` weight tile as 16 int16 lanes: int8 weights widened (``vpmovsxbw``), int16
+    ones (8-bit values, checked by the audit on the constants) loaded as they are, so the tile
+    is ``vpmaddwd``'s memory operand."""
+    if b_dtype == "int16":
+        return B.vload([0, 0], dtype="int16x16")
+    return T.Cast("int16x16", B.vload([0, 0], dtype="int8x16"))
+
+
+def _impl_avx2(a_dtype, b_dtype="int8"):
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((2,), a_dtype, offset_factor=1),
-        B: T.Buffer((8, 2), "int8", offset_factor=1),
+        B: T.Buffer((8, 2), b_dtype, offset_factor=1),
         C: T.Buffer((8,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:8], A[0:2], B[0:8, 0:2])
             T.writes(C[0:8])
             # the activation pair broadcast as one 16-bit word (vpbroadcastw), each byte widened
-            # to 16 bits (vpmovzxbw / vpmovsxbw): lanes 2i, 2i+1 = A[0], A[1]; weights widened
-            # by vpmovsxbw.  One expression, so the audit sees the 8-bit operand types.
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            # to 16 bits (vpmovzxbw / vpmovsxbw): lanes 2i, 2i+1 = A[0], A[1].  One expression,
+            # so the audit sees the 8-bit operand types.
+            C[T.ramp(T.int32(0), 1, 8)] = _pmadd_acc(
+                C,
                 T.Cast("int16x16", T.reinterpret(
                     T.broadcast(T.reinterpret(A.vload([0], a_dtype + "x2"), dtype="uint16"), 8),
                     dtype=a_dtype + "x16")),
-                T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
-                dtype="int32x8")
+                _weight_tile(B, b_dtype))
 
     return impl
 
 
-TensorIntrin.register(AVX2_8x2, _dot_desc(8, 2, "uint8"), _impl_avx2("uint8"), override=True)
-TensorIntrin.register(AVX2_8x2 + "_s8", _dot_desc(8, 2, "int8"), _impl_avx2("int8"),
-                      override=True)
-
-
-def _impl_avx2_w16(a_dtype):
-    """:func:`_impl_avx2` for weights stored as int16 (values 8-bit, checked by the audit on the
-    constants): the weight tile is ``vpmaddwd``'s memory operand, no widening instruction."""
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((2,), a_dtype, offset_factor=1),
-        B: T.Buffer((8, 2), "int16", offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                T.Cast("int16x16", T.reinterpret(
-                    T.broadcast(T.reinterpret(A.vload([0], a_dtype + "x2"), dtype="uint16"), 8),
-                    dtype=a_dtype + "x16")),
-                B.vload([0, 0], dtype="int16x16"),
-                dtype="int32x8")
-
-    return impl
-
-
-TensorIntrin.register(AVX2_8x2_W16, _dot_desc(8, 2, "uint8", "int16"), _impl_avx2_w16("uint8"),
-                      override=True)
-TensorIntrin.register(AVX2_8x2_W16 + "_s8", _dot_desc(8, 2, "int8", "int16"),
-                      _impl_avx2_w16("int8"), override=True)
+for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
+    TensorIntrin.register(AVX2_8x2 + _suffix, _dot_desc(8, 2, _a), _impl_avx2(_a),
+                          override=True)
+    TensorIntrin.register(AVX2_8x2_W16 + _suffix, _dot_desc(8, 2, _a, "int16"),
+                          _impl_avx2(_a, "int16"), override=True)
 
 
 # Depthwise tap pairs (``depthwise_pairs_nchwc``): ``C[i] += sum_k A[k, i] * B[i, k]`` -- 8
@@ -168,16 +155,15 @@ def _dw_pair_impl(a_dtype: str):
         with T.sblock("root"):
             T.reads(C[0:8], A[0:2, 0:8], B[0:8, 0:2])
             T.writes(C[0:8])
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            C[T.ramp(T.int32(0), 1, 8)] = _pmadd_acc(
+                C,
                 T.Cast("int16x16", T.Shuffle([A.vload([0, 0], dtype=a_dtype + "x16")],
                                              _INTERLEAVE)),
-                T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
-                dtype="int32x8")
+                _weight_tile(B, "int8"))
 
     return impl
 
 
-TensorIntrin.register(AVX2_DW_8x2, _dw_pair_desc("uint8"), _dw_pair_impl("uint8"), override=True)
-TensorIntrin.register(AVX2_DW_8x2 + "_s8", _dw_pair_desc("int8"), _dw_pair_impl("int8"),
-                      override=True)
+for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
+    TensorIntrin.register(AVX2_DW_8x2 + _suffix, _dw_pair_desc(_a), _dw_pair_impl(_a),
+                          override=True)
