@@ -56,10 +56,14 @@ def fuse_epilogue(sch, block, loop):
         except Exception:  # producers outside the tile: schedule it on its own
             _schedule_root_block(sch, blk)
             continue
-        vectorize_inner(sch, blk, unroll_rest=True)
+        vectorize_inner(sch, blk, unroll_rest=True, below=loop)
 
 
-def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64):
+def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64, below=None):
+    """Vectorize ``block``'s innermost loop; ``unroll_rest``: unroll the loops around it (those
+    at most 16 long), only the ones nested inside ``below`` when given (a register tile's
+    loops: unrolling the loops outside the tile only multiplies the code, which then misses
+    the instruction cache)."""
     loops = sch.get_loops(block)
     if not loops:
         return
@@ -67,7 +71,11 @@ def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64):
     if extent(sch, inner) <= max_lanes:
         sch.vectorize(inner)
     if unroll_rest:
-        for lp in loops[:-1]:
+        start = 0
+        if below is not None:
+            outer = sch.get(below)
+            start = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(outer)) + 1
+        for lp in loops[start:-1]:
             if extent(sch, lp) <= 16:
                 sch.unroll(lp)
 

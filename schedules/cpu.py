@@ -53,7 +53,7 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     # epilogue (bias, requantize, residual, clip, cast) at the register tile
     _sch.fuse_epilogue(sch, conv, x_o)
     init = sch.decompose_reduction(conv, rc)
-    _sch.vectorize_inner(sch, init, unroll_rest=True)
+    _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
     sch.tensorize(ol, dot.intrin_for(sch.get(conv)))
     sch.unroll(x_i)
     sch.unroll(o_i)
@@ -85,7 +85,7 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
     pad_done = pairs and _sch.compute_pad_at(sch, PAD_BLOCK, plane)
     if pairs:
         init = sch.decompose_reduction(dw, ry)
-        _sch.vectorize_inner(sch, init, unroll_rest=True)
+        _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
         sch.tensorize(cl, dot.intrin_for(sch.get(dw), depthwise=True))
         sch.unroll(x_i)
         sch.unroll(rp)
@@ -96,6 +96,6 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         sch.unroll(rx)
         sch.unroll(ry)
         init = sch.decompose_reduction(dw, ry)
-        _sch.vectorize_inner(sch, init, unroll_rest=True)
+        _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
     if not pad_done:
         _sch.schedule_pad(sch, PAD_BLOCK)
