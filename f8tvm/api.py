@@ -147,7 +147,8 @@ def pack(int_mod, target_preset):
     if dot is None:
         return int_mod
     return PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None,
-                             dot.pair_taps, dot.wide_intrin is not None)(int_mod)
+                             dot.pair_taps, dot.wide_intrin is not None,
+                             dot.wide_data)(int_mod)
 
 
 def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, strict=True):

@@ -15,9 +15,13 @@ PrimFunc (after legalization, fusion and scheduling) and classifies each ``a * b
 
 An operand is 8-bit by its type (an int8/uint8 load, possibly cast wider) or by its value: a load
 of a kernel parameter that every call of the kernel binds to an integer constant whose values
-all fit 8 bits (weights stored widened to int16 for AVX2, ``PackChannelBlocks``).  The constants
-are read from the Relax functions' ``call_tir`` sites, so a widened weight holding a 9-bit value
-is reported as a wide multiply.
+all fit 8 bits (weights stored widened to int16 for AVX2, ``PackChannelBlocks``), or a load of a
+buffer of the kernel whose every store writes an 8-bit value (an input copied widened to int16,
+its padding an 8-bit constant).  The constants are read from the Relax functions' ``call_tir``
+sites, so a widened weight holding a 9-bit value is reported as a wide multiply; so is a
+widened copy that is written anything wider than 8 bits.  A vector operand that only moves
+lanes (broadcast, reinterpret to lanes of the loaded element's width) carries the bits of the
+load it moves.
 
 Shifts (``>>``, ``<<``) are counted as well.  The report goes into the build's ``.json``.
 """
@@ -63,9 +67,31 @@ def _has_data(expr) -> bool:
     return bool(found)
 
 
+def _call_name(e) -> str:
+    return getattr(getattr(e, "op", None), "name", "") if node_kind(e) == "Call" else ""
+
+
+def _moved_load(expr):
+    """The load whose elements ``expr`` only moves into other lanes (broadcasts, reinterprets),
+    if every lane of ``expr`` is one element of it; else None."""
+    bits = tvm.runtime.DataType(expr_dtype(expr)).bits
+    while True:
+        kind = node_kind(expr)
+        if kind == "Broadcast":
+            expr = expr.value
+        elif _call_name(expr).endswith(".reinterpret"):
+            expr = expr.args[0]
+        else:
+            break
+    if node_kind(expr) in _LOADS and tvm.runtime.DataType(expr_dtype(expr)).bits == bits:
+        return expr
+    return None
+
+
 def _operand_bits(expr, narrow=lambda buf: False) -> int | None:
     """Bits of the value an operand really carries (through casts), None if not an integer.
-    ``narrow(buffer)``: the buffer holds 8-bit values whatever its type (8-bit constants)."""
+    ``narrow(buffer)``: the buffer holds 8-bit values whatever its type (8-bit constants, a
+    widened copy of 8-bit data)."""
     while node_kind(expr) == "Cast":
         inner = expr.value
         if not expr_dtype(inner).startswith(("int", "uint")):
@@ -77,7 +103,11 @@ def _operand_bits(expr, narrow=lambda buf: False) -> int | None:
     if node_kind(expr) == "IntImm":
         v = int(expr.value)
         return 8 if -128 <= v <= 255 else 32
-    if node_kind(expr) in _LOADS and narrow(expr.source):
+    if _call_name(expr).endswith(".if_then_else"):
+        bits = [_operand_bits(x, narrow) for x in list(expr.args)[1:]]
+        return None if None in bits else max(bits)
+    load = expr if node_kind(expr) in _LOADS else _moved_load(expr)
+    if load is not None and narrow(load.source):
         return 8
     return tvm.runtime.DataType(dt).bits
 
@@ -115,10 +145,33 @@ def narrow_constant_params(mod) -> dict:
             for name, calls in sites.items()}
 
 
+def _narrow_stores(func, narrow_params) -> list:
+    """Buffers of ``func`` whose every store writes an 8-bit value (see module doc)."""
+    stores: dict = {}
+
+    def visit(e):
+        if node_kind(e) in ("BufferStore", "TensorStore"):
+            stores.setdefault(e.buffer, []).append(e.value)
+
+    _tvm.post_order_visit(func.body, visit)
+
+    def param(buf):
+        return any(buf.same_as(p) for p in narrow_params)
+
+    out = []
+    for buf, values in stores.items():
+        bits = [_operand_bits(v, param) for v in values]
+        if all(b is not None and b <= 8 for b in bits):
+            out.append(buf)
+    return out
+
+
 def _narrow_test(func, params: set, blocks):
     """``narrow(buffer)`` for :func:`_operand_bits`: the buffer is one of ``func``'s params in
-    ``params`` (indices), directly or through the match buffers of tensorized blocks."""
+    ``params`` (indices) or a buffer only ever written 8-bit values, directly or through the
+    match buffers of tensorized blocks."""
     narrow = [func.params[i] for i in params]
+    narrow += _narrow_stores(func, narrow)
     alias = [(mb.buffer, _tvm.region_tensor(mb.source)) for b in blocks for mb in b.match_buffers]
 
     def test(buf):

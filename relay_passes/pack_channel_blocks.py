@@ -31,7 +31,9 @@ Weights held in int16 (``wide_weights``, AVX2): a dot instruction that multiplie
 stay 8-bit (the multiplication audit checks the constants).  Worth it where a weight tile is
 used by one pixel per load (1x1 convs on small maps, see :func:`wide_weights_pay`); elsewhere
 the narrow tile, widened in registers and shared by several pixels, is as fast and half the
-bytes.
+bytes.  Activations widened (``wide_data``, AVX2): every conv copies its padded input to int16
+once (``conv2d_nchwc(..., wide_data=True)``), so an activation pair is a single 32-bit
+broadcast load for ``vpmaddwd`` instead of a broadcast plus a widening at each of its uses.
 
 Dot instructions that only take unsigned activations (VNNI is u8 x s8) get int8 inputs offset:
 ``conv(x, w) = conv(x + 128, w) - 128 * sum(w)`` with ``x + 128`` as uint8, padded with 128
@@ -123,9 +125,10 @@ def _pack_const(value, block):
 
 
 class _Packer:
-    def __init__(self, lanes, depth, unsigned_only, pair_taps=False, wide_weights=False):
+    def __init__(self, lanes, depth, unsigned_only, pair_taps=False, wide_weights=False,
+                 wide_data=False):
         self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
-        self.pair_taps, self.wide_weights = pair_taps, wide_weights
+        self.pair_taps, self.wide_weights, self.wide_data = pair_taps, wide_weights, wide_data
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
 
@@ -249,7 +252,8 @@ class _Packer:
             pad_value = 128
         out = self.bb.emit(self.bb.call_te(
             conv2d_nchwc, data, relax.const(kernel), strides, padding, dilation, pad_value,
-            primfunc_name_hint="conv2d_nchwc"), name + ("_offset" if offset else ""))
+            self.wide_data, primfunc_name_hint="conv2d_nchwc"),
+            name + ("_offset" if offset else ""))
         if offset:
             corr = -128 * w.astype(np.int64).sum(axis=(1, 2, 3))
             corr = _pack_const(corr.astype("int32").reshape(1, -1, 1, 1), self.lanes)
@@ -360,10 +364,10 @@ class _Packer:
 
 
 def pack_module(func, lanes: int, depth: int, unsigned_only: bool = False,
-                pair_taps: bool = False, wide_weights: bool = False):
+                pair_taps: bool = False, wide_weights: bool = False, wide_data: bool = False):
     """A module with the blocked version of the integer ``main`` (see module doc) and the
     kernels it calls."""
-    p = _Packer(lanes, depth, unsigned_only, pair_taps, wide_weights)
+    p = _Packer(lanes, depth, unsigned_only, pair_taps, wide_weights, wide_data)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)
@@ -382,7 +386,8 @@ def pack_module(func, lanes: int, depth: int, unsigned_only: bool = False,
 
 
 def PackChannelBlocks(lanes: int, depth: int, unsigned_only: bool = False,  # noqa: N802
-                      pair_taps: bool = False, wide_weights: bool = False):
+                      pair_taps: bool = False, wide_weights: bool = False,
+                      wide_data: bool = False):
     """The pass: blocks ``main``'s activations by ``lanes`` channels for a ``depth``-deep dot;
     ``unsigned_only``: the dot takes uint8 activations only (offset int8 ones); ``pair_taps``:
     depthwise convs in the tap-pair form; ``wide_weights``: int16 weights where they pay
@@ -390,6 +395,7 @@ def PackChannelBlocks(lanes: int, depth: int, unsigned_only: bool = False,  # no
 
     @tvm.transform.module_pass(opt_level=0, name="PackChannelBlocks")
     def _pass(mod, ctx):
-        return pack_module(mod["main"], lanes, depth, unsigned_only, pair_taps, wide_weights)
+        return pack_module(mod["main"], lanes, depth, unsigned_only, pair_taps, wide_weights,
+                           wide_data)
 
     return _pass

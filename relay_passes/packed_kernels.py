@@ -9,6 +9,9 @@ exists so the dot-product instructions apply (``schedules/`` makes them fast).  
   k = 2: AVX2 ``vpmaddwd``)
 * depthwise weights ``(C/b, KH, KW, b)``, or for the tap-pair form ``(C/b, KH, ceil(KW/2), b, 2)``
   (see :func:`depthwise_pairs_nchwc`)
+
+A conv may read its input through a padded copy widened to int16 (``wide_data``); the copy holds
+the same 8-bit values (the multiplication audit checks every store into it).
 """
 
 from __future__ import annotations
@@ -20,17 +23,22 @@ DEPTHWISE_BLOCK = "depthwise_nchwc"
 PAD_BLOCK = "pad_nchwc"
 
 
-def _pad(data, padding, pad_value, extra_right=0):
+def _pad(data, padding, pad_value, extra_right=0, dtype=None):
+    """The padded input (``padding``: top, left, bottom, right), converted to ``dtype`` if
+    given (a widened copy is made even without padding)."""
     top, left, bottom, right = padding
     right += extra_right
-    if not any(padding):
+    dtype = dtype or data.dtype
+    if not any(padding) and not extra_right and dtype == data.dtype:
         return data
     n, cc, h, w, cb = data.shape
 
     def value(i, c, y, x, b):
+        v = data[i, c, y - top, x - left, b].astype(dtype)
+        if not (top or left or bottom or right):
+            return v
         inside = tir.all(y >= top, y < h + top, x >= left, x < w + left)
-        return tir.if_then_else(inside, data[i, c, y - top, x - left, b],
-                                tir.const(pad_value, data.dtype))
+        return tir.if_then_else(inside, v, tir.const(pad_value, dtype))
 
     return te.compute((n, cc, h + top + bottom, w + left + right, cb), value, name=PAD_BLOCK)
 
@@ -40,7 +48,7 @@ def out_size(size, k, stride, dilation, pad_a, pad_b):
     return (size + pad_a + pad_b - (k - 1) * dilation - 1) // stride + 1
 
 
-def _window(data, kh, kw, strides, padding, dilation, pad_value, extra_right=0):
+def _window(data, kh, kw, strides, padding, dilation, pad_value, extra_right=0, dtype=None):
     """What the convolutions share: the padded input, the output size, the kernel-window
     reduce axes and the input row / column an output pixel reads at a window offset.
     ``extra_right``: more pad columns than the window reads (the phantom tap of a pair)."""
@@ -50,18 +58,21 @@ def _window(data, kh, kw, strides, padding, dilation, pad_value, extra_right=0):
     ow = out_size(w, kw, sw, dw, padding[1], padding[3])
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    return (_pad(data, padding, pad_value, extra_right), oh, ow, ry, rx,
+    return (_pad(data, padding, pad_value, extra_right, dtype), oh, ow, ry, rx,
             lambda y: y * sh + ry * dh, lambda x: x * sw + rx * dw)
 
 
-def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0):
+def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0, wide_data=False):
     """``out[n, o//ob, y, x, o%ob] = sum_{i,ky,kx} int32(d[n, i, y*s+ky*dl, x*s+kx*dl])
     * int32(w[o, i, ky, kx])`` in the packed layouts (module doc); padding uses ``pad_value``
-    (0, or the activation offset when activations are stored offset)."""
+    (0, or the activation offset when activations are stored offset).  ``wide_data``: the
+    (padded) input is first copied widened to int16, so that a 16-bit dot instruction
+    (``vpmaddwd``) broadcasts activation pairs straight from memory."""
     n, icc, _, _, ib = (int(v) for v in data.shape)
     occ, icc2, kh, kw, ibk, ob, depth = (int(v) for v in kernel.shape)
     assert icc == icc2 and ib == ibk * depth, (data.shape, kernel.shape)
-    dp, oh, ow, ry, rx, row, col = _window(data, kh, kw, strides, padding, dilation, pad_value)
+    dp, oh, ow, ry, rx, row, col = _window(data, kh, kw, strides, padding, dilation, pad_value,
+                                           dtype="int16" if wide_data else None)
     rc = te.reduce_axis((0, icc), "rc")
     rq = te.reduce_axis((0, ibk), "rq")
     rk = te.reduce_axis((0, depth), "rk")

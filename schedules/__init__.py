@@ -31,6 +31,15 @@ class DotIntrin:
     # target keeps int8 weights everywhere
     wide_intrin: str | None = None
     wide_intrin_signed: str | None = None
+    # convs whose (padded) input is copied widened to int16 first, with int8 / int16 weights;
+    # None: activations stay 8-bit
+    wide_data_intrin: str | None = None
+    wide_data_wide_intrin: str | None = None
+    wide_data_a_cost: float = 0.5  # a widened pair is a broadcast load: no ALU instruction
+
+    @property
+    def wide_data(self) -> bool:
+        return self.wide_data_intrin is not None
 
     @property
     def pair_taps(self) -> bool:
@@ -45,6 +54,8 @@ class DotIntrin:
         signed = a_dtype == "int8"
         if depthwise:
             name = self.dw_pair_signed if signed else self.dw_pair
+        elif a_dtype == "int16":
+            name = self.wide_data_wide_intrin if b_dtype == "int16" else self.wide_data_intrin
         elif b_dtype == "int16":
             name = self.wide_intrin_signed if signed else self.wide_intrin
         else:
@@ -64,7 +75,8 @@ def _x86():
         # AVX2: vpbroadcastw + vpmovzxbw per activation pair, vpmovsxbw per weight tile
         "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
                               x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
-                              x.AVX2_8x2_W16, x.AVX2_8x2_W16 + "_s8"),
+                              x.AVX2_8x2_W16, x.AVX2_8x2_W16 + "_s8",
+                              x.AVX2_8x2_A16, x.AVX2_8x2_A16W16),
     }
 
 

@@ -19,19 +19,23 @@ def _divisors(n):
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False) -> tuple[int, int]:
+def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
+                       wide_data: bool = False) -> tuple[int, int]:
     """(oc_tile, ow_tile): the register tile (at most ``dot.accumulators`` vectors) with the
     fewest operand instructions per dot instruction: an activation broadcast is shared by the
     ``oc_tile`` weight tiles, a weight tile by the ``ow_tile`` pixels.  A widened (int16)
     weight tile is the dot's memory operand: it costs a load, no instruction (at most 8 of them
-    per step: a wider slab of int16 weights leaves L1)."""
+    per step: a wider slab of int16 weights leaves L1).  A widened activation pair
+    (``wide_data``) is a broadcast load: ``dot.wide_data_a_cost`` (0.5 was the best of 0 to 2
+    on EfficientNet-Lite0's convs; the loads are not free)."""
     best, best_cost = (1, 1), float("inf")
     b_cost = 0.1 if wide_weights else dot.b_cost
+    a_cost = dot.wide_data_a_cost if wide_data else dot.a_cost
     for t_w in _divisors(ow):
         for t_o in _divisors(occ):
             if t_o * t_w > dot.accumulators or t_w > 16 or (wide_weights and t_o > 8):
                 continue
-            cost = dot.a_cost / t_o + b_cost / t_w
+            cost = a_cost / t_o + b_cost / t_w
             if cost < best_cost - 1e-9:
                 best, best_cost = (t_o, t_w), cost
     return best
@@ -44,8 +48,8 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     conv = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     occ, ow = _sch.extent(sch, o), _sch.extent(sch, x)
-    wide = _sch.operand_dtypes(sch.get(conv))[1] == "int16"
-    t_o, t_w = tiles or default_conv_tiles(occ, ow, dot, wide)
+    a_dtype, b_dtype = _sch.operand_dtypes(sch.get(conv))
+    t_o, t_w = tiles or default_conv_tiles(occ, ow, dot, b_dtype == "int16", a_dtype == "int16")
     o_o, o_i = _sch.tile(sch, o, t_o, tune, max_inner=8)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)

@@ -13,8 +13,13 @@ name; our schedules (and so our tuning space) use it.
 We do not import ``tvm.s_tir.tensor_intrin`` here: its package import parses every target's
 intrinsics (CUDA, ROCm, ...), which takes minutes in a process that has PyTorch loaded.
 
-Semantics (both):  ``C[i] += sum_k int32(A[k]) * int32(B[i, k])`` for ``i < 16, k < 4`` with
-``A`` uint8[4] (one activation quad, broadcast), ``B`` int8[16, 4], ``C`` int32[16].
+AVX2 forms: activations uint8 / int8 (a pair broadcast and widened in registers) or int16 (the
+conv's widened copy of its input: a pair is one broadcast load), weights int8 (widened in
+registers) or int16 (stored widened: the dot's memory operand).
+
+Semantics (all):  ``C[i] += sum_k int32(A[k]) * int32(B[i, k])``, ``A`` one activation group
+(broadcast), ``B`` the weight tile, ``C`` int32 accumulators: VNNI ``i < 16, k < 4``, AVX2
+``i < 8, k < 2``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from tvm.script import tirx as T
 VNNI_16x4 = "f8tvm_vnni_16x4_u8i8i32"  # 512-bit: 16 output lanes x 4-deep dot
 AVX2_8x2 = "f8tvm_avx2_8x2_u8i8i32"  # 256-bit: 8 output lanes x 2-deep dot
 AVX2_8x2_W16 = "f8tvm_avx2_8x2_u8w16i32"  # the same, weights stored widened (int16)
+AVX2_8x2_A16 = "f8tvm_avx2_8x2_a16i8i32"  # activations stored widened (int16 copies of 8 bits)
+AVX2_8x2_A16W16 = "f8tvm_avx2_8x2_a16w16i32"  # activations and weights stored widened
 AVX2_DW_8x2 = "f8tvm_avx2_dw_8x2_u8i8i32"  # depthwise: 8 channels x 2 taps (pairs of columns)
 
 
@@ -89,6 +96,19 @@ def _weight_tile(B, b_dtype):
     return T.Cast("int16x16", B.vload([0, 0], dtype="int8x16"))
 
 
+def _act_pair(A, a_dtype):
+    """The activation pair broadcast to 16 int16 lanes (2i, 2i+1 = A[0], A[1]).  8-bit pairs:
+    broadcast as one 16-bit word (vpbroadcastw), each byte widened (vpmovzxbw / vpmovsxbw).
+    A widened (int16) pair is one 32-bit word: a broadcast load (vpbroadcastd), no ALU work."""
+    if a_dtype == "int16":
+        return T.reinterpret(
+            T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8),
+            dtype="int16x16")
+    return T.Cast("int16x16", T.reinterpret(
+        T.broadcast(T.reinterpret(A.vload([0], a_dtype + "x2"), dtype="uint16"), 8),
+        dtype=a_dtype + "x16"))
+
+
 def _impl_avx2(a_dtype, b_dtype="int8"):
     @T.prim_func(s_tir=True)
     def impl(
@@ -99,15 +119,9 @@ def _impl_avx2(a_dtype, b_dtype="int8"):
         with T.sblock("root"):
             T.reads(C[0:8], A[0:2], B[0:8, 0:2])
             T.writes(C[0:8])
-            # the activation pair broadcast as one 16-bit word (vpbroadcastw), each byte widened
-            # to 16 bits (vpmovzxbw / vpmovsxbw): lanes 2i, 2i+1 = A[0], A[1].  One expression,
-            # so the audit sees the 8-bit operand types.
-            C[T.ramp(T.int32(0), 1, 8)] = _pmadd_acc(
-                C,
-                T.Cast("int16x16", T.reinterpret(
-                    T.broadcast(T.reinterpret(A.vload([0], a_dtype + "x2"), dtype="uint16"), 8),
-                    dtype=a_dtype + "x16")),
-                _weight_tile(B, b_dtype))
+            # one expression, so the audit sees the operand types
+            C[T.ramp(T.int32(0), 1, 8)] = _pmadd_acc(C, _act_pair(A, a_dtype),
+                                                     _weight_tile(B, b_dtype))
 
     return impl
 
@@ -117,6 +131,9 @@ for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
                           override=True)
     TensorIntrin.register(AVX2_8x2_W16 + _suffix, _dot_desc(8, 2, _a, "int16"),
                           _impl_avx2(_a, "int16"), override=True)
+TensorIntrin.register(AVX2_8x2_A16, _dot_desc(8, 2, "int16"), _impl_avx2("int16"), override=True)
+TensorIntrin.register(AVX2_8x2_A16W16, _dot_desc(8, 2, "int16", "int16"),
+                      _impl_avx2("int16", "int16"), override=True)
 
 
 # Depthwise tap pairs (``depthwise_pairs_nchwc``): ``C[i] += sum_k A[k, i] * B[i, k]`` -- 8

@@ -171,6 +171,31 @@ def test_audit_reads_the_values_of_widened_weights(big):
         assert report.wide_multiplies == 0 and report.macs_8bit == 16 * 16 * 8
 
 
+@pytest.mark.parametrize("pad_value", [0, 300])
+def test_audit_reads_the_stores_of_widened_activations(pad_value):
+    """An int16 copy of 8-bit activations (AVX2 widens a conv's padded input once) counts as
+    8-bit because every store into it writes an 8-bit value; padding it with 300 makes the
+    copy 9-bit, and the conv's multiply wide."""
+    from relay_passes.packed_kernels import conv2d_nchwc
+
+    w = np.random.default_rng(0).integers(-128, 128, (2, 1, 3, 3, 4, 8, 2)).astype("int8")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", _tvm.TensorType((1, 1, 4, 4, 8), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(bb.call_te(conv2d_nchwc, x, relax.const(w), [1, 1], [1, 1, 1, 1],
+                                   [1, 1], pad_value, True, primfunc_name_hint="conv2d_nchwc"))
+            out = bb.emit_output(relax.Tuple([y]))
+        bb.emit_func_output(out)
+    lowered = _tvm.lower_relax(bb.get(), get_target("x86").tvm())
+    report = audit_module(lowered)
+    if pad_value > 255:
+        assert report.wide_multiplies == 1 and report.macs_8bit == 0
+        assert report.violations[0]["operand_bits"] == [16, 8]  # the int16 copy
+    else:
+        assert report.wide_multiplies == 0 and report.macs_8bit == 16 * 16 * 8 * 9
+
+
 def test_unsupported_op_names_op_and_module():
     class Net(torch.nn.Module):
         def __init__(self):

@@ -1,5 +1,6 @@
 """Fast kernels: blocked layout pass, tensorized schedules, tuning database, RPC measurement."""
 
+import re
 
 import numpy as np
 import pytest
@@ -98,6 +99,10 @@ def test_x86_kernels_use_vpmaddwd_and_stay_exact(x86_build):
         assert "vpmaddwd" in asm, name
         # ... 8-bit values in 16-bit lanes: never a 32-bit multiply, nor a lone 16-bit one
         assert "vpmulld" not in asm and "vpmullw" not in asm, name
+    # conv inputs are widened to int16 once: activation pairs broadcast from memory (LLVM may
+    # keep a tiny map, the classifier's, in registers instead)
+    assert any(re.search(r"vpbroadcastd\t-?\w*\(%", asm)
+               for name, asm in blocked.items() if "conv2d_nchwc" in name)
     assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit > 0
     assert cm.extra_meta["tuning"]["database"] is None
     for q in _inputs(cm.plan):

@@ -1,0 +1,96 @@
+"""The x86 (AVX2 ``vpmaddwd``) conv kernel, ``conv2d_nchwc`` with our default schedule, alone:
+bit-exact against an int64 NumPy conv for 8-bit and widened (int16) activations and weights,
+multiplies with ``vpmaddwd`` only, broadcasts widened activation pairs straight from memory, and
+the audit counts its MACs."""
+
+import re
+
+import numpy as np
+import pytest
+
+from f8tvm._tvm import te, tvm
+from relay_passes.audit_multiplies import audit_module
+from relay_passes.pack_channel_blocks import pack_conv_weight
+from relay_passes.packed_kernels import conv2d_nchwc
+from schedules import default_schedule, find_dot
+from targets import get_target
+
+LANES, DEPTH = 8, 2
+
+
+def _reference(x, w, stride, pad):
+    """int64 conv of NCHW ``x`` with OIHW ``w``, zero padding ``(top, left, bottom, right)``."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    top, left, bottom, right = pad
+    xp = np.zeros((n, c, h + top + bottom, wd + left + right), np.int64)
+    xp[:, :, top:top + h, left:left + wd] = x
+    oh = (h + top + bottom - kh) // stride + 1
+    ow = (wd + left + right - kw) // stride + 1
+    out = np.zeros((n, o, oh, ow), np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
+            cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
+            win = xp[:, :, rows, cols]
+            out += np.einsum("nchw,oc->nohw", win, w[:, :, ky, kx].astype(np.int64))
+    return out
+
+
+def _block(x):
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // LANES, LANES, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def _unblock(y):
+    n, cb, h, w, b = y.shape
+    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
+
+
+CASES = [  # (C_in, C_out, H, W, K, stride, pad, activations, weights, widened activations)
+    (16, 24, 7, 7, 1, 1, (0, 0, 0, 0), "uint8", "int8", True),
+    (16, 16, 9, 9, 3, 2, (1, 1, 1, 1), "int8", "int8", True),
+    (16, 8, 6, 6, 1, 1, (0, 0, 0, 0), "uint8", "int16", True),  # both operands from memory
+    (8, 16, 10, 10, 3, 1, (1, 1, 1, 1), "int8", "int16", True),
+    (8, 16, 10, 10, 3, 1, (1, 1, 1, 1), "uint8", "int8", False),  # 8-bit pairs, widened in
+]                                                                  # registers
+
+
+@pytest.mark.parametrize("cin,cout,h,w,k,stride,pad,a_dtype,w_dtype,wide_data", CASES)
+def test_conv_kernel_is_exact_and_uses_vpmaddwd(cin, cout, h, w, k, stride, pad, a_dtype,
+                                                w_dtype, wide_data):
+    rng = np.random.default_rng(cin + cout + h + k)
+    lo, hi = (0, 255) if a_dtype == "uint8" else (-128, 127)
+    x = rng.integers(lo, hi + 1, (1, cin, h, w)).astype(a_dtype)
+    x[0, :, 0, :] = hi  # extremes: the largest products and pair sums a lane can take
+    wt = rng.integers(-128, 128, (cout, cin, k, k)).astype("int8")
+    wt[0] = -128
+    packed = pack_conv_weight(wt, LANES, LANES, DEPTH).astype(w_dtype)
+
+    data = te.placeholder(_block(x).shape, a_dtype, name="data")
+    kernel = te.placeholder(packed.shape, w_dtype, name="kernel")
+    out = conv2d_nchwc(data, kernel, (stride, stride), pad, (1, 1), 0, wide_data)
+    mod = tvm.IRModule({"main": default_schedule(
+        te.create_prim_func([data, kernel, out]), find_dot("vpmaddwd")
+    ).with_attr("global_symbol", "main")})
+    lib = tvm.compile(mod, target=get_target("x86").tvm())
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "int32"), dev)
+    lib["main"](tvm.runtime.tensor(_block(x), dev), tvm.runtime.tensor(packed, dev), y)
+    assert np.array_equal(_unblock(y.numpy()), _reference(x, wt, stride, pad))
+
+    asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+    body = asm.split("main_compute_:")[1]  # the kernel's parallel bodies
+    assert "vpmaddwd" in body
+    for wide in ("vpmulld", "vpmullw", "imul"):  # no other vector/scalar multiply of data
+        assert f"\t{wide}\t" not in body, wide
+    # a widened activation pair is one 32-bit word broadcast from memory
+    assert bool(re.search(r"vpbroadcastd\t-?\w*\(%", body)) == wide_data
+
+    report = audit_module(mod)  # the kernel's own 8-bit parameters (no constants bound)
+    if w_dtype == "int16":  # widened weights are 8-bit by value only: a constant the audit
+        assert report.wide_multiplies > 0  # cannot see here counts as wide
+    else:
+        oh, ow = y.shape[2:4]
+        assert report.wide_multiplies == 0
+        assert report.macs_8bit == cout * cin * oh * ow * k * k
