@@ -145,44 +145,43 @@ def narrow_constant_params(mod) -> dict:
             for name, calls in sites.items()}
 
 
-def _narrow_stores(func, narrow_params) -> list:
-    """Buffers of ``func`` whose every store writes an 8-bit value (see module doc)."""
-    stores: dict = {}
+def _narrow_test(func, params: set, blocks):
+    """``narrow(buffer)`` for :func:`_operand_bits`: the buffer is one of ``func``'s params in
+    ``params`` (indices), or a buffer only ever written 8-bit values, directly or through the
+    match buffers of tensorized blocks."""
+    alias = [(mb.buffer, _tvm.region_tensor(mb.source)) for b in blocks for mb in b.match_buffers]
+
+    def root(buf):
+        for _ in range(len(alias) + 1):
+            nxt = next((src for b, src in alias if b.same_as(buf)), None)
+            if nxt is None:
+                return buf
+            buf = nxt
+        return buf
+
+    params = [func.params[i] for i in params]
+
+    def is_param(buf):
+        return any(root(buf).same_as(p) for p in params)
+
+    stores: list = []  # (root buffer, stored values)
 
     def visit(e):
         if node_kind(e) in ("BufferStore", "TensorStore"):
-            stores.setdefault(e.buffer, []).append(e.value)
+            buf = root(e.buffer)
+            entry = next((s for s in stores if s[0].same_as(buf)), None)
+            if entry is None:
+                stores.append(entry := (buf, []))
+            entry[1].append(e.value)
 
     _tvm.post_order_visit(func.body, visit)
-
-    def param(buf):
-        return any(buf.same_as(p) for p in narrow_params)
-
-    out = []
-    for buf, values in stores.items():
-        bits = [_operand_bits(v, param) for v in values]
-        if all(b is not None and b <= 8 for b in bits):
-            out.append(buf)
-    return out
-
-
-def _narrow_test(func, params: set, blocks):
-    """``narrow(buffer)`` for :func:`_operand_bits`: the buffer is one of ``func``'s params in
-    ``params`` (indices) or a buffer only ever written 8-bit values, directly or through the
-    match buffers of tensorized blocks."""
-    narrow = [func.params[i] for i in params]
-    narrow += _narrow_stores(func, narrow)
-    alias = [(mb.buffer, _tvm.region_tensor(mb.source)) for b in blocks for mb in b.match_buffers]
+    written_narrow = [buf for buf, values in stores
+                      if all((b := _operand_bits(v, is_param)) is not None and b <= 8
+                             for v in values)]
 
     def test(buf):
-        for _ in range(len(alias) + 1):
-            if any(buf.same_as(p) for p in narrow):
-                return True
-            nxt = next((src for b, src in alias if b.same_as(buf)), None)
-            if nxt is None:
-                return False
-            buf = nxt
-        return False
+        buf = root(buf)
+        return is_param(buf) or any(buf.same_as(w) for w in written_narrow)
 
     return test
 

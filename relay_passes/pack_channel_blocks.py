@@ -33,7 +33,9 @@ used by one pixel per load (1x1 convs on small maps, see :func:`wide_weights_pay
 the narrow tile, widened in registers and shared by several pixels, is as fast and half the
 bytes.  Activations widened (``wide_data``, AVX2): every conv copies its padded input to int16
 once (``conv2d_nchwc(..., wide_data=True)``), so an activation pair is a single 32-bit
-broadcast load for ``vpmaddwd`` instead of a broadcast plus a widening at each of its uses.
+broadcast load for ``vpmaddwd`` instead of a broadcast plus a widening at each of its uses; a
+tap-pair depthwise conv rewrites its padded plane once as widened column pairs
+(``depthwise_pairs_nchwc(..., wide_pairs=True)``) and keeps its weights in int16.
 
 Dot instructions that only take unsigned activations (VNNI is u8 x s8) get int8 inputs offset:
 ``conv(x, w) = conv(x + 128, w) - 128 * sum(w)`` with ``x + 128`` as uint8, padded with 128
@@ -219,13 +221,19 @@ class _Packer:
                 x = self.block(self.unblock(x), self.lanes)
             if self.pair_taps and dilation[1] == 1 and kw > 1:
                 te_func = depthwise_pairs_nchwc
-                args = (relax.const(pack_depthwise_pairs(w, self.lanes)), kw)
+                packed = pack_depthwise_pairs(w, self.lanes)
+                if self.wide_data:  # widened pairs read with int16 weights from memory
+                    packed = packed.astype(np.int16)
+                args = (relax.const(packed), kw)
             else:
                 te_func = depthwise_nchwc
                 args = (relax.const(pack_depthwise_weight(w, self.lanes)),)
+            if te_func is depthwise_pairs_nchwc:
+                args += (strides, padding, dilation, pad_value, self.wide_data)
+            else:
+                args += (strides, padding, dilation, pad_value)
             out = self.bb.emit(self.bb.call_te(
-                te_func, x.expr, *args, strides, padding, dilation, pad_value,
-                primfunc_name_hint="depthwise_nchwc"), name)
+                te_func, x.expr, *args, primfunc_name_hint="depthwise_nchwc"), name)
             return _Blocked(out, o, self.lanes)
         return None
 

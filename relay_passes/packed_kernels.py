@@ -21,6 +21,7 @@ from f8tvm._tvm import te, tir
 CONV_BLOCK = "conv_nchwc"  # schedules find the kernels by these block names
 DEPTHWISE_BLOCK = "depthwise_nchwc"
 PAD_BLOCK = "pad_nchwc"
+PAIR_BLOCK = "pairs_nchwc"  # the widened column pairs a depthwise conv reads (wide_pairs)
 
 
 def _pad(data, padding, pad_value, extra_right=0, dtype=None):
@@ -102,14 +103,20 @@ def depthwise_nchwc(data, kernel, strides, padding, dilation, pad_value=0):
         name=DEPTHWISE_BLOCK)
 
 
-def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_value=0):
+def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_value=0,
+                          wide_pairs=False):
     """The depthwise conv of :func:`depthwise_nchwc` with the window's columns taken two at a
     time, so that a 2-deep dot instruction (AVX2 ``vpmaddwd``) forms two taps' products of a
     channel and adds them in one step:
     ``out[n, c, y, x, b] = sum_{ky, p, k} d[n, c, y*s+ky*dl, x*s+2p+k, b] * w[c, ky, p, b, k]``.
     ``kernel`` is ``(C/b, KH, ceil(kw/2), b, 2)``; an odd ``kw`` leaves one phantom tap per row
     whose weight is zero (it reads one pad column past the window; those MACs are executed and
-    counted).  Width dilation must be 1 (the pair is two adjacent columns)."""
+    counted).  Width dilation must be 1 (the pair is two adjacent columns).
+
+    ``wide_pairs``: the padded input is first rewritten as its column pairs, widened to int16,
+    ``pairs[n, c, y, j, b, k] = int16(d_pad[n, c, y, j*g + k, b])`` (``g`` = gcd(stride, 2):
+    every column pair a window reads, once), so that the dot reads a pair of taps of 8
+    channels as one 32-byte load, with no shuffle or widening per use."""
     n, cc, _, _, cb = (int(v) for v in data.shape)
     cc2, kh, kp, cb2, two = (int(v) for v in kernel.shape)
     assert (cc, cb, two) == (cc2, cb2, 2) and kp == (kw + 1) // 2, (data.shape, kernel.shape, kw)
@@ -119,10 +126,23 @@ def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_valu
     rp = te.reduce_axis((0, kp), "rp")
     rk = te.reduce_axis((0, 2), "rk")
     sw = strides[1]
+    if not wide_pairs:
+        return te.compute(
+            (n, cc, oh, ow, cb),
+            lambda b, c, y, x, cl: te.sum(
+                dp[b, c, row(y), x * sw + 2 * rp + rk, cl].astype("int32")
+                * kernel[c, ry, rp, cl, rk].astype("int32"),
+                axis=[ry, rp, rk]),
+            name=DEPTHWISE_BLOCK)
+    g = 2 if sw % 2 == 0 else 1
+    _, _, hp, wp, _ = (int(v) for v in dp.shape)
+    pairs = te.compute(
+        (n, cc, hp, (wp - 2) // g + 1, cb, 2),
+        lambda i, c, y, j, b, k: dp[i, c, y, j * g + k, b].astype("int16"), name=PAIR_BLOCK)
     return te.compute(
         (n, cc, oh, ow, cb),
         lambda b, c, y, x, cl: te.sum(
-            dp[b, c, row(y), x * sw + 2 * rp + rk, cl].astype("int32")
+            pairs[b, c, row(y), x * (sw // g) + rp * (2 // g), cl, rk].astype("int32")
             * kernel[c, ry, rp, cl, rk].astype("int32"),
             axis=[ry, rp, rk]),
         name=DEPTHWISE_BLOCK)

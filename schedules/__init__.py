@@ -36,6 +36,11 @@ class DotIntrin:
     wide_data_intrin: str | None = None
     wide_data_wide_intrin: str | None = None
     wide_data_a_cost: float = 0.5  # a widened pair is a broadcast load: no ALU instruction
+    # depthwise convs on widened column pairs (``depthwise_pairs_nchwc(..., wide_pairs=True)``,
+    # with ``wide_data``): the dot, and the intrinsic that makes the pairs (uint8 / int8 input)
+    dw_pair_wide: str | None = None
+    pair_interleave: str | None = None
+    pair_interleave_signed: str | None = None
 
     @property
     def wide_data(self) -> bool:
@@ -53,7 +58,8 @@ class DotIntrin:
         a_dtype, b_dtype = operand_dtypes(block)
         signed = a_dtype == "int8"
         if depthwise:
-            name = self.dw_pair_signed if signed else self.dw_pair
+            name = self.dw_pair_wide if a_dtype == "int16" else (
+                self.dw_pair_signed if signed else self.dw_pair)
         elif a_dtype == "int16":
             name = self.wide_data_wide_intrin if b_dtype == "int16" else self.wide_data_intrin
         elif b_dtype == "int16":
@@ -76,7 +82,8 @@ def _x86():
         "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
                               x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
                               x.AVX2_8x2_W16, x.AVX2_8x2_W16 + "_s8",
-                              x.AVX2_8x2_A16, x.AVX2_8x2_A16W16),
+                              x.AVX2_8x2_A16, x.AVX2_8x2_A16W16, 0.5,
+                              x.AVX2_DW_8x2_WIDE, x.AVX2_PAIRS, x.AVX2_PAIRS + "_s8"),
     }
 
 

@@ -10,7 +10,7 @@ come from :func:`default_conv_tiles`.
 
 from __future__ import annotations
 
-from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK
+from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
 
 from . import _sch
 
@@ -85,8 +85,14 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
     plane = sch.fuse(b, c)
     sch.parallel(plane)
     _sch.fuse_epilogue(sch, dw, x_o)
-    # the tap-pair form reads one padded plane per channel block: pad it there, from cache
+    # the tap-pair form reads one padded plane per channel block: pad it there, from cache (and
+    # make its widened column pairs there too)
+    widened = _sch._block_or_none(sch, PAIR_BLOCK) if pairs else None
+    if widened is not None:
+        sch.compute_at(widened, plane, preserve_unit_loops=True)
     pad_done = pairs and _sch.compute_pad_at(sch, PAD_BLOCK, plane)
+    if widened is not None:
+        _interleave(sch, dot, widened)
     if pairs:
         init = sch.decompose_reduction(dw, ry)
         _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
@@ -103,3 +109,11 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
     if not pad_done:
         _sch.schedule_pad(sch, PAD_BLOCK)
+
+
+def _interleave(sch, dot, blk) -> None:
+    """The widened column pairs of a plane (``wide_pairs``): one interleave-and-widen intrinsic
+    per pair of columns."""
+    a_dtype = _sch.load_dtypes(sch.get(blk))[0]
+    sch.tensorize(sch.get_loops(blk)[-2],
+                  dot.pair_interleave_signed if a_dtype == "int8" else dot.pair_interleave)

@@ -33,6 +33,8 @@ AVX2_8x2_W16 = "f8tvm_avx2_8x2_u8w16i32"  # the same, weights stored widened (in
 AVX2_8x2_A16 = "f8tvm_avx2_8x2_a16i8i32"  # activations stored widened (int16 copies of 8 bits)
 AVX2_8x2_A16W16 = "f8tvm_avx2_8x2_a16w16i32"  # activations and weights stored widened
 AVX2_DW_8x2 = "f8tvm_avx2_dw_8x2_u8i8i32"  # depthwise: 8 channels x 2 taps (pairs of columns)
+AVX2_DW_8x2_WIDE = "f8tvm_avx2_dw_8x2_a16w16i32"  # depthwise on widened pairs, int16 weights
+AVX2_PAIRS = "f8tvm_avx2_pairs_u8"  # interleave two columns of 8 channels, widen to int16
 
 
 def _dot_desc(lanes: int, depth: int, a_dtype: str, b_dtype: str = "int8"):
@@ -184,3 +186,77 @@ def _dw_pair_impl(a_dtype: str):
 for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
     TensorIntrin.register(AVX2_DW_8x2 + _suffix, _dw_pair_desc(_a), _dw_pair_impl(_a),
                           override=True)
+
+
+# Depthwise on widened pairs (``depthwise_pairs_nchwc(..., wide_pairs=True)``): the input was
+# rewritten once as int16 column pairs ``A[i, k]`` (channel i, column k), so a tap pair of 8
+# channels is one 32-byte load and ``vpmaddwd`` takes the int16 weights from memory.
+@T.prim_func(s_tir=True)
+def _dw_wide_desc(
+    A: T.Buffer((8, 2), "int16", offset_factor=1),
+    B: T.Buffer((8, 2), "int16", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8, 0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dw_wide_impl(
+    A: T.Buffer((8, 2), "int16", offset_factor=1),
+    B: T.Buffer((8, 2), "int16", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8, 0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] = _pmadd_acc(C, A.vload([0, 0], dtype="int16x16"),
+                                                 _weight_tile(B, "int16"))
+
+
+TensorIntrin.register(AVX2_DW_8x2_WIDE, _dw_wide_desc, _dw_wide_impl, override=True)
+
+
+# The pairs themselves: ``P[i, k] = int16(D[k, i])`` for two adjacent columns ``D`` (16 bytes:
+# column 0's 8 channels, then column 1's) -- one byte shuffle and one widening per pair.
+def _pairs_desc(a_dtype: str):
+    @T.prim_func(s_tir=True)
+    def desc(
+        D: T.Buffer((2, 8), a_dtype, offset_factor=1),
+        P: T.Buffer((8, 2), "int16", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(D[0:2, 0:8])
+            T.writes(P[0:8, 0:2])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("pair"):
+                        vi, vk = T.axis.remap("SS", [i, k])
+                        P[vi, vk] = T.Cast("int16", D[vk, vi])
+
+    return desc
+
+
+def _pairs_impl(a_dtype: str):
+    @T.prim_func(s_tir=True)
+    def impl(
+        D: T.Buffer((2, 8), a_dtype, offset_factor=1),
+        P: T.Buffer((8, 2), "int16", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(D[0:2, 0:8])
+            T.writes(P[0:8, 0:2])
+            P.vstore([0, 0], T.Cast(
+                "int16x16", T.Shuffle([D.vload([0, 0], dtype=a_dtype + "x16")], _INTERLEAVE)))
+
+    return impl
+
+
+for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
+    TensorIntrin.register(AVX2_PAIRS + _suffix, _pairs_desc(_a), _pairs_impl(_a), override=True)

@@ -5,7 +5,7 @@ counts its MACs (phantom column of an odd kernel width included)."""
 import numpy as np
 import pytest
 
-from f8tvm._tvm import te, tvm
+from f8tvm._tvm import post_order_visit, te, tvm
 from relay_passes.audit_multiplies import audit_module
 from relay_passes.pack_channel_blocks import pack_depthwise_pairs
 from relay_passes.packed_kernels import depthwise_pairs_nchwc
@@ -45,10 +45,10 @@ def _unblock(y):
     return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
 
 
-def _build(shape, kernel_shape, kw, stride, pad, dtype):
+def _build(shape, kernel_shape, kw, stride, pad, dtype, wide):
     data = te.placeholder(shape, dtype, name="data")
-    kernel = te.placeholder(kernel_shape, "int8", name="kernel")
-    out = depthwise_pairs_nchwc(data, kernel, kw, (stride, stride), pad, (1, 1))
+    kernel = te.placeholder(kernel_shape, "int16" if wide else "int8", name="kernel")
+    out = depthwise_pairs_nchwc(data, kernel, kw, (stride, stride), pad, (1, 1), 0, wide)
     func = te.create_prim_func([data, kernel, out])
     sched = default_schedule(func, find_dot("vpmaddwd"))
     mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
@@ -62,19 +62,22 @@ CASES = [  # (C, H, W, KH, KW, stride, (top, left, bottom, right), activation dt
     (8, 13, 13, 5, 5, 2, (2, 2, 2, 2), "int8"),
     (8, 7, 9, 3, 4, 1, (1, 2, 1, 1), "int8"),  # even width: no phantom column
     (8, 8, 8, 3, 3, 1, (0, 0, 0, 0), "uint8"),  # unpadded: only the phantom column is padded
+    (16, 11, 11, 3, 3, 3, (1, 1, 1, 1), "uint8"),  # odd stride > 1: pairs at every column
 ]
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["pairs", "widened-pairs"])
 @pytest.mark.parametrize("c,h,w,kh,kw,stride,pad,dtype", CASES)
-def test_pair_kernel_is_exact_and_uses_vpmaddwd(c, h, w, kh, kw, stride, pad, dtype):
+def test_pair_kernel_is_exact_and_uses_vpmaddwd(c, h, w, kh, kw, stride, pad, dtype, wide):
+    """``wide``: the input rewritten once as widened column pairs, int16 weights."""
     rng = np.random.default_rng(c + h + kw + stride)
     lo, hi = (0, 255) if dtype == "uint8" else (-128, 127)
     x = rng.integers(lo, hi + 1, (1, c, h, w)).astype(dtype)
     x.flat[:c] = hi  # extremes: the largest products a lane can take
     wt = rng.integers(-128, 128, (c, 1, kh, kw)).astype("int8")
     wt[0] = -128
-    packed = pack_depthwise_pairs(wt, LANES)
-    mod, lib, out_shape = _build(_block(x).shape, packed.shape, kw, stride, pad, dtype)
+    packed = pack_depthwise_pairs(wt, LANES).astype("int16" if wide else "int8")
+    mod, lib, out_shape = _build(_block(x).shape, packed.shape, kw, stride, pad, dtype, wide)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros(out_shape, "int32"), dev)
     lib["main"](tvm.runtime.tensor(_block(x), dev), tvm.runtime.tensor(packed, dev), out)
@@ -85,13 +88,28 @@ def test_pair_kernel_is_exact_and_uses_vpmaddwd(c, h, w, kh, kw, stride, pad, dt
     body = asm.split("main_compute_:")
     assert len(body) == 2  # the kernel's parallel body
     assert "vpmaddwd" in body[1]
-    for wide in ("vpmulld", "vpmullw", "imul"):  # no other vector/scalar multiply of data
-        assert f"\t{wide}\t" not in body[1], wide
+    for op in ("vpmulld", "vpmullw", "imul"):  # no other vector/scalar multiply of data
+        assert f"\t{op}\t" not in body[1], op
+
+    shuffles = {}  # block -> does it shuffle lanes?
+
+    def visit(node):
+        if type(node).__name__ == "SBlock":
+            shuffles[node.name_hint] = "Shuffle" in str(node.body)
+
+    post_order_visit(mod["main"].body, visit)
+    # the dot reads its tap pairs as they are (widened pairs) or shuffles them per use
+    assert shuffles["depthwise_nchwc_update_o"] == (not wide)
+    assert shuffles.get("pairs_nchwc_o", False) == wide  # the pairs are made once
 
     report = audit_module(mod)
     oh, ow = out_shape[2:4]
-    assert report.wide_multiplies == 0
-    assert report.macs_8bit == c * oh * ow * kh * 2 * ((kw + 1) // 2)
+    if wide:  # the pairs are 8-bit by their stores; int16 weights only by a bound constant,
+        # and this module binds none
+        assert [v["operand_bits"] for v in report.violations] == [[8, 16]]
+    else:
+        assert report.wide_multiplies == 0
+        assert report.macs_8bit == c * oh * ow * kh * 2 * ((kw + 1) // 2)
 
 
 def test_pair_weights_layout():
