@@ -142,43 +142,64 @@ TensorIntrin.register(AVX2_8x2_A16W16, _dot_desc(8, 2, "int16", "int16"),
 # channels, two window columns.  The activations of the two columns are adjacent in the blocked
 # layout (``[k, i]``, 16 bytes); one byte shuffle interleaves them so that ``vpmaddwd`` multiplies
 # lane pair (2i, 2i+1) = channel i at both columns by its two weights ``B[i, 0:2]`` and adds them.
-def _dw_pair_desc(a_dtype: str):
+# On widened pairs (``depthwise_pairs_nchwc(..., wide_pairs=True)``) the input was rewritten once
+# as int16 column pairs ``A[i, k]``, so a tap pair of 8 channels is one 32-byte load, and the
+# weights are int16 too: ``vpmaddwd``'s memory operand.
+_INTERLEAVE = [j for i in range(8) for j in (i, i + 8)]
+
+
+def _pair_shape(a_dtype):
+    return (8, 2) if a_dtype == "int16" else (2, 8)
+
+
+def _tap(A, a_dtype, i, k):
+    """Channel ``i`` at column ``k`` of a tap pair ``A`` (its layout: :func:`_pair_shape`)."""
+    return A[i, k] if a_dtype == "int16" else A[k, i]
+
+
+def _tap_pair(A, a_dtype):
+    """The tap pair as 16 int16 lanes, lane pair (2i, 2i+1) = channel i at both columns."""
+    if a_dtype == "int16":
+        return A.vload([0, 0], dtype="int16x16")
+    return T.Cast("int16x16", T.Shuffle([A.vload([0, 0], dtype=a_dtype + "x16")], _INTERLEAVE))
+
+
+def _dw_pair_desc(a_dtype: str, b_dtype: str = "int8"):
+    sa, sb = _pair_shape(a_dtype)
+
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((2, 8), a_dtype, offset_factor=1),
-        B: T.Buffer((8, 2), "int8", offset_factor=1),
+        A: T.Buffer((sa, sb), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 2), b_dtype, offset_factor=1),
         C: T.Buffer((8,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:2, 0:8], B[0:8, 0:2])
+            T.reads(C[0:8], A[0:sa, 0:sb], B[0:8, 0:2])
             T.writes(C[0:8])
             for i in T.serial(0, 8):
                 for k in T.serial(0, 2):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
+                        C[vi] = C[vi] + T.cast(_tap(A, a_dtype, vi, vk), "int32") * T.cast(
+                            B[vi, vk], "int32")
 
     return desc
 
 
-_INTERLEAVE = [j for i in range(8) for j in (i, i + 8)]
+def _dw_pair_impl(a_dtype: str, b_dtype: str = "int8"):
+    sa, sb = _pair_shape(a_dtype)
 
-
-def _dw_pair_impl(a_dtype: str):
     @T.prim_func(s_tir=True)
     def impl(
-        A: T.Buffer((2, 8), a_dtype, offset_factor=1),
-        B: T.Buffer((8, 2), "int8", offset_factor=1),
+        A: T.Buffer((sa, sb), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 2), b_dtype, offset_factor=1),
         C: T.Buffer((8,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:2, 0:8], B[0:8, 0:2])
+            T.reads(C[0:8], A[0:sa, 0:sb], B[0:8, 0:2])
             T.writes(C[0:8])
-            C[T.ramp(T.int32(0), 1, 8)] = _pmadd_acc(
-                C,
-                T.Cast("int16x16", T.Shuffle([A.vload([0, 0], dtype=a_dtype + "x16")],
-                                             _INTERLEAVE)),
-                _weight_tile(B, "int8"))
+            C[T.ramp(T.int32(0), 1, 8)] = _pmadd_acc(C, _tap_pair(A, a_dtype),
+                                                     _weight_tile(B, b_dtype))
 
     return impl
 
@@ -186,41 +207,8 @@ def _dw_pair_impl(a_dtype: str):
 for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
     TensorIntrin.register(AVX2_DW_8x2 + _suffix, _dw_pair_desc(_a), _dw_pair_impl(_a),
                           override=True)
-
-
-# Depthwise on widened pairs (``depthwise_pairs_nchwc(..., wide_pairs=True)``): the input was
-# rewritten once as int16 column pairs ``A[i, k]`` (channel i, column k), so a tap pair of 8
-# channels is one 32-byte load and ``vpmaddwd`` takes the int16 weights from memory.
-@T.prim_func(s_tir=True)
-def _dw_wide_desc(
-    A: T.Buffer((8, 2), "int16", offset_factor=1),
-    B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:8, 0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _dw_wide_impl(
-    A: T.Buffer((8, 2), "int16", offset_factor=1),
-    B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:8, 0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 8)] = _pmadd_acc(C, A.vload([0, 0], dtype="int16x16"),
-                                                 _weight_tile(B, "int16"))
-
-
-TensorIntrin.register(AVX2_DW_8x2_WIDE, _dw_wide_desc, _dw_wide_impl, override=True)
+TensorIntrin.register(AVX2_DW_8x2_WIDE, _dw_pair_desc("int16", "int16"),
+                      _dw_pair_impl("int16", "int16"), override=True)
 
 
 # The pairs themselves: ``P[i, k] = int16(D[k, i])`` for two adjacent columns ``D`` (16 bytes:

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from kernel_ref import block, conv, unblock
 
 from f8tvm._tvm import te, tvm
 from relay_passes.audit_multiplies import audit_module
@@ -16,35 +17,6 @@ from schedules import default_schedule, find_dot
 from targets import get_target
 
 LANES, DEPTH = 8, 2
-
-
-def _reference(x, w, stride, pad):
-    """int64 conv of NCHW ``x`` with OIHW ``w``, zero padding ``(top, left, bottom, right)``."""
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    top, left, bottom, right = pad
-    xp = np.zeros((n, c, h + top + bottom, wd + left + right), np.int64)
-    xp[:, :, top:top + h, left:left + wd] = x
-    oh = (h + top + bottom - kh) // stride + 1
-    ow = (wd + left + right - kw) // stride + 1
-    out = np.zeros((n, o, oh, ow), np.int64)
-    for ky in range(kh):
-        for kx in range(kw):
-            rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
-            cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
-            win = xp[:, :, rows, cols]
-            out += np.einsum("nchw,oc->nohw", win, w[:, :, ky, kx].astype(np.int64))
-    return out
-
-
-def _block(x):
-    n, c, h, w = x.shape
-    return np.ascontiguousarray(x.reshape(n, c // LANES, LANES, h, w).transpose(0, 1, 3, 4, 2))
-
-
-def _unblock(y):
-    n, cb, h, w, b = y.shape
-    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
 
 
 CASES = [  # (C_in, C_out, H, W, K, stride, pad, activations, weights, widened activations)
@@ -67,7 +39,7 @@ def test_conv_kernel_is_exact_and_uses_vpmaddwd(cin, cout, h, w, k, stride, pad,
     wt[0] = -128
     packed = pack_conv_weight(wt, LANES, LANES, DEPTH).astype(w_dtype)
 
-    data = te.placeholder(_block(x).shape, a_dtype, name="data")
+    data = te.placeholder(block(x).shape, a_dtype, name="data")
     kernel = te.placeholder(packed.shape, w_dtype, name="kernel")
     out = conv2d_nchwc(data, kernel, (stride, stride), pad, (1, 1), 0, wide_data)
     mod = tvm.IRModule({"main": default_schedule(
@@ -76,8 +48,8 @@ def test_conv_kernel_is_exact_and_uses_vpmaddwd(cin, cout, h, w, k, stride, pad,
     lib = tvm.compile(mod, target=get_target("x86").tvm())
     dev = tvm.cpu()
     y = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "int32"), dev)
-    lib["main"](tvm.runtime.tensor(_block(x), dev), tvm.runtime.tensor(packed, dev), y)
-    assert np.array_equal(_unblock(y.numpy()), _reference(x, wt, stride, pad))
+    lib["main"](tvm.runtime.tensor(block(x), dev), tvm.runtime.tensor(packed, dev), y)
+    assert np.array_equal(unblock(y.numpy()), conv(x, wt, stride, pad))
 
     asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
     body = asm.split("main_compute_:")[1]  # the kernel's parallel bodies

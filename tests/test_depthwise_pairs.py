@@ -4,6 +4,7 @@ counts its MACs (phantom column of an odd kernel width included)."""
 
 import numpy as np
 import pytest
+from kernel_ref import block, conv, unblock
 
 from f8tvm._tvm import post_order_visit, te, tvm
 from relay_passes.audit_multiplies import audit_module
@@ -13,36 +14,6 @@ from schedules import default_schedule, find_dot
 from targets import get_target
 
 LANES = 8
-
-
-def _reference(x, w, stride, pad):
-    """int64 depthwise conv of NCHW ``x`` with ``(C, 1, KH, KW)`` weights, zero padding
-    ``(top, left, bottom, right)``."""
-    n, c, h, wd = x.shape
-    kh, kw = w.shape[2:]
-    top, left, bottom, right = pad
-    xp = np.zeros((n, c, h + top + bottom, wd + left + right), np.int64)
-    xp[:, :, top:top + h, left:left + wd] = x
-    oh = (h + top + bottom - kh) // stride + 1
-    ow = (wd + left + right - kw) // stride + 1
-    out = np.zeros((n, c, oh, ow), np.int64)
-    for ky in range(kh):
-        for kx in range(kw):
-            rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
-            cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
-            win = xp[:, :, rows, cols]
-            out += win * w[None, :, 0, ky, kx, None, None].astype(np.int64)
-    return out
-
-
-def _block(x):
-    n, c, h, w = x.shape
-    return np.ascontiguousarray(x.reshape(n, c // LANES, LANES, h, w).transpose(0, 1, 3, 4, 2))
-
-
-def _unblock(y):
-    n, cb, h, w, b = y.shape
-    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
 
 
 def _build(shape, kernel_shape, kw, stride, pad, dtype, wide):
@@ -77,11 +48,11 @@ def test_pair_kernel_is_exact_and_uses_vpmaddwd(c, h, w, kh, kw, stride, pad, dt
     wt = rng.integers(-128, 128, (c, 1, kh, kw)).astype("int8")
     wt[0] = -128
     packed = pack_depthwise_pairs(wt, LANES).astype("int16" if wide else "int8")
-    mod, lib, out_shape = _build(_block(x).shape, packed.shape, kw, stride, pad, dtype, wide)
+    mod, lib, out_shape = _build(block(x).shape, packed.shape, kw, stride, pad, dtype, wide)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros(out_shape, "int32"), dev)
-    lib["main"](tvm.runtime.tensor(_block(x), dev), tvm.runtime.tensor(packed, dev), out)
-    assert np.array_equal(_unblock(out.numpy()), _reference(x, wt, stride, pad))
+    lib["main"](tvm.runtime.tensor(block(x), dev), tvm.runtime.tensor(packed, dev), out)
+    assert np.array_equal(unblock(out.numpy()), conv(x, wt, stride, pad, depthwise=True))
 
     asm = lib.mod.imports[0].inspect_source("asm") if lib.mod.imports else \
         lib.mod.inspect_source("asm")
