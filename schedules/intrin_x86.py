@@ -240,8 +240,7 @@ def _pairs_impl(a_dtype: str):
         with T.sblock("root"):
             T.reads(D[0:2, 0:8])
             T.writes(P[0:8, 0:2])
-            P.vstore([0, 0], T.Cast(
-                "int16x16", T.Shuffle([D.vload([0, 0], dtype=a_dtype + "x16")], _INTERLEAVE)))
+            P.vstore([0, 0], _tap_pair(D, a_dtype))  # the shuffle a tap pair of bytes needs
 
     return impl
 
