@@ -219,19 +219,16 @@ class _Packer:
         if groups == c_in == o and i_per_group == 1:
             if not isinstance(x, _Blocked) or x.block != self.lanes:
                 x = self.block(self.unblock(x), self.lanes)
+            window = (strides, padding, dilation, pad_value)
             if self.pair_taps and dilation[1] == 1 and kw > 1:
                 te_func = depthwise_pairs_nchwc
                 packed = pack_depthwise_pairs(w, self.lanes)
                 if self.wide_data:  # widened pairs read with int16 weights from memory
                     packed = packed.astype(np.int16)
-                args = (relax.const(packed), kw)
+                args = (relax.const(packed), kw, *window, self.wide_data)
             else:
                 te_func = depthwise_nchwc
-                args = (relax.const(pack_depthwise_weight(w, self.lanes)),)
-            if te_func is depthwise_pairs_nchwc:
-                args += (strides, padding, dilation, pad_value, self.wide_data)
-            else:
-                args += (strides, padding, dilation, pad_value)
+                args = (relax.const(pack_depthwise_weight(w, self.lanes)), *window)
             out = self.bb.emit(self.bb.call_te(
                 te_func, x.expr, *args, primfunc_name_hint="depthwise_nchwc"), name)
             return _Blocked(out, o, self.lanes)

@@ -78,12 +78,16 @@ def _x86():
     return {
         # vpdpbusd takes the broadcast and the weight tile as memory operands
         "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, 16, 4, 24, None, 0.5, 1.0),
-        # AVX2: vpbroadcastw + vpmovzxbw per activation pair, vpmovsxbw per weight tile
+        # AVX2: vpbroadcastw + vpmovzxbw per 8-bit activation pair (a widened pair: one
+        # broadcast load), vpmovsxbw per int8 weight tile
         "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
                               x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
                               x.AVX2_8x2_W16, x.AVX2_8x2_W16 + "_s8",
-                              x.AVX2_8x2_A16, x.AVX2_8x2_A16W16, 0.5,
-                              x.AVX2_DW_8x2_WIDE, x.AVX2_PAIRS, x.AVX2_PAIRS + "_s8"),
+                              wide_data_intrin=x.AVX2_8x2_A16,
+                              wide_data_wide_intrin=x.AVX2_8x2_A16W16,
+                              dw_pair_wide=x.AVX2_DW_8x2_WIDE,
+                              pair_interleave=x.AVX2_PAIRS,
+                              pair_interleave_signed=x.AVX2_PAIRS + "_s8"),
     }
 
 

@@ -168,12 +168,3 @@ def operand_dtypes(block) -> tuple[str, str]:
         raise ValueError(f"block {block.name_hint} multiplies no tensor data")
     return found[0]
 
-
-def load_dtypes(block) -> list:
-    """Dtypes of the tensor loads in ``block``'s body, in visit order."""
-    from f8tvm._tvm import expr_dtype, node_kind, post_order_visit
-
-    found = []
-    post_order_visit(block.body, lambda e: found.append(expr_dtype(e))
-                     if node_kind(e) in ("BufferLoad", "TensorLoad") else None)
-    return found

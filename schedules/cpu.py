@@ -10,6 +10,7 @@ come from :func:`default_conv_tiles`.
 
 from __future__ import annotations
 
+from f8tvm import _tvm
 from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
 
 from . import _sch
@@ -114,6 +115,6 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
 def _interleave(sch, dot, blk) -> None:
     """The widened column pairs of a plane (``wide_pairs``): one interleave-and-widen intrinsic
     per pair of columns."""
-    a_dtype = _sch.load_dtypes(sch.get(blk))[0]
+    a_dtype = _tvm.region_tensor(sch.get(blk).reads[0]).dtype  # the padded plane's
     sch.tensorize(sch.get_loops(blk)[-2],
                   dot.pair_interleave_signed if a_dtype == "int8" else dot.pair_interleave)
