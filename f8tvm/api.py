@@ -5,7 +5,9 @@ Pipeline (phases; ``debug_dump`` writes the IR after each):
 1. import      torch.export -> Relax, bindings named after PyTorch modules
 2. fold        FoldBatchNorm, FoldConstant, CanonicalizeBindings, DeadCodeElimination
 3. calibrate   float layer graph on calibration batches -> FixedPointPlan (F8Net rules)
-4. integer     QuantizeToInteger(plan): int8 conv/dense, int32 acc, shift requantize
+4. integer     QuantizeToInteger(plan): int8 conv/dense, int32 acc, shift requantize;
+               ClipAfterRequantize (activation clips applied on the 8-bit side, exactly);
+               OffsetUnsignedActivations on targets whose dot product wants int8 data
                (requantize="multiplier": RequantizeWithMultiplier after phase 5, a
                comparison build with int32 fixed-point multiplies, not 8-bit only)
 5. pack        PackChannelBlocks: the blocked layout of the target's dot-product instruction
@@ -138,6 +140,16 @@ def _batches(calib, example_input):
         yield np.asarray(b, np.float32)
 
 
+def integer(float_mod, graph, plan, target_preset):
+    """Phase 4: the integer program of ``graph`` under ``plan``, ready to pack for the target."""
+    from relay_passes.clip_after_requantize import ClipAfterRequantize
+    from relay_passes.offset_activations import offset_for_target
+    from relay_passes.quantize_to_integer import QuantizeToInteger
+
+    int_mod = ClipAfterRequantize(QuantizeToInteger(graph, plan)(float_mod))
+    return offset_for_target(int_mod, target_preset)  # ARM: int8 activations for sdot (exact)
+
+
 def pack(int_mod, target_preset):
     """Phase 5: blocked channel layout for the target's dot-product instruction (if any)."""
     from relay_passes.pack_channel_blocks import PackChannelBlocks
@@ -178,7 +190,6 @@ def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, stri
 
 def fuse(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME, plan=None):
     """The fused (legalized, not yet scheduled) kernels of a model: what tuning works on."""
-    from relay_passes.quantize_to_integer import QuantizeToInteger
     from targets import get_target
 
     from ._tvm import fuse_relax
@@ -193,9 +204,7 @@ def fuse(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME,
         plan = plan_fixed_point(graph, stats, scheme)
     elif callable(plan):
         plan = plan(graph)
-    from relay_passes.offset_activations import offset_for_target
-
-    int_mod = offset_for_target(QuantizeToInteger(graph, plan)(float_mod), preset)
+    int_mod = integer(float_mod, graph, plan, preset)
     return fuse_relax(pack(int_mod, preset), preset.tvm()), preset
 
 
@@ -231,8 +240,6 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
         **not** 8-bit only: its audit records the wide requantize multiplies instead of failing,
         and the metadata's ``requantize`` entry says so.
     """
-    from relay_passes.offset_activations import offset_for_target
-    from relay_passes.quantize_to_integer import QuantizeToInteger
     from targets import get_target
 
     from ._tvm import compile_relax_lowered
@@ -268,8 +275,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     elif callable(plan):
         plan = plan(graph)
     note("integer", 0, None)
-    int_mod = QuantizeToInteger(graph, plan)(float_mod)
-    int_mod = offset_for_target(int_mod, preset)  # ARM: int8 activations for sdot (exact)
+    int_mod = integer(float_mod, graph, plan, preset)
     dump("2_integer", int_mod)
     packed = pack(int_mod, preset)
     extra = {}

@@ -81,8 +81,9 @@ def weight_fraclen(w, rule: str, per_channel: bool, lo: int, hi: int) -> np.ndar
     return fl if per_channel else np.repeat(fl, cout)
 
 
-def rq_reference(acc, shift, signed: bool):
-    """Requantize int64 ``acc`` by ``shift`` (per element or broadcast), ties to even, and clamp.
+def rq_reference(acc, shift, signed: bool = True, clamp: bool = True):
+    """Requantize int64 ``acc`` by ``shift`` (per element or broadcast), ties to even, and clamp
+    to the 8-bit range (``signed``) unless ``clamp`` is false.
 
     Written plainly (floor division, explicit tie test) as the oracle for the shift tricks the
     compiler emits.
@@ -96,5 +97,7 @@ def rq_reference(acc, shift, signed: bool):
     rem = a - (q << right)
     half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
     up = (right > 0) & ((rem > half) | ((rem == half) & (q % 2 == 1)))
+    if not clamp:
+        return q + up
     lo, hi = qrange(signed)
     return np.clip(q + up, lo, hi)
