@@ -34,11 +34,30 @@ def consumers_chain(sch, block):
     return out
 
 
+def _inline_side_inputs(sch, blk, chain: set) -> None:
+    """Inline the elementwise blocks that feed ``blk`` from outside the kernel's chain (``chain``:
+    the names of the kernel block, the blocks it reads and its consumers), their own side
+    inputs first: e.g. a residual's alignment shift, of a ReLU, of a function input.  Left as
+    loop nests of their own, they would keep the epilogue away from the register tile."""
+    for p in sch.get_producers(blk):
+        if sch.get(p).name_hint in chain:
+            continue
+        _inline_side_inputs(sch, p, chain)
+        try:
+            sch.compute_inline(p)
+        except Exception:  # not elementwise: stays a block
+            pass
+
+
 def inline_epilogue(sch, block):
-    """Inline every elementwise block after ``block`` into its consumer, where possible; returns
-    the blocks that remain (those writing the function's outputs)."""
+    """Inline every elementwise block after ``block`` (and the elementwise blocks feeding them
+    from function inputs) into its consumer, where possible; returns the blocks that remain
+    (those writing the function's outputs)."""
     remaining = []
-    for blk in consumers_chain(sch, block):
+    after = consumers_chain(sch, block)
+    chain = {sch.get(b).name_hint for b in [block, *sch.get_producers(block), *after]}
+    for blk in after:
+        _inline_side_inputs(sch, blk, chain)
         try:
             sch.compute_inline(blk)
         except Exception:  # writes an output buffer, or not inlinable: keep it as a block

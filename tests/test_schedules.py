@@ -121,6 +121,66 @@ def test_vnni_kernels_contain_vpdpbusd(net, calib):
         assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
 
 
+class _ResidualNet(torch.nn.Module):
+    """conv-bn-relu, conv-bn, + input, relu: the second conv's kernel reads the residual."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, c, 3, padding=1)
+        self.conv1 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(c)
+        self.conv2 = torch.nn.Conv2d(c, c, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(x + y)
+
+
+def _top_level_nests(func):
+    """Names of the blocks in each loop nest directly under the root block."""
+    nests, body = [], func.body.block.body
+    for stmt in body.seq if _tvm.node_kind(body) == "SeqStmt" else [body]:
+        names = []
+        _tvm.post_order_visit(stmt, lambda n: names.append(n.name_hint)
+                              if _tvm.node_kind(n) == "SBlock" else None)
+        nests.append(names)
+    return nests
+
+
+def test_residual_epilogue_runs_at_the_register_tile(calib):
+    # the residual's alignment shift reads only a function input: it must be inlined into the
+    # epilogue, not left as a loop nest of its own that keeps the epilogue (and the int32 conv
+    # result) out of the register tile
+    from schedules import default_schedule, find_dot, kernel_kind
+
+    torch.manual_seed(1)
+    net = _ResidualNet().eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    fused, preset = api.fuse(net, x, "x86", calib)
+    dot = find_dot(preset.dot_instruction)
+    residual = 0
+    for _, f in fused.functions_items():
+        if not isinstance(f, tvm.tirx.PrimFunc) or kernel_kind(f) != "conv":
+            continue
+        shapes = [tuple(int(d) for d in p.shape) for p in f.params]  # 0.27: params are buffers
+        if shapes[-1] not in shapes[1:-1]:  # no input of the output's shape: no residual
+            continue
+        residual += 1
+        nests = _top_level_nests(default_schedule(f, dot))
+        assert len(nests) == 2, nests  # the padded copy, then the conv with its epilogue
+        assert nests[0] == ["pad_nchwc"]
+        # the accumulator's init and update, and one epilogue block (ReLU of the residual, its
+        # shift, the add, the next requantize, all inlined)
+        assert nests[1][:2] == ["conv_nchwc_init", "conv_nchwc_update_o"], nests
+        assert len(nests[1]) == 3, nests
+    assert residual == 1
+    cm = f8tvm.compile(net, x, target="x86", calib=calib)
+    for q in _inputs(cm.plan):
+        assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
+
+
 @pytest.fixture(scope="module")
 def tuned_db(net, calib, tmp_path_factory):
     from schedules import dot_intrin
