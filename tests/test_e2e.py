@@ -44,6 +44,22 @@ def test_bit_exact_with_numpy_reference(built):
         assert fl == int(cm.plan.fl[cm.graph.output][0])
 
 
+def test_runtime_quantize_matches_the_reference_on_ties_and_extremes(built):
+    # the runtime quantizes in float32 (half the time of float64): still exactly F8Net's rounding
+    _, _, cm, so, _ = built
+    m = runtime.load(so)
+    x = _inputs(cm, 1)[0] * 4
+    step = np.float32(2.0**-m.input_fl)
+    special = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 126.5, 127.5, 128.5, -127.5, 255.5, 1e6],
+                       np.float32) * step
+    x.flat[:special.size] = special
+    x.flat[special.size:special.size + 4] = [3.4e38, -3.4e38, 1e-42, -0.0]
+    want = quantize_input(x, cm.plan)
+    got = m.quantize(x)
+    assert got.dtype == np.dtype("int8" if cm.plan.input_signed else "uint8")
+    assert np.array_equal(got.astype(np.int64), want)
+
+
 def test_fake_quant_model_agrees_exactly(built):
     _, _, cm, _, _ = built
     for x in _inputs(cm):
