@@ -130,9 +130,16 @@ def compute_pad_at(sch, name, loop) -> bool:
 
 
 def schedule_injective(sch) -> None:
-    """Elementwise/pool/reduce PrimFuncs: each root block parallel over its outer loops and
-    vectorized over the innermost one."""
+    """Elementwise/pool/reduce PrimFuncs: every elementwise block inlined into its consumer (a
+    fused requantize is one pass over its input, not one pass and one intermediate tensor per
+    op), then each remaining root block parallel over its outer loops and vectorized over the
+    innermost one."""
     root = sch.get_sblock("root")
+    for blk in sch.get_child_blocks(root):
+        try:
+            sch.compute_inline(blk)
+        except Exception:  # writes an output, or a reduction: stays a loop nest
+            pass
     for blk in sch.get_child_blocks(root):
         _schedule_root_block(sch, blk)
 

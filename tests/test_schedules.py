@@ -181,6 +181,35 @@ def test_residual_epilogue_runs_at_the_register_tile(calib):
         assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
 
 
+def test_elementwise_kernel_is_one_pass():
+    # a stand-alone requantize (ResNet's residual sums feed one): every op inlined, one loop nest
+    # and no intermediate tensor; the max pool reads its padded input inline too
+    from f8tvm._tvm import te, tir
+    from schedules import default_schedule
+
+    shape = (1, 2, 5, 6, 8)
+    acc = te.placeholder(shape, "int32", name="acc")
+    shift = te.placeholder((1, 2, 1, 1, 8), "int32", name="shift")
+    t = te.compute(shape, lambda n, c, y, x, b: acc[n, c, y, x, b] + 3, name="t_add")
+    r = te.compute(shape, lambda n, c, y, x, b: t[n, c, y, x, b] >> shift[0, c, 0, 0, b],
+                   name="t_shift")
+    q = te.compute(shape, lambda n, c, y, x, b: tir.max(tir.min(r[n, c, y, x, b], 255), 0)
+                   .astype("uint8"), name="t_cast")
+    func = te.create_prim_func([acc, shift, q])
+    scheduled = default_schedule(func, None)
+    nests = _top_level_nests(scheduled)
+    assert nests == [["t_cast"]], nests
+    lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
+                      target=get_target("x86").tvm())
+    rng = np.random.default_rng(0)
+    a = rng.integers(-2**20, 2**20, shape).astype("int32")
+    s = rng.integers(0, 12, (1, 2, 1, 1, 8)).astype("int32")
+    out = tvm.runtime.tensor(np.zeros(shape, "uint8"))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(s), out)
+    want = np.clip((a.astype(np.int64) + 3) >> s, 0, 255)
+    assert np.array_equal(out.numpy(), want)
+
+
 @pytest.fixture(scope="module")
 def tuned_db(net, calib, tmp_path_factory):
     from schedules import dot_intrin
