@@ -57,6 +57,7 @@ class System:
     compile_s: float = 0.0
     note: str = ""
     times: dict = field(default_factory=dict)  # threads -> [ms]
+    rounds: dict = field(default_factory=dict)  # threads -> [median ms of each round]
     timer: object = None  # callable(runs) -> [ms], for systems that time themselves (RPC)
     info: dict = field(default_factory=dict)  # extra JSON fields of the system's rows
 
@@ -289,6 +290,18 @@ def _stats(ts):
                 p90_ms=float(np.percentile(t, 90)), runs=int(t.size))
 
 
+def _paired(mine, peer):
+    """The ratio to the best peer taken round by round (both systems' medians of one round, run
+    back to back) — the VM's slow drifts cancel in it — as its median and p10/p90 over rounds."""
+    if not peer:
+        return dict(vs_best_peer_paired=None, vs_best_peer_paired_p10=None,
+                    vs_best_peer_paired_p90=None)
+    r = np.asarray(mine) / np.asarray(peer)
+    return dict(vs_best_peer_paired=float(np.median(r)),
+                vs_best_peer_paired_p10=float(np.percentile(r, 10)),
+                vs_best_peer_paired_p90=float(np.percentile(r, 90)))
+
+
 _PEAKS: dict = {}  # (instruction, threads) -> MAC/s, measured once per process
 
 
@@ -373,12 +386,15 @@ def bench_model(name, args, out, board=None):
                     time.sleep(args.settle)
                     sy.run(x)
                     if sy.timer is not None:
-                        ts += sy.timer(args.runs)
-                        continue
-                    for _ in range(args.runs):
-                        t0 = time.perf_counter()
-                        sy.run(x)
-                        ts.append((time.perf_counter() - t0) * 1e3)
+                        this = list(sy.timer(args.runs))
+                    else:
+                        this = []
+                        for _ in range(args.runs):
+                            t0 = time.perf_counter()
+                            sy.run(x)
+                            this.append((time.perf_counter() - t0) * 1e3)
+                    ts += this
+                    sy.rounds.setdefault(threads, []).append(float(np.median(this)))
     macs = cm.audit.macs_8bit
     emulated = bool(board is not None and board.emulated)
     for threads in args.threads:
@@ -386,13 +402,15 @@ def bench_model(name, args, out, board=None):
         peak = _peak(preset.dot_instruction, threads) if board is None else None
         bound = macs / peak * 1e3 if peak else None
         rows = {sy.name: _stats(sy.times[threads]) for sy in systems}
-        peer_ms = [r["median_ms"] for n, r in rows.items() if n in PEERS]
-        best_peer = min(peer_ms) if peer_ms else None
+        peers = [sy for sy in systems if sy.name in PEERS]
+        best = min(peers, key=lambda sy: rows[sy.name]["median_ms"]) if peers else None
+        best_peer = rows[best.name]["median_ms"] if best else None
         for sy in systems:
             r = rows[sy.name]
             out["rows"].append(dict(
                 model=name, size=size, threads=threads, system=sy.name, **r,
                 vs_best_peer=(r["median_ms"] / best_peer) if best_peer else None,
+                **_paired(sy.rounds[threads], best.rounds[threads] if best else None),
                 peak_bound_ms=bound, compile_s=round(sy.compile_s, 1), where=where,
                 emulated=emulated, note=sy.note, **sy.info))
 
@@ -403,7 +421,7 @@ def _fmt(v, spec):
 
 def print_table(rows, board=None):
     head = (f"{'model':<18} {'thr':>3} {'system':<18} {'median ms':>10} {'p10':>8} {'p90':>8} "
-            f"{'x best peer':>11} {'peak bound':>10} {'compile s':>9}")
+            f"{'x best peer':>11} {'paired':>6} {'peak bound':>10} {'compile s':>9}")
     emulated = board.get("emulated") if board else None
     if board:
         print(f"\ntimed on the board at {board['address']} ({board.get('machine') or '?'})")
@@ -413,6 +431,7 @@ def print_table(rows, board=None):
     for r in rows:
         print(f"{r['model']:<18} {r['threads']:>3} {r['system']:<18} {r['median_ms']:>10.2f} "
               f"{r['p10_ms']:>8.2f} {r['p90_ms']:>8.2f} {_fmt(r['vs_best_peer'], '.2f'):>11} "
+              f"{_fmt(r.get('vs_best_peer_paired'), '.2f'):>6} "
               f"{_fmt(r['peak_bound_ms'], '.2f'):>10} {r['compile_s']:>9}")
     notes = dict.fromkeys(f"  {r['system']} ({r['model']}): {r['note']}" for r in rows
                           if r["note"])

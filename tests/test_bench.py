@@ -27,7 +27,8 @@ HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 TINY = ["--models", "resnet18", "--input-size", "32", "--threads", "1", "--rounds", "1",
         "--runs", "2", "--warmup", "1"]
 ROW_FIELDS = {"model", "size", "threads", "system", "median_ms", "p10_ms", "p90_ms", "runs",
-              "vs_best_peer", "peak_bound_ms", "compile_s", "where", "emulated", "note"}
+              "vs_best_peer", "vs_best_peer_paired", "vs_best_peer_paired_p10",
+              "vs_best_peer_paired_p90", "peak_bound_ms", "compile_s", "where", "emulated", "note"}
 
 
 def _check_rows(doc, systems, model="resnet18", size=32):
@@ -192,10 +193,26 @@ def test_bench_local_json_png_and_table(tmp_path, monkeypatch, capsys):
     if peers:  # ratios to the best peer (1.0 for the best one itself)
         assert min(r["vs_best_peer"] for r in peers) == pytest.approx(1.0)
         assert base["vs_best_peer"] > 0
+        best = min(peers, key=lambda r: r["vs_best_peer"])
+        assert best["vs_best_peer_paired"] == best["vs_best_peer_paired_p90"] == 1.0
+        assert 0 < base["vs_best_peer_paired_p10"] <= base["vs_best_peer_paired"] \
+            <= base["vs_best_peer_paired_p90"]
+    else:
+        assert base["vs_best_peer_paired"] is None
     if HAVE_MPL:  # the plot is an optional extra too
         assert (tmp_path / "bench.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "f8tvm-int8-mul32" in printed and "x best peer" in printed
+
+
+def test_paired_ratio_cancels_a_drift():
+    # the machine slows down 4x over three rounds; each round, f8tvm takes half the peer's time
+    got = bench._paired([10.0, 20.0, 40.0], [20.0, 40.0, 80.0])
+    assert got == dict(vs_best_peer_paired=0.5, vs_best_peer_paired_p10=0.5,
+                       vs_best_peer_paired_p90=0.5)
+    # a slow round of one system shows in the spread, not in the median
+    got = bench._paired([10.0, 30.0, 10.0], [20.0, 20.0, 20.0])
+    assert got["vs_best_peer_paired"] == 0.5 and got["vs_best_peer_paired_p90"] > 1.0
 
 
 def test_bench_rejects_unknown_system(tmp_path):
