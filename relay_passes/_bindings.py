@@ -27,6 +27,25 @@ def substitute(expr, env: dict):
     return expr
 
 
+def is_call(v, op: str) -> bool:
+    """Whether ``v`` is a call of the Relax operator named ``op`` (``"relax.add"``, ...)."""
+    return isinstance(v, relax.Call) and v.op.name == op
+
+
+def expr_dtype(e) -> str | None:
+    """The dtype of a tensor-typed Relax expression, else None."""
+    ty = getattr(e, "ty", None)
+    return str(ty.dtype) if isinstance(ty, _tvm.TensorType) else None
+
+
+def int_const(v) -> int | None:
+    """The integer of a scalar operand (an IntImm, or a PrimValue holding one: a clip bound),
+    else None."""
+    v = getattr(v, "value", None)
+    v = getattr(v, "value", v)  # PrimValue -> IntImm -> int
+    return int(v) if isinstance(v, int) else None
+
+
 def bindings(func) -> list:
     """The bindings of a function whose body is one (dataflow) block."""
     blocks = func.body.blocks

@@ -32,28 +32,23 @@ from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 from f8tvm.fixedpoint import rq_reference
 
-from ._bindings import bindings, rebuild
+from ._bindings import bindings, expr_dtype, int_const, is_call, rebuild
+from .quantize_to_integer import (
+    emit_rounding_shift,
+    match_rounding_right_shift,
+    rounding_constants,
+)
 
 R = relax.op
 _INT32_MAX = 2**31 - 1
 
 
-def _is_call(v, op):
-    return isinstance(v, relax.Call) and v.op.name == op
-
-
 def _const(e):
-    """The int64 value of a Relax constant (tensor or PrimValue), else None."""
+    """The int64 value of a Relax constant (tensor, or a scalar operand), else None."""
     if _tvm.is_const(e):
         return _tvm.const_value(e).astype(np.int64)
-    v = getattr(e, "value", None)
-    v = getattr(v, "value", v)  # PrimValue -> IntImm -> int
-    return np.int64(v) if isinstance(v, int) else None
-
-
-def _dtype(e):
-    ty = getattr(e, "ty", None)
-    return str(ty.dtype) if isinstance(ty, _tvm.TensorType) else None
+    v = int_const(e)
+    return np.int64(v) if v is not None else None
 
 
 _EIGHT_BIT = {"int8": 128, "uint8": 255}
@@ -67,8 +62,8 @@ def value_bounds(func) -> dict:
     astype, max pooling; anything else is unbounded (absent)."""
     bound: dict = {}
     for p in func.params:
-        if _dtype(p) in _EIGHT_BIT:
-            bound[p] = np.int64(_EIGHT_BIT[_dtype(p)])
+        if expr_dtype(p) in _EIGHT_BIT:
+            bound[p] = np.int64(_EIGHT_BIT[expr_dtype(p)])
 
     def of(e):
         c = _const(e)
@@ -84,7 +79,7 @@ def value_bounds(func) -> dict:
         ins = [of(a) for a in args]
         out = None
         if op == "relax.astype":
-            dt = _dtype(b.var)  # a cast to 8 bits holds 8 bits, whatever it casts
+            dt = expr_dtype(b.var)  # a cast to 8 bits holds 8 bits, whatever it casts
             out = np.int64(_EIGHT_BIT[dt]) if dt in _EIGHT_BIT else ins[0]
         elif op in ("relax.nn.conv2d", "relax.matmul") and ins[0] is not None \
                 and _tvm.is_const(args[1]):
@@ -111,82 +106,34 @@ def value_bounds(func) -> dict:
     return bound
 
 
-class _Requantize:
-    """A matched ``clip(RQ(t), lo, hi)``: ``t``, its left and right shifts (arrays, one of the two
-    zero per channel), and how to emit ``RQ`` on another input."""
-
-    def __init__(self, t, left, right, rounding, lo, hi):
-        self.t, self.left, self.right, self.rounding = t, left, right, rounding
-        self.lo, self.hi = lo, hi
-
-    def shift(self):
-        return self.right - self.left
-
-    def emit(self, bb, x, name):
-        """The requantize of ``x`` by the same shifts, as ``quantize_to_integer`` writes it."""
-        if self.left_c is not None:
-            x = bb.emit(R.left_shift(x, self.left_c), f"{name}_lsh")
-        if self.right_c is not None:
-            lsb = R.bitwise_and(R.right_shift(x, self.right_c), self.parity_c)
-            x = bb.emit(R.right_shift(R.add(R.add(x, self.rounding_c), lsb), self.right_c),
-                        f"{name}_rsh")
-        return x
-
-
 def _match_requantize(clip, producers):
-    """``clip(RQ(t), lo, hi)`` -> :class:`_Requantize`, or None for any other shape."""
-    lo, hi = (_const(a) for a in clip.args[1:])
-    if lo is None or hi is None:
-        return None
+    """``clip(RQ(t), lo, hi)`` -> ``(t, shift)`` (``shift`` as :func:`emit_rounding_shift` takes
+    it: > 0 right, < 0 left, per channel), or None for any other shape."""
     e = clip.args[0]
-    right_c = rounding_c = parity_c = left_c = None
-    rsh = producers.get(e)
-    if _is_call(rsh, "relax.right_shift"):  # ((t + c) + ((t >> r) & 1)) >> r
-        summed, right_c = producers.get(rsh.args[0]), rsh.args[1]
-        if not _is_call(summed, "relax.add"):
-            return None
-        first, lsb = (producers.get(a) for a in summed.args)
-        if not (_is_call(first, "relax.add") and _is_call(lsb, "relax.bitwise_and")):
-            return None
-        inner = producers.get(lsb.args[0])
-        if not (_is_call(inner, "relax.right_shift") and inner.args[0].same_as(first.args[0])
-                and inner.args[1].same_as(right_c)):
-            return None
-        e, rounding_c, parity_c = first.args[0], first.args[1], lsb.args[1]
-        if any(_const(c) is None for c in (right_c, rounding_c, parity_c)):
-            return None
+    right = left = np.int64(0)
+    m = match_rounding_right_shift(producers.get(e), producers)
+    if m is not None:
+        e, right = m
     lsh = producers.get(e)
-    if _is_call(lsh, "relax.left_shift") and _const(lsh.args[1]) is not None:
-        e, left_c = lsh.args[0], lsh.args[1]
-    if right_c is None and left_c is None:
+    if is_call(lsh, "relax.left_shift") and _const(lsh.args[1]) is not None:
+        e, left = lsh.args[0], _const(lsh.args[1])
+    if e.same_as(clip.args[0]):  # no shift at all: not a requantize
         return None
-    zero = np.int64(0)
-    rq = _Requantize(e, _const(left_c) if left_c is not None else zero,
-                     _const(right_c) if right_c is not None else zero,
-                     _const(rounding_c) if rounding_c is not None else zero, lo, hi)
-    rq.left_c, rq.right_c, rq.rounding_c, rq.parity_c = left_c, right_c, rounding_c, parity_c
-    if right_c is not None:  # exactly the ties-to-even trick; any other rounding is not ours
-        right = np.asarray(rq.right)
-        want_c = np.where(right > 0, (np.int64(1) << np.maximum(right - 1, 0)) - 1, 0)
-        want_p = np.where(right > 0, 1, 0)
-        if not (np.array_equal(*np.broadcast_arrays(rq.rounding, want_c))
-                and np.array_equal(*np.broadcast_arrays(_const(parity_c), want_p))):
-            return None
-    return rq
+    return e, right - left
 
 
 def _activation_clip(t, producers):
     """``t = minimum(maximum(x, a), b)`` / ``maximum(x, a)`` / ``clip(x, a, b)`` with constant
     bounds -> ``(x, a, b)`` (``b`` None when there is no upper bound), else None."""
     v = producers.get(t)
-    if _is_call(v, "relax.clip"):
+    if is_call(v, "relax.clip"):
         a, b = (_const(c) for c in v.args[1:])
         return (v.args[0], a, b) if a is not None and b is not None else None
     hi = None
-    if _is_call(v, "relax.minimum") and _const(v.args[1]) is not None:
+    if is_call(v, "relax.minimum") and _const(v.args[1]) is not None:
         hi = _const(v.args[1])
         v = producers.get(v.args[0])
-    if _is_call(v, "relax.maximum") and _const(v.args[1]) is not None:
+    if is_call(v, "relax.maximum") and _const(v.args[1]) is not None:
         return v.args[0], _const(v.args[1]), hi
     return None
 
@@ -194,48 +141,49 @@ def _activation_clip(t, producers):
 def _rewrite_function(func, stats):
     producers = {b.var: b.value for b in bindings(func)}
     bounds = value_bounds(func)
-    plans = {}  # clip var -> (rq, x, L, H)
+    plans = {}  # clip var -> (x, shift, L, H)
     for b in bindings(func):
-        if not _is_call(b.value, "relax.clip"):
+        if not is_call(b.value, "relax.clip"):
             continue
         rq = _match_requantize(b.value, producers)
-        act = rq and _activation_clip(rq.t, producers)
+        act = rq and _activation_clip(rq[0], producers)
         if not act:
             continue
-        x, a, hi_c = act
+        (_, s), (x, a, hi_c) = rq, act
         bx = bounds.get(x)
         if bx is None:
             stats["unbounded"] += 1
             continue
         # RQ on the unclipped x: (x << l) + c + 1 must stay inside int32
-        peak = (bx << rq.left) + rq.rounding + 1
+        rounding, _ = rounding_constants(np.maximum(s, 0))
+        peak = (bx << np.maximum(-s, 0)) + rounding + 1
         if np.any(peak > _INT32_MAX):
             stats["unbounded"] += 1
             continue
-        s = rq.shift()
-        lo, hi = int(rq.lo), int(rq.hi)
+        lo, hi = (int(_const(c)) for c in b.value.args[1:])
         low = np.maximum(lo, _rq(a, s))
         high = np.minimum(hi, _rq(hi_c, s)) if hi_c is not None else np.int64(hi)
         low, high = np.broadcast_arrays(low, high)
         if np.any(low > high):
             stats["empty"] += 1
             continue
-        plans[b.var] = (rq, x, low, high)
+        plans[b.var] = (x, s, low, high)
 
     def handler(b, env, bb):
         plan = plans.get(b.var)
         if plan is None:
             return None
-        rq, x, low, high = plan
+        x, s, low, high = plan
+        lo, hi = b.value.args[1:]
         name = _tvm.var_name(b.var)
         base = name[:-len("_clip")] if name.endswith("_clip") else name
-        t = rq.emit(bb, env.get(x, x), base)
-        if np.any(low != rq.lo):
+        t = emit_rounding_shift(bb, env.get(x, x), s, base)
+        if np.any(low != _const(lo)):
             t = bb.emit(R.maximum(t, _bound_const(low, b.var)), f"{base}_lo")
-        if np.any(high != rq.hi):
+        if np.any(high != _const(hi)):
             t = bb.emit(R.minimum(t, _bound_const(high, b.var)), f"{base}_hi")
         stats["moved"] += 1
-        return bb.emit(R.clip(t, b.value.args[1], b.value.args[2]), name)
+        return bb.emit(R.clip(t, lo, hi), name)
 
     if not plans:
         return func

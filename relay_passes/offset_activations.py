@@ -30,27 +30,11 @@ from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 from f8tvm.errors import F8TVMError
 
-from ._bindings import bindings, rebuild
+from ._bindings import bindings, expr_dtype, int_const, is_call, rebuild
 
 R = relax.op
 OFFSET = 128  # u8 -> s8: s = u - 128
 _INT32 = (-(2**31), 2**31 - 1)
-
-
-def _int_const(v):
-    """The integer of a clip bound (an IntImm, or a PrimValue holding one), else None."""
-    v = getattr(v, "value", None)
-    v = getattr(v, "value", v)  # PrimValue -> IntImm -> int
-    return int(v) if isinstance(v, int) else None
-
-
-def _is_call(v, op):
-    return isinstance(v, relax.Call) and v.op.name == op
-
-
-def _dtype(e):
-    ty = getattr(e, "ty", None)
-    return str(ty.dtype) if isinstance(ty, _tvm.TensorType) else None
 
 
 def _offset_function(func):
@@ -63,11 +47,11 @@ def _offset_function(func):
             return signed[u]
         name = f"{_tvm.var_name(u)}_s8"
         src = producers.get(u)
-        clip = producers.get(src.args[0]) if _is_call(src, "relax.astype") else None
-        lo, hi = (_int_const(a) for a in clip.args[1:]) if _is_call(clip, "relax.clip") else (
+        clip = producers.get(src.args[0]) if is_call(src, "relax.astype") else None
+        lo, hi = (int_const(a) for a in clip.args[1:]) if is_call(clip, "relax.clip") else (
             None, None)
         if (lo is not None and hi is not None and 0 <= lo and hi <= 255
-                and _dtype(clip.args[0]) == "int32"):
+                and expr_dtype(clip.args[0]) == "int32"):
             # the requantize epilogue: clip to [0, 255] then subtract, never out of int8
             wide = env[src.args[0]]
         else:
@@ -79,8 +63,8 @@ def _offset_function(func):
     def handler(b, env, bb):
         v = b.value
         name = _tvm.var_name(b.var)
-        if ((_is_call(v, "relax.nn.conv2d") or _is_call(v, "relax.matmul"))
-                and _dtype(v.args[0]) == "uint8" and _tvm.is_const(v.args[1])):
+        if ((is_call(v, "relax.nn.conv2d") or is_call(v, "relax.matmul"))
+                and expr_dtype(v.args[0]) == "uint8" and _tvm.is_const(v.args[1])):
             s = to_signed(v.args[0], env, bb)
             w = _tvm.const_value(v.args[1]).astype(np.int64)
             if v.op.name == "relax.nn.conv2d":
@@ -105,7 +89,7 @@ def _offset_function(func):
             corrected[b.var] = (acc, corr)
             # the exact accumulator, for consumers other than the bias add (dead code otherwise)
             return bb.emit(R.add(acc, _i32(corr, name)), name)
-        if _is_call(v, "relax.add"):
+        if is_call(v, "relax.add"):
             x, y = v.args
             if y in corrected and _tvm.is_const(x):
                 x, y = y, x
@@ -129,8 +113,8 @@ def _i32(v, name):
 
 def has_unsigned_dot(mod) -> bool:
     """Whether any conv2d/matmul of ``mod``'s ``main`` still reads uint8 data."""
-    return any((_is_call(b.value, "relax.nn.conv2d") or _is_call(b.value, "relax.matmul"))
-               and _dtype(b.value.args[0]) == "uint8" for b in bindings(mod["main"]))
+    return any((is_call(b.value, "relax.nn.conv2d") or is_call(b.value, "relax.matmul"))
+               and expr_dtype(b.value.args[0]) == "uint8" for b in bindings(mod["main"]))
 
 
 @tvm.transform.module_pass(opt_level=0, name="OffsetUnsignedActivations")

@@ -29,6 +29,8 @@ from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 from f8tvm.fixedpoint import qrange
 
+from ._bindings import is_call
+
 R = relax.op
 
 
@@ -40,23 +42,69 @@ def _const(v, ndim=None, dtype="int32"):
     return relax.const(v.astype(dtype).reshape((1, -1) + (1,) * (ndim - 2))), False
 
 
-def emit_requantize(bb, t, shift, signed, name):
-    """Emit ``RQ(t, shift)`` (see module doc) and the cast to int8/uint8."""
+def rounding_constants(right):
+    """The constants of the ties-to-even right shift by ``right`` (0 where ``right`` is 0): the
+    rounding offset ``2**(r-1) - 1`` and the parity mask."""
+    right = np.asarray(right, np.int64)
+    return (np.where(right > 0, (np.int64(1) << np.maximum(right - 1, 0)) - 1, 0),
+            np.where(right > 0, 1, 0))
+
+
+def emit_rounding_shift(bb, t, shift, name):
+    """Emit ``t`` shifted by ``shift`` (per channel; > 0: right, rounding ties to even; < 0:
+    left), the integer part of ``RQ`` (see module doc)."""
     shift = np.asarray(shift, np.int64)
     ndim = len(_tvm.tensor_shape(t))
     left, right = np.maximum(-shift, 0), np.maximum(shift, 0)
     if left.any():
         t = bb.emit(R.left_shift(t, _const(left, ndim)[0]), f"{name}_lsh")
     if right.any():
-        rounding = np.where(right > 0, (np.int64(1) << np.maximum(right - 1, 0)) - 1, 0)
-        parity = np.where(right > 0, 1, 0)
+        rounding, parity = rounding_constants(right)
         r_c = _const(right, ndim)[0]
         lsb = R.bitwise_and(R.right_shift(t, r_c), _const(parity, ndim)[0])
         t = bb.emit(R.right_shift(R.add(R.add(t, _const(rounding, ndim)[0]), lsb), r_c),
                     f"{name}_rsh")
+    return t
+
+
+def emit_requantize(bb, t, shift, signed, name):
+    """Emit ``RQ(t, shift)`` (see module doc) and the cast to int8/uint8."""
+    t = emit_rounding_shift(bb, t, shift, name)
     lo, hi = qrange(signed)
     t = bb.emit(R.clip(t, lo, hi), f"{name}_clip")
     return bb.emit(R.astype(t, "int8" if signed else "uint8"), f"{name}_q")
+
+
+def match_rounding_right_shift(value, producers):
+    """``(T, r)`` when ``value`` is the ties-to-even ``right_shift`` of
+    :func:`emit_rounding_shift` (``r`` its constant shift, int64), else None.  ``producers``:
+    Var -> bound expression of the function."""
+    if not (is_call(value, "relax.right_shift") and _tvm.is_const(value.args[1])):
+        return None
+    r = _tvm.const_value(value.args[1])
+    total = producers.get(value.args[0])
+    if not is_call(total, "relax.add"):
+        return None
+    args = list(total.args)
+    for a, b in (args, args[::-1]):
+        rounded, lsb = producers.get(a), producers.get(b)
+        if not (is_call(rounded, "relax.add") and is_call(lsb, "relax.bitwise_and")
+                and _tvm.is_const(rounded.args[1]) and _tvm.is_const(lsb.args[1])):
+            continue
+        t = rounded.args[0]
+        inner = producers.get(lsb.args[0])
+        if not (is_call(inner, "relax.right_shift") and inner.args[0].same_as(t)
+                and _tvm.is_const(inner.args[1])
+                and np.array_equal(_tvm.const_value(inner.args[1]), r)):
+            continue
+        r64 = r.astype(np.int64)
+        rounding, parity, rb = np.broadcast_arrays(
+            _tvm.const_value(rounded.args[1]).astype(np.int64),
+            _tvm.const_value(lsb.args[1]).astype(np.int64), r64)
+        want_rounding, want_parity = rounding_constants(rb)
+        if np.array_equal(rounding, want_rounding) and np.array_equal(parity, want_parity):
+            return t, r64
+    return None
 
 
 def integer_function(graph, plan):

@@ -40,46 +40,11 @@ from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 
 from ._bindings import bindings, rebuild
+from .quantize_to_integer import match_rounding_right_shift
 
 R = relax.op
 MULTIPLIER = 1 << 30  # the fixed-point 1/2 of rounding_doubling_high_mul (x * 2**30 / 2**31)
 MULTIPLIER_SHIFT = 30  # log2(MULTIPLIER): the product is T * 2**30
-
-
-def _call(v, op):
-    return isinstance(v, relax.Call) and v.op.name == op
-
-
-def _match(value, producers):
-    """``(T, r)`` when ``value`` is ``right_shift(add(...), r)`` of emit_requantize's rounding, with
-    ``r`` constant; else None."""
-    if not (_call(value, "relax.right_shift") and _tvm.is_const(value.args[1])):
-        return None
-    r = _tvm.const_value(value.args[1])
-    total = producers.get(value.args[0])
-    if not _call(total, "relax.add"):
-        return None
-    args = list(total.args)
-    for a, b in (args, args[::-1]):
-        rounded, lsb = producers.get(a), producers.get(b)
-        if not (_call(rounded, "relax.add") and _call(lsb, "relax.bitwise_and")
-                and _tvm.is_const(rounded.args[1]) and _tvm.is_const(lsb.args[1])):
-            continue
-        t = rounded.args[0]
-        inner = producers.get(lsb.args[0])
-        if not (_call(inner, "relax.right_shift") and inner.args[0].same_as(t)
-                and _tvm.is_const(inner.args[1])
-                and np.array_equal(_tvm.const_value(inner.args[1]), r)):
-            continue
-        r64 = r.astype(np.int64)
-        rounding, parity, rb = np.broadcast_arrays(
-            _tvm.const_value(rounded.args[1]).astype(np.int64),
-            _tvm.const_value(lsb.args[1]).astype(np.int64), r64)
-        if (np.array_equal(rounding, np.where(rb > 0, (np.int64(1) << np.maximum(rb - 1, 0)) - 1,
-                                              0))
-                and np.array_equal(parity, (rb > 0).astype(np.int64))):
-            return t, r64
-    return None
 
 
 def _channel_shape(shape):
@@ -98,7 +63,7 @@ def _rewrite(func):
     count = [0]
 
     def handler(b, env, bb):
-        m = _match(b.value, producers)
+        m = match_rounding_right_shift(b.value, producers)
         if m is None:
             return None
         t, r = m
