@@ -34,6 +34,16 @@ def consumers_chain(sch, block):
     return out
 
 
+def _try_inline(sch, blk) -> bool:
+    """Inline ``blk`` into its consumers; False when it cannot be (it writes an output buffer,
+    or it is a reduction)."""
+    try:
+        sch.compute_inline(blk)
+    except Exception:  # TVM raises a ScheduleError subclass per reason
+        return False
+    return True
+
+
 def _inline_side_inputs(sch, blk, chain: set) -> None:
     """Inline the elementwise blocks that feed ``blk`` from outside the kernel's chain (``chain``:
     the names of the kernel block, the blocks it reads and its consumers), their own side
@@ -43,10 +53,7 @@ def _inline_side_inputs(sch, blk, chain: set) -> None:
         if sch.get(p).name_hint in chain:
             continue
         _inline_side_inputs(sch, p, chain)
-        try:
-            sch.compute_inline(p)
-        except Exception:  # not elementwise: stays a block
-            pass
+        _try_inline(sch, p)  # not elementwise: stays a block
 
 
 def inline_epilogue(sch, block):
@@ -58,9 +65,7 @@ def inline_epilogue(sch, block):
     chain = {sch.get(b).name_hint for b in [block, *sch.get_producers(block), *after]}
     for blk in after:
         _inline_side_inputs(sch, blk, chain)
-        try:
-            sch.compute_inline(blk)
-        except Exception:  # writes an output buffer, or not inlinable: keep it as a block
+        if not _try_inline(sch, blk):  # writes an output buffer: keep it as a block
             remaining.append(blk)
     return remaining
 
@@ -136,10 +141,7 @@ def schedule_injective(sch) -> None:
     innermost one."""
     root = sch.get_sblock("root")
     for blk in sch.get_child_blocks(root):
-        try:
-            sch.compute_inline(blk)
-        except Exception:  # writes an output, or a reduction: stays a loop nest
-            pass
+        _try_inline(sch, blk)  # an output or a reduction stays a loop nest
     for blk in sch.get_child_blocks(root):
         _schedule_root_block(sch, blk)
 
@@ -193,4 +195,3 @@ def operand_dtypes(block) -> tuple[str, str]:
     if not found:
         raise ValueError(f"block {block.name_hint} multiplies no tensor data")
     return found[0]
-
