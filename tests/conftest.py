@@ -45,6 +45,17 @@ class SmallNet(torch.nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
+def run_relax(mod, *args):
+    """Compile a Relax module for the x86 preset and run its ``main``: the outputs as NumPy."""
+    from f8tvm import _tvm
+    from f8tvm._tvm import relax, tvm
+    from targets import get_target
+
+    ex = _tvm.compile_relax(mod, get_target("x86").tvm())
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return [o.numpy() for o in vm["main"](*[tvm.runtime.tensor(a) for a in args])]
+
+
 def make_small_net():
     net = SmallNet().eval()
     with torch.no_grad():

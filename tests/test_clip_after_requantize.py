@@ -9,7 +9,6 @@ from f8tvm.fixedpoint import rq_reference
 from relay_passes._bindings import bindings
 from relay_passes.clip_after_requantize import clip_after_requantize, value_bounds
 from relay_passes.quantize_to_integer import emit_requantize
-from targets import get_target
 
 R = relax.op
 C_IN, C_OUT, HW = 6, 5, 4
@@ -44,9 +43,9 @@ def _oracle(q, w, bias, low, high, shift, signed):
 
 
 def _run(mod, q):
-    ex = _tvm.compile_relax(mod, get_target("x86").tvm())
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(q))[0].numpy()
+    from conftest import run_relax
+
+    return run_relax(mod, q)[0]
 
 
 def _ops(mod):

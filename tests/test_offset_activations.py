@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
+from f8tvm._tvm import relax
 from f8tvm.api import import_model, lower
 from f8tvm.calibrate import calibrate
 from f8tvm.graph import extract_graph
@@ -23,10 +23,9 @@ R = relax.op
 
 
 def _run(mod, *args):
-    ex = _tvm.compile_relax(mod, get_target("x86").tvm())
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(a) for a in args])
-    return [o.numpy() for o in out]
+    from conftest import run_relax
+
+    return run_relax(mod, *args)
 
 
 def _dots(mod):

@@ -28,10 +28,9 @@ def _ops(mod):
 
 
 def _run(mod, *args):
-    ex = _tvm.compile_relax(mod, get_target("x86").tvm())
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(a) for a in args])
-    return out[0].numpy()
+    from conftest import run_relax
+
+    return run_relax(mod, *args)[0]
 
 
 def test_fold_batchnorm_keeps_names_and_numerics(small_net):
