@@ -46,6 +46,17 @@ def int_const(v) -> int | None:
     return int(v) if isinstance(v, int) else None
 
 
+def channel_shape(shape) -> tuple:
+    """The broadcast shape of a per-channel constant for a tensor of ``shape``: ``(1, C)``,
+    ``(1, C, 1, 1)`` or, channel-blocked, ``(1, C/b, 1, 1, b)``."""
+    out = [1] * len(shape)
+    if len(shape) >= 2:
+        out[1] = shape[1]
+    if len(shape) == 5:
+        out[4] = shape[4]
+    return tuple(out)
+
+
 def bindings(func) -> list:
     """The bindings of a function whose body is one (dataflow) block."""
     blocks = func.body.blocks

@@ -32,7 +32,7 @@ from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 from f8tvm.fixedpoint import rq_reference
 
-from ._bindings import bindings, expr_dtype, int_const, is_call, rebuild
+from ._bindings import bindings, channel_shape, expr_dtype, int_const, is_call, rebuild
 from .quantize_to_integer import (
     emit_rounding_shift,
     match_rounding_right_shift,
@@ -201,8 +201,7 @@ def _bound_const(v, like):
     bound next to the scalar ``clip(lo, hi)`` folds into one clamp that no saturating pack
     implements, while a tensor bound stays a single ``minimum`` and leaves ``clip(lo, hi)`` to
     the pack (one vector op less per output vector on x86)."""
-    shape = [int(d) for d in _tvm.tensor_shape(like)]
-    channels = (1, shape[1]) + (1,) * (len(shape) - 2)
+    channels = channel_shape([int(d) for d in _tvm.tensor_shape(like)])
     return relax.const(np.broadcast_to(np.asarray(v, np.int64), channels).astype("int32"))
 
 

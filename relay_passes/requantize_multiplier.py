@@ -39,23 +39,12 @@ import numpy as np
 from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 
-from ._bindings import bindings, rebuild
+from ._bindings import bindings, channel_shape, rebuild
 from .quantize_to_integer import match_rounding_right_shift
 
 R = relax.op
 MULTIPLIER = 1 << 30  # the fixed-point 1/2 of rounding_doubling_high_mul (x * 2**30 / 2**31)
 MULTIPLIER_SHIFT = 30  # log2(MULTIPLIER): the product is T * 2**30
-
-
-def _channel_shape(shape):
-    """The broadcast shape of a per-channel constant for a tensor of ``shape``: ``(1, C)``,
-    ``(1, C, 1, 1)`` or, channel-blocked, ``(1, C/b, 1, 1, b)``."""
-    out = [1] * len(shape)
-    if len(shape) >= 2:
-        out[1] = shape[1]
-    if len(shape) == 5:
-        out[4] = shape[4]
-    return tuple(out)
 
 
 def _rewrite(func):
@@ -68,7 +57,7 @@ def _rewrite(func):
             return None
         t, r = m
         name = _tvm.var_name(b.var)
-        shape = _channel_shape(_tvm.tensor_shape(env.get(t, t)))
+        shape = channel_shape(_tvm.tensor_shape(env.get(t, t)))
         k = r + MULTIPLIER_SHIFT  # same shape as r: a scalar or per-channel
         k_c = relax.const(k, "int64")
         mult = relax.const(np.full(shape, MULTIPLIER, "int32"))
