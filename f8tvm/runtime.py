@@ -93,7 +93,7 @@ class Module:
         # in float32, exactly: scaling by a power of two is exact (an overflow to inf clamps as
         # the large value would; a value pushed below float32's normal range rounds to 0 either
         # way), and rint rounds half to even
-        with np.errstate(over="ignore"):  # inf clamps to the range like any large value
+        with np.errstate(over="ignore"):
             q = np.multiply(x, np.float32(2.0**self.input_fl), dtype=np.float32)
         np.rint(q, out=q)
         np.clip(q, lo, hi, out=q)
