@@ -16,7 +16,9 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
   ``pair_taps`` (a 2-deep dot, AVX2 ``vpmaddwd``) ``depthwise_pairs_nchwc`` with weights
   ``(C/lanes, KH, ceil(KW/2), lanes, 2)``: two window columns per dot step;
 * elementwise ops (bias add, shifts, clip, cast, max/min, residual add): the same op on blocked
-  tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``;
+  tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``, once per
+  constant: ops that share one (a requantize's two shifts) share its blocked copy, so the fused
+  kernel takes it as one argument and keeps it in one register;
 * ``max_pool2d``: the same pool with ``layout="NCHW{b}c"``; ``sum`` over H, W: over axes 2, 3;
 * ``reshape`` of a ``1 x 1`` map to ``(N, C)``: a plain reshape (blocked order = channel order);
 * dense (``matmul`` by a constant): a 1x1 ``conv_nchwc`` of the ``(N, I, 1, 1)`` map, blocked
@@ -133,6 +135,7 @@ class _Packer:
         self.pair_taps, self.wide_weights, self.wide_data = pair_taps, wide_weights, wide_data
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
+        self.consts = {}  # (constant, block) -> its blocked constant, made once
 
     # --------------------------------------------------------------------- layout boundary
     def in_block(self, channels: int) -> int:
@@ -309,7 +312,7 @@ class _Packer:
                 if val.ndim == 0:
                     new.append(a)
                 elif val.ndim == 4 and val.shape[0] == 1 and val.shape[2:] == (1, 1):
-                    new.append(relax.const(_pack_const(val, ref.block)))
+                    new.append(self.blocked_const(a, val, ref.block))
                 else:
                     return None
             elif isinstance(a, relax.Var):
@@ -320,6 +323,13 @@ class _Packer:
                 new.append(a)
         out = self.bb.emit(relax.Call(call.op, new, call.attrs, call.ty_args), name)
         return _Blocked(out, ref.channels, ref.block)
+
+    def blocked_const(self, const, value, block):
+        """The blocked copy of a per-channel constant, made once per (constant, block)."""
+        key = (const, block)
+        if key not in self.consts:
+            self.consts[key] = relax.const(_pack_const(value, block))
+        return self.consts[key]
 
     def pad(self, call, name):
         x = self.arg(call.args[0])

@@ -181,6 +181,25 @@ def test_residual_epilogue_runs_at_the_register_tile(calib):
         assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
 
 
+def test_kernels_take_each_constant_once(net, calib):
+    # a requantize shifts twice by the same per-channel constant (the parity bit and the
+    # result): blocked once, it is one kernel argument, so the epilogue keeps it in one register
+    # instead of two (spilled) copies
+    fused, _ = api.fuse(net, torch.randn(1, 3, SIZE, SIZE), "x86", calib)
+    kernels = 0
+    for b in bindings(fused["main"]):
+        if not (isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"):
+            continue
+        consts = [_tvm.const_value(a) for a in b.value.args[1].fields if _tvm.is_const(a)]
+        if len(consts) < 2:
+            continue
+        kernels += 1
+        for i, a in enumerate(consts):
+            for c in consts[:i]:
+                assert not (a.shape == c.shape and np.array_equal(a, c)), b.var.name_hint
+    assert kernels >= 3  # the convs with their requantize epilogues
+
+
 def test_elementwise_kernel_is_one_pass():
     # a stand-alone requantize (ResNet's residual sums feed one): every op inlined, one loop nest
     # and no intermediate tensor; the max pool reads its padded input inline too
