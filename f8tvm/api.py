@@ -8,9 +8,9 @@ Pipeline (phases; ``debug_dump`` writes the IR after each):
 4. integer     QuantizeToInteger(plan): int8 conv/dense, int32 acc, shift requantize;
                ClipAfterRequantize (activation clips applied on the 8-bit side, exactly);
                OffsetUnsignedActivations on targets whose dot product wants int8 data
-               (requantize="multiplier": RequantizeWithMultiplier after phase 5, a
-               comparison build with int32 fixed-point multiplies, not 8-bit only)
 5. pack        PackChannelBlocks: the blocked layout of the target's dot-product instruction
+               (requantize="multiplier": then RequantizeWithMultiplier, a comparison build
+               with int32 fixed-point multiplies, not 8-bit only); FoldConstantAdds
 6. lower       legalize + fuse (the CPU backend's pipeline), a schedule per kernel
                (schedules/), then AuditMultiplies on the scheduled TIR
 7. codegen     LLVM for the target preset; export .so + .json
@@ -150,17 +150,26 @@ def integer(float_mod, graph, plan, target_preset):
     return offset_for_target(int_mod, target_preset)  # ARM: int8 activations for sdot (exact)
 
 
-def pack(int_mod, target_preset):
-    """Phase 5: blocked channel layout for the target's dot-product instruction (if any)."""
+def pack(int_mod, target_preset, requantize="shift", info=None):
+    """Phase 5: blocked channel layout for the target's dot-product instruction (if any);
+    ``requantize="multiplier"``: the comparison build's fixed-point multiplier requantize
+    (``info``, a dict, receives its count under ``rewritten``); last, the constant adds folded
+    (bias + rounding offset: one add per output vector)."""
+    from relay_passes.fold_constant_adds import FoldConstantAdds
     from relay_passes.pack_channel_blocks import PackChannelBlocks
     from schedules import find_dot
 
     dot = find_dot(target_preset.dot_instruction)
-    if dot is None:
-        return int_mod
-    return PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None,
-                             dot.pair_taps, dot.wide_intrin is not None,
-                             dot.wide_data)(int_mod)
+    packed = int_mod
+    if dot is not None:
+        packed = PackChannelBlocks(dot.lanes, dot.depth, dot.intrin_signed is None,
+                                   dot.pair_taps, dot.wide_intrin is not None,
+                                   dot.wide_data)(int_mod)
+    if requantize == "multiplier":
+        from relay_passes.requantize_multiplier import RequantizeWithMultiplier
+
+        packed = RequantizeWithMultiplier(info)(packed)
+    return FoldConstantAdds()(packed)
 
 
 def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, strict=True):
@@ -277,13 +286,12 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     note("integer", 0, None)
     int_mod = integer(float_mod, graph, plan, preset)
     dump("2_integer", int_mod)
-    packed = pack(int_mod, preset)
+    rq = {}
+    packed = pack(int_mod, preset, requantize, rq)
     extra = {}
     if requantize == "multiplier":
-        from relay_passes.requantize_multiplier import MULTIPLIER, RequantizeWithMultiplier
+        from relay_passes.requantize_multiplier import MULTIPLIER
 
-        rq = {}
-        packed = RequantizeWithMultiplier(rq)(packed)
         extra["requantize"] = dict(
             mode="multiplier", multiplier=MULTIPLIER, rewritten=rq["rewritten"],
             int8_only=False,

@@ -7,9 +7,16 @@ channel, ``>>`` arithmetic):
 * conv2d / dense:  ``q = RQ(T_src, d = fl_src - in_fl)``;
                    ``acc = conv(q, w_int8, int32) + b_int32``
 * RQ(T, d):        ``T' = T << max(-d, 0)``, ``r = max(d, 0)``,
-                   ``y = (T' + (2**(r-1) - 1) + ((T' >> r) & 1)) >> r``
+                   ``u = T' + (2**(r-1) - 1)``, ``y = (u + ((u >> r) & 1)) >> r``
                    (= round_half_even(T'/2**r); the constants are 0 where r = 0),
                    then ``clip`` to [0, 255] / [-127, 127] and cast
+
+Why ``y`` rounds half to even: write ``T' = q * 2**r + m``, ``0 <= m < 2**r``.  Below the half
+(``m < 2**(r-1)``) ``u`` and ``u + 1`` both floor to ``q``; above it both floor to ``q + 1``; so
+the parity bit only matters at the tie, ``m = 2**(r-1)``, where ``u = q * 2**r + 2**r - 1``:
+``u >> r = q`` and ``y = q + (q & 1)``, the even neighbour.  Taking the parity of ``u`` rather
+than of ``T'`` makes the offset the first operation on ``T'``, so a constant added just before
+(the conv's bias) folds into it (:mod:`relay_passes.fold_constant_adds`).
 * relu / ReLU6:    ``max(T, 0)`` / ``min(max(T, 0), hi_int)``
 * add (residual):  ``(A << (f - fl_a)) + (B << (f - fl_b))``, ``f = max(fl_a, fl_b)``; stays int32
 * max_pool2d:      ``max_pool(RQ(T))`` on int8/uint8 when every consumer of the pool is a layer
@@ -61,9 +68,9 @@ def emit_rounding_shift(bb, t, shift, name):
     if right.any():
         rounding, parity = rounding_constants(right)
         r_c = _const(right, ndim)[0]
-        lsb = R.bitwise_and(R.right_shift(t, r_c), _const(parity, ndim)[0])
-        t = bb.emit(R.right_shift(R.add(R.add(t, _const(rounding, ndim)[0]), lsb), r_c),
-                    f"{name}_rsh")
+        u = bb.emit(R.add(t, _const(rounding, ndim)[0]), f"{name}_rnd")
+        lsb = R.bitwise_and(R.right_shift(u, r_c), _const(parity, ndim)[0])
+        t = bb.emit(R.right_shift(R.add(u, lsb), r_c), f"{name}_rsh")
     return t
 
 
@@ -86,14 +93,13 @@ def match_rounding_right_shift(value, producers):
     if not is_call(total, "relax.add"):
         return None
     args = list(total.args)
-    for a, b in (args, args[::-1]):
-        rounded, lsb = producers.get(a), producers.get(b)
+    for u, b in (args, args[::-1]):
+        rounded, lsb = producers.get(u), producers.get(b)
         if not (is_call(rounded, "relax.add") and is_call(lsb, "relax.bitwise_and")
                 and _tvm.is_const(rounded.args[1]) and _tvm.is_const(lsb.args[1])):
             continue
-        t = rounded.args[0]
         inner = producers.get(lsb.args[0])
-        if not (is_call(inner, "relax.right_shift") and inner.args[0].same_as(t)
+        if not (is_call(inner, "relax.right_shift") and inner.args[0].same_as(u)
                 and _tvm.is_const(inner.args[1])
                 and np.array_equal(_tvm.const_value(inner.args[1]), r)):
             continue
@@ -103,7 +109,7 @@ def match_rounding_right_shift(value, producers):
             _tvm.const_value(lsb.args[1]).astype(np.int64), r64)
         want_rounding, want_parity = rounding_constants(rb)
         if np.array_equal(rounding, want_rounding) and np.array_equal(parity, want_parity):
-            return t, r64
+            return rounded.args[0], r64
     return None
 
 

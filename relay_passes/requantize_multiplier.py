@@ -9,7 +9,7 @@ multiplication audit reports as wide multiplies (the default build stays 8-bit o
 Rewrites every rounding right shift that ``emit_requantize`` emits (in NCHW or after
 PackChannelBlocks, per-channel constants in either layout)::
 
-    y = (T + (2**(r-1) - 1) + ((T >> r) & 1)) >> r          # round_half_even(T / 2**r)
+    u = T + (2**(r-1) - 1);  y = (u + ((u >> r) & 1)) >> r   # round_half_even(T / 2**r)
 
 into, with ``M = 2**30`` (an int32 per-channel multiplier tensor) and ``k = 30 + r``::
 
@@ -69,7 +69,8 @@ def _rewrite(func):
         count[0] += 1
         return bb.emit(R.astype(y, "int32"), name)  # |y| <= |T|: fits in int32
 
-    return rebuild(func, handler), count[0]
+    # the shift form's offset binding (``_rnd``) is left unused
+    return relax.analysis.remove_all_unused(rebuild(func, handler)), count[0]
 
 
 def RequantizeWithMultiplier(info: dict | None = None):  # noqa: N802  (PascalCase, as in TVM)

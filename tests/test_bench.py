@@ -136,11 +136,9 @@ def test_mul32_audit_reports_wide_multiplies_default_has_none(small_builds):
 def test_mul32_program_fails_the_default_audit(small_builds):
     """The audit still guards the default path: the same multiplier program, lowered strictly,
     is refused."""
-    from relay_passes.requantize_multiplier import RequantizeWithMultiplier
-
     shift, _, _ = small_builds
     preset = get_target("x86")
-    program = RequantizeWithMultiplier()(api.pack(shift.int_mod, preset))
+    program = api.pack(shift.int_mod, preset, requantize="multiplier")
     with pytest.raises(AuditError, match="wide multiply"):
         api.lower(program, preset)
     with pytest.raises(InputError, match="requantize"):
