@@ -41,6 +41,9 @@ class DotIntrin:
     dw_pair_wide: str | None = None
     pair_interleave: str | None = None
     pair_interleave_signed: str | None = None
+    # the epilogue's int32 -> 8-bit narrowing of 4 pixels x ``lanes`` channels at once:
+    # ``((dtype, lo, hi), intrinsic)`` per clamp it implements; none: LLVM narrows each vector
+    narrow: tuple = ()
 
     @property
     def wide_data(self) -> bool:
@@ -49,6 +52,10 @@ class DotIntrin:
     @property
     def pair_taps(self) -> bool:
         return self.dw_pair is not None
+
+    def narrow_for(self, dtype: str, lo: int, hi: int) -> str | None:
+        """The narrowing intrinsic for a ``dtype(clamp(x, lo, hi))`` epilogue, if there is one."""
+        return dict(self.narrow).get((dtype, lo, hi))
 
     def intrin_for(self, block, depthwise: bool = False) -> str:
         """The intrinsic matching the activation (and weight) dtypes read by ``block`` (a conv
@@ -87,7 +94,9 @@ def _x86():
                               wide_data_wide_intrin=x.AVX2_8x2_A16W16,
                               dw_pair_wide=x.AVX2_DW_8x2_WIDE,
                               pair_interleave=x.AVX2_PAIRS,
-                              pair_interleave_signed=x.AVX2_PAIRS + "_s8"),
+                              pair_interleave_signed=x.AVX2_PAIRS + "_s8",
+                              narrow=tuple((form, x.AVX2_NARROW + suffix)
+                                           for form, suffix in x.NARROW_FORMS.items())),
     }
 
 

@@ -56,31 +56,86 @@ def _inline_side_inputs(sch, blk, chain: set) -> None:
         _try_inline(sch, p)  # not elementwise: stays a block
 
 
-def inline_epilogue(sch, block):
+def inline_epilogue(sch, block, keep=None):
     """Inline every elementwise block after ``block`` (and the elementwise blocks feeding them
-    from function inputs) into its consumer, where possible; returns the blocks that remain
-    (those writing the function's outputs)."""
+    from function inputs) into its consumer, where possible, except the block named ``keep``;
+    returns the blocks that remain (those writing the function's outputs, and ``keep``)."""
     remaining = []
     after = consumers_chain(sch, block)
     chain = {sch.get(b).name_hint for b in [block, *sch.get_producers(block), *after]}
     for blk in after:
         _inline_side_inputs(sch, blk, chain)
-        if not _try_inline(sch, blk):  # writes an output buffer: keep it as a block
-            remaining.append(blk)
+        if sch.get(blk).name_hint == keep or not _try_inline(sch, blk):
+            remaining.append(blk)  # an output (or the kept block): stays a block
     return remaining
 
 
-def fuse_epilogue(sch, block, loop):
+def _narrowing(sch, block, dot):
+    """``(name of x's block, intrinsic)`` when the kernel after ``block`` ends with
+    ``dtype(clamp(x, lo, hi))`` and ``dot`` has an intrinsic that narrows that clamp, else None.
+    Kept as a block of its own (the int32 stage of the tile), ``x`` feeds the narrowing."""
+    from f8tvm._tvm import expr_dtype, node_kind
+
+    if dot is None or not dot.narrow:
+        return None
+    after = consumers_chain(sch, block)
+    outs = [b for b in after if not sch.get_consumers(b)]
+    if len(outs) != 1:
+        return None
+    out = sch.get(outs[0])
+    value = out.body.value
+    if node_kind(value) != "Cast" or node_kind(value.value) not in ("BufferLoad", "TensorLoad"):
+        return None
+    clip = sch.get_producers(outs[0])
+    if len(clip) != 1:
+        return None
+    v = sch.get(clip[0]).body.value
+    if not (node_kind(v) == "Max" and node_kind(v.a) == "Min"
+            and node_kind(v.b) == "IntImm" and node_kind(v.a.b) == "IntImm"):
+        return None
+    intrin = dot.narrow_for(expr_dtype(value), int(v.b.value), int(v.a.b.value))
+    src = sch.get_producers(clip[0])
+    names = {sch.get(b).name_hint for b in after}
+    if intrin is None or len(src) != 1 or sch.get(src[0]).name_hint not in names:
+        return None
+    return sch.get(src[0]).name_hint, intrin
+
+
+def fuse_epilogue(sch, block, loop, dot=None, pixels=0):
     """Compute the elementwise blocks after ``block`` at ``loop`` (its register tile), so no
     intermediate reaches memory.  A block that cannot move there (it also needs data computed
-    elsewhere in the kernel) stays a separate parallel loop nest."""
-    for blk in inline_epilogue(sch, block):
+    elsewhere in the kernel) stays a separate parallel loop nest.
+
+    With ``dot``'s narrowing intrinsic for the kernel's final clamp-and-cast, and ``pixels`` (the
+    tile's width) a multiple of 4: the int32 result stays a block on the tile and the
+    narrowing to 8 bits is tensorized, 4 pixels at a time (``intrin_x86.AVX2_NARROW``)."""
+    narrowing = _narrowing(sch, block, dot) if pixels and pixels % 4 == 0 else None
+    keep, intrin = narrowing or (None, None)
+    for blk in inline_epilogue(sch, block, keep):
         try:
             sch.reverse_compute_at(blk, loop, preserve_unit_loops=True)
         except Exception:  # producers outside the tile: schedule it on its own
             _schedule_root_block(sch, blk)
             continue
-        vectorize_inner(sch, blk, unroll_rest=True, below=loop)
+        loops = sch.get_loops(blk)
+        if intrin is not None and sch.get(blk).name_hint != keep and len(loops) >= 2 \
+                and extent(sch, loops[-1]) == 8 and extent(sch, loops[-2]) % 4 == 0:
+            _tensorize_narrowing(sch, blk, loop, intrin)
+        else:
+            vectorize_inner(sch, blk, unroll_rest=True, below=loop)
+
+
+def _tensorize_narrowing(sch, blk, below, intrin):
+    """The output block's (pixel, lane) loops, 4 pixels per narrowing intrinsic; the loops
+    between ``below`` and them unrolled."""
+    px = sch.get_loops(blk)[-2]
+    sch.split(px, [extent(sch, px) // 4, 4])
+    loops = sch.get_loops(blk)
+    outer = sch.get(below)
+    start = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(outer)) + 1
+    for lp in loops[start:-2]:
+        sch.unroll(lp)
+    sch.tensorize(loops[-2], intrin)
 
 
 def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64, below=None):

@@ -3,7 +3,8 @@
 conv: register tile of ``oc_tile`` x ``ow_tile`` accumulators (vectors of int32 lanes), reduction
 over input-channel groups of the dot depth innermost, the target's dot-product instruction via
 tensorization (:data:`schedules.DOT`), the requantize epilogue
-computed at the register tile (so no int32 tensor reaches memory), parallel over output rows.
+computed at the register tile (so no int32 tensor reaches memory; narrowed to 8 bits four pixels
+at a time where the target has the intrinsic), parallel over output rows.
 The two tile sizes are the decisions tuning explores (``sample_perfect_tile``); without tuning they
 come from :func:`default_conv_tiles`.
 """
@@ -56,7 +57,7 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)
     sch.parallel(sch.fuse(b, o_o, y))  # before tensorize: parallel needs a plain reduction block
     # epilogue (bias, requantize, residual, clip, cast) at the register tile
-    _sch.fuse_epilogue(sch, conv, x_o)
+    _sch.fuse_epilogue(sch, conv, x_o, dot, _sch.extent(sch, x_i))
     init = sch.decompose_reduction(conv, rc)
     _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
     sch.tensorize(ol, dot.intrin_for(sch.get(conv)))
@@ -85,7 +86,7 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         sch.reorder(b, c, y, x_o, ry, rx, x_i, cl)
     plane = sch.fuse(b, c)
     sch.parallel(plane)
-    _sch.fuse_epilogue(sch, dw, x_o)
+    _sch.fuse_epilogue(sch, dw, x_o, dot, _sch.extent(sch, x_i))
     # the tap-pair form reads one padded plane per channel block: pad it there, from cache (and
     # make its widened column pairs there too)
     widened = _sch._block_or_none(sch, PAIR_BLOCK) if pairs else None

@@ -247,3 +247,73 @@ def _pairs_impl(a_dtype: str):
 
 for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
     TensorIntrin.register(AVX2_PAIRS + _suffix, _pairs_desc(_a), _pairs_impl(_a), override=True)
+
+
+# Narrowing the epilogue's result: ``C[p, i] = dtype(clamp(A[p, i], lo, hi))`` for 4 pixels x 8
+# channels (int32 -> 8 bits, 32 contiguous output bytes).  The saturating packs clamp for free:
+# two ``vpackssdw`` (int32 -> int16) and one ``vpackuswb`` / ``vpacksswb`` (-> 8 bits) turn 4
+# vectors into one, whose dwords come out in 128-bit-lane order (pixel 0's channels 0-3, pixel
+# 1's 0-3, ..., then the channels 4-7), put back by one ``vpermd``; a [-127, 127] clamp (F8Net's
+# symmetric int8) adds one ``vpmaxsb``.  Narrowed one vector at a time, as LLVM does it, each
+# vector costs a ``vextracti128`` and a ``vpackssdw``, every two a ``vpackuswb`` and a store.
+AVX2_NARROW = "f8tvm_avx2_narrow_4x8"  # + "_u8" (clamp [0, 255]) / "_s8" ([-128, 127]) / "_s8sym"
+NARROW_FORMS = {("uint8", 0, 255): "_u8", ("int8", -128, 127): "_s8",
+                ("int8", -127, 127): "_s8sym"}
+_PERMUTE_DWORDS = [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def _narrow_desc(dtype: str, lo: int, hi: int):
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4, 8), "int32", offset_factor=1),
+        C: T.Buffer((4, 8), dtype, offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:4, 0:8])
+            T.writes(C[0:4, 0:8])
+            for p in T.serial(0, 4):
+                for i in T.serial(0, 8):
+                    with T.sblock("narrow"):
+                        vp, vi = T.axis.remap("SS", [p, i])
+                        C[vp, vi] = T.Cast(dtype, T.max(T.min(A[vp, vi], hi), lo))
+
+    return desc
+
+
+def _pack(name, a, b, dtype):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), a, b, dtype=dtype)
+
+
+def _narrowed(A, dtype: str, lo: int):
+    """The 4 x 8 int32 tile ``A`` as 32 clamped 8-bit lanes in memory order (one expression: a
+    local name in the intrinsic would become a local buffer)."""
+    words = [_pack("llvm.x86.avx2.packssdw", A.vload([2 * j, 0], "int32x8"),
+                   A.vload([2 * j + 1, 0], "int32x8"), "int16x16") for j in range(2)]
+    by_lane = _pack("llvm.x86.avx2.packuswb" if dtype == "uint8" else "llvm.x86.avx2.packsswb",
+                    words[0], words[1], "int8x32")
+    ordered = T.reinterpret(T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.permd"), T.reinterpret(by_lane, dtype="int32x8"),
+        T.Shuffle([T.ramp(T.int32(0), 1, 8)], _PERMUTE_DWORDS), dtype="int32x8"),
+        dtype=dtype + "x32")
+    if dtype == "int8" and lo > -128:
+        return T.max(ordered, T.broadcast(T.int8(lo), 32))
+    return ordered
+
+
+def _narrow_impl(dtype: str, lo: int, hi: int):
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4, 8), "int32", offset_factor=1),
+        C: T.Buffer((4, 8), dtype, offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:4, 0:8])
+            T.writes(C[0:4, 0:8])
+            C.vstore([0, 0], _narrowed(A, dtype, lo))
+
+    return impl
+
+
+for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
+    TensorIntrin.register(AVX2_NARROW + _suffix, _narrow_desc(_dtype, _lo, _hi),
+                          _narrow_impl(_dtype, _lo, _hi), override=True)

@@ -1,7 +1,7 @@
 """The x86 (AVX2 ``vpmaddwd``) conv kernel, ``conv2d_nchwc`` with our default schedule, alone:
 bit-exact against an int64 NumPy conv for 8-bit and widened (int16) activations and weights,
 multiplies with ``vpmaddwd`` only, broadcasts widened activation pairs straight from memory, and
-the audit counts its MACs."""
+the audit counts its MACs; the epilogue's clamp-and-cast narrows 4 pixels at a time where it can."""
 
 import re
 
@@ -66,3 +66,41 @@ def test_conv_kernel_is_exact_and_uses_vpmaddwd(cin, cout, h, w, k, stride, pad,
         oh, ow = y.shape[2:4]
         assert report.wide_multiplies == 0
         assert report.macs_8bit == cout * cin * oh * ow * k * k
+
+
+@pytest.mark.parametrize("dtype,lo,hi", [("uint8", 0, 255), ("int8", -128, 127),
+                                         ("int8", -127, 127)])
+@pytest.mark.parametrize("width", [8, 7])
+def test_narrowing_epilogue_is_exact(dtype, lo, hi, width):
+    # conv -> shift -> clamp -> cast: with a tile 4 pixels wide (width 8) the int32 result is
+    # narrowed 4 pixels at a time (packs + vpermd); width 7 keeps the vector-by-vector path
+    from f8tvm._tvm import tir
+
+    cin, cout = 16, 16
+    rng = np.random.default_rng(width)
+    x = rng.integers(0, 256, (1, cin, 3, width)).astype("uint8")
+    wt = rng.integers(-128, 128, (cout, cin, 1, 1)).astype("int8")
+    wt[:3] = 127  # channels driven past the top of the range, and past the bottom:
+    wt[3:6] = -128
+    packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
+    data = te.placeholder(block(x).shape, "uint8", name="data")
+    kernel = te.placeholder(packed.shape, "int8", name="kernel")
+    acc = conv2d_nchwc(data, kernel, (1, 1), (0, 0, 0, 0), (1, 1), 0, True)
+    shifted = te.compute(acc.shape, lambda *i: acc(*i) >> 7, name="shifted")
+    clamped = te.compute(acc.shape, lambda *i: tir.max(tir.min(shifted(*i), hi), lo),
+                         name="clamped")
+    out = te.compute(acc.shape, lambda *i: clamped(*i).astype(dtype), name="out")
+    func = default_schedule(te.create_prim_func([data, kernel, out]), find_dot("vpmaddwd"))
+    assert ("llvm.x86.avx2.permd" in func.script()) == (width % 4 == 0)
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    lib = tvm.compile(mod, target=get_target("x86").tvm())
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], dtype), dev)
+    lib["main"](tvm.runtime.tensor(block(x), dev), tvm.runtime.tensor(packed, dev), y)
+    want = np.clip(conv(x, wt, 1, (0, 0, 0, 0)) >> 7, lo, hi)
+    assert want.min() == lo and want.max() == hi  # both clamp edges are exercised
+    assert np.array_equal(unblock(y.numpy()), want)
+    if width % 4 == 0:
+        body = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+        assert "vpermd" in body and ("vpackuswb" if dtype == "uint8" else "vpacksswb") in body
+    assert audit_module(mod).wide_multiplies == 0
