@@ -281,6 +281,7 @@ def _narrow_desc(dtype: str, lo: int, hi: int):
 
 
 def _pack(name, a, b, dtype):
+    """A two-operand LLVM intrinsic (the packs, vpermd)."""
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), a, b, dtype=dtype)
 
 
@@ -291,9 +292,9 @@ def _narrowed(A, dtype: str, lo: int):
                    A.vload([2 * j + 1, 0], "int32x8"), "int16x16") for j in range(2)]
     by_lane = _pack("llvm.x86.avx2.packuswb" if dtype == "uint8" else "llvm.x86.avx2.packsswb",
                     words[0], words[1], "int8x32")
-    ordered = T.reinterpret(T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.permd"), T.reinterpret(by_lane, dtype="int32x8"),
-        T.Shuffle([T.ramp(T.int32(0), 1, 8)], _PERMUTE_DWORDS), dtype="int32x8"),
+    ordered = T.reinterpret(
+        _pack("llvm.x86.avx2.permd", T.reinterpret(by_lane, dtype="int32x8"),
+              T.Shuffle([T.ramp(T.int32(0), 1, 8)], _PERMUTE_DWORDS), "int32x8"),
         dtype=dtype + "x32")
     if dtype == "int8" and lo > -128:
         return T.max(ordered, T.broadcast(T.int8(lo), 32))
