@@ -32,11 +32,12 @@ Weights held in int16 (``wide_weights``, AVX2): a dot instruction that multiplie
 (``vpmaddwd``) can take a weight tile straight from memory when it is stored widened; the values
 stay 8-bit (the multiplication audit checks the constants).  Worth it for 1x1 convs (see
 :func:`wide_weights_pay`); for 3x3 convs the narrow tile, widened in registers and shared by
-several pixels, is as fast and half the bytes.  Activations widened (``wide_data``, AVX2): every conv copies its padded input to int16
-once (``conv2d_nchwc(..., wide_data=True)``), so an activation pair is a single 32-bit
-broadcast load for ``vpmaddwd`` instead of a broadcast plus a widening at each of its uses; a
-tap-pair depthwise conv rewrites its padded plane once as widened column pairs
-(``depthwise_pairs_nchwc(..., wide_pairs=True)``) and keeps its weights in int16.
+several pixels, is as fast and half the bytes.  Activations widened (``wide_data``, AVX2):
+every conv copies its padded input to int16 once (``conv2d_nchwc(..., wide_data=True)``), so an
+activation pair is a single 32-bit broadcast load for ``vpmaddwd`` instead of a broadcast
+plus a widening at each of its uses; a tap-pair depthwise conv rewrites its padded plane once
+as widened column pairs (``depthwise_pairs_nchwc(..., wide_pairs=True)``) and keeps its weights
+in int16.
 
 Dot instructions that only take unsigned activations (VNNI is u8 x s8) get int8 inputs offset:
 ``conv(x, w) = conv(x + 128, w) - 128 * sum(w)`` with ``x + 128`` as uint8, padded with 128

@@ -131,11 +131,15 @@ def _tensorize_narrowing(sch, blk, below, intrin):
     px = sch.get_loops(blk)[-2]
     sch.split(px, [extent(sch, px) // 4, 4])
     loops = sch.get_loops(blk)
-    outer = sch.get(below)
-    start = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(outer)) + 1
-    for lp in loops[start:-2]:
+    for lp in loops[_below(sch, loops, below):-2]:
         sch.unroll(lp)
     sch.tensorize(loops[-2], intrin)
+
+
+def _below(sch, loops, loop) -> int:
+    """The index in ``loops`` (a block's, outermost first) of the first loop inside ``loop``."""
+    outer = sch.get(loop)
+    return next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(outer)) + 1
 
 
 def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64, below=None):
@@ -150,10 +154,7 @@ def vectorize_inner(sch, block, unroll_rest: bool = False, max_lanes: int = 64, 
     if extent(sch, inner) <= max_lanes:
         sch.vectorize(inner)
     if unroll_rest:
-        start = 0
-        if below is not None:
-            outer = sch.get(below)
-            start = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(outer)) + 1
+        start = 0 if below is None else _below(sch, loops, below)
         for lp in loops[start:-1]:
             if extent(sch, lp) <= 16:
                 sch.unroll(lp)
