@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from f8tvm import _tvm
 from f8tvm._tvm import relax
 
@@ -44,6 +46,12 @@ def int_const(v) -> int | None:
     v = getattr(v, "value", None)
     v = getattr(v, "value", v)  # PrimValue -> IntImm -> int
     return int(v) if isinstance(v, int) else None
+
+
+def fits_int32(v) -> bool:
+    """Whether every value of the integer array ``v`` is representable in int32."""
+    v = np.asarray(v)
+    return not v.size or (int(v.min()) >= -(2**31) and int(v.max()) <= 2**31 - 1)
 
 
 def channel_shape(shape) -> tuple:

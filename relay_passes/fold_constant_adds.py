@@ -22,10 +22,9 @@ import numpy as np
 from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 
-from ._bindings import bindings, expr_dtype, is_call, rebuild, use_counts
+from ._bindings import bindings, expr_dtype, fits_int32, is_call, rebuild, use_counts
 
 R = relax.op
-_INT32 = (-(2**31), 2**31 - 1)
 
 
 def _const_add(value):
@@ -43,7 +42,6 @@ def _const_add(value):
 def fold_constant_adds(func, stats: dict | None = None):
     """The rewritten ``func``; ``stats`` (a dict) receives ``folded``, the adds removed."""
     uses = use_counts(func)
-    ndim = {}
     sums = {}  # var -> (base var, int64 constant): var = base + constant
     folded = {}  # var -> (base var, constant) for the adds that absorb the one before
     for b in bindings(func):
@@ -51,7 +49,6 @@ def fold_constant_adds(func, stats: dict | None = None):
         if m is None:
             continue
         x, c = m
-        ndim[b.var] = len(_tvm.tensor_shape(b.var))
         sums[b.var] = (x, c)
         if x not in sums or uses.get(x, 0) != 1:
             continue
@@ -60,7 +57,7 @@ def fold_constant_adds(func, stats: dict | None = None):
             total = np.asarray(c0 + c)  # numpy broadcasting = the ops' broadcasting
         except ValueError:
             continue
-        if total.ndim > ndim[b.var] or total.min() < _INT32[0] or total.max() > _INT32[1]:
+        if total.ndim > len(_tvm.tensor_shape(b.var)) or not fits_int32(total):
             continue
         sums[b.var] = (base, total)
         folded[b.var] = (base, total)

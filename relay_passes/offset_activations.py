@@ -30,11 +30,10 @@ from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
 from f8tvm.errors import F8TVMError
 
-from ._bindings import bindings, expr_dtype, int_const, is_call, rebuild
+from ._bindings import bindings, expr_dtype, fits_int32, int_const, is_call, rebuild
 
 R = relax.op
 OFFSET = 128  # u8 -> s8: s = u - 128
-_INT32 = (-(2**31), 2**31 - 1)
 
 
 def _offset_function(func):
@@ -105,7 +104,7 @@ def _offset_function(func):
 
 def _i32(v, name):
     v = np.asarray(v, np.int64)
-    if v.size and (v.min() < _INT32[0] or v.max() > _INT32[1]):
+    if not fits_int32(v):
         raise F8TVMError(f"OffsetUnsignedActivations: the corrected bias of '{name}' overflows "
                          "int32")
     return relax.const(v.astype("int32"))
