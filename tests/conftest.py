@@ -45,6 +45,20 @@ class SmallNet(torch.nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
+def relax_main(shape, dtype, body, name="t"):
+    """A Relax module whose ``main(name: dtype[shape])`` is one dataflow block: ``body(bb, x)``
+    emits its bindings and returns the one output."""
+    from f8tvm._tvm import TensorType, relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var(name, TensorType(shape, dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.Tuple([body(bb, x)]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
 def run_relax(mod, *args):
     """Compile a Relax module for the x86 preset and run its ``main``: the outputs as NumPy."""
     from f8tvm import _tvm

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_small_net
+from conftest import make_small_net, relax_main
 
 import f8tvm
 from f8tvm import api, bench
@@ -73,7 +73,7 @@ def test_mul32_is_bit_exact_with_shift_build_and_reference(small_builds):
 def test_multiplier_requantize_equals_shift_on_ties_and_extremes(shift):
     """emit_requantize with and without RequantizeWithMultiplier, on accumulators that include
     exact ties (odd multiples of 2**(r-1)), negatives and the int32 extremes."""
-    from f8tvm._tvm import TensorType, compile_relax, relax, tvm
+    from f8tvm._tvm import compile_relax, relax, tvm
     from relay_passes.quantize_to_integer import emit_requantize
     from relay_passes.requantize_multiplier import RequantizeWithMultiplier
 
@@ -82,14 +82,8 @@ def test_multiplier_requantize_equals_shift_on_ties_and_extremes(shift):
     per_channel = shift.reshape(1, -1, 1, 1) if shift.ndim else shift
 
     def build(signed):
-        bb = relax.BlockBuilder()
-        t = relax.Var("t", TensorType(shape, "int32"))
-        with bb.function("main", [t]):
-            with bb.dataflow():
-                y = emit_requantize(bb, t, per_channel, signed, "rq")
-                out = bb.emit_output(relax.Tuple([y]))
-            bb.emit_func_output(out)
-        return bb.get()
+        return relax_main(shape, "int32",
+                          lambda bb, t: emit_requantize(bb, t, per_channel, signed, "rq"))
 
     rng = np.random.default_rng(0)
     r = np.maximum(np.broadcast_to(shift, (4,)), 0).reshape(1, -1, 1, 1)

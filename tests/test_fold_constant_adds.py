@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_small_net, run_relax
+from conftest import make_small_net, relax_main, run_relax
 
 from f8tvm import api
-from f8tvm._tvm import TensorType, relax
+from f8tvm._tvm import relax, tvm
 from f8tvm.fixedpoint import rq_reference
 from f8tvm.reference import quantize_input, run_reference
 from relay_passes._bindings import bindings, is_call
@@ -15,17 +15,6 @@ from relay_passes.quantize_to_integer import emit_rounding_shift, match_rounding
 from targets import get_target
 
 R = relax.op
-
-
-def _function(shape, body):
-    """``main(t: int32[shape])`` whose dataflow block ``body(bb, t)`` emits; returns the module."""
-    bb = relax.BlockBuilder()
-    t = relax.Var("t", TensorType(shape, "int32"))
-    with bb.function("main", [t]):
-        with bb.dataflow():
-            out = bb.emit_output(relax.Tuple([body(bb, t)]))
-        bb.emit_func_output(out)
-    return bb.get()
 
 
 def _ops(func):
@@ -44,7 +33,7 @@ def test_rounding_shift_is_ties_to_even_everywhere():
     t = np.broadcast_to(values, (c, values.size)).copy()
     t[shifts < 0] %= 1 << 20  # the left-shifted channels: no overflow
     t = t.T.reshape(1, values.size, c).transpose(0, 2, 1).reshape(1, c, values.size, 1)
-    mod = _function(t.shape, lambda bb, x: emit_rounding_shift(
+    mod = relax_main(t.shape, "int32", lambda bb, x: emit_rounding_shift(
         bb, x, shifts.reshape(1, c, 1, 1), "rq"))
     got = run_relax(mod, t.astype("int32"))[0]
     want = rq_reference(t, shifts.reshape(1, c, 1, 1), clamp=False)
@@ -53,7 +42,7 @@ def test_rounding_shift_is_ties_to_even_everywhere():
 
 def test_matcher_finds_the_rounding_shift():
     shape = (1, 3, 2, 2)
-    mod = _function(shape, lambda bb, x: emit_rounding_shift(
+    mod = relax_main(shape, "int32", lambda bb, x: emit_rounding_shift(
         bb, x, np.array([1, 4, 0]).reshape(1, 3, 1, 1), "rq"))
     producers = {b.var: b.value for b in bindings(mod["main"])}
     found = [match_rounding_right_shift(v, producers) for v in producers.values()]
@@ -80,7 +69,7 @@ def test_bias_folds_into_the_rounding_offset(chain):
     bias = rng.integers(-1000, 1000, (1, c, 1, 1)).astype("int32")
     extra = rng.integers(-5000, 5000, (1, c, 1, 1)).astype("int32") if chain else None
     shift = np.array([0, 2, 5, 9]).reshape(1, c, 1, 1)
-    mod = _function(shape, _bias_then_round(bias, shift, extra))
+    mod = relax_main(shape, "int32", _bias_then_round(bias, shift, extra))
     stats = {}
     folded = fold_constant_adds(mod["main"], stats)
     assert stats["folded"] == (2 if chain else 1)
@@ -94,14 +83,8 @@ def test_bias_folds_into_the_rounding_offset(chain):
         0 if extra is None else extra[0, :, 0])
     want = rq_reference(x.astype(np.int64) + bias + (0 if extra is None else extra), shift,
                         clamp=False)
-    for m in (mod, relax_module(folded)):
+    for m in (mod, tvm.IRModule({"main": folded.with_attr("global_symbol", "main")})):
         assert np.array_equal(run_relax(m, x)[0], want)
-
-
-def relax_module(func):
-    from f8tvm._tvm import tvm
-
-    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
 def test_left_alone_when_used_twice_or_when_the_sum_overflows():
@@ -117,7 +100,7 @@ def test_left_alone_when_used_twice_or_when_the_sum_overflows():
         return bb.emit(R.add(b, relax.const(np.array(20, "int32"))), "y")
 
     for body in (used_twice, overflow):
-        mod = _function(shape, body)
+        mod = relax_main(shape, "int32", body)
         stats = {}
         out = fold_constant_adds(mod["main"], stats)
         assert stats["folded"] == 0 and out.same_as(mod["main"])

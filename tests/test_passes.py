@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_small_net, relax_main, run_relax
 
 from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
@@ -28,8 +29,6 @@ def _ops(mod):
 
 
 def _run(mod, *args):
-    from conftest import run_relax
-
     return run_relax(mod, *args)[0]
 
 
@@ -47,8 +46,6 @@ def test_fold_batchnorm_keeps_names_and_numerics(small_net):
 
 @pytest.fixture(scope="module")
 def quantized():
-    from conftest import make_small_net
-
     torch.manual_seed(0)
     net = make_small_net()
     x = torch.randn(1, 3, 16, 16)
@@ -108,14 +105,9 @@ def test_audit_counts_8bit_macs(quantized):
 
 
 def test_audit_fails_on_a_wide_multiply():
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", _tvm.TensorType((1, 8), "int32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(relax.op.multiply(x, x), "wide")
-            out = bb.emit_output(relax.Tuple([y]))
-        bb.emit_func_output(out)
-    lowered = _tvm.lower_relax(bb.get(), get_target("x86").tvm())
+    mod = relax_main((1, 8), "int32", lambda bb, x: bb.emit(relax.op.multiply(x, x), "wide"),
+                     name="x")
+    lowered = _tvm.lower_relax(mod, get_target("x86").tvm())
     report = audit_module(lowered)
     assert report.wide_multiplies == 1 and report.macs_8bit == 0
     assert report.violations[0]["operand_bits"] == [32, 32]
@@ -153,15 +145,10 @@ def test_audit_reads_the_values_of_widened_weights(big):
     w = np.random.default_rng(0).integers(-128, 128, (2, 1, 1, 1, 4, 8, 2)).astype("int16")
     if big:
         w[1, 0, 0, 0, 3, 5, 1] = 300  # a 9-bit weight: the multiply is not 8-bit any more
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", _tvm.TensorType((1, 1, 4, 4, 8), "uint8"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(bb.call_te(conv2d_nchwc, x, relax.const(w), [1, 1], [0, 0, 0, 0],
-                                   [1, 1], 0, primfunc_name_hint="conv2d_nchwc"))
-            out = bb.emit_output(relax.Tuple([y]))
-        bb.emit_func_output(out)
-    lowered = _tvm.lower_relax(bb.get(), get_target("x86").tvm())
+    mod = relax_main((1, 1, 4, 4, 8), "uint8", lambda bb, x: bb.emit(bb.call_te(
+        conv2d_nchwc, x, relax.const(w), [1, 1], [0, 0, 0, 0], [1, 1], 0,
+        primfunc_name_hint="conv2d_nchwc")), name="x")
+    lowered = _tvm.lower_relax(mod, get_target("x86").tvm())
     report = audit_module(lowered)
     if big:
         assert report.wide_multiplies == 1 and report.macs_8bit == 0
@@ -178,15 +165,10 @@ def test_audit_reads_the_stores_of_widened_activations(pad_value):
     from relay_passes.packed_kernels import conv2d_nchwc
 
     w = np.random.default_rng(0).integers(-128, 128, (2, 1, 3, 3, 4, 8, 2)).astype("int8")
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", _tvm.TensorType((1, 1, 4, 4, 8), "uint8"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(bb.call_te(conv2d_nchwc, x, relax.const(w), [1, 1], [1, 1, 1, 1],
-                                   [1, 1], pad_value, True, primfunc_name_hint="conv2d_nchwc"))
-            out = bb.emit_output(relax.Tuple([y]))
-        bb.emit_func_output(out)
-    lowered = _tvm.lower_relax(bb.get(), get_target("x86").tvm())
+    mod = relax_main((1, 1, 4, 4, 8), "uint8", lambda bb, x: bb.emit(bb.call_te(
+        conv2d_nchwc, x, relax.const(w), [1, 1], [1, 1, 1, 1], [1, 1], pad_value, True,
+        primfunc_name_hint="conv2d_nchwc")), name="x")
+    lowered = _tvm.lower_relax(mod, get_target("x86").tvm())
     report = audit_module(lowered)
     if pad_value > 255:
         assert report.wide_multiplies == 1 and report.macs_8bit == 0
