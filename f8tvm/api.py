@@ -73,7 +73,8 @@ class CompiledModel:
             format="f8tvm",
             f8tvm_version=__version__,
             tvm_version=TVM_VERSION,
-            target=dict(name=self.target.name, tvm=self.target.tvm_target),
+            target=dict(name=self.target.name, tvm=self.target.tvm_target,
+                        cpu_flags=list(self.target.cpu_flags)),
             input=dict(name="q_in", shape=list(inp.shape),
                        dtype="int8" if self.plan.input_signed else "uint8",
                        fl=int(self.plan.input_fl), signed=bool(self.plan.input_signed)),
@@ -115,9 +116,11 @@ class CompiledModel:
     # in-process execution (same semantics as f8tvm.runtime.Module)
     def _runtime(self):
         if self._module is None:
-            from .runtime import Module
+            from .runtime import Module, check_cpu
 
-            self._module = Module(self.executable, self.metadata())
+            meta = self.metadata()
+            check_cpu(meta, "this build")
+            self._module = Module(self.executable, meta)
         return self._module
 
     def run_int(self, q):

@@ -23,3 +23,7 @@ class AuditError(F8TVMError):
     def __init__(self, message, report=None):
         super().__init__(message)
         self.report = report
+
+
+class UnsupportedCPUError(F8TVMError):
+    """The module was built for instructions this CPU does not have."""

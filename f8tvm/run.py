@@ -11,6 +11,8 @@ import sys
 
 import numpy as np
 
+from .errors import UnsupportedCPUError
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m f8tvm.run", description=__doc__.splitlines()[0])
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
         else:
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         logits = m.run(x).reshape(-1)
-    except (FileNotFoundError, ValueError, ConnectionError) as err:
+    except (FileNotFoundError, ValueError, ConnectionError, UnsupportedCPUError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from .data import imagenet_class_names

@@ -19,7 +19,7 @@ import numpy as np
 
 from .fixedpoint import qrange  # NumPy only: no torch, no TVM compiler
 
-__all__ = ["Module", "RemoteBoard", "connect", "load"]
+__all__ = ["Module", "RemoteBoard", "check_cpu", "connect", "load"]
 
 
 def metadata_path(so_path: str) -> str:
@@ -226,6 +226,35 @@ def connect(address: str, session_timeout: float = 0, key: str | None = None) ->
     return RemoteBoard(address, session_timeout, key)
 
 
+def check_cpu(meta: dict, path: str = "the module", cpuinfo: str = "/proc/cpuinfo") -> None:
+    """Raise :class:`f8tvm.errors.UnsupportedCPUError` if this CPU lacks a feature the module's
+    target needs (its metadata's ``target.cpu_flags``): a clear error instead of an illegal
+    instruction.  Skipped where ``cpuinfo`` cannot be read (not Linux) or on another
+    architecture (loading an aarch64 ``.so`` on x86 fails on its own)."""
+    need = meta.get("target", {}).get("cpu_flags") or []
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError:
+        return
+    have = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            have.update(value.split())
+    if not have:
+        return  # no x86 "flags" line: another architecture
+    missing = [f for f in need if f not in have]
+    if missing:
+        from .errors import UnsupportedCPUError
+
+        name = meta["target"].get("name", "?")
+        raise UnsupportedCPUError(
+            f"{path} was built for target {name!r}, which needs CPU features this CPU lacks: "
+            f"{', '.join(missing)} (it would stop on an illegal instruction); rebuild it with "
+            "--target host")
+
+
 def load(path: str, device=None, remote: str | RemoteBoard | None = None) -> Module:
     """Load ``path`` (.so) and the ``.json`` metadata beside it.
 
@@ -250,6 +279,7 @@ def load(path: str, device=None, remote: str | RemoteBoard | None = None) -> Mod
     if remote is not None:
         board = remote if isinstance(remote, RemoteBoard) else RemoteBoard(remote)
         return board.load(path, meta)
+    check_cpu(meta, path)
     import tvm
 
     return Module(tvm.runtime.load_module(path), meta, device)

@@ -85,6 +85,12 @@ def _x86():
     return {
         # vpdpbusd takes the broadcast and the weight tile as memory operands
         "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, 16, 4, 24, None, 0.5, 1.0),
+        # AVX-VNNI: the same dot on ymm registers (16 of them: 12 hold accumulators);
+        # depthwise convs take window columns in pairs for AVX2's vpmaddwd, on 8-bit pairs
+        "vpdpbusd.ymm": DotIntrin("vpdpbusd", x.AVXVNNI_8x4, 8, 4, 12, None, 0.5, 1.0,
+                                  x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
+                                  narrow=tuple((form, x.AVX2_NARROW + suffix)
+                                               for form, suffix in x.NARROW_FORMS.items())),
         # AVX2: vpbroadcastw + vpmovzxbw per 8-bit activation pair (a widened pair: one
         # broadcast load), vpmovsxbw per int8 weight tile
         "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,

@@ -1,6 +1,8 @@
 """x86 dot-product tensor intrinsics.
 
 * AVX-512 VNNI ``vpdpbusd``: 16 int32 lanes, each a 4-deep u8 x s8 dot (64 MACs / instruction).
+* AVX-VNNI ``{vex} vpdpbusd``: the same on 8 int32 lanes of a ymm register (32 MACs), for the
+  AVX2-class CPUs that have it without AVX-512 (Alder Lake and later cores, Zen 5 client parts).
 * AVX2 ``vpmaddwd``: 8 int32 lanes, each a 2-deep dot of 8-bit values widened to 16 bits
   (16 MACs / instruction).  It is exact for any u8 x s8 input; ``vpmaddubsw`` (32 MACs) is not:
   it saturates its 16-bit pair sums (255 * 127 * 2 > 2**15), so we do not use it.
@@ -19,7 +21,7 @@ registers) or int16 (stored widened: the dot's memory operand).
 
 Semantics (all):  ``C[i] += sum_k int32(A[k]) * int32(B[i, k])``, ``A`` one activation group
 (broadcast), ``B`` the weight tile, ``C`` int32 accumulators: VNNI ``i < 16, k < 4``, AVX2
-``i < 8, k < 2``.
+``i < 8, k < 2``, AVX-VNNI ``i < 8, k < 4``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 VNNI_16x4 = "f8tvm_vnni_16x4_u8i8i32"  # 512-bit: 16 output lanes x 4-deep dot
+AVXVNNI_8x4 = "f8tvm_avxvnni_8x4_u8i8i32"  # 256-bit (VEX): 8 output lanes x 4-deep dot
 AVX2_8x2 = "f8tvm_avx2_8x2_u8i8i32"  # 256-bit: 8 output lanes x 2-deep dot
 AVX2_8x2_W16 = "f8tvm_avx2_8x2_u8w16i32"  # the same, weights stored widened (int16)
 AVX2_8x2_A16 = "f8tvm_avx2_8x2_a16i8i32"  # activations stored widened (int16 copies of 8 bits)
@@ -79,6 +82,28 @@ def _vnni_16x4_impl(
 
 
 TensorIntrin.register(VNNI_16x4, _dot_desc(16, 4, "uint8"), _vnni_16x4_impl, override=True)
+
+
+@T.prim_func(s_tir=True)
+def _avxvnni_8x4_impl(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        # LLVM's 256-bit vpdpbusd: VEX-encoded on a target with AVX-VNNI and no AVX-512
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+            C.vload([0], dtype="int32x8"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                          dtype="int8x32"),
+            B.vload([0, 0], dtype="int8x32"),
+            dtype="int32x8")
+
+
+TensorIntrin.register(AVXVNNI_8x4, _dot_desc(8, 4, "uint8"), _avxvnni_8x4_impl, override=True)
 
 
 

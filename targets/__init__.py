@@ -15,13 +15,16 @@ TARGETS: dict[str, TargetPreset] = {p.name: p for p in [*_X86, *_ARM]}
 
 
 def host_target_name() -> str:
-    """The x86 preset that matches this CPU (``x86-avx512`` when it has AVX-512 VNNI)."""
+    """The x86 preset that matches this CPU: ``x86-avx512`` with AVX-512 VNNI, ``x86-avxvnni``
+    with AVX-VNNI (and no AVX-512), else ``x86``."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            flags = set(f.read().split())
     except OSError:
         return "x86"
-    return "x86-avx512" if "avx512_vnni" in flags else "x86"
+    if "avx512_vnni" in flags:
+        return "x86-avx512"
+    return "x86-avxvnni" if "avx_vnni" in flags else "x86"
 
 
 def get_target(name: str) -> TargetPreset:

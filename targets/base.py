@@ -19,6 +19,9 @@ class TargetPreset:
     # unsigned activations go in as they are; ARM's sdot (and smull) want s8 x s8, so on ARM the
     # compiler offsets them into int8 (relay_passes/offset_activations.py).
     activation_dtype: str = "uint8"
+    # Linux /proc/cpuinfo flags the generated code needs; the runtime checks them when it loads
+    # a module on this machine (instead of dying on an illegal instruction)
+    cpu_flags: tuple = ()
 
     def tvm(self):
         from f8tvm import _tvm

@@ -166,6 +166,31 @@ def _gap(exe: str, rip: int) -> str | None:
     return None
 
 
+# Bochs's CPU model (bochscpu's default, 29 "tigerlake", has AVX-512 VNNI but rejects the VEX
+# vpdpbusd of AVX-VNNI); 28 is "corei7_icelake_u", which runs both
+_CPU_MODEL = 28
+_model_set = []
+
+
+def _set_cpu_model() -> None:
+    """Select :data:`_CPU_MODEL` before the first CPU is made: bochscpu keeps its parameters
+    in a table its C ABI hands to Bochs (``sim_get_param_enum``), set through Bochs's own
+    ``bx_param_enum_c::set``."""
+    if _model_set:
+        return
+    import ctypes
+
+    import bochscpu._bochscpu as native
+
+    lib = ctypes.CDLL(native.__file__)
+    lib.sim_get_param_enum.restype = ctypes.c_void_p
+    lib.sim_get_param_enum.argtypes = [ctypes.c_char_p]
+    set_enum = lib._ZN15bx_param_enum_c3setEl
+    set_enum.argtypes, set_enum.restype = [ctypes.c_void_p, ctypes.c_long], None
+    set_enum(lib.sim_get_param_enum(b"cpu.model"), _CPU_MODEL)
+    _model_set.append(_CPU_MODEL)
+
+
 class _Space:
     """An identity-mapped (virtual == physical) long-mode address space in the emulator."""
 
@@ -213,9 +238,10 @@ def _dltensor(data_addr, shape_addr, arr):
                        shape_addr, 0, 0)
 
 
-def run_kernel(exe: str, arrays: list[np.ndarray], max_instructions: int | None = None) -> None:
+def run_kernel(exe: str, arrays: list[np.ndarray], count: bool = False) -> int | None:
     """Run the linked kernel ``exe`` on ``arrays`` (its parameters in order, C-contiguous
-    integer arrays); the outputs are written back into their arrays."""
+    integer arrays); the outputs are written back into their arrays.  ``count``: return the
+    number of instructions the kernel executed (a Python callback per instruction: slow)."""
     import bochscpu
     import bochscpu.cpu
 
@@ -268,6 +294,7 @@ def run_kernel(exe: str, arrays: list[np.ndarray], max_instructions: int | None 
         state.cs = code
         state.ds = state.ss = state.es = state.fs = state.gs = data
 
+        _set_cpu_model()
         sess = bochscpu.Session()
         faults = []
 
@@ -282,6 +309,12 @@ def run_kernel(exe: str, arrays: list[np.ndarray], max_instructions: int | None 
         sess.cpu.state = state
         hook = bochscpu.Hook()
         hook.exception = exception
+        executed = [0]
+        if count:
+            def after(s, cpu_id, insn):
+                executed[0] += 1
+
+            hook.after_execution = after
         sess.run([hook])
 
         rc, = struct.unpack("<i", space.read(syms["f8_rc"], 4))
@@ -298,6 +331,7 @@ def run_kernel(exe: str, arrays: list[np.ndarray], max_instructions: int | None 
                                "shape, dtype or alignment of the tensors)")
         for i, a in enumerate(arrays):
             a[...] = np.frombuffer(space.read(layout[i], a.nbytes), a.dtype).reshape(a.shape)
+        return executed[0] if count else None
     finally:
         space.release()
 

@@ -10,6 +10,7 @@ from conftest import asm_functions, module_asm
 import f8tvm
 from f8tvm import _tvm, api
 from f8tvm._tvm import relax, tvm
+from f8tvm.errors import UnsupportedCPUError
 from f8tvm.reference import quantize_input, run_reference
 from relay_passes._bindings import bindings
 from relay_passes.pack_channel_blocks import PackChannelBlocks
@@ -102,9 +103,37 @@ def test_vnni_kernels_contain_vpdpbusd(net, calib):
     assert asm.count("vpdpbusd") > 0
     assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit > 0
     if not _has_vnni():
-        pytest.skip("this CPU has no AVX-512 VNNI: vpdpbusd code checked, not run")
+        # refused with the missing features named, not an illegal instruction (the emulated
+        # VNNI CPU of test_vnni_emulated runs this build)
+        with pytest.raises(UnsupportedCPUError, match="avx512_vnni"):
+            cm.run_int(_inputs(cm.plan)[0])
+        return
     for q in _inputs(cm.plan):
         assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
+
+
+@pytest.mark.parametrize("flags,missing", [
+    ("fpu avx2 fma bmi2 avx_vnni", None),
+    ("fpu avx2 fma bmi2", "avx_vnni"),
+    ("fpu sse2", "avx2, fma, bmi2, avx_vnni"),
+])
+def test_loading_checks_the_cpu_features(tmp_path, flags, missing):
+    from f8tvm.runtime import check_cpu
+
+    meta = {"target": {"name": "x86-avxvnni",
+                       "cpu_flags": list(get_target("x86-avxvnni").cpu_flags)}}
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    if missing is None:
+        check_cpu(meta, "m.so", str(cpuinfo))
+    else:
+        with pytest.raises(UnsupportedCPUError, match=f"m.so .*'x86-avxvnni'.*: {missing} "):
+            check_cpu(meta, "m.so", str(cpuinfo))
+    # another architecture (no x86 flags line), or no cpuinfo, or an old .json: no check
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")
+    check_cpu(meta, "m.so", str(tmp_path / "arm"))
+    check_cpu(meta, "m.so", str(tmp_path / "absent"))
+    check_cpu({"target": {"name": "x86"}}, "m.so", str(cpuinfo))
 
 
 class _ResidualNet(torch.nn.Module):
@@ -273,3 +302,23 @@ def test_tuning_measures_on_boards_behind_an_rpc_tracker(net, calib, tmp_path, r
     tune(task, preset.tvm(), dot_intrin(preset.dot_instruction), db, trials=2,
          runner=make_runner(rpc_tracker.address, "f8tvm-test"))
     assert len(anchor_index(open_database(db))) == 1  # measured (valid latency) over RPC
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ("fpu sse2 avx2 avx512f avx512_vnni avx_vnni", "x86-avx512"),
+    ("fpu sse2 avx2 avx_vnni", "x86-avxvnni"),
+    ("fpu sse2 avx2 avx512f", "x86"),
+    ("fpu sse2 avx2", "x86"),
+])
+def test_host_target_follows_the_cpu_flags(monkeypatch, flags, expected):
+    import builtins
+    import io
+
+    import targets
+
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(
+        f"processor\t: 0\nflags\t\t: {flags}\n") if path == "/proc/cpuinfo" else real_open(
+        path, *a, **k))
+    assert targets.host_target_name() == expected
+    assert get_target("host").name == expected

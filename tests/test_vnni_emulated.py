@@ -1,9 +1,10 @@
-"""The ``x86-avx512`` (AVX-512 VNNI) build executed, not only disassembled, on a CPU without VNNI:
-every kernel runs on an emulated VNNI CPU (``tests/emulated_x86.py``) and the whole program is
-compared bit for bit with the NumPy reference; the conv kernels also under other register tiles
-(the decisions tuning makes) with full-range 8-bit operands."""
+"""The VNNI builds -- ``x86-avx512`` (AVX-512 VNNI, zmm) and ``x86-avxvnni`` (AVX-VNNI, the VEX
+``vpdpbusd`` on ymm) -- executed, not only disassembled, on a CPU without VNNI: every kernel runs
+on an emulated VNNI CPU (``tests/emulated_x86.py``) and the whole program is compared bit for
+bit with the NumPy reference; the conv kernels also under other register tiles (the decisions
+tuning makes) with full-range 8-bit operands."""
 
-import dataclasses
+import re
 
 import emulated_x86 as emu
 import numpy as np
@@ -15,9 +16,9 @@ import f8tvm
 from f8tvm import _tvm, api
 from f8tvm._tvm import tvm
 from f8tvm.reference import quantize_input, run_reference
+from f8tvm.runtime import Module
 from schedules import default_schedule, find_dot, kernel_kind
 from schedules.cpu import default_conv_tiles
-from targets import get_target
 
 SIZE = 16
 
@@ -45,21 +46,39 @@ class _WideNet(torch.nn.Module):
         return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.head(y), 1), 1)
 
 
-@pytest.fixture(scope="module", params=["small", "wide"])
+VNNI_TARGETS = ["x86-avx512", "x86-avxvnni"]
+
+
+@pytest.fixture(scope="module", params=[(t, n) for t in VNNI_TARGETS for n in ("small", "wide")],
+                ids=lambda p: "-".join(p))
 def vnni_build(request):
     from conftest import make_small_net
 
+    target, name = request.param
     torch.manual_seed(0)
-    net = make_small_net() if request.param == "small" else _WideNet().eval()
+    net = make_small_net() if name == "small" else _WideNet().eval()
     calib = [np.random.default_rng(0).standard_normal((4, 3, SIZE, SIZE)).astype("float32")]
-    return f8tvm.compile(net, torch.randn(1, 3, SIZE, SIZE), target="x86-avx512", calib=calib)
+    return f8tvm.compile(net, torch.randn(1, 3, SIZE, SIZE), target=target, calib=calib)
+
+
+def test_avxvnni_kernels_are_vex_ymm_only(vnni_build):
+    """AVX-VNNI CPUs have no AVX-512: the x86-avxvnni build's dots are the VEX vpdpbusd on ymm
+    and no instruction touches a zmm or mask register; the audit holds on both builds."""
+    asm = module_asm(vnni_build)
+    assert vnni_build.audit.wide_multiplies == 0 and vnni_build.audit.macs_8bit > 0
+    if vnni_build.target.name == "x86-avxvnni":
+        dots = [ln for ln in asm.splitlines() if "vpdpbusd" in ln]
+        assert dots and all("{vex}" in ln and "%ymm" in ln for ln in dots)
+        assert "%zmm" not in asm and not re.search(r"%k[0-7]\b", asm)
+    else:
+        assert re.search(r"vpdpbusd\t.*%zmm", asm)
 
 
 def test_vnni_program_is_bit_exact_on_emulated_cpu(vnni_build, tmp_path):
     cm = vnni_build
     ex, where = emu.emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
                                         str(tmp_path))
-    emulated = dataclasses.replace(cm, executable=ex, _module=None)
+    emulated = Module(ex, cm.metadata())  # not cm.run_int: it checks this CPU for VNNI
     rng = np.random.default_rng(7)
     for _ in range(3):
         q = quantize_input(rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32"), cm.plan)
@@ -91,7 +110,7 @@ def test_vnni_conv_tiles_are_exact_on_emulated_cpu(vnni_build, tmp_path):
     spanning the whole 8-bit range (a saturating dot, or a u8/s8 mix-up, would show), against
     the same PrimFunc unscheduled, compiled for this CPU."""
     cm = vnni_build
-    preset = get_target("x86-avx512")
+    preset = cm.target
     dot = find_dot(preset.dot_instruction)
     fused = _tvm.fuse_relax(api.pack(cm.int_mod, preset), preset.tvm())
     rng = np.random.default_rng(3)
@@ -117,10 +136,11 @@ def test_vnni_conv_tiles_are_exact_on_emulated_cpu(vnni_build, tmp_path):
     assert checked >= 4
 
 
+@pytest.mark.parametrize("target", VNNI_TARGETS)
 @pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2", "efficientnet_lite0"])
-def test_vnni_models_are_bit_exact_on_emulated_cpu(model, tmp_path):
-    """The bench's three models, 224x224, built for x86-avx512 and run whole on the emulated
-    VNNI CPU (about 7 s a run): bit-exact with the NumPy reference."""
+def test_vnni_models_are_bit_exact_on_emulated_cpu(model, target, tmp_path):
+    """The bench's three models, 224x224, built for each VNNI target and run whole on the
+    emulated VNNI CPU (about 7 s a run): bit-exact with the NumPy reference."""
     from f8tvm.models import get_model
 
     torch.manual_seed(0)
@@ -128,10 +148,10 @@ def test_vnni_models_are_bit_exact_on_emulated_cpu(model, tmp_path):
     size = spec.input_size
     rng = np.random.default_rng(1)
     calib = [rng.standard_normal((2, 3, size, size)).astype("float32")]
-    cm = f8tvm.compile(net, torch.zeros(1, 3, size, size), target="x86-avx512", calib=calib)
+    cm = f8tvm.compile(net, torch.zeros(1, 3, size, size), target=target, calib=calib)
     ex, where = emu.emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
                                         str(tmp_path))
     q = quantize_input(rng.standard_normal((1, 3, size, size)).astype("float32"), cm.plan)
-    out = dataclasses.replace(cm, executable=ex, _module=None).run_int(q)[0]
+    out = Module(ex, cm.metadata()).run_int(q)[0]
     assert np.array_equal(out, run_reference(cm.graph, cm.plan, q))
     assert sum(v == "emulated" for v in where.values()) >= len(where) - 2, where
