@@ -61,49 +61,36 @@ def _dot_desc(lanes: int, depth: int, a_dtype: str, b_dtype: str = "int8"):
     return desc
 
 
-@T.prim_func(s_tir=True)
-def _vnni_16x4_impl(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        # written as one expression (no local names): the multiplication audit reads the
-        # operands' 8-bit types straight off the call
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
-                          dtype="int8x64"),
-            B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16")
+def _vpdpbusd_impl(lanes: int):
+    """``vpdpbusd`` on ``lanes`` int32 lanes: 16 (zmm, AVX-512 VNNI) or 8 (ymm; VEX-encoded,
+    AVX-VNNI, on a target that has it and no AVX-512)."""
+    name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
+    acc, data = f"int32x{lanes}", f"int8x{4 * lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            # written as one expression (no local names): the multiplication audit reads the
+            # operands' 8-bit types straight off the call
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(name),
+                C.vload([0], dtype=acc),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"),
+                                          lanes), dtype=data),
+                B.vload([0, 0], dtype=data),
+                dtype=acc)
+
+    return impl
 
 
-TensorIntrin.register(VNNI_16x4, _dot_desc(16, 4, "uint8"), _vnni_16x4_impl, override=True)
-
-
-@T.prim_func(s_tir=True)
-def _avxvnni_8x4_impl(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        # LLVM's 256-bit vpdpbusd: VEX-encoded on a target with AVX-VNNI and no AVX-512
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-            C.vload([0], dtype="int32x8"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
-                          dtype="int8x32"),
-            B.vload([0, 0], dtype="int8x32"),
-            dtype="int32x8")
-
-
-TensorIntrin.register(AVXVNNI_8x4, _dot_desc(8, 4, "uint8"), _avxvnni_8x4_impl, override=True)
+TensorIntrin.register(VNNI_16x4, _dot_desc(16, 4, "uint8"), _vpdpbusd_impl(16), override=True)
+TensorIntrin.register(AVXVNNI_8x4, _dot_desc(8, 4, "uint8"), _vpdpbusd_impl(8), override=True)
 
 
 

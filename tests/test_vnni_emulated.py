@@ -1,12 +1,11 @@
 """The VNNI builds -- ``x86-avx512`` (AVX-512 VNNI, zmm) and ``x86-avxvnni`` (AVX-VNNI, the VEX
 ``vpdpbusd`` on ymm) -- executed, not only disassembled, on a CPU without VNNI: every kernel runs
-on an emulated VNNI CPU (``tests/emulated_x86.py``) and the whole program is compared bit for
+on an emulated VNNI CPU (``f8tvm/emulated_x86.py``) and the whole program is compared bit for
 bit with the NumPy reference; the conv kernels also under other register tiles (the decisions
 tuning makes) with full-range 8-bit operands."""
 
 import re
 
-import emulated_x86 as emu
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,7 @@ from conftest import asm_functions, module_asm
 
 import f8tvm
 from f8tvm import _tvm, api
+from f8tvm import emulated_x86 as emu
 from f8tvm._tvm import tvm
 from f8tvm.reference import quantize_input, run_reference
 from f8tvm.runtime import Module
@@ -76,13 +76,14 @@ def test_avxvnni_kernels_are_vex_ymm_only(vnni_build):
 
 def test_vnni_program_is_bit_exact_on_emulated_cpu(vnni_build, tmp_path):
     cm = vnni_build
-    ex, where = emu.emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
-                                        str(tmp_path))
+    ex, report = emu.emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
+                                         str(tmp_path))
     emulated = Module(ex, cm.metadata())  # not cm.run_int: it checks this CPU for VNNI
     rng = np.random.default_rng(7)
     for _ in range(3):
         q = quantize_input(rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32"), cm.plan)
         assert np.array_equal(emulated.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
+    where = {n: r["where"] for n, r in report.items()}  # the kernels called
     # the vpdpbusd kernels all ran on the emulated CPU; only a kernel that hit the emulator's
     # known decoder gap (an EVEX gather) may have run natively, and none of those is a dot
     holding = [f for f, text in asm_functions(module_asm(cm)).items() if "vpdpbusd" in text]
@@ -149,9 +150,32 @@ def test_vnni_models_are_bit_exact_on_emulated_cpu(model, target, tmp_path):
     rng = np.random.default_rng(1)
     calib = [rng.standard_normal((2, 3, size, size)).astype("float32")]
     cm = f8tvm.compile(net, torch.zeros(1, 3, size, size), target=target, calib=calib)
-    ex, where = emu.emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
-                                        str(tmp_path))
+    ex, report = emu.emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
+                                         str(tmp_path))
     q = quantize_input(rng.standard_normal((1, 3, size, size)).astype("float32"), cm.plan)
     out = Module(ex, cm.metadata()).run_int(q)[0]
     assert np.array_equal(out, run_reference(cm.graph, cm.plan, q))
-    assert sum(v == "emulated" for v in where.values()) >= len(where) - 2, where
+    where = {n: r["where"] for n, r in report.items()}
+    assert len(where) >= 20 and sum(v == "emulated" for v in where.values()) >= len(where) - 2
+
+
+def test_emulated_x86_command_counts_and_checks(tmp_path, capsys):
+    """``python -m f8tvm.emulated_x86``: both builds bit-exact, the table and the JSON; the
+    AVX-VNNI convs execute fewer instructions than AVX2's (32 MACs per dot, not 16)."""
+    import json
+
+    out = tmp_path / "counts.json"
+    rc = emu.main(["--model", "mobilenet_v2", "--input-size", "32", "--targets",
+                   "x86-avxvnni,x86", "--count", "--output", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "x86-avxvnni" in text and "vs first" in text
+    rows = {r["target"]: r for r in json.loads(out.read_text())["rows"]}
+    assert all(r["bit_exact"] and r["instructions"] > 0 for r in rows.values())
+    vnni, avx2 = (rows[t]["instructions_by_kind"] for t in ("x86-avxvnni", "x86"))
+    assert 0 < vnni["conv"] < avx2["conv"] / 1.5
+    assert rows["x86"]["macs_8bit"] == rows["x86-avxvnni"]["macs_8bit"]  # same 8-lane blocks
+
+
+def test_emulated_x86_command_rejects_other_targets(capsys):
+    assert emu.main(["--model", "mobilenet_v2", "--targets", "x86,arm"]) == 2
+    assert "not x86 targets: arm" in capsys.readouterr().err

@@ -1,14 +1,22 @@
-"""Run one compiled kernel on an emulated x86-64 CPU with AVX-512 VNNI (Bochs's CPU, through
-``bochscpu-python``), so the ``x86-avx512`` kernels are executed, not only disassembled, on a
-machine without VNNI.  QEMU's user mode cannot do this: its TCG has no AVX-512.
+"""Run compiled x86 kernels on an emulated x86-64 CPU with AVX-512 VNNI and AVX-VNNI (Bochs's
+CPU, through ``bochscpu-python``), so the ``x86-avx512`` and ``x86-avxvnni`` builds are executed,
+not only disassembled, on a machine without VNNI.  QEMU's user mode cannot do this: its TCG has
+neither AVX-512 nor AVX-VNNI.
 
-How: the kernel's object file (what ``tvm.compile`` emits for one PrimFunc) is linked statically
+How: a kernel's object file (what ``tvm.compile`` emits for one PrimFunc) is linked statically
 with a few lines of freestanding C -- the TVM runtime hooks a kernel calls (parallel launch run
 as one task, a bump allocator for workspaces, an error hook that records the failure) and an
 entry that calls the kernel's packed function and stops on ``hlt`` -- and its loadable segments
 are copied into an identity-mapped long-mode address space.  The DLTensors and their data are
-written next to it, the CPU runs (no per-instruction Python callback: Bochs at full speed), and
-the output tensors are read back.  Outputs only: timings under emulation mean nothing.
+written next to it, the CPU runs (no per-instruction Python callback unless instructions are
+counted), and the output tensors are read back.  :func:`emulated_executable` routes every kernel
+call of a whole program there.  Outputs and instruction counts only: timings under emulation
+mean nothing.
+
+``python -m f8tvm.emulated_x86 --model resnet18 --targets x86-avx512,x86-avxvnni,x86`` builds a
+model for each target, runs it whole on the emulated CPU, checks it bit for bit against the NumPy
+reference and (``--count``) reports the instructions its kernels execute, side by side.
+Needs ``pip install bochscpu-python==0.3.1`` (in f8tvm's ``[test]`` extra), ``gcc`` and ``ld``.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
+
+from .errors import F8TVMError
 
 PAGE = 4096
 IMAGE = 0x0040_0000  # where the linked kernel is placed
@@ -80,7 +91,7 @@ _DL_INT, _DL_UINT = 0, 1
 _FFI_DLTENSOR_PTR = 7  # TVMFFITypeIndex kTVMFFIDLTensorPtr
 
 
-class EmulatorUnavailable(RuntimeError):
+class EmulatorUnavailable(F8TVMError):
     """The emulator package or the native toolchain is missing."""
 
 
@@ -93,7 +104,7 @@ def available() -> str | None:
     try:
         import bochscpu  # noqa: F401
     except ImportError as e:
-        return f"bochscpu-python is not installed ({e})"
+        return f"bochscpu-python is not installed ({e}; pip install bochscpu-python==0.3.1)"
     for tool in ("gcc", "ld"):
         if shutil.which(tool) is None:
             return f"{tool} not found"
@@ -349,37 +360,47 @@ def compile_and_link(func, target, workdir: str | None = None) -> str:
     return link_kernel(obj, workdir)
 
 
-def emulated_executable(packed_mod, preset, workdir: str):
-    """The VM executable of a packed integer program (``f8tvm.api.pack``) for the ``x86-avx512``
-    ``preset`` in which every kernel -- scheduled exactly as a build schedules it -- runs on the
-    emulated CPU: each ``call_tir`` becomes a call of a Python function that runs that kernel's
-    linked object in the emulator.  A kernel that hits an :class:`EmulatorGap` runs natively
-    instead (the same scheduled TIR compiled for this CPU).  Returns ``(executable, where)``,
-    ``where`` mapping each kernel called so far to ``"emulated"`` or ``"native"``."""
+_serial = [0]  # each executable registers its kernels under names of its own
+
+
+def emulated_executable(packed_mod, preset, workdir: str, count: bool = False):
+    """The VM executable of a packed integer program (``f8tvm.api.pack``) for an x86 ``preset``
+    in which every kernel -- scheduled exactly as a build schedules it -- runs on the emulated
+    CPU: each ``call_tir`` becomes a call of a Python function that runs that kernel's linked
+    object in the emulator.  A kernel that hits an :class:`EmulatorGap` runs natively instead
+    (the same scheduled TIR compiled for this CPU).  Returns ``(executable, report)``:
+    ``report[kernel]`` says ``where`` it ran (``"emulated"`` or ``"native"``), its ``calls`` and,
+    with ``count``, the ``instructions`` it executed (emulated calls only)."""
     import tvm
     import tvm_ffi
 
-    from f8tvm import _tvm
     from relay_passes._bindings import is_call, rebuild, substitute
-    from schedules import find_dot
+    from schedules import find_dot, kernel_kind
     from schedules.tuning import apply_database
 
-    target = preset.tvm()
-    where: dict[str, str] = {}
+    from . import _tvm
 
-    def kernel_runner(name, func):
+    target = preset.tvm()
+    os.makedirs(workdir, exist_ok=True)
+    report: dict[str, dict] = {}
+    _serial[0] += 1
+    prefix = f"f8tvm.emulated.{_serial[0]}."
+
+    def kernel_runner(name, func, kind):
         exe = compile_and_link(func, target, tempfile.mkdtemp(dir=workdir))
         native = []
 
         def run(*tensors):
             arrays = [t.numpy() for t in tensors]
-            if where.get(name) != "native":
+            entry = report.setdefault(name, dict(kind=kind, where="emulated", calls=0,
+                                                 instructions=0))
+            entry["calls"] += 1
+            if entry["where"] == "emulated":
                 try:
-                    run_kernel(exe, arrays)
-                    where[name] = "emulated"
+                    entry["instructions"] += run_kernel(exe, arrays, count) or 0
                 except EmulatorGap:
-                    where[name] = "native"
-            if where[name] == "native":
+                    entry["where"] = "native"
+            if entry["where"] == "native":
                 if not native:
                     native.append(tvm.compile(tvm.IRModule({"main": func.with_attr(
                         "global_symbol", "main")}), target="llvm"))
@@ -392,10 +413,10 @@ def emulated_executable(packed_mod, preset, workdir: str):
         return run
 
     def schedule(fused):
+        kinds = {name: kernel_kind(func) for name, func in _tvm.primfuncs(fused)}
         fused, _ = apply_database(fused, target, find_dot(preset.dot_instruction), None)
-        kernels = dict(_tvm.primfuncs(fused))
-        for name, func in kernels.items():
-            tvm_ffi.register_global_func(f"f8emu.{name}", kernel_runner(name, func),
+        for name, func in _tvm.primfuncs(fused):
+            tvm_ffi.register_global_func(prefix + name, kernel_runner(name, func, kinds[name]),
                                          override=True)
 
         def handler(b, env, bb):
@@ -405,11 +426,128 @@ def emulated_executable(packed_mod, preset, workdir: str):
             out = call.ty_args[0]  # the output type (0.27: sinfo_args -> ty_args)
             out = list(out.fields) if isinstance(out, _tvm.relax.TupleType) else out
             return bb.emit(_tvm.relax.call_dps_packed(
-                f"f8emu.{call.args[0].name_hint}", substitute(call.args[1], env), out),
+                prefix + call.args[0].name_hint, substitute(call.args[1], env), out),
                 _tvm.var_name(b.var))
 
         main = rebuild(fused["main"], handler).with_attr("global_symbol", "main")
         return tvm.IRModule({"main": main})
 
     lowered = _tvm.lower_relax(packed_mod, target, schedule=schedule)
-    return _tvm.compile_relax_lowered(lowered, target), where
+    return _tvm.compile_relax_lowered(lowered, target), report
+
+
+# ----------------------------------------------------------------------------- command line
+def _row(target, cm, report, exact, seconds):
+    by_kind: dict[str, int] = {}
+    for entry in report.values():
+        by_kind[entry["kind"]] = by_kind.get(entry["kind"], 0) + entry["instructions"]
+    return dict(target=target, dot_instruction=cm.target.dot_instruction, bit_exact=exact,
+                macs_8bit=int(cm.audit.macs_8bit), instructions=sum(by_kind.values()),
+                instructions_by_kind=by_kind, emulated_seconds=round(seconds, 1),
+                native_kernels=sorted(n for n, e in report.items() if e["where"] == "native"))
+
+
+def _table(rows, counted):
+    head = f"{'target':<13} {'dot':<13} {'bit-exact':<9} {'8-bit MACs':>14}"
+    if counted:
+        head += (f" {'instructions':>13} {'conv':>12} {'depthwise':>12} {'other':>11}"
+                 f" {'vs first':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        line = (f"{r['target']:<13} {r['dot_instruction']:<13} {str(r['bit_exact']):<9} "
+                f"{r['macs_8bit']:>14,}")
+        if counted:
+            k = r["instructions_by_kind"]
+            line += (f" {r['instructions']:>13,} {k.get('conv', 0):>12,} "
+                     f"{k.get('depthwise', 0):>12,} {k.get('other', 0):>11,} "
+                     f"{r['instructions'] / rows[0]['instructions']:>7.2f}x")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import time
+
+    from .models import MODELS
+
+    p = argparse.ArgumentParser(
+        prog="python -m f8tvm.emulated_x86",
+        description="Build a model for x86 targets and run each build whole on an emulated "
+                    "AVX-512 VNNI / AVX-VNNI CPU: bit-exactness against the NumPy reference and "
+                    "(--count) the instructions its kernels execute. Timings under emulation "
+                    "mean nothing; instruction counts are exact.")
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--targets", default="x86-avx512,x86-avxvnni,x86",
+                   help="comma-separated x86 presets (default: %(default)s)")
+    p.add_argument("--input-size", type=int, help="H = W of the input (default: the model's)")
+    p.add_argument("--count", action="store_true",
+                   help="count executed instructions (a Python callback per instruction, "
+                        "about 2 million a second)")
+    p.add_argument("--output", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    from targets import TARGETS
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    bad = [t for t in targets if t not in TARGETS or not t.startswith("x86")]
+    if bad or not targets:
+        x86 = ", ".join(t for t in TARGETS if t.startswith("x86"))
+        print(f"error: not x86 targets: {', '.join(bad) or '(none)'}; choose from {x86}",
+              file=sys.stderr)
+        return 2
+    reason = available()
+    if reason:
+        print(f"error: no emulated CPU: {reason}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from . import api
+    from .api import compile as f8_compile
+    from .models import get_model
+    from .reference import quantize_input, run_reference
+    from .runtime import Module
+
+    model, spec = get_model(args.model, seed=0)
+    size = args.input_size or spec.input_size
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, size, size)).astype("float32")
+    calib = [rng.standard_normal((4, 3, size, size)).astype("float32")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="f8tvm-emu-") as tmp:
+        for target in targets:
+            print(f"== {args.model} {size}x{size} for {target}: building ...", flush=True)
+            cm = f8_compile(model, torch.from_numpy(x), target=target, calib=calib)
+            ex, report = emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
+                                             os.path.join(tmp, target), args.count)
+            print(f"   running on the emulated CPU{' (counting)' if args.count else ''} ...",
+                  flush=True)
+            q = quantize_input(x, cm.plan)
+            t0 = time.perf_counter()
+            out = Module(ex, cm.metadata()).run_int(q)[0]
+            seconds = time.perf_counter() - t0
+            exact = bool(np.array_equal(out, run_reference(cm.graph, cm.plan, q)))
+            rows.append(_row(target, cm, report, exact, seconds))
+    print()
+    print(_table(rows, args.count))
+    for r in rows:
+        if r["native_kernels"]:
+            print(f"({r['target']}: {len(r['native_kernels'])} kernel(s) ran natively, an "
+                  f"emulator gap: {', '.join(r['native_kernels'])})")
+    if args.output:
+        doc = dict(model=args.model, input_size=size, counted=args.count, rows=rows,
+                   note="whole programs run on Bochs's CPU (Ice Lake model); outputs compared "
+                        "with f8tvm's NumPy integer reference; instruction counts are the "
+                        "kernels' (the VM's own work is not emulated)")
+        tmp_out = args.output + ".tmp"
+        with open(tmp_out, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp_out, args.output)
+        print(f"wrote {args.output}")
+    return 0 if all(r["bit_exact"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
