@@ -115,7 +115,7 @@ def _elf_segments(path):
     """PT_LOAD segments of a 64-bit little-endian ELF: (vaddr, memsz, bytes)."""
     data = open(path, "rb").read()
     if data[:4] != b"\x7fELF" or data[4] != 2:
-        raise EmulatorUnavailable(f"{path}: not a 64-bit ELF")
+        raise RuntimeError(f"{path}: not a 64-bit ELF")
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     segs = []
@@ -144,9 +144,11 @@ def link_kernel(obj_path: str, workdir: str) -> str:
     subprocess.run(["gcc", "-O2", "-c", "-ffreestanding", "-fno-builtin", "-fno-pie",
                     "-fno-tree-loop-distribute-patterns",
                     "-fno-stack-protector", "-mno-red-zone", "-o", obj, stubs], check=True)
-    subprocess.run(["ld", "-static", "-nostdlib", "-no-pie", f"-Ttext-segment={IMAGE:#x}",
-                    "-e", "f8_entry", "-o", exe, obj_path, obj], check=True,
-                   capture_output=True, text=True)
+    done = subprocess.run(["ld", "-static", "-nostdlib", "-no-pie", f"-Ttext-segment={IMAGE:#x}",
+                           "-e", "f8_entry", "-o", exe, obj_path, obj],
+                          capture_output=True, text=True)
+    if done.returncode:  # e.g. a runtime hook the stubs do not define
+        raise RuntimeError(f"linking {obj_path} for the emulator failed:\n{done.stderr}")
     return exe
 
 
