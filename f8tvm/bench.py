@@ -582,6 +582,18 @@ def main(argv=None):
     threads = [int(t) for t in a.threads.split(",")]
     if a.target == "host":
         a.target = host_target_name()
+    if a.rpc is None:  # timed here: this CPU must run the build
+        from targets import get_target
+
+        from .errors import UnsupportedCPUError
+        from .runtime import check_cpu
+
+        preset = get_target(a.target)
+        try:
+            check_cpu(dict(target=dict(name=preset.name, cpu_flags=list(preset.cpu_flags))),
+                      "the f8tvm build")
+        except UnsupportedCPUError as err:
+            p.error(f"{err}, or time it on a board that has them (--rpc)")
     a.systems_given = a.systems is not None
     chosen = [s for s in (a.systems or ",".join(SYSTEMS)).split(",") if s]
     unknown = [s for s in chosen if s not in SYSTEMS]

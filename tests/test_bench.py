@@ -212,6 +212,19 @@ def test_bench_rejects_unknown_system(tmp_path):
         bench.main(TINY + ["--systems", "tflite", "--output", str(tmp_path / "b.json")])
 
 
+def test_bench_refuses_a_target_this_cpu_cannot_run(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    # a preset needing a flag no CPU has: refused before any build, the flag named
+    fake = dataclasses.replace(TARGETS["x86"], name="x86-future", cpu_flags=("avx2", "f8_fut"))
+    monkeypatch.setitem(TARGETS, "x86-future", fake)
+    out = tmp_path / "b.json"
+    with pytest.raises(SystemExit) as exc:
+        bench.main(TINY + ["--target", "x86-future", "--output", str(out)])
+    assert exc.value.code == 2 and not out.exists()
+    assert "f8_fut" in capsys.readouterr().err
+
+
 @pytest.mark.arm_emulated
 @pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None,
                     reason="qemu-aarch64-static is not installed "
