@@ -223,6 +223,12 @@ def summary_table(cm, files) -> str:
         lines.append(f"kernels: default schedules for {cm.target.name} (untuned; "
                      f"python -m f8tvm.tune makes a database)")
     lines += [f"wrote {f}" for f in files]
+    from .runtime import missing_cpu_flags
+
+    missing = missing_cpu_flags(cm.metadata())
+    if missing:  # built for another machine: say so, do not fail
+        lines.append(f"note: this CPU lacks {', '.join(missing)}, which {cm.target.name} code "
+                     "needs: the module runs on such a CPU, not here")
     return "\n".join(lines)
 
 

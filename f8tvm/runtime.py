@@ -19,7 +19,7 @@ import numpy as np
 
 from .fixedpoint import qrange  # NumPy only: no torch, no TVM compiler
 
-__all__ = ["Module", "RemoteBoard", "check_cpu", "connect", "load"]
+__all__ = ["Module", "RemoteBoard", "check_cpu", "connect", "load", "missing_cpu_flags"]
 
 
 def metadata_path(so_path: str) -> str:
@@ -226,25 +226,30 @@ def connect(address: str, session_timeout: float = 0, key: str | None = None) ->
     return RemoteBoard(address, session_timeout, key)
 
 
-def check_cpu(meta: dict, path: str = "the module", cpuinfo: str = "/proc/cpuinfo") -> None:
-    """Raise :class:`f8tvm.errors.UnsupportedCPUError` if this CPU lacks a feature the module's
-    target needs (its metadata's ``target.cpu_flags``): a clear error instead of an illegal
-    instruction.  Skipped where ``cpuinfo`` cannot be read (not Linux) or on another
-    architecture (loading an aarch64 ``.so`` on x86 fails on its own)."""
+def missing_cpu_flags(meta: dict, cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU features a module's target needs (its metadata's ``target.cpu_flags``) that this
+    CPU lacks; empty where ``cpuinfo`` cannot be read (not Linux) or on another architecture
+    (loading an aarch64 ``.so`` on x86 fails on its own)."""
     need = meta.get("target", {}).get("cpu_flags") or []
     try:
         with open(cpuinfo) as f:
             text = f.read()
     except OSError:
-        return
+        return []
     have = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
             have.update(value.split())
     if not have:
-        return  # no x86 "flags" line: another architecture
-    missing = [f for f in need if f not in have]
+        return []  # no x86 "flags" line: another architecture
+    return [f for f in need if f not in have]
+
+
+def check_cpu(meta: dict, path: str = "the module", cpuinfo: str = "/proc/cpuinfo") -> None:
+    """Raise :class:`f8tvm.errors.UnsupportedCPUError` if this CPU lacks a feature the module's
+    target needs (:func:`missing_cpu_flags`): a clear error instead of an illegal instruction."""
+    missing = missing_cpu_flags(meta, cpuinfo)
     if missing:
         from .errors import UnsupportedCPUError
 

@@ -61,3 +61,20 @@ def test_build_rejects_unknown_model_and_missing_weights(tmp_path):
     r = _run("f8tvm.build", "--model", "resnet18", "--weights", str(tmp_path / "w.pth"))
     assert r.returncode == 2 and "w.pth" in r.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_module_for_another_cpu_builds_with_a_note_and_runs_nowhere_here(tmp_path):
+    from f8tvm.runtime import missing_cpu_flags
+    from targets import TARGETS
+
+    foreign = [t for t in ("x86-avx512", "x86-avxvnni") if missing_cpu_flags(
+        {"target": {"cpu_flags": list(TARGETS[t].cpu_flags)}})]
+    if not foreign:
+        pytest.skip("this CPU runs every x86 preset")
+    target = foreign[0]
+    r = _run("f8tvm.build", "--model", "mobilenet_v2", "--target", target, "--output-dir",
+             str(tmp_path), "--input-size", "32", "--calib", "random", "--calib-count", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "note: this CPU lacks" in r.stdout and f"which {target} code needs" in r.stdout
+    r = _run("f8tvm.run", str(tmp_path / f"mobilenet_v2-{target}.so"))
+    assert r.returncode == 2 and "needs CPU features this CPU lacks" in r.stderr

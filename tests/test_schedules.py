@@ -118,12 +118,13 @@ def test_vnni_kernels_contain_vpdpbusd(net, calib):
     ("fpu sse2", "avx2, fma, bmi2, avx_vnni"),
 ])
 def test_loading_checks_the_cpu_features(tmp_path, flags, missing):
-    from f8tvm.runtime import check_cpu
+    from f8tvm.runtime import check_cpu, missing_cpu_flags
 
     meta = {"target": {"name": "x86-avxvnni",
                        "cpu_flags": list(get_target("x86-avxvnni").cpu_flags)}}
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert missing_cpu_flags(meta, str(cpuinfo)) == (missing.split(", ") if missing else [])
     if missing is None:
         check_cpu(meta, "m.so", str(cpuinfo))
     else:
