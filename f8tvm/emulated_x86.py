@@ -21,6 +21,7 @@ Needs ``pip install bochscpu-python==0.3.1`` (in f8tvm's ``[test]`` extra), ``gc
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -111,11 +112,20 @@ def available() -> str | None:
     return None
 
 
-def _elf_segments(path):
-    """PT_LOAD segments of a 64-bit little-endian ELF: (vaddr, memsz, bytes)."""
-    data = open(path, "rb").read()
+def _image(exe: str):
+    """``(segments, symbols)`` of a linked kernel, read once per executable (it is run once per
+    kernel call): PT_LOAD segments of the 64-bit little-endian ELF as ``(vaddr, memsz, bytes)``
+    and ``nm``'s symbol addresses.  Keyed by the file's identity, so a relinked path is reread."""
+    st = os.stat(exe)
+    return _read_image(exe, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@functools.cache
+def _read_image(exe: str, *identity):
+    with open(exe, "rb") as f:
+        data = f.read()
     if data[:4] != b"\x7fELF" or data[4] != 2:
-        raise RuntimeError(f"{path}: not a 64-bit ELF")
+        raise RuntimeError(f"{exe}: not a 64-bit ELF")
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     segs = []
@@ -124,12 +134,10 @@ def _elf_segments(path):
             "<IIQQQQQQ", data, phoff + i * phentsize)
         if p_type == 1:
             segs.append((vaddr, memsz, data[off:off + filesz]))
-    return segs
-
-
-def _symbols(path):
-    out = subprocess.run(["nm", path], check=True, capture_output=True, text=True).stdout
-    return {p[2]: int(p[0], 16) for p in (line.split() for line in out.splitlines()) if len(p) == 3}
+    out = subprocess.run(["nm", exe], check=True, capture_output=True, text=True).stdout
+    syms = {p[2]: int(p[0], 16) for p in (line.split() for line in out.splitlines())
+            if len(p) == 3}
+    return segs, syms
 
 
 def link_kernel(obj_path: str, workdir: str) -> str:
@@ -155,7 +163,7 @@ def link_kernel(obj_path: str, workdir: str) -> str:
 def _near(exe: str, rip: int) -> list[str]:
     """The instruction before ``rip`` and the one at it, disassembled (a fault's reported
     ``rip`` may be the faulting instruction's or the next one's)."""
-    start = max((a for a in _symbols(exe).values() if a <= rip), default=IMAGE)
+    start = max((a for a in _image(exe)[1].values() if a <= rip), default=IMAGE)
     out = subprocess.run(["objdump", "-d", f"--start-address={start:#x}",
                           f"--stop-address={rip + 16:#x}", exe],
                          capture_output=True, text=True).stdout
@@ -182,15 +190,13 @@ def _gap(exe: str, rip: int) -> str | None:
 # Bochs's CPU model (bochscpu's default, 29 "tigerlake", has AVX-512 VNNI but rejects the VEX
 # vpdpbusd of AVX-VNNI); 28 is "corei7_icelake_u", which runs both
 _CPU_MODEL = 28
-_model_set = []
 
 
+@functools.cache  # once per process, before the first CPU
 def _set_cpu_model() -> None:
     """Select :data:`_CPU_MODEL` before the first CPU is made: bochscpu keeps its parameters
     in a table its C ABI hands to Bochs (``sim_get_param_enum``), set through Bochs's own
     ``bx_param_enum_c::set``."""
-    if _model_set:
-        return
     import ctypes
 
     import bochscpu._bochscpu as native
@@ -201,7 +207,6 @@ def _set_cpu_model() -> None:
     set_enum = lib._ZN15bx_param_enum_c3setEl
     set_enum.argtypes, set_enum.restype = [ctypes.c_void_p, ctypes.c_long], None
     set_enum(lib.sim_get_param_enum(b"cpu.model"), _CPU_MODEL)
-    _model_set.append(_CPU_MODEL)
 
 
 class _Space:
@@ -258,10 +263,10 @@ def run_kernel(exe: str, arrays: list[np.ndarray], count: bool = False) -> int |
     import bochscpu
     import bochscpu.cpu
 
-    syms = _symbols(exe)
+    segments, syms = _image(exe)
     space = _Space()
     try:
-        for vaddr, memsz, _ in _elf_segments(exe):
+        for vaddr, memsz, _ in segments:
             space.map(vaddr, memsz)
         # tensors (64-byte aligned), then shapes, DLTensors and the argument array
         layout, at = [], HEAP
@@ -279,7 +284,7 @@ def run_kernel(exe: str, arrays: list[np.ndarray], count: bool = False) -> int |
         pml4 = (end + PAGE) // PAGE * PAGE
         space.commit(pml4)
 
-        for vaddr, _, data in _elf_segments(exe):
+        for vaddr, _, data in segments:
             space.write(vaddr, data)
         shape_at = shapes
         for i, a in enumerate(arrays):
@@ -507,7 +512,6 @@ def main(argv=None) -> int:
     import torch
 
     from . import api
-    from .api import compile as f8_compile
     from .models import get_model
     from .reference import quantize_input, run_reference
     from .runtime import Module
@@ -521,7 +525,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="f8tvm-emu-") as tmp:
         for target in targets:
             print(f"== {args.model} {size}x{size} for {target}: building ...", flush=True)
-            cm = f8_compile(model, torch.from_numpy(x), target=target, calib=calib)
+            cm = api.compile(model, torch.from_numpy(x), target=target, calib=calib)
             ex, report = emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
                                              os.path.join(tmp, target), args.count)
             print(f"   running on the emulated CPU{' (counting)' if args.count else ''} ...",
