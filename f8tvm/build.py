@@ -225,7 +225,7 @@ def summary_table(cm, files) -> str:
     lines += [f"wrote {f}" for f in files]
     from .runtime import missing_cpu_flags
 
-    missing = missing_cpu_flags(cm.metadata())
+    missing = missing_cpu_flags(cm.target.cpu_flags)
     if missing:  # built for another machine: say so, do not fail
         lines.append(f"note: this CPU lacks {', '.join(missing)}, which {cm.target.name} code "
                      "needs: the module runs on such a CPU, not here")

@@ -226,11 +226,11 @@ def connect(address: str, session_timeout: float = 0, key: str | None = None) ->
     return RemoteBoard(address, session_timeout, key)
 
 
-def missing_cpu_flags(meta: dict, cpuinfo: str = "/proc/cpuinfo") -> list[str]:
-    """The CPU features a module's target needs (its metadata's ``target.cpu_flags``) that this
-    CPU lacks; empty where ``cpuinfo`` cannot be read (not Linux) or on another architecture
-    (loading an aarch64 ``.so`` on x86 fails on its own)."""
-    need = meta.get("target", {}).get("cpu_flags") or []
+def missing_cpu_flags(need, cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU features of ``need`` (a target's ``cpu_flags``) that this CPU lacks; empty where
+    ``cpuinfo`` cannot be read (not Linux) or on another architecture (loading an aarch64
+    ``.so`` on x86 fails on its own)."""
+    need = list(need or [])
     try:
         with open(cpuinfo) as f:
             text = f.read()
@@ -248,8 +248,9 @@ def missing_cpu_flags(meta: dict, cpuinfo: str = "/proc/cpuinfo") -> list[str]:
 
 def check_cpu(meta: dict, path: str = "the module", cpuinfo: str = "/proc/cpuinfo") -> None:
     """Raise :class:`f8tvm.errors.UnsupportedCPUError` if this CPU lacks a feature the module's
-    target needs (:func:`missing_cpu_flags`): a clear error instead of an illegal instruction."""
-    missing = missing_cpu_flags(meta, cpuinfo)
+    target needs (its metadata's ``target.cpu_flags``, :func:`missing_cpu_flags`): a clear error
+    instead of an illegal instruction."""
+    missing = missing_cpu_flags(meta.get("target", {}).get("cpu_flags"), cpuinfo)
     if missing:
         from .errors import UnsupportedCPUError
 

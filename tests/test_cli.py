@@ -68,7 +68,7 @@ def test_module_for_another_cpu_builds_with_a_note_and_runs_nowhere_here(tmp_pat
     from targets import TARGETS
 
     foreign = [t for t in ("x86-avx512", "x86-avxvnni") if missing_cpu_flags(
-        {"target": {"cpu_flags": list(TARGETS[t].cpu_flags)}})]
+        TARGETS[t].cpu_flags)]
     if not foreign:
         pytest.skip("this CPU runs every x86 preset")
     target = foreign[0]

@@ -124,7 +124,8 @@ def test_loading_checks_the_cpu_features(tmp_path, flags, missing):
                        "cpu_flags": list(get_target("x86-avxvnni").cpu_flags)}}
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    assert missing_cpu_flags(meta, str(cpuinfo)) == (missing.split(", ") if missing else [])
+    assert missing_cpu_flags(meta["target"]["cpu_flags"], str(cpuinfo)) == (
+        missing.split(", ") if missing else [])
     if missing is None:
         check_cpu(meta, "m.so", str(cpuinfo))
     else:
