@@ -18,7 +18,7 @@ from f8tvm._tvm import tvm
 from f8tvm.reference import quantize_input, run_reference
 from f8tvm.runtime import Module
 from schedules import default_schedule, find_dot, kernel_kind
-from schedules.cpu import default_conv_tiles
+from schedules.cpu import _divisors, default_conv_tiles
 
 SIZE = 16
 
@@ -102,8 +102,9 @@ def _random_args(func, rng):
     return out
 
 
-def _divisors(n, cap):
-    return [d for d in range(1, min(n, cap) + 1) if n % d == 0]
+def _widest(n, cap):
+    """The largest tile up to ``cap`` that divides ``n`` (the schedules' own divisors)."""
+    return max(d for d in _divisors(n) if d <= cap)
 
 
 def test_vnni_conv_tiles_are_exact_on_emulated_cpu(vnni_build, tmp_path):
@@ -122,7 +123,7 @@ def test_vnni_conv_tiles_are_exact_on_emulated_cpu(vnni_build, tmp_path):
         args = _random_args(func, rng)
         _, occ, _, ow, _ = args[-1].shape  # output blocks and columns (NCHWc output)
         tiles = {(1, 1), default_conv_tiles(occ, ow, dot),
-                 (max(_divisors(occ, 4)), max(_divisors(ow, 4))), (1, max(_divisors(ow, 16)))}
+                 (_widest(occ, 4), _widest(ow, 4)), (1, _widest(ow, 16))}
         ref = [tvm.runtime.tensor(a) for a in args]
         tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                     target="llvm")["main"](*ref)
