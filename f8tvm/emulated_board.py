@@ -57,8 +57,10 @@ WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux
 # README's deployment section lists the same files); none of them imports torch or TVM's compiler.
 RUNTIME_FILES = ("__init__.py", "runtime.py", "fixedpoint.py", "run.py", "data.py",
                  "board_server.py")
+# the target presets (pure Python): the runtime reads the CPU's flags with targets.cpu
+RUNTIME_PACKAGES = ("targets",)
 # bump when what setup builds changes, so old caches are rebuilt
-LAYOUT_VERSION = "2"
+LAYOUT_VERSION = "3"
 
 
 def board_dir() -> str:
@@ -194,6 +196,13 @@ def _install_runtime_files(paths: BoardPaths) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     for name in RUNTIME_FILES:
         shutil.copy2(os.path.join(here, name), os.path.join(dst, name))
+    project = os.path.dirname(here)
+    for package in RUNTIME_PACKAGES:
+        os.makedirs(os.path.join(paths.app, package), exist_ok=True)
+        for name in os.listdir(os.path.join(project, package)):
+            if name.endswith(".py"):
+                shutil.copy2(os.path.join(project, package, name),
+                             os.path.join(paths.app, package, name))
 
 
 def _free_port(host: str) -> int:

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from targets.cpu import read_cpuinfo
+
 from .fixedpoint import qrange  # NumPy only: no torch, no TVM compiler
 
 __all__ = ["Module", "RemoteBoard", "check_cpu", "connect", "load", "missing_cpu_flags"]
@@ -230,19 +232,10 @@ def missing_cpu_flags(need, cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     """The CPU features of ``need`` (a target's ``cpu_flags``) that this CPU lacks; empty where
     ``cpuinfo`` cannot be read (not Linux) or on another architecture (loading an aarch64
     ``.so`` on x86 fails on its own)."""
-    need = list(need or [])
-    try:
-        with open(cpuinfo) as f:
-            text = f.read()
-    except OSError:
-        return []
-    have = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            have.update(value.split())
-    if not have:
-        return []  # no x86 "flags" line: another architecture
+    cpu = read_cpuinfo(cpuinfo)
+    if cpu is None or not cpu.flags:
+        return []  # not Linux, or no x86 "flags" line: another architecture
+    need, have = list(need or []), cpu.flags
     return [f for f in need if f not in have]
 
 

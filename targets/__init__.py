@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .arm import PRESETS as _ARM
 from .base import TargetPreset
+from .cpu import CPUInfo, read_cpuinfo
 from .x86 import PRESETS as _X86
 
 TARGETS: dict[str, TargetPreset] = {p.name: p for p in [*_X86, *_ARM]}
@@ -17,11 +18,8 @@ TARGETS: dict[str, TargetPreset] = {p.name: p for p in [*_X86, *_ARM]}
 def host_target_name() -> str:
     """The x86 preset that matches this CPU: ``x86-avx512`` with AVX-512 VNNI, ``x86-avxvnni``
     with AVX-VNNI (and no AVX-512), else ``x86``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return "x86"
+    cpu = read_cpuinfo()
+    flags = cpu.flags if cpu else frozenset()
     if "avx512_vnni" in flags:
         return "x86-avx512"
     return "x86-avxvnni" if "avx_vnni" in flags else "x86"
@@ -35,4 +33,4 @@ def get_target(name: str) -> TargetPreset:
     return TARGETS[name]
 
 
-__all__ = ["TARGETS", "TargetPreset", "get_target", "host_target_name"]
+__all__ = ["TARGETS", "CPUInfo", "TargetPreset", "get_target", "host_target_name", "read_cpuinfo"]
