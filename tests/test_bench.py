@@ -18,17 +18,19 @@ import torch
 from conftest import make_small_net, relax_main
 
 import f8tvm
-from f8tvm import api, bench
+from f8tvm import api, bench, peak
 from f8tvm.errors import AuditError, InputError
 from f8tvm.reference import run_reference
 from targets import TARGETS, get_target
+from targets.cpu import INT8_FLAGS, read_cpuinfo
 
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 TINY = ["--models", "resnet18", "--input-size", "32", "--threads", "1", "--rounds", "1",
         "--runs", "2", "--warmup", "1"]
 ROW_FIELDS = {"model", "size", "threads", "system", "median_ms", "p10_ms", "p90_ms", "runs",
               "vs_best_peer", "vs_best_peer_paired", "vs_best_peer_paired_p10",
-              "vs_best_peer_paired_p90", "peak_bound_ms", "compile_s", "where", "emulated", "note"}
+              "vs_best_peer_paired_p90", "peak_bound_ms", "compile_s", "where", "emulated", "note",
+              "target", "fast_path", "fast_path_ok", "isa"}
 
 
 def _check_rows(doc, systems, model="resnet18", size=32):
@@ -179,8 +181,31 @@ def test_bench_local_json_png_and_table(tmp_path, monkeypatch, capsys):
     assert base["int8_only"] is True and base["wide_multiplies"] == 0
     assert mul["int8_only"] is False and mul["wide_multiplies"] > 0 and "NOT 8-bit" in mul["note"]
     assert base["compile_s"] > 0 and mul["compile_s"] > 0
-    if TARGETS[doc["target"]].dot_instruction == "vpmaddwd" and shutil.which("gcc"):
+    # the machine, in the JSON: the CPU and the flags that decide its int8 instructions
+    cpu = read_cpuinfo()
+    assert doc["machine"]["cpu"] == cpu.model and doc["machine"]["cores"] == cpu.cores
+    assert doc["machine"]["flags"] == {f: f in cpu.flags for f in INT8_FLAGS}
+    assert doc["versions"]["apache-tvm"] and doc["date"]
+    # every row's check: f8tvm's is its audit; each peer that ran, its fast path
+    preset = TARGETS[doc["target"]]
+    assert base["fast_path_ok"] is True and base["isa"] == preset.isa
+    assert base["fast_path"]["method"] == "f8tvm audit"
+    assert mul["fast_path_ok"] is None  # the comparison build is not 8-bit only, by design
+    for r in rows.values():
+        fp = r["fast_path"]
+        assert set(fp) == {"ok", "isa", "detail", "method"} and fp["ok"] == r["fast_path_ok"]
+        if r["system"] in ("ort-int8-qdq", "ort-int8-qop"):
+            assert fp["ok"] is True and "QLinearConv" in fp["detail"], fp
+        elif r["system"] in ("torch-int8-pt2e", "torch-int8-fx"):
+            assert fp["ok"] in (True, None) and fp["method"] == "oneDNN verbose", fp
+        elif r["system"] in ("ort-fp32", "torch-fp32"):
+            assert fp["ok"] is None
+    assert doc["flagged"] == []
+    if peak.NEEDS.get(preset.dot_instruction) in cpu.flags and shutil.which("gcc"):
         assert base["peak_bound_ms"] > 0
+        bounds = {b["instruction"] for b in doc["bounds"]}
+        assert preset.dot_instruction in bounds
+        assert bounds == {i for i, f in peak.NEEDS.items() if f in cpu.flags}
     peers = [r for r in rows.values() if r["system"] in bench.PEERS]
     if peers:  # ratios to the best peer (1.0 for the best one itself)
         assert min(r["vs_best_peer"] for r in peers) == pytest.approx(1.0)
@@ -195,6 +220,8 @@ def test_bench_local_json_png_and_table(tmp_path, monkeypatch, capsys):
         assert (tmp_path / "bench.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "f8tvm-int8-mul32" in printed and "x best peer" in printed
+    assert f"machine: {cpu.describe()}" in printed and "check" in printed
+    assert "FutureWarning" not in printed
 
 
 def test_paired_ratio_cancels_a_drift():
@@ -246,7 +273,7 @@ def test_bench_rpc_on_emulated_board_says_emulated(tmp_path, monkeypatch, capfd)
     assert "meaningless" in doc["timings"] and doc["target"] == "arm-dotprod"
     rows = _check_rows(doc, ["f8tvm-int8"])
     assert set(rows) == {"f8tvm-int8"}  # the peers cannot run on the board
-    assert {s["system"] for s in doc["skipped"]} == {"ort-int8", "torch-fp32"}
+    assert {s["system"] for s in doc["skipped"]} == {"ort-int8-qdq", "ort-int8-qop", "torch-fp32"}
     r = rows["f8tvm-int8"]
     assert r["where"] == "board" and r["emulated"] is True and r["peak_bound_ms"] is None
     assert r["vs_best_peer"] is None and r["median_ms"] > 0

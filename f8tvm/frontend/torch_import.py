@@ -11,6 +11,7 @@ Two things are added on top of TVM's importer:
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 from f8tvm import _tvm
@@ -69,7 +70,12 @@ def export_program(model, example_input):
             ep = torch.export.export(model, (example_input,))
         except Exception as err:  # torch's message is the useful part
             raise UnsupportedOpError(f"torch.export could not trace the model: {err}") from err
-        return ep.run_decompositions()
+        with warnings.catch_warnings():
+            # torch 2.13's run_decompositions deep-copies its own tree specs through an API it
+            # deprecated, warning once per module call; nothing the user could change
+            warnings.filterwarnings("ignore", category=FutureWarning,
+                                    message=r".*isinstance\(treespec, LeafSpec\)")
+            return ep.run_decompositions()
 
 
 class _NamingImporter:
