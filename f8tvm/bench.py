@@ -401,12 +401,13 @@ def plot(rows, path, title=""):
         return
     keys = sorted({(r["model"], r["threads"]) for r in rows})
     systems = list(dict.fromkeys(r["system"] for r in rows))
-    failed = {r["system"] for r in rows if r.get("fast_path_ok") is False}
     fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(keys)), 5))
     width = 0.8 / len(systems)
     by = {(r["model"], r["threads"], r["system"]): r for r in rows}
+    failed_label = "FAILED its fast-path check"
+    colors = [*plt.cm.tab10.colors, *plt.cm.Dark2.colors]  # one per system, more than ten
     for i, s in enumerate(systems):
-        xs, med, lo, hi, ratios = [], [], [], [], []
+        xs, med, lo, hi, ratios, failed = [], [], [], [], [], []
         for k, key in enumerate(keys):
             r = by.get((*key, s))
             if r is None:
@@ -416,12 +417,17 @@ def plot(rows, path, title=""):
             lo.append(r["median_ms"] - r["p10_ms"])
             hi.append(r["p90_ms"] - r["median_ms"])
             ratios.append(r["vs_best_peer"])
-        flagged = s in failed
-        isa = next((r["isa"] for r in rows if r["system"] == s and r.get("isa")), None)
-        ax.bar(xs, med, width, yerr=[lo, hi], capsize=2,
-               label=s + (f" [{isa}]" if isa else "")
-               + (" (FAILED fast-path check)" if flagged else ""),
-               hatch="xx" if flagged else None, edgecolor="red" if flagged else None)
+            failed.append(r.get("fast_path_ok") is False)
+        # the instruction sets its kernels used (the main one of each row)
+        isas = dict.fromkeys(r["isa"].split("+")[0] for r in rows
+                             if r["system"] == s and r.get("isa"))
+        ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, color=colors[i % len(colors)],
+               label=s + (f" [{' / '.join(isas)}]" if isas else ""))
+        for xx, m, bad in zip(xs, med, failed):  # a flagged row: its bar hatched in red
+            if bad:
+                ax.bar([xx], [m], width, fill=False, hatch="xx", edgecolor="red",
+                       label=failed_label)
+                failed_label = None
         if s.startswith("f8tvm"):
             for xx, m, h, q in zip(xs, med, hi, ratios):
                 if q:

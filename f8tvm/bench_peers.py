@@ -255,8 +255,9 @@ def observe_isa(system, x):
 
 
 # ----------------------------------------------------------------------------- PyTorch
-def onednn_verbose(fn) -> str:
-    """What oneDNN printed in its verbose mode while ``fn()`` ran (it writes to stdout from C,
+def torch_trace(fn) -> tuple[Counter, str]:
+    """One call of ``fn()`` seen two ways: the operators PyTorch dispatched (its profiler:
+    ``{op name: calls}``) and what oneDNN printed in its verbose mode (it writes to stdout from C,
     so the file descriptor is captured)."""
     import torch
 
@@ -265,14 +266,16 @@ def onednn_verbose(fn) -> str:
     with tempfile.TemporaryFile(mode="w+") as log:
         os.dup2(log.fileno(), 1)
         try:
-            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON), \
+                    torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
                 fn()
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)
             os.close(saved)
         log.seek(0)
-        return log.read()
+        text = log.read()
+    return Counter({e.key: e.count for e in p.key_averages()}), text
 
 
 def onednn_isa(impl: str) -> str:
@@ -293,44 +296,64 @@ def onednn_isa(impl: str) -> str:
     return impl  # "ref:any", "gemm:jit", ...: a reference or generic implementation
 
 
-def check_onednn(log: str, convs: int, int8: bool = True) -> FastPath:
-    """The fast-path check of a PyTorch row from oneDNN's verbose log of one inference:
-    ``convs`` convolutions are expected; an int8 row fails on any float convolution or a
-    reference (``ref``) implementation."""
-    kinds, isas, dtypes = Counter(), Counter(), Counter()
+def onednn_convs(log: str) -> Counter:
+    """``{(isa, "src x wei" dtypes): count}`` of the convolutions oneDNN's verbose log says it
+    executed; reference implementations keep their name (``ref:any``) as the isa."""
+    out = Counter()
     for line in log.splitlines():
         p = line.split(",")
         if not line.startswith("onednn_verbose") or "exec" not in p or len(p) < 9:
             continue
         at = p.index("exec")
-        kind, impl = p[at + 2], p[at + 3]
-        if kind not in ("convolution", "matmul", "inner_product"):
+        if p[at + 2] != "convolution":
             continue
         # memory descriptors, e.g. "src:u8::blocked:acdb::f0 wei:s8:a:blocked:AcdB16b32a4b::f0"
         mds = " ".join(p[at + 4:]).split()
         src = next((t.split(":")[1] for t in mds if t.startswith("src:")), "?")
         wei = next((t.split(":")[1] for t in mds if t.startswith("wei:")), "?")
-        kinds[kind] += 1
-        isas[onednn_isa(impl)] += 1
-        dtypes[(kind, f"{src}x{wei}")] += 1
-    n_conv = kinds["convolution"]
-    what = ", ".join(f"{n} {k} {d}" for (k, d), n in dtypes.most_common())
+        out[(onednn_isa(p[at + 3]), f"{src}x{wei}")] += 1
+    return out
+
+
+# PyTorch's int8 convolution operators (FX: quantized::, PT2E after Inductor: onednn::) and its
+# float ones (eager: aten::convolution, once per conv; Inductor with freezing: mkldnn::)
+_INT8_CONV = ("quantized::conv", "onednn::qconv")
+_FLOAT_CONV = ("aten::convolution", "mkldnn::_convolution")
+
+
+def check_torch(ops: Counter, log: str, convs: int, int8: bool = True) -> FastPath:
+    """The fast-path check of a PyTorch row from one inference (:func:`torch_trace`): every one
+    of the model's ``convs`` convolutions must run as an int8 operator and none as a float one;
+    oneDNN's log names the instruction set of those it ran (AMX, AVX-512 VNNI, ...; ``FBGEMM``
+    for int8 convs it did not run), and a reference kernel there fails the check."""
+    n_int8 = sum(n for k, n in ops.items() if k.startswith(_INT8_CONV))
+    n_float = sum(n for k, n in ops.items()
+                  if k == _FLOAT_CONV[0] or k.startswith(_FLOAT_CONV[1]))
+    dnn = onednn_convs(log)
+    dnn_int8 = sum(n for (_, d), n in dnn.items() if d.startswith(("u8", "s8")))
+    isas = Counter()
+    for (isa, d), n in dnn.items():
+        if d.startswith(("u8", "s8")) == int8:
+            isas[isa] += n
+    if int8 and n_int8 > dnn_int8:
+        isas["FBGEMM"] += n_int8 - dnn_int8  # quantized convs oneDNN did not run
     isa = "+".join(i for i, _ in isas.most_common()) or None
-    if not n_conv:  # e.g. FBGEMM ran them: nothing to read
-        return FastPath(None, None, f"no convolution ran in oneDNN (of {convs})",
-                        "oneDNN verbose")
-    detail = f"oneDNN ran {what} (model: {convs} convs)"
+    names = ", ".join(f"{n} {k}" for k, n in ops.most_common()
+                      if k.startswith(_INT8_CONV) or k == _FLOAT_CONV[0]
+                      or k.startswith(_FLOAT_CONV[1]))
+    in_dnn = ", ".join(f"{n} {d} on {i}" for (i, d), n in dnn.most_common())
+    detail = (f"model: {convs} convs; ran {names or 'no conv operator'}"
+              + (f"; oneDNN: {in_dnn}" if in_dnn else ""))
+    method = "PyTorch profiler + oneDNN verbose"
     if not int8:
-        return FastPath(None, isa, detail, "oneDNN verbose")
-    floats = sum(n for (k, d), n in dtypes.items() if k == "convolution"
-                 and not d.startswith(("u8", "s8")))
+        return FastPath(None, isa, detail, method)
     refs = [i for i in isas if i.startswith("ref")]  # oneDNN's reference C loops
-    ok = not floats and not refs and n_conv >= convs
+    ok = not n_float and not refs and n_int8 >= convs
     if not ok:
-        detail += (f"; {floats} float convolution(s)" if floats else "") + (
+        detail += (f"; {n_float} float convolution(s)" if n_float else "") + (
             "; reference (ref) kernels" if refs else "") + (
-            f"; only {n_conv} of {convs} convs seen" if n_conv < convs else "")
-    return FastPath(ok, isa, detail, "oneDNN verbose")
+            f"; only {n_int8} of {convs} convs int8" if n_int8 < convs else "")
+    return FastPath(ok, isa, detail, method)
 
 
 def _count_convs(model) -> int:
@@ -354,7 +377,7 @@ def torch_systems(model, x, calib, wanted, make_system):
                 return fn(torch.from_numpy(xx)).numpy()
 
         run(x)
-        check = check_onednn(onednn_verbose(lambda: run(x)), convs, int8)
+        check = check_torch(*torch_trace(lambda: run(x)), convs, int8)
         out.append(make_system(name, run, _torch_threads, dt, note, check))
 
     int8 = {"torch-int8-pt2e": (_pt2e, "PT2E: X86InductorQuantizer, torch.compile (Inductor, "

@@ -110,7 +110,7 @@ def test_ort_check_sees_through_layout_ops(tmp_path):
     assert plain.ok is False and "no integer op" in plain.detail
 
 
-# ----------------------------------------------------------------------------- oneDNN
+# ----------------------------------------------------------------------------- PyTorch
 def _exec(kind, impl, mds, shape="mb1_ic64oc64_ih56oh56kh3sh1dh0ph1_iw56ow56kw3sw1dw0pw1"):
     """One line of oneDNN's verbose log (v1): an executed primitive."""
     return ",".join(["onednn_verbose", "v1", "primitive", "exec", "cpu", kind, impl,
@@ -126,24 +126,32 @@ _LOG = "\n".join([
 ])
 
 
-def test_onednn_check_reads_kernels_and_dtypes():
-    fp = bench_peers.check_onednn(_LOG, convs=2)
-    assert fp.ok is True and fp.isa == "AMX+AVX-512 VNNI"
-    assert "2 convolution u8xs8" in fp.detail
-    # a float convolution in an int8 row fails, and so does a reference kernel
-    floats = _LOG.replace("src:u8::blocked:acdb::f0 wei:s8:a:blocked:AcdB16b64a4b",
-                          "src:f32::blocked:acdb::f0 wei:f32:a:blocked:AcdB16b64a4b")
-    assert floats != _LOG
-    fp = bench_peers.check_onednn(floats, convs=2)
+def test_torch_check_reads_operators_and_kernels():
+    from collections import Counter
+
+    int8_ops = Counter({"quantized::conv2d": 2, "quantized::linear": 1, "aten::quantize": 1})
+    fp = bench_peers.check_torch(int8_ops, _LOG, convs=2)
+    assert fp.ok is True and fp.isa == "AMX+AVX-512 VNNI", fp
+    assert "2 quantized::conv2d" in fp.detail and "u8xs8 on AMX" in fp.detail
+    # int8 convs oneDNN did not run (FX hands depthwise convs to FBGEMM): still int8
+    fp = bench_peers.check_torch(Counter({"quantized::conv2d": 3}), _LOG, convs=3)
+    assert fp.ok is True and "FBGEMM" in fp.isa
+    # a float convolution in an int8 row fails (eager or Inductor's), and so does a reference
+    # kernel or a conv that ran as neither
+    floats = Counter({"onednn::qconv_pointwise": 2, "mkldnn::_convolution_pointwise": 1})
+    fp = bench_peers.check_torch(floats, _LOG, convs=3)
     assert fp.ok is False and "1 float convolution" in fp.detail
+    eager = Counter({"quantized::conv2d": 2, "aten::convolution": 1, "aten::conv2d": 1})
+    assert bench_peers.check_torch(eager, _LOG, convs=3).ok is False
     ref = _LOG.replace("brgconv_1x1:avx512_core_vnni", "ref:any")
-    assert bench_peers.check_onednn(ref, convs=2).ok is False
-    # fewer convs than the model has: some ran elsewhere, unproven
-    assert bench_peers.check_onednn(_LOG, convs=5).ok is False
-    # nothing in oneDNN: unchecked, not passed
-    assert bench_peers.check_onednn("", convs=2).ok is None
+    fp = bench_peers.check_torch(int8_ops, ref, convs=2)
+    assert fp.ok is False and "reference" in fp.detail
+    fp = bench_peers.check_torch(int8_ops, _LOG, convs=5)
+    assert fp.ok is False and "only 2 of 5" in fp.detail
     # a float row is described, never failed
-    assert bench_peers.check_onednn(floats, convs=2, int8=False).ok is None
+    fp32 = _LOG.replace("u8", "f32").replace("s8", "f32")
+    fp = bench_peers.check_torch(Counter({"aten::convolution": 2}), fp32, convs=2, int8=False)
+    assert fp.ok is None and fp.isa == "AMX+AVX-512 VNNI"
 
 
 @pytest.mark.parametrize("impl, isa", [
@@ -155,24 +163,23 @@ def test_onednn_isa_names(impl, isa):
     assert bench_peers.onednn_isa(impl) == isa
 
 
-def test_onednn_verbose_of_pytorch_int8_conv():
-    """PyTorch's own int8 conv (FX, x86 engine), as the bench builds it: oneDNN reports u8 x s8
-    convolutions, and the instruction set it chose."""
+def test_torch_check_of_pytorch_int8_and_float_models():
+    """PyTorch's own int8 model (FX, x86 engine), as the bench builds it, passes: every conv an
+    int8 operator, the kernels named; the float model, checked as if it were int8, fails."""
     if "x86" not in torch.backends.quantized.supported_engines:
         pytest.skip("this torch has no x86 quantized engine")
-    net, x, calib = _shared_bias_net(), None, None
+    net = _shared_bias_net()
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 3, 16, 16)).astype("float32")
+    x = torch.from_numpy(rng.standard_normal((1, 3, 16, 16)).astype("float32"))
     calib = [rng.standard_normal((4, 3, 16, 16)).astype("float32")]
     with bench_peers.quiet():
-        q = bench_peers._fx(net, torch.from_numpy(x), calib)
+        q = bench_peers._fx(net, x, calib)
     with torch.no_grad():
-        log = bench_peers.onednn_verbose(lambda: q(torch.from_numpy(x)))
-    fp = bench_peers.check_onednn(log, convs=3)
-    if fp.ok is None:
-        pytest.skip(f"oneDNN ran no convolution here ({fp.detail}): FBGEMM's kernels")
-    assert fp.ok is True, fp.detail
-    assert "u8xs8" in fp.detail and fp.isa
+        fp = bench_peers.check_torch(*bench_peers.torch_trace(lambda: q(x)), convs=3)
+        assert fp.ok is True, fp.detail
+        assert "3 quantized::conv2d" in fp.detail and fp.isa
+        fp = bench_peers.check_torch(*bench_peers.torch_trace(lambda: net(x)), convs=3)
+    assert fp.ok is False and "3 float convolution" in fp.detail
 
 
 # ----------------------------------------------------------------------------- ISA profile
