@@ -197,7 +197,7 @@ def test_bench_local_json_png_and_table(tmp_path, monkeypatch, capsys):
         if r["system"] in ("ort-int8-qdq", "ort-int8-qop"):
             assert fp["ok"] is True and "QLinearConv" in fp["detail"], fp
         elif r["system"] in ("torch-int8-pt2e", "torch-int8-fx"):
-            assert fp["ok"] in (True, None) and fp["method"] == "oneDNN verbose", fp
+            assert fp["ok"] in (True, None) and "oneDNN verbose" in fp["method"], fp
         elif r["system"] in ("ort-fp32", "torch-fp32"):
             assert fp["ok"] is None
     assert doc["flagged"] == []
