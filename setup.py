@@ -21,11 +21,19 @@ INSTALL_REQUIRES = [
 # ONNX Runtime with the ONNX exporter's dependencies, torchao for PyTorch's PT2E quantization.
 PEERS = ["onnxruntime==1.32.0", "onnx==1.23.2", "onnxscript==0.7.2", "torchao==0.18.0"]
 
+# folder -> name under f8tvm
+PACKAGE_DIR = {"relay_passes": "passes", "schedules": "schedules", "targets": "targets"}
+
 setup(
     name="f8tvm",
     version="0.1.0",
     description="PyTorch CNN -> F8Net fixed-point integer program (8-bit multiplies only) on TVM",
-    packages=find_packages(include=["f8tvm*", "relay_passes*", "schedules*", "targets*"]),
+    # One installed namespace: the design card's top-level folders are f8tvm's subpackages
+    # (relay_passes/ is f8tvm.passes, schedules/ f8tvm.schedules, targets/ f8tvm.targets).
+    packages=[*find_packages(include=["f8tvm", "f8tvm.*"]),
+              *(f"f8tvm.{name}" for name in PACKAGE_DIR.values())],
+    package_dir={"f8tvm": "f8tvm", **{f"f8tvm.{name}": folder
+                                      for folder, name in PACKAGE_DIR.items()}},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -36,7 +36,7 @@ REQUANTIZE_MODES = ("shift", "multiplier")  # see compile(requantize=...)
 
 def import_model(model, example_input):
     """Phases 1-2: a named, BN-folded float Relax module and the source table."""
-    from relay_passes.fold_batchnorm import FoldBatchNorm
+    from f8tvm.passes.fold_batchnorm import FoldBatchNorm
 
     from ._tvm import relax, tvm
     from .frontend.torch_import import import_torch
@@ -145,9 +145,9 @@ def _batches(calib, example_input):
 
 def integer(float_mod, graph, plan, target_preset):
     """Phase 4: the integer program of ``graph`` under ``plan``, ready to pack for the target."""
-    from relay_passes.clip_after_requantize import ClipAfterRequantize
-    from relay_passes.offset_activations import offset_for_target
-    from relay_passes.quantize_to_integer import QuantizeToInteger
+    from f8tvm.passes.clip_after_requantize import ClipAfterRequantize
+    from f8tvm.passes.offset_activations import offset_for_target
+    from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 
     int_mod = ClipAfterRequantize(QuantizeToInteger(graph, plan)(float_mod))
     return offset_for_target(int_mod, target_preset)  # ARM: int8 activations for sdot (exact)
@@ -158,9 +158,9 @@ def pack(int_mod, target_preset, requantize="shift", info=None):
     ``requantize="multiplier"``: the comparison build's fixed-point multiplier requantize
     (``info``, a dict, receives its count under ``rewritten``); last, the constant adds folded
     (bias + rounding offset: one add per output vector)."""
-    from relay_passes.fold_constant_adds import FoldConstantAdds
-    from relay_passes.pack_channel_blocks import PackChannelBlocks
-    from schedules import find_dot
+    from f8tvm.passes.fold_constant_adds import FoldConstantAdds
+    from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
+    from f8tvm.schedules import find_dot
 
     dot = find_dot(target_preset.dot_instruction)
     packed = int_mod
@@ -169,7 +169,7 @@ def pack(int_mod, target_preset, requantize="shift", info=None):
                                    dot.pair_taps, dot.wide_intrin is not None,
                                    dot.wide_data)(int_mod)
     if requantize == "multiplier":
-        from relay_passes.requantize_multiplier import RequantizeWithMultiplier
+        from f8tvm.passes.requantize_multiplier import RequantizeWithMultiplier
 
         packed = RequantizeWithMultiplier(info)(packed)
     return FoldConstantAdds()(packed)
@@ -181,9 +181,9 @@ def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, stri
     Returns (lowered mod, report); ``info`` (a dict) receives what was tuned.  ``strict``: a wide
     multiply fails the build (:class:`AuditError`); without it the report only records it (the
     ``requantize="multiplier"`` comparison build, which is not 8-bit only by design)."""
-    from relay_passes.audit_multiplies import audit_module, check_module
-    from schedules import find_dot
-    from schedules.tuning import apply_database
+    from f8tvm.passes.audit_multiplies import audit_module, check_module
+    from f8tvm.schedules import find_dot
+    from f8tvm.schedules.tuning import apply_database
 
     from ._tvm import lower_relax
 
@@ -202,7 +202,7 @@ def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, stri
 
 def fuse(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME, plan=None):
     """The fused (legalized, not yet scheduled) kernels of a model: what tuning works on."""
-    from targets import get_target
+    from f8tvm.targets import get_target
 
     from ._tvm import fuse_relax
 
@@ -230,7 +230,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     example_input : torch.Tensor
         Float32, the shape the compiled module will take (batch included).
     target : str
-        A preset name from :data:`targets.TARGETS`, or ``host``.
+        A preset name from :data:`f8tvm.targets.TARGETS`, or ``host``.
     calib : iterable of arrays/tensors, optional
         Calibration batches (N x C x H x W, any N). Defaults to ``example_input`` alone.
     scheme : str
@@ -252,7 +252,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
         **not** 8-bit only: its audit records the wide requantize multiplies instead of failing,
         and the metadata's ``requantize`` entry says so.
     """
-    from targets import get_target
+    from f8tvm.targets import get_target
 
     from ._tvm import compile_relax_lowered
     from .calibrate import collect_stats, plan_fixed_point
@@ -293,7 +293,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     packed = pack(int_mod, preset, requantize, rq)
     extra = {}
     if requantize == "multiplier":
-        from relay_passes.requantize_multiplier import MULTIPLIER
+        from f8tvm.passes.requantize_multiplier import MULTIPLIER
 
         extra["requantize"] = dict(
             mode="multiplier", multiplier=MULTIPLIER, rewritten=rq["rewritten"],

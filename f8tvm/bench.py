@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from targets import get_target, host_target_name, read_cpuinfo
+from f8tvm.targets import get_target, host_target_name, read_cpuinfo
 
 from . import bench_peers, peak
 from .bench_peers import FastPath

@@ -41,7 +41,7 @@ class BuildArgs:
 
 
 def parse_args(argv=None) -> BuildArgs:
-    from targets import TARGETS
+    from f8tvm.targets import TARGETS
 
     from .frontend import f8net
     from .models import available_models

@@ -55,12 +55,13 @@ WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "
 WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64")
 # f8tvm's deployment runtime: what a board needs besides the TVM runtime wheel and numpy (the
 # README's deployment section lists the same files); none of them imports torch or TVM's compiler.
-RUNTIME_FILES = ("__init__.py", "runtime.py", "fixedpoint.py", "run.py", "data.py",
+RUNTIME_FILES = ("__init__.py", "runtime.py", "fixedpoint.py", "errors.py", "run.py", "data.py",
                  "board_server.py")
-# the target presets (pure Python): the runtime reads the CPU's flags with targets.cpu
-RUNTIME_PACKAGES = ("targets",)
+# the target presets (pure Python; the runtime reads the CPU's flags with f8tvm.targets.cpu):
+# folder in the project -> subpackage of f8tvm on the board
+RUNTIME_PACKAGES = {"targets": "targets"}
 # bump when what setup builds changes, so old caches are rebuilt
-LAYOUT_VERSION = "3"
+LAYOUT_VERSION = "5"
 
 
 def board_dir() -> str:
@@ -197,12 +198,12 @@ def _install_runtime_files(paths: BoardPaths) -> None:
     for name in RUNTIME_FILES:
         shutil.copy2(os.path.join(here, name), os.path.join(dst, name))
     project = os.path.dirname(here)
-    for package in RUNTIME_PACKAGES:
-        os.makedirs(os.path.join(paths.app, package), exist_ok=True)
-        for name in os.listdir(os.path.join(project, package)):
+    for folder, package in RUNTIME_PACKAGES.items():
+        os.makedirs(os.path.join(dst, package), exist_ok=True)
+        for name in os.listdir(os.path.join(project, folder)):
             if name.endswith(".py"):
-                shutil.copy2(os.path.join(project, package, name),
-                             os.path.join(paths.app, package, name))
+                shutil.copy2(os.path.join(project, folder, name),
+                             os.path.join(dst, package, name))
 
 
 def _free_port(host: str) -> int:
@@ -283,8 +284,11 @@ class EmulatedBoard:
         return [find_qemu(), "-L", self.paths.sysroot, self.paths.python, *args]
 
     def run_python(self, *args: str, timeout: float = 600, cwd: str | None = None):
-        """Run the board's Python (``python args...``) to completion; a CompletedProcess."""
-        return subprocess.run(self.command(*args), check=False, env=self.env(), cwd=cwd,
+        """Run the board's Python (``python args...``) to completion; a CompletedProcess.  It
+        runs in ``cwd``, by default the board's app folder: in a checkout of this project the
+        current folder's ``f8tvm/`` would shadow the runtime files deployed to the board."""
+        return subprocess.run(self.command(*args), check=False, env=self.env(),
+                              cwd=cwd or self.paths.app,
                               capture_output=True, text=True, timeout=timeout)
 
     def start(self, timeout: float = 300) -> tuple[str, int]:

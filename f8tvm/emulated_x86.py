@@ -381,9 +381,9 @@ def emulated_executable(packed_mod, preset, workdir: str, count: bool = False):
     import tvm
     import tvm_ffi
 
-    from relay_passes._bindings import is_call, rebuild, substitute
-    from schedules import find_dot, kernel_kind
-    from schedules.tuning import apply_database
+    from f8tvm.passes._bindings import is_call, rebuild, substitute
+    from f8tvm.schedules import find_dot, kernel_kind
+    from f8tvm.schedules.tuning import apply_database
 
     from . import _tvm
 
@@ -495,7 +495,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
-    from targets import TARGETS
+    from f8tvm.targets import TARGETS
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bad = [t for t in targets if t not in TARGETS or not t.startswith("x86")]

@@ -72,7 +72,7 @@ def extract_graph(mod, sources: dict | None = None) -> Graph:
     """
     from f8tvm import _tvm
     from f8tvm._tvm import relax
-    from relay_passes._bindings import bindings, use_counts
+    from f8tvm.passes._bindings import bindings, use_counts
 
     sources = sources or {}
     func = mod["main"]

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from targets.cpu import read_cpuinfo
+from f8tvm.targets.cpu import read_cpuinfo
 
 from .fixedpoint import qrange  # NumPy only: no torch, no TVM compiler
 

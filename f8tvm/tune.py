@@ -22,7 +22,7 @@ from .errors import F8TVMError
 
 
 def parse_args(argv=None):
-    from targets import TARGETS
+    from f8tvm.targets import TARGETS
 
     from .models import available_models
 
@@ -72,7 +72,7 @@ def _progress_callback(tasks, bar):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from targets import get_target, host_target_name
+    from f8tvm.targets import get_target, host_target_name
 
     target_name = host_target_name() if a.target == "host" else a.target
     print(f"f8tvm tune: {a.model} for {target_name}, {a.trials} trials per kernel, db {a.db}"
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
         import torch
         from tqdm import tqdm
 
-        from schedules import find_dot
-        from schedules.tuning import (
+        from f8tvm.schedules import find_dot
+        from f8tvm.schedules.tuning import (
             best_latency,
             extract_tasks,
             kernel_macs,

@@ -138,8 +138,9 @@ def dot_intrin(instruction: str) -> DotIntrin:
 def kernel_block(prim_func):
     """``(kind, block)`` of the packed kernel block a fused PrimFunc holds: kind 'conv' or
     'depthwise', or ``('other', None)``."""
+    from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
+
     from f8tvm._tvm import schedule_of
-    from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
 
     sch = schedule_of(prim_func)
     for name, kind in ((CONV_BLOCK, "conv"), (DEPTHWISE_BLOCK, "depthwise")):

@@ -11,8 +11,9 @@ come from :func:`default_conv_tiles`.
 
 from __future__ import annotations
 
+from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
+
 from f8tvm import _tvm
-from relay_passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
 
 from . import _sch
 

@@ -43,7 +43,7 @@ def task_module(prim_func):
 
 def extract_tasks(fused_mod) -> list[Task]:
     """The tunable kernels of a fused module (convs and depthwise convs), with call counts."""
-    from relay_passes.audit_multiplies import call_counts
+    from f8tvm.passes.audit_multiplies import call_counts
 
     calls = call_counts(fused_mod)
     tasks = []

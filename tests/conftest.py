@@ -77,9 +77,10 @@ def relax_main(shape, dtype, body, name="t"):
 
 def run_relax(mod, *args):
     """Compile a Relax module for the x86 preset and run its ``main``: the outputs as NumPy."""
+    from f8tvm.targets import get_target
+
     from f8tvm import _tvm
     from f8tvm._tvm import relax, tvm
-    from targets import get_target
 
     ex = _tvm.compile_relax(mod, get_target("x86").tvm())
     vm = relax.VirtualMachine(ex, tvm.cpu())

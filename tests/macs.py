@@ -8,7 +8,7 @@ def blocked_macs(cm):
     zero-padded to the target's dot block and, where depthwise convs take window columns in
     pairs, of the zero-weight phantom column of an odd kernel width (counted from the graph,
     not from the kernels)."""
-    from schedules import dot_intrin
+    from f8tvm.schedules import dot_intrin
 
     dot = dot_intrin(cm.target.dot_instruction)
 

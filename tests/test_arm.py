@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from f8tvm.passes.offset_activations import has_unsigned_dot
+from f8tvm.targets import TARGETS
 from macs import blocked_macs
 
 import f8tvm
@@ -24,8 +26,6 @@ from f8tvm import runtime
 from f8tvm.errors import ToolchainError
 from f8tvm.models import get_model
 from f8tvm.reference import run_reference
-from relay_passes.offset_activations import has_unsigned_dot
-from targets import TARGETS
 
 SIZE = 32
 ARM_TARGETS = ["arm", "arm-dotprod"]

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_small_net, relax_main
+from f8tvm.targets import TARGETS, get_target
+from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 
 import f8tvm
 from f8tvm import api, bench, peak
 from f8tvm.errors import AuditError, InputError
 from f8tvm.reference import run_reference
-from targets import TARGETS, get_target
-from targets.cpu import INT8_FLAGS, read_cpuinfo
 
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 TINY = ["--models", "resnet18", "--input-size", "32", "--threads", "1", "--rounds", "1",
@@ -75,9 +75,10 @@ def test_mul32_is_bit_exact_with_shift_build_and_reference(small_builds):
 def test_multiplier_requantize_equals_shift_on_ties_and_extremes(shift):
     """emit_requantize with and without RequantizeWithMultiplier, on accumulators that include
     exact ties (odd multiples of 2**(r-1)), negatives and the int32 extremes."""
+    from f8tvm.passes.quantize_to_integer import emit_requantize
+    from f8tvm.passes.requantize_multiplier import RequantizeWithMultiplier
+
     from f8tvm._tvm import compile_relax, relax, tvm
-    from relay_passes.quantize_to_integer import emit_requantize
-    from relay_passes.requantize_multiplier import RequantizeWithMultiplier
 
     shift = np.asarray(shift)
     shape = (1, 4, 8, 8)

@@ -11,10 +11,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 from torch import nn
 
 from f8tvm import bench, bench_peers, isa_profile, peak
-from targets.cpu import INT8_FLAGS, read_cpuinfo
 
 HAVE_ORT = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx"))
 needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime/onnx not installed "

@@ -3,6 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from f8tvm.passes._bindings import bindings
+from f8tvm.passes.offset_activations import (
+    OffsetUnsignedActivations,
+    has_unsigned_dot,
+    offset_for_target,
+)
+from f8tvm.passes.quantize_to_integer import QuantizeToInteger
+from f8tvm.targets import TARGETS, get_target
 
 from f8tvm import _tvm
 from f8tvm._tvm import relax
@@ -10,14 +18,6 @@ from f8tvm.api import import_model, lower
 from f8tvm.calibrate import calibrate
 from f8tvm.graph import extract_graph
 from f8tvm.reference import quantize_input, run_reference
-from relay_passes._bindings import bindings
-from relay_passes.offset_activations import (
-    OffsetUnsignedActivations,
-    has_unsigned_dot,
-    offset_for_target,
-)
-from relay_passes.quantize_to_integer import QuantizeToInteger
-from targets import TARGETS, get_target
 
 R = relax.op
 

@@ -4,6 +4,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_small_net, relax_main, run_relax
+from f8tvm.passes._bindings import bindings
+from f8tvm.passes.audit_multiplies import audit_module, check_module
+from f8tvm.passes.fold_batchnorm import FoldBatchNorm
+from f8tvm.passes.quantize_to_integer import QuantizeToInteger
+from f8tvm.targets import get_target
 
 from f8tvm import _tvm
 from f8tvm._tvm import relax, tvm
@@ -13,11 +18,6 @@ from f8tvm.errors import AuditError, UnsupportedOpError
 from f8tvm.frontend.torch_import import import_torch
 from f8tvm.graph import extract_graph
 from f8tvm.reference import quantize_input, run_reference
-from relay_passes._bindings import bindings
-from relay_passes.audit_multiplies import audit_module, check_module
-from relay_passes.fold_batchnorm import FoldBatchNorm
-from relay_passes.quantize_to_integer import QuantizeToInteger
-from targets import get_target
 
 
 def _ops(mod):
@@ -140,7 +140,7 @@ def test_audit_counts_loops_inside_a_block():
 def test_audit_reads_the_values_of_widened_weights(big):
     """int16 weights (AVX2 keeps some widened) count as 8-bit only if the constants bound at
     every call hold 8-bit values."""
-    from relay_passes.packed_kernels import conv2d_nchwc
+    from f8tvm.passes.packed_kernels import conv2d_nchwc
 
     w = np.random.default_rng(0).integers(-128, 128, (2, 1, 1, 1, 4, 8, 2)).astype("int16")
     if big:
@@ -162,7 +162,7 @@ def test_audit_reads_the_stores_of_widened_activations(pad_value):
     """An int16 copy of 8-bit activations (AVX2 widens a conv's padded input once) counts as
     8-bit because every store into it writes an 8-bit value; padding it with 300 makes the
     copy 9-bit, and the conv's multiply wide."""
-    from relay_passes.packed_kernels import conv2d_nchwc
+    from f8tvm.passes.packed_kernels import conv2d_nchwc
 
     w = np.random.default_rng(0).integers(-128, 128, (2, 1, 3, 3, 4, 8, 2)).astype("int8")
     mod = relax_main((1, 1, 4, 4, 8), "uint8", lambda bb, x: bb.emit(bb.call_te(

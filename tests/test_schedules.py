@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import asm_functions, module_asm
+from f8tvm.passes._bindings import bindings
+from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
+from f8tvm.passes.quantize_to_integer import QuantizeToInteger
+from f8tvm.targets import get_target
 
 import f8tvm
 from f8tvm import _tvm, api
 from f8tvm._tvm import relax, tvm
 from f8tvm.errors import UnsupportedCPUError
 from f8tvm.reference import quantize_input, run_reference
-from relay_passes._bindings import bindings
-from relay_passes.pack_channel_blocks import PackChannelBlocks
-from relay_passes.quantize_to_integer import QuantizeToInteger
-from targets import get_target
 
 SIZE = 16
 
@@ -170,7 +170,7 @@ def test_residual_epilogue_runs_at_the_register_tile(calib):
     # the residual's alignment shift reads only a function input: it must be inlined into the
     # epilogue, not left as a loop nest of its own that keeps the epilogue (and the int32 conv
     # result) out of the register tile
-    from schedules import default_schedule, find_dot, kernel_kind
+    from f8tvm.schedules import default_schedule, find_dot, kernel_kind
 
     torch.manual_seed(1)
     net = _ResidualNet().eval()
@@ -220,8 +220,9 @@ def test_kernels_take_each_constant_once(net, calib):
 def test_elementwise_kernel_is_one_pass():
     # a stand-alone requantize (ResNet's residual sums feed one): every op inlined, one loop nest
     # and no intermediate tensor; the max pool reads its padded input inline too
+    from f8tvm.schedules import default_schedule
+
     from f8tvm._tvm import te, tir
-    from schedules import default_schedule
 
     shape = (1, 2, 5, 6, 8)
     acc = te.placeholder(shape, "int32", name="acc")
@@ -248,8 +249,8 @@ def test_elementwise_kernel_is_one_pass():
 
 @pytest.fixture(scope="module")
 def tuned_db(net, calib, tmp_path_factory):
-    from schedules import dot_intrin
-    from schedules.tuning import extract_tasks, tune
+    from f8tvm.schedules import dot_intrin
+    from f8tvm.schedules.tuning import extract_tasks, tune
 
     db = str(tmp_path_factory.mktemp("tuning") / "db")
     fused, preset = api.fuse(net, torch.randn(1, 3, SIZE, SIZE), "x86", calib)
@@ -261,7 +262,7 @@ def tuned_db(net, calib, tmp_path_factory):
 
 @pytest.mark.tuning
 def test_tuning_records_are_applied_and_exact(net, calib, tuned_db):
-    from schedules.tuning import anchor_index, open_database
+    from f8tvm.schedules.tuning import anchor_index, open_database
 
     db, tasks, preset = tuned_db
     cm = f8tvm.compile(net, torch.randn(1, 3, SIZE, SIZE), target="x86", calib=calib,
@@ -292,8 +293,8 @@ def test_tuning_records_transfer_to_other_calibrations(net, tuned_db):
 @pytest.mark.tuning
 def test_tuning_measures_on_boards_behind_an_rpc_tracker(net, calib, tmp_path, rpc_tracker):
     """Two RPC servers on localhost registered to one tracker measure the candidates."""
-    from schedules import dot_intrin
-    from schedules.tuning import anchor_index, extract_tasks, make_runner, open_database, tune
+    from f8tvm.schedules import dot_intrin
+    from f8tvm.schedules.tuning import anchor_index, extract_tasks, make_runner, open_database, tune
 
     for _ in range(2):
         rpc_tracker.add_local_server("f8tvm-test")
@@ -316,7 +317,7 @@ def test_host_target_follows_the_cpu_flags(monkeypatch, flags, expected):
     import builtins
     import io
 
-    import targets
+    from f8tvm import targets
 
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import asm_functions, module_asm
+from f8tvm.schedules import default_schedule, find_dot, kernel_kind
+from f8tvm.schedules.cpu import _divisors, default_conv_tiles
 
 import f8tvm
 from f8tvm import _tvm, api
@@ -17,8 +19,6 @@ from f8tvm import emulated_x86 as emu
 from f8tvm._tvm import tvm
 from f8tvm.reference import quantize_input, run_reference
 from f8tvm.runtime import Module
-from schedules import default_schedule, find_dot, kernel_kind
-from schedules.cpu import _divisors, default_conv_tiles
 
 SIZE = 16
 

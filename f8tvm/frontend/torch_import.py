@@ -136,7 +136,7 @@ def import_torch(model, example_input):
     mod = importer.from_exported_program(ep, False, False, False, None)
     func = mod["main"]
 
-    from relay_passes._bindings import bindings, rebuild
+    from f8tvm.passes._bindings import bindings, rebuild
 
     taken: set = set()
     sources: dict = {}
