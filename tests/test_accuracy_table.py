@@ -8,7 +8,7 @@ import torch
 
 from f8tvm import datasets, qat
 from f8tvm.data import DataNotFoundError
-from f8tvm.experiments.accuracy import (
+from tools.accuracy import (
     Budget,
     TinyResNet,
     fashion_mnist_row,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from f8tvm.passes.offset_activations import has_unsigned_dot
 from f8tvm.targets import TARGETS
 from macs import blocked_macs
@@ -51,7 +52,7 @@ def _file(path):
 
 @pytest.fixture(scope="module")
 def board():
-    from f8tvm.emulated_board import EmulatedBoard
+    from tools.emulated_board import EmulatedBoard
 
     with EmulatedBoard() as b:
         yield b
@@ -154,12 +155,12 @@ def test_deployment_on_board_without_torch(builds, board, tmp_path):
 
 @on_board
 def test_board_setup_is_cached_and_cli_reports_status(board):
-    from f8tvm.emulated_board import EmulatedBoard
+    from tools.emulated_board import EmulatedBoard
 
     again = EmulatedBoard()
     assert again.is_set_up
     again.setup()  # idempotent: nothing is downloaded again
-    r = subprocess.run([sys.executable, "-m", "f8tvm.emulated_board", "status"],
+    r = subprocess.run([sys.executable, "-m", "tools.emulated_board", "status"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert "set up:  yes" in r.stdout and f"{board.host}:{board.port}" in r.stdout

@@ -38,7 +38,7 @@ def test_tune_on_emulated_board_via_tracker_then_build_applies_it(rpc_tracker, t
     from f8tvm.schedules.tuning import anchor_index, open_database
 
     from f8tvm import tune
-    from f8tvm.emulated_board import EmulatedBoard
+    from tools.emulated_board import EmulatedBoard
 
     db = str(tmp_path / "db")
     with EmulatedBoard(tracker=rpc_tracker.address, key=KEY):

@@ -1,4 +1,4 @@
-"""``python -m f8tvm.bench`` on tiny configurations, and the ``requantize="multiplier"`` build.
+"""``python -m tools.bench`` on tiny configurations, and the ``requantize="multiplier"`` build.
 
 Kept small (ResNet-18 at 32x32, one round of two runs): the timings mean nothing, the tests check
 what the bench reports.  The peers are optional extras: a missing onnxruntime or torch FX shows up
@@ -20,9 +20,10 @@ from f8tvm.targets import TARGETS, get_target
 from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 
 import f8tvm
-from f8tvm import api, bench, peak
+from f8tvm import api
 from f8tvm.errors import AuditError, InputError
 from f8tvm.reference import run_reference
+from tools import bench, peak
 
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 TINY = ["--models", "resnet18", "--input-size", "32", "--threads", "1", "--rounds", "1",
@@ -261,7 +262,7 @@ def test_bench_refuses_a_target_this_cpu_cannot_run(tmp_path, monkeypatch, capsy
                     reason="aarch64-linux-gnu-g++ is not installed "
                            "(apt-get install g++-aarch64-linux-gnu)")
 def test_bench_rpc_on_emulated_board_says_emulated(tmp_path, monkeypatch, capfd):
-    from f8tvm.emulated_board import EmulatedBoard
+    from tools.emulated_board import EmulatedBoard
 
     monkeypatch.setenv("TVM_NUM_THREADS", "1")  # in this process (the board has its own pool)
     out = tmp_path / "rpc.json"

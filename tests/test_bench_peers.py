@@ -1,6 +1,6 @@
 """The bench's peers and the checks that prove each ran its integer fast path
-(``f8tvm/bench_peers.py``), the instruction profile (``f8tvm/isa_profile.py``), the peak
-microbenchmarks (``f8tvm/peak.py``) and the machine description every output carries.
+(``tools/bench_peers.py``), the instruction profile (``tools/isa_profile.py``), the peak
+microbenchmarks (``tools/peak.py``) and the machine description every output carries.
 
 Small models only: what is checked is what the checks conclude, never a time.
 """
@@ -14,7 +14,7 @@ import torch
 from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 from torch import nn
 
-from f8tvm import bench, bench_peers, isa_profile, peak
+from tools import bench, bench_peers, isa_profile, peak
 
 HAVE_ORT = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx"))
 needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime/onnx not installed "

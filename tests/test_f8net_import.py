@@ -9,12 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from f8net_checkpoints import make_checkpoint
 from f8net_int_model import OfficialIntModel
 
 from f8tvm import runtime
 from f8tvm.errors import InputError
 from f8tvm.fakequant import FakeQuantModel
-from f8tvm.frontend.f8net import CheckpointError, load_checkpoint, make_checkpoint, read_checkpoint
+from f8tvm.frontend.f8net import CheckpointError, load_checkpoint, read_checkpoint
 from f8tvm.reference import run_reference
 
 # the tests run official-mode models at reduced sizes on purpose

@@ -7,8 +7,8 @@ from torch import nn
 
 from f8tvm import qat
 from f8tvm.errors import F8TVMError
-from f8tvm.experiments.accuracy import TinyResNet
 from f8tvm.reference import quantize_input, run_reference
+from tools.accuracy import TinyResNet
 
 
 class MobileBlockNet(nn.Module):

@@ -15,8 +15,8 @@ from test_qat import MobileBlockNet, _data, _randomize_bn
 
 from f8tvm import build, qat, runtime
 from f8tvm.errors import F8TVMError
-from f8tvm.experiments.accuracy import TinyResNet
 from f8tvm.models import get_model
+from tools.accuracy import TinyResNet
 
 ZOO_SHAPE = (2, 3, 32, 32)
 

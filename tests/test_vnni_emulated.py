@@ -1,6 +1,6 @@
 """The VNNI builds -- ``x86-avx512`` (AVX-512 VNNI, zmm) and ``x86-avxvnni`` (AVX-VNNI, the VEX
 ``vpdpbusd`` on ymm) -- executed, not only disassembled, on a CPU without VNNI: every kernel runs
-on an emulated VNNI CPU (``f8tvm/emulated_x86.py``) and the whole program is compared bit for
+on an emulated VNNI CPU (``tools/emulated_x86.py``) and the whole program is compared bit for
 bit with the NumPy reference; the conv kernels also under other register tiles (the decisions
 tuning makes) with full-range 8-bit operands."""
 
@@ -15,10 +15,10 @@ from f8tvm.schedules.cpu import _divisors, default_conv_tiles
 
 import f8tvm
 from f8tvm import _tvm, api
-from f8tvm import emulated_x86 as emu
 from f8tvm._tvm import tvm
 from f8tvm.reference import quantize_input, run_reference
 from f8tvm.runtime import Module
+from tools import emulated_x86 as emu
 
 SIZE = 16
 
@@ -161,7 +161,7 @@ def test_vnni_models_are_bit_exact_on_emulated_cpu(model, target, tmp_path):
 
 
 def test_emulated_x86_command_counts_and_checks(tmp_path, capsys):
-    """``python -m f8tvm.emulated_x86``: both builds bit-exact, the table and the JSON; the
+    """``python -m tools.emulated_x86``: both builds bit-exact, the table and the JSON; the
     AVX-VNNI convs execute fewer instructions than AVX2's (32 MACs per dot, not 16)."""
     import json
 

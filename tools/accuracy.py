@@ -1,6 +1,6 @@
 """The accuracy table: FP32, post-training quantization, QAT and the compiled module on real data.
 
-``python -m f8tvm.experiments.accuracy [--budget full|quick] [--only fmnist|lite0]`` prints
+``python -m tools.accuracy [--budget full|quick] [--only fmnist|lite0]`` prints
 a Markdown table and writes it (and the raw numbers as JSON) to ``--out``:
 
 * **ResNet on Fashion-MNIST** (Debian ``dataset-fashion-mnist``): a small ResNet (BasicBlocks,
@@ -397,7 +397,7 @@ EXPERIMENTS = {"fmnist": fashion_mnist_row, "lite0": lite0_row}
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m f8tvm.experiments.accuracy",
+    ap = argparse.ArgumentParser(prog="python -m tools.accuracy",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", choices=list(BUDGETS), default="full")
     ap.add_argument("--only", choices=list(EXPERIMENTS), action="append",
@@ -419,7 +419,7 @@ def main(argv=None) -> int:
         print(f"[{name}]", flush=True)
         rows.append(EXPERIMENTS[name](budget, args.target, save_qat=args.save_qat))
     table = format_table(rows)
-    cmd = "python -m f8tvm.experiments.accuracy " + " ".join(sys.argv[1:] if argv is None
+    cmd = "python -m tools.accuracy " + " ".join(sys.argv[1:] if argv is None
                                                               else argv)
     text = (f"{table}\n\nCommand: `{cmd.strip()}` (budget `{budget.name}`, "
             f"{time.time() - t0:.0f} s, torch {torch.__version__}, "

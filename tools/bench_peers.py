@@ -8,7 +8,7 @@ each ran its integer fast path.
   convolutions), then ``quantize_static`` with uint8 activations and int8 per-channel weights in
   both formats, QDQ and QOperator.  Check: the graph ORT actually runs (the session's
   ``optimized_model_filepath``) holds no float ``Conv``/``Gemm``/``MatMul`` fed by a
-  ``DequantizeLinear``.  Its instruction set is observed by sampling (:mod:`f8tvm.isa_profile`).
+  ``DequantizeLinear``.  Its instruction set is observed by sampling (:mod:`tools.isa_profile`).
 * **PyTorch** (``torch-int8-pt2e``, ``torch-int8-fx``, ``torch-fp32``): PT2E as torchao
   documents it for x86 (``torch.export`` -> ``X86InductorQuantizer`` -> ``prepare_pt2e`` ->
   calibration -> ``convert_pt2e`` -> ``torch.compile`` with Inductor's freezing), FX graph mode

@@ -1,6 +1,6 @@
 """An emulated aarch64 board: a TVM-runtime-only Python under qemu-user, serving TVM RPC.
 
-``python -m f8tvm.emulated_board setup|start|stop|status`` (or :class:`EmulatedBoard` in Python).
+``python -m tools.emulated_board setup|start|stop|status`` (or :class:`EmulatedBoard` in Python).
 
 What ``setup`` builds, in a cache folder (``$F8TVM_BOARD_DIR``, default
 ``~/.cache/f8tvm/aarch64-board``), without touching the host's packages:
@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .errors import ToolchainError
+from f8tvm.errors import ToolchainError
 
 BOARD_DIR_ENV = "F8TVM_BOARD_DIR"
 DEFAULT_DIR = os.path.join("~", ".cache", "f8tvm", "aarch64-board")
@@ -55,13 +55,14 @@ WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "
 WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64")
 # f8tvm's deployment runtime: what a board needs besides the TVM runtime wheel and numpy (the
 # README's deployment section lists the same files); none of them imports torch or TVM's compiler.
-RUNTIME_FILES = ("__init__.py", "runtime.py", "fixedpoint.py", "errors.py", "run.py", "data.py",
-                 "board_server.py")
+RUNTIME_FILES = ("__init__.py", "runtime.py", "fixedpoint.py", "errors.py", "run.py", "data.py")
 # the target presets (pure Python; the runtime reads the CPU's flags with f8tvm.targets.cpu):
 # folder in the project -> subpackage of f8tvm on the board
 RUNTIME_PACKAGES = {"targets": "targets"}
+# this emulated board's RPC server (a tool of ours, beside the runtime on the board)
+SERVER = "board_server.py"
 # bump when what setup builds changes, so old caches are rebuilt
-LAYOUT_VERSION = "5"
+LAYOUT_VERSION = "6"
 
 
 def board_dir() -> str:
@@ -195,9 +196,10 @@ def _install_runtime_files(paths: BoardPaths) -> None:
     dst = os.path.join(paths.app, "f8tvm")
     os.makedirs(dst, exist_ok=True)
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in RUNTIME_FILES:
-        shutil.copy2(os.path.join(here, name), os.path.join(dst, name))
     project = os.path.dirname(here)
+    for name in RUNTIME_FILES:
+        shutil.copy2(os.path.join(project, "f8tvm", name), os.path.join(dst, name))
+    shutil.copy2(os.path.join(here, SERVER), os.path.join(paths.app, SERVER))
     for folder, package in RUNTIME_PACKAGES.items():
         os.makedirs(os.path.join(dst, package), exist_ok=True)
         for name in os.listdir(os.path.join(project, folder)):
@@ -302,13 +304,13 @@ class EmulatedBoard:
             raise RuntimeError(
                 f"an emulated board already runs on {running['host']}:{running['port']} "
                 f"registered with tracker {running.get('tracker')!r}, not {self.tracker!r}; "
-                "stop it first (python -m f8tvm.emulated_board stop)")
+                "stop it first (python -m tools.emulated_board stop)")
         if running:
             self.host, self.port = running["host"], running["port"]
             _say(f"already running: {self.host}:{self.port} (pid {running['pid']})")
             return self.host, self.port
         port = self.port or _free_port(self.host)
-        server = os.path.join(self.paths.app, "f8tvm", "board_server.py")
+        server = os.path.join(self.paths.app, SERVER)
         # Output goes to a file, not a pipe: the server outlives `start` run from the CLI.
         with open(self.paths.log_file, "w") as log:
             # own session: stop() signals the whole group (the server and its forked sessions)
@@ -388,7 +390,7 @@ class EmulatedBoard:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m f8tvm.emulated_board",
+    p = argparse.ArgumentParser(prog="python -m tools.emulated_board",
                                 description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["setup", "start", "stop", "status"])
     p.add_argument("--dir", help=f"cache folder (default: ${BOARD_DIR_ENV} or {DEFAULT_DIR})")

@@ -13,7 +13,7 @@ counted), and the output tensors are read back.  :func:`emulated_executable` rou
 call of a whole program there.  Outputs and instruction counts only: timings under emulation
 mean nothing.
 
-``python -m f8tvm.emulated_x86 --model resnet18 --targets x86-avx512,x86-avxvnni,x86`` builds a
+``python -m tools.emulated_x86 --model resnet18 --targets x86-avx512,x86-avxvnni,x86`` builds a
 model for each target, runs it whole on the emulated CPU, checks it bit for bit against the NumPy
 reference and (``--count``) reports the instructions its kernels execute, side by side.
 Needs ``pip install bochscpu-python==0.3.1`` (in f8tvm's ``[test]`` extra), ``gcc`` and ``ld``.
@@ -32,7 +32,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import F8TVMError
+from f8tvm.errors import F8TVMError
 
 PAGE = 4096
 IMAGE = 0x0040_0000  # where the linked kernel is placed
@@ -380,12 +380,11 @@ def emulated_executable(packed_mod, preset, workdir: str, count: bool = False):
     with ``count``, the ``instructions`` it executed (emulated calls only)."""
     import tvm
     import tvm_ffi
-
     from f8tvm.passes._bindings import is_call, rebuild, substitute
     from f8tvm.schedules import find_dot, kernel_kind
     from f8tvm.schedules.tuning import apply_database
 
-    from . import _tvm
+    from f8tvm import _tvm
 
     target = preset.tvm()
     os.makedirs(workdir, exist_ok=True)
@@ -477,10 +476,10 @@ def main(argv=None) -> int:
     import json
     import time
 
-    from .models import MODELS
+    from f8tvm.models import MODELS
 
     p = argparse.ArgumentParser(
-        prog="python -m f8tvm.emulated_x86",
+        prog="python -m tools.emulated_x86",
         description="Build a model for x86 targets and run each build whole on an emulated "
                     "AVX-512 VNNI / AVX-VNNI CPU: bit-exactness against the NumPy reference and "
                     "(--count) the instructions its kernels execute. Timings under emulation "
@@ -511,10 +510,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from . import api
-    from .models import get_model
-    from .reference import quantize_input, run_reference
-    from .runtime import Module
+    from f8tvm import api
+    from f8tvm.models import get_model
+    from f8tvm.reference import quantize_input, run_reference
+    from f8tvm.runtime import Module
 
     model, spec = get_model(args.model, seed=0)
     size = args.input_size or spec.input_size

@@ -1,4 +1,4 @@
-"""Side-by-side latency benchmark: ``python -m f8tvm.bench``.
+"""Side-by-side latency benchmark: ``python -m tools.bench``.
 
 One process per thread count (TVM sizes its thread pool once per process), and in it interleaved
 rounds (every system runs once per round, in turn, so that a noisy neighbour slows all of them
@@ -12,7 +12,7 @@ alike), batch 1, float input to float output for every system:
   F8Net's shift, to show what the shift buys; it is *not* an 8-bit-only program (its row says how
   many wide multiplies its audit found);
 * the peers, each set up the way its own documentation says and checked to have run its integer
-  fast path (:mod:`f8tvm.bench_peers`): ONNX Runtime int8 static quantization in QDQ and
+  fast path (:mod:`tools.bench_peers`): ONNX Runtime int8 static quantization in QDQ and
   QOperator formats, and FP32; PyTorch int8 through PT2E (torchao's ``X86InductorQuantizer``,
   ``torch.compile``) and FX (``x86``), and FP32 eager.  A peer that fails its check is flagged
   in the table, the JSON and the plot.
@@ -21,7 +21,7 @@ Prints a table (median, p10/p90, ratio to the best peer, peak bound, the fast-pa
 the instruction set each system used, compile time) under a line naming this machine's CPU and
 its int8 flags, and writes JSON and a PNG plot.  The "peak bound" of an f8tvm row is the model's
 8-bit MACs divided by the measured MAC rate of its target's dot-product instruction on this
-machine (:mod:`f8tvm.peak`); the JSON and the table also give the bound of every int8
+machine (:mod:`tools.peak`); the JSON and the table also give the bound of every int8
 instruction this CPU has (AMX included), whichever system uses it.  Peers are optional (``pip
 install .[bench]``); a missing one is reported and skipped.
 
@@ -46,12 +46,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from f8tvm.targets import get_target, host_target_name, read_cpuinfo
+
+from f8tvm.runtime import missing_cpu_flags
 
 from . import bench_peers, peak
 from .bench_peers import FastPath
-from .runtime import missing_cpu_flags
 
 F8TVM_SYSTEMS = ("f8tvm-int8", "f8tvm-int8-mul32", "f8tvm-int8-tuned")
 PEERS = bench_peers.PEERS
@@ -86,7 +86,7 @@ def _peer_system(name, run, set_threads, compile_s, note, fast_path):
 def _tvm_threads(n):
     # fixed for the process by TVM_NUM_THREADS (see main); checked, not changed, here
     if int(os.environ.get("TVM_NUM_THREADS", "0")) != n:
-        raise RuntimeError("f8tvm.bench: TVM_NUM_THREADS must be set before TVM starts")
+        raise RuntimeError("tools.bench: TVM_NUM_THREADS must be set before TVM starts")
 
 
 def _board_threads(board):
@@ -135,7 +135,7 @@ def f8tvm_system(name, model, x, calib, target, tuning_db=None, requantize="shif
     """Compile ``model`` with f8tvm; returns ``(System, CompiledModel)``.  With ``board`` (an
     open :class:`f8tvm.runtime.RemoteBoard`) the module is exported into ``tmp``, uploaded and
     timed on the board."""
-    from . import api, runtime
+    from f8tvm import api, runtime
 
     t0 = time.perf_counter()
     kwargs = dict(tuning_db=tuning_db) if tuning_db else {}
@@ -269,7 +269,7 @@ def bench_model(name, args, out, board=None):
     ``out["bounds"]`` and ``out["skipped"]``.  ``board``: an open RemoteBoard (``--rpc``)."""
     import torch
 
-    from .models import get_model
+    from f8tvm.models import get_model
 
     model, spec = get_model(name, seed=0)
     model.eval()
@@ -464,7 +464,7 @@ def _result(a, res, board, argv):
     machine = {k: v for k, v in machine_info().items() if k != "describe"}
     return dict(
         target=a.targets[0], targets=a.targets, python=sys.version.split()[0],
-        command=" ".join(["python -m f8tvm.bench", *argv]),
+        command=" ".join(["python -m tools.bench", *argv]),
         date=time.strftime("%Y-%m-%d"), machine=machine, versions=_versions(),
         where="board" if board else "local", board=board,
         timings=EMULATED_NOTE.format(emulated) if emulated else (
@@ -485,7 +485,7 @@ def _finish(a, res, board, argv):
     with open(a.output, "w") as f:
         json.dump(_result(a, res, board, argv), f, indent=1)
     print(f"wrote {a.output}")
-    title = f"f8tvm.bench, target {', '.join(a.targets)}" + (
+    title = f"f8tvm bench, target {', '.join(a.targets)}" + (
         f", on the board at {board['address']}" if board else f"\n{machine['describe']}")
     if board and board.get("emulated"):
         title += f"\nEMULATED ({board['emulated']}): timings meaningless"
@@ -499,7 +499,7 @@ def _run_part(a):
     out = dict(rows=[], bounds=[], skipped=[])
     board = None
     if a.rpc:
-        from . import runtime
+        from f8tvm import runtime
 
         board = runtime.connect(a.rpc)
         print(f"board: {board.describe()}", flush=True)
@@ -518,7 +518,7 @@ def _check_board_target(board, target):
     machine = board.info.get("machine")
     triple = get_target(target).tvm_target.get("mtriple", "")
     if machine == "aarch64" and "aarch64" not in triple:
-        raise SystemExit(f"f8tvm.bench: the board is {machine} but --target {target} does not "
+        raise SystemExit(f"tools.bench: the board is {machine} but --target {target} does not "
                          "build for it; use --target arm or arm-dotprod")
 
 
@@ -536,7 +536,7 @@ def _systems(p, given):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m f8tvm.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     p.add_argument("--models", default="resnet18,mobilenet_v2,efficientnet_lite0")
     p.add_argument("--target", default="host",
                    help="f8tvm's target preset, or a comma list: the first is f8tvm-int8, each "
@@ -598,11 +598,11 @@ def main(argv=None):
             env = dict(os.environ, TVM_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t),
                        PYTHONPATH=os.pathsep.join([root, *filter(None, [
                            os.environ.get("PYTHONPATH")])]))
-            cmd = [sys.executable, "-m", "f8tvm.bench", *argv, "--threads", str(t),
+            cmd = [sys.executable, "-m", "tools.bench", *argv, "--threads", str(t),
                    "--output", part, "--target", ",".join(a.targets), "--part"]
             print(f"\n#### {t} thread(s)", flush=True)
             if subprocess.run(cmd, env=env).returncode:
-                raise SystemExit(f"f8tvm.bench: the {t}-thread run failed")
+                raise SystemExit(f"tools.bench: the {t}-thread run failed")
             with open(part) as f:
                 got = json.load(f)
             res["rows"] += got["res"]["rows"]

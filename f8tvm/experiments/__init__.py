@@ -1,1 +1,0 @@
-"""Reproducible experiments (``python -m f8tvm.experiments.<name>``)."""
