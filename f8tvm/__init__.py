@@ -6,6 +6,8 @@ them, so :mod:`f8tvm.runtime` works on a board that has just the TVM runtime and
 
 import os as _os
 
+from .core.errors import F8TVMError  # noqa: F401  (what every f8tvm error is; no dependencies)
+
 __version__ = "0.1.0"
 
 
@@ -32,7 +34,7 @@ def compile(model, example_input, target="host", calib=None, **kwargs):  # noqa:
 
 def __getattr__(name):
     # Lazy submodules keep ``import f8tvm`` free of torch and the TVM compiler.
-    if name in ("runtime", "api", "models", "data", "plan", "reference", "calibrate"):
+    if name in ("runtime", "api", "models", "data", "reference", "calibrate", "core"):
         import importlib
 
         return importlib.import_module(f"f8tvm.{name}")

@@ -26,19 +26,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from f8tvm.core.errors import InputError
+from f8tvm.core.graph import Graph, extract_graph
+from f8tvm.core.plan import DEFAULT_SCHEME, FixedPointPlan, compact
+
 from . import __version__
-from .errors import InputError
-from .graph import Graph, extract_graph
-from .plan import DEFAULT_SCHEME, FixedPointPlan, compact
 
 REQUANTIZE_MODES = ("shift", "multiplier")  # see compile(requantize=...)
 
 
 def import_model(model, example_input):
     """Phases 1-2: a named, BN-folded float Relax module and the source table."""
+    from f8tvm.core._tvm import relax, tvm
     from f8tvm.passes.fold_batchnorm import FoldBatchNorm
 
-    from ._tvm import relax, tvm
     from .frontend.torch_import import import_torch
 
     mod, sources = import_torch(model, example_input)
@@ -65,7 +66,7 @@ class CompiledModel:
     _module: object = None
 
     def metadata(self) -> dict:
-        from ._tvm import TVM_VERSION
+        from f8tvm.core._tvm import TVM_VERSION
 
         inp = self.graph[self.graph.input]
         fl_out, eta_out = self.plan.output_format(self.graph)
@@ -100,7 +101,7 @@ class CompiledModel:
             tmp_so = os.path.join(tmp, "model.so")
             kwargs = {}
             if self.target.cross_compiler:
-                from ._tvm import cc
+                from f8tvm.core._tvm import cc
 
                 kwargs["fcompile"] = cc.cross_compiler(self.target.cross_compiler)
             self.executable.export_library(tmp_so, **kwargs)
@@ -181,11 +182,10 @@ def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, stri
     Returns (lowered mod, report); ``info`` (a dict) receives what was tuned.  ``strict``: a wide
     multiply fails the build (:class:`AuditError`); without it the report only records it (the
     ``requantize="multiplier"`` comparison build, which is not 8-bit only by design)."""
+    from f8tvm.core._tvm import lower_relax
     from f8tvm.passes.audit_multiplies import audit_module, check_module
     from f8tvm.schedules import find_dot
     from f8tvm.schedules.tuning import apply_database
-
-    from ._tvm import lower_relax
 
     dot = find_dot(target_preset.dot_instruction)
     target = target_preset.tvm()
@@ -202,9 +202,8 @@ def lower(int_mod, target_preset, progress=None, tuning_db=None, info=None, stri
 
 def fuse(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHEME, plan=None):
     """The fused (legalized, not yet scheduled) kernels of a model: what tuning works on."""
+    from f8tvm.core._tvm import fuse_relax
     from f8tvm.targets import get_target
-
-    from ._tvm import fuse_relax
 
     preset = get_target(target)
     float_mod, sources = import_model(model, example_input)
@@ -234,7 +233,7 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
     calib : iterable of arrays/tensors, optional
         Calibration batches (N x C x H x W, any N). Defaults to ``example_input`` alone.
     scheme : str
-        Fixed-point scheme, a key of :data:`f8tvm.plan.SCHEMES`.
+        Fixed-point scheme, a key of :data:`f8tvm.core.plan.SCHEMES`.
     progress : callable(phase: str, done: int, total: int | None), optional
     debug_dump : str, optional
         Directory to write the IR after each phase.
@@ -252,9 +251,9 @@ def compile(model, example_input, target="host", calib=None, scheme=DEFAULT_SCHE
         **not** 8-bit only: its audit records the wide requantize multiplies instead of failing,
         and the metadata's ``requantize`` entry says so.
     """
+    from f8tvm.core._tvm import compile_relax_lowered
     from f8tvm.targets import get_target
 
-    from ._tvm import compile_relax_lowered
     from .calibrate import collect_stats, plan_fixed_point
 
     if requantize not in REQUANTIZE_MODES:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import F8TVMError
+from f8tvm.core.errors import F8TVMError
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ class BuildArgs:
 
 
 def parse_args(argv=None) -> BuildArgs:
+    from f8tvm.core.plan import DEFAULT_SCHEME, SCHEMES
     from f8tvm.targets import TARGETS
 
     from .frontend import f8net
     from .models import available_models
-    from .plan import DEFAULT_SCHEME, SCHEMES
 
     p = argparse.ArgumentParser(prog="python -m f8tvm.build", description=__doc__.splitlines()[0])
     zoo = available_models()

@@ -4,17 +4,25 @@ F8Net's rules (``../F8NET_SPEC`` §1b-1c, reimplemented): activation FL from the
 deviation, weight FL from the std of the effective weight, a clipping level per activation folded
 as ``eta = 2**FL * alpha / (2**(8-s) - 1)`` into the producing layer's weights and bias, with one
 clipping level shared along every residual stream.  Post-training, error-minimizing choices are
-offered beside the std rule (see :data:`f8tvm.plan.SCHEMES`).
+offered beside the std rule (see :data:`f8tvm.core.plan.SCHEMES`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import F8TVMError, InputError
-from .fixedpoint import INT32_MAX, fix_quant, mse_fraclen, pool_shift, std_fraclen, weight_fraclen
-from .graph import Graph
-from .plan import SCHEMES, FixedPointPlan, LayerPlan, Scheme
+from f8tvm.core import formats
+from f8tvm.core.errors import F8TVMError, InputError
+from f8tvm.core.fixedpoint import (
+    INT32_MAX,
+    fix_quant,
+    mse_fraclen,
+    qrange,
+    std_fraclen,
+    weight_fraclen,
+)
+from f8tvm.core.graph import Graph
+from f8tvm.core.plan import SCHEMES, FixedPointPlan, LayerPlan, Scheme
 
 MAX_SHIFT = 30
 _SAMPLES = 20000  # values kept per quantization point for error-based choices
@@ -141,40 +149,18 @@ def nonnegative(graph: Graph) -> dict:
     return nn_
 
 
-class _Streams:
-    """Union-find of tensors that must share eta (residual adds and scale-preserving ops)."""
-
-    def __init__(self, graph):
-        self.parent = {n.name: n.name for n in graph.nodes}
-        for n in graph.nodes:
-            if n.op in ("add", "relu", "clip", "max_pool2d", "reshape"):
-                for i in n.inputs:
-                    self.union(n.name, i)
-
-    def find(self, a):
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-
-
 # ----------------------------------------------------------------------------- planning
 def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") -> FixedPointPlan:
     """Decide every fractional length, clipping level (eta) and integer weight."""
     sch = SCHEMES[scheme] if isinstance(scheme, str) else scheme
     nonneg = nonnegative(graph)
-    streams = _Streams(graph)
+    stream_of = formats.streams(graph)
     input_signed = bool(stats[graph.input].min < 0)  # raw [0, 1] inputs stay unsigned
 
     def act_range(signed):
-        return (0, 7 if signed else 8) if sch.strict else (-8, 20)
+        return formats.act_fl_range(signed, sch.strict)
 
-    w_lo, w_hi = (0, 7) if sch.strict else (-8, 24)
+    w_lo, w_hi = formats.weight_fl_range(sch.strict)
 
     def choose_fl(name, signed, eta):
         st = stats[name]
@@ -194,20 +180,19 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
         layer_of_input.setdefault(n.inputs[0], []).append(n)
     members: dict = {}
     for n in graph.nodes:
-        members.setdefault(streams.find(n.name), []).append(n.name)
+        members.setdefault(stream_of[n.name], []).append(n.name)
     fl: dict = {}
     layers: dict = {}
     clip_hi: dict = {}
 
     for n in graph.nodes:
-        root = streams.find(n.name)
+        root = stream_of[n.name]
         if root not in stream_eta:
             names = members[root]
             if graph.input in names or graph.output in names:
                 e = 1.0
             elif n.op == "global_avg_pool":
-                hw = int(np.prod(graph[n.inputs[0]].shape[2:]))
-                e = eta[n.inputs[0]] * 2.0 ** pool_shift(hw) / hw
+                e = formats.pool_eta(eta[n.inputs[0]], int(np.prod(graph[n.inputs[0]].shape[2:])))
             elif sch.clip == "mse":
                 e = _search_eta(names, layer_of_input, stats, nonneg, act_range)
             else:
@@ -245,28 +230,11 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
             if np.abs(shift).max() > MAX_SHIFT:
                 raise F8TVMError(f"layer {n.source or n.name}: requantize shift {shift.max()} is "
                                  f"out of range; the calibration data may be degenerate")
-        elif n.op in ("relu", "max_pool2d"):
-            fl[n.name] = fl[n.inputs[0]]
-        elif n.op == "clip":
-            f = fl[n.inputs[0]]
-            fl[n.name] = f
-            hi = np.round(n.attrs["hi"] * np.exp2(f) / eta[n.name])
-            clip_hi[n.name] = np.clip(hi, 0, INT32_MAX).astype(np.int64)
-        elif n.op == "add":
-            fl[n.name] = np.maximum(fl[n.inputs[0]], fl[n.inputs[1]])
-        elif n.op == "global_avg_pool":
-            fl[n.name] = fl[n.inputs[0]] + pool_shift(int(np.prod(graph[n.inputs[0]].shape[2:])))
-        elif n.op == "reshape":
-            f = fl[n.inputs[0]]
-            src_shape = graph[n.inputs[0]].shape
-            if len(n.shape) >= 2 and n.shape[1] == f.size:
-                fl[n.name] = f
-            elif len(src_shape) == 4 and len(n.shape) == 2:
-                fl[n.name] = np.repeat(f, int(np.prod(src_shape[2:])))
-            elif np.all(f == f[0]):
-                fl[n.name] = np.full(n.shape[1] if len(n.shape) > 1 else 1, f[0], np.int64)
-            else:
-                raise F8TVMError(f"reshape {n.source or n.name}: cannot carry per-channel formats")
+        elif n.op != "input":  # every other op: the one per-op rule (its eta is the stream's)
+            f = formats.propagate(n, graph, fl, eta)
+            fl[n.name] = f.fl
+            if f.clip_hi is not None:
+                clip_hi[n.name] = f.clip_hi
     plan = FixedPointPlan(sch.name, int(input_fl), input_signed, fl, eta, layers, clip_hi,
                           info=dict(streams=info_streams))
     return plan
@@ -276,7 +244,7 @@ def _fl_candidates(y, signed, lo, hi):
     """FLs worth trying on samples ``y``: from the one that just fits the largest magnitude
     (no clipping) up to 5 more bits (clipping the tail for resolution)."""
     top = float(np.abs(y).max()) or 1.0
-    guess = int(np.clip(np.floor(np.log2((127 if signed else 255) / top)), lo, hi))
+    guess = int(np.clip(np.floor(np.log2(qrange(signed)[1] / top)), lo, hi))
     return range(max(lo, guess - 1), min(hi, guess + 5) + 1)
 
 

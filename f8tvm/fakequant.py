@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fixedpoint import qrange
+from f8tvm.core.fixedpoint import qrange
 
 
 class FakeQuantModel(torch.nn.Module):

@@ -57,14 +57,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from f8tvm.core import formats
+from f8tvm.core.errors import F8TVMError, InputError
+from f8tvm.core.fixedpoint import INT32_MAX, STD_C_SIGNED, STD_C_UNSIGNED, pool_shift, qrange
+from f8tvm.core.plan import FixedPointPlan, LayerPlan
+
 from . import __version__
-from .errors import F8TVMError, InputError
-from .fixedpoint import INT32_MAX, STD_C_SIGNED, STD_C_UNSIGNED, pool_shift
-from .plan import FixedPointPlan, LayerPlan
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "TRAIN_REGIMES", "LayerExport",
            "QATCheckpoint", "QATConfig", "QAvgPool", "QClip", "QLayer", "TrainConfig",
-           "clip_int", "compile", "evaluate", "fake_quant", "load", "plan_for", "prepare",
+           "compile", "evaluate", "fake_quant", "load", "plan_for", "prepare",
            "read_checkpoint", "save", "std_fl", "to_float", "train"]
 
 # alpha / sigma in the middle of the band where F8Net's std rule keeps the FL fixed
@@ -107,22 +109,17 @@ class QATConfig:
     freeze_bn: bool = False
 
     def act_range(self, signed: bool) -> tuple[int, int]:
-        return (0, 8 - int(signed)) if self.strict else (-8, 20)
+        return formats.act_fl_range(signed, self.strict)
 
     def weight_range(self) -> tuple[int, int]:
-        return (0, 7) if self.strict else (-8, 24)
+        return formats.weight_fl_range(self.strict)
 
 
 # ----------------------------------------------------------------------------- quantizers
-def _qbounds(signed: bool, bits: int = 8) -> tuple[int, int]:
-    hi = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-    return (-hi if signed else 0), hi
-
-
 def fake_quant(x, fl, signed: bool):
     """``clamp(round_half_even(x * 2**fl)) * 2**-fl`` with F8Net's straight-through gradient:
     passed where the value is inside the range, zero where it is clamped."""
-    lo, hi = _qbounds(signed)
+    lo, hi = qrange(signed)
     scale = torch.exp2(torch.as_tensor(fl, dtype=x.dtype, device=x.device))
     r = torch.round(x * scale)
     q = torch.clamp(r, lo, hi) / scale
@@ -142,13 +139,6 @@ def std_fl(std, signed: bool, lo: int, hi: int):
 def _round_fl(buffer, lo, hi) -> int:
     """Eval-time FL: the EMA buffer rounded half to even, clamped."""
     return int(torch.clamp(torch.round(buffer.detach().double().reshape(-1)[:1]), lo, hi))
-
-
-def clip_int(hi: float, acc_fl, eta: float) -> np.ndarray:
-    """The integer bound of a ReLU6-like clip at the accumulator format: ``round(hi * 2**f /
-    eta)``, the plan's ``clip_hi`` (per channel)."""
-    v = np.round(hi * np.exp2(np.asarray(acc_fl, np.float64)) / eta)
-    return np.clip(v, 0, INT32_MAX).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- streams
@@ -191,7 +181,7 @@ class _Streams(nn.Module):
         master = self._layers[self.masters[s]]
         signed = self.signed[s]
         fl = master.eval_fl()
-        return (2.0**fl) * self.alpha(s).abs().double() / (2 ** (8 - int(signed)) - 1)
+        return (2.0**fl) * self.alpha(s).abs().double() / qrange(signed)[1]
 
 
 # ----------------------------------------------------------------------------- modules
@@ -325,7 +315,7 @@ class QLayer(nn.Module):
         w_fl = self._weight_fl(w_eff, b_eff, in_fl).to(torch.int64)
         wshape = (-1,) + (1,) * (w.dim() - 1)
         w_int = torch.clamp(torch.round(w_eff * torch.exp2(w_fl.double()).reshape(wshape)),
-                            -127, 127)
+                            *qrange(True))
         b_int = torch.clamp(torch.round(b_eff * torch.exp2((in_fl + w_fl).double())),
                             -INT32_MAX, INT32_MAX)
         return LayerExport(in_fl, self.signed, w_fl.numpy().astype(np.int64),
@@ -335,7 +325,7 @@ class QLayer(nn.Module):
     def _eval_forward(self, x):
         e = self.export()
         x = x.double()
-        lo, hi = _qbounds(self.signed)
+        lo, hi = qrange(self.signed)
         q = torch.clamp(torch.round(x * 2.0**e.in_fl), lo, hi) * 2.0**-e.in_fl
         wshape = (-1,) + (1,) * (e.w_int.ndim - 1)
         w = torch.from_numpy(e.w_int.astype(np.float64) * np.exp2(-e.w_fl).reshape(wshape))
@@ -364,7 +354,8 @@ class QClip(nn.Module):
             return torch.minimum(torch.relu(y), bound)
         layer = streams._layers[self.producer]
         e = layer.export()
-        hi = clip_int(self.hi, e.acc_fl, float(streams.eta(self.stream))) * np.exp2(-e.acc_fl)
+        hi = formats.clip_int(self.hi, e.acc_fl, float(streams.eta(self.stream))) \
+            * np.exp2(-e.acc_fl)
         bound = torch.from_numpy(hi).reshape((1, -1) + (1,) * (y.dim() - 2))
         return torch.minimum(torch.relu(y.double()), bound)
 
@@ -383,8 +374,9 @@ class QAvgPool(nn.Module):
 
 # ----------------------------------------------------------------------------- prepare
 def _graph_of(model, example_input):
+    from f8tvm.core.graph import extract_graph
+
     from .api import import_model
-    from .graph import extract_graph
 
     return extract_graph(*import_model(model, example_input))
 
@@ -412,28 +404,6 @@ def _pair_batchnorms(model, example_input) -> dict:
             h.remove()
     pairs.pop(None, None)
     return pairs
-
-
-def _union_streams(graph) -> dict:
-    parent = {n.name: n.name for n in graph.nodes}
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for n in graph.nodes:
-        if n.op in ("add", "relu", "clip", "max_pool2d", "reshape"):
-            for i in n.inputs:
-                ra, rb = find(n.name), find(i)
-                if ra != rb:
-                    parent[rb] = ra
-    roots, index = {}, {}
-    for n in graph.nodes:
-        r = find(n.name)
-        index[n.name] = roots.setdefault(r, len(roots))
-    return index
 
 
 def _input_samples(model, names, batches, keep=20000) -> dict:
@@ -472,7 +442,7 @@ def _band_alpha(std: float, samples: np.ndarray, signed: bool) -> float:
     """The clipping level with the least quantization error among those F8Net's std rule can
     hold (``alpha / sigma`` inside the band where the FL has a fixed point; outside it the FL
     drifts until the effective clipping level is back inside)."""
-    top = 2 ** (8 - int(signed)) - 1
+    top = qrange(signed)[1]
     c_std = STD_C_SIGNED if signed else STD_C_UNSIGNED
     lo_c, hi_c = top / c_std, 2 * top / c_std
     best, best_err = _ALPHA_BAND[signed] * std, np.inf
@@ -534,7 +504,7 @@ def prepare(model: nn.Module, example_input, config: QATConfig | None = None, ca
 
     graph = _graph_of(model, example_input)
     bn_of = _pair_batchnorms(model, example_input)
-    stream_of = _union_streams(graph)
+    stream_of = formats.stream_index(graph)
     nonneg = nonnegative(graph)
     consumers = graph.consumers()
     if input_signed is None:
@@ -683,31 +653,10 @@ def plan_for(qmodel: nn.Module):
                 continue
             if src == graph.input:
                 raise F8TVMError(f"QAT plan: {n.op} directly on the input is not supported")
-            if n.op in ("relu", "max_pool2d"):
-                fl[n.name], eta[n.name] = fl[src], eta[src]
-            elif n.op == "clip":
-                fl[n.name], eta[n.name] = fl[src], eta[src]
-                clip_hi[n.name] = clip_int(n.attrs["hi"], fl[src], eta[src])
-            elif n.op == "add":
-                fl[n.name] = np.maximum(fl[n.inputs[0]], fl[n.inputs[1]])
-                eta[n.name] = eta[src]
-            elif n.op == "global_avg_pool":
-                hw = int(np.prod(graph[src].shape[2:]))
-                k = pool_shift(hw)
-                fl[n.name] = fl[src] + k
-                eta[n.name] = eta[src] * 2.0**k / hw
-            elif n.op == "reshape":
-                f = fl[src]
-                src_shape = graph[src].shape
-                if len(n.shape) >= 2 and n.shape[1] == f.size:
-                    fl[n.name] = f
-                elif len(src_shape) == 4 and len(n.shape) == 2:
-                    fl[n.name] = np.repeat(f, int(np.prod(src_shape[2:])))
-                else:
-                    raise F8TVMError(f"QAT plan: reshape {n.source or n.name} is not supported")
-                eta[n.name] = eta[src]
-            else:
-                raise F8TVMError(f"QAT plan: op {n.op} is not supported")
+            f = formats.propagate(n, graph, fl, eta)  # the one per-op rule
+            fl[n.name], eta[n.name] = f.fl, f.eta
+            if f.clip_hi is not None:
+                clip_hi[n.name] = f.clip_hi
         info = qmodel.f8_qat
         fl[graph.input] = np.full(graph[graph.input].shape[1], input_fl, np.int64)
         eta[graph.input] = 1.0

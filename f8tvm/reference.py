@@ -2,7 +2,7 @@
 
 It executes a layer graph under a FixedPointPlan with int64 NumPy arithmetic only: no TVM, no
 torch.  It shares nothing with the Relax rewrite but the plan; its requantization is the plain
-floor-and-tie formula of :func:`f8tvm.fixedpoint.rq_reference`, while the compiler emits an
+floor-and-tie formula of :func:`f8tvm.core.fixedpoint.rq_reference`, while the compiler emits an
 add-and-shift trick, so agreement is a real check.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fixedpoint import fix_quant, qrange, rq_reference
+from f8tvm.core.fixedpoint import fix_quant, qrange, rq_reference
 
 _I32 = (-(2**31), 2**31 - 1)
 

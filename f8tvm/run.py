@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from .errors import UnsupportedCPUError
+from f8tvm.core.errors import UnsupportedCPUError
 
 
 def main(argv=None) -> int:

@@ -17,9 +17,8 @@ import time
 
 import numpy as np
 
+from f8tvm.core.fixedpoint import qrange
 from f8tvm.targets.cpu import read_cpuinfo
-
-from .fixedpoint import qrange  # NumPy only: no torch, no TVM compiler
 
 __all__ = ["Module", "RemoteBoard", "check_cpu", "connect", "load", "missing_cpu_flags"]
 
@@ -240,12 +239,12 @@ def missing_cpu_flags(need, cpuinfo: str = "/proc/cpuinfo") -> list[str]:
 
 
 def check_cpu(meta: dict, path: str = "the module", cpuinfo: str = "/proc/cpuinfo") -> None:
-    """Raise :class:`f8tvm.errors.UnsupportedCPUError` if this CPU lacks a feature the module's
+    """Raise :class:`f8tvm.core.errors.UnsupportedCPUError` if this CPU lacks a feature the module's
     target needs (its metadata's ``target.cpu_flags``, :func:`missing_cpu_flags`): a clear error
     instead of an illegal instruction."""
     missing = missing_cpu_flags(meta.get("target", {}).get("cpu_flags"), cpuinfo)
     if missing:
-        from .errors import UnsupportedCPUError
+        from f8tvm.core.errors import UnsupportedCPUError
 
         name = meta["target"].get("name", "?")
         raise UnsupportedCPUError(

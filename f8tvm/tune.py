@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from .errors import F8TVMError
+from f8tvm.core.errors import F8TVMError
 
 
 def parse_args(argv=None):

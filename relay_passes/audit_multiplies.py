@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from f8tvm import _tvm
-from f8tvm._tvm import expr_dtype, node_kind, tvm
-from f8tvm.errors import AuditError
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import expr_dtype, node_kind, tvm
+from f8tvm.core.errors import AuditError
 
 
 @dataclass
@@ -235,7 +235,7 @@ def _sites(stmt, times=1, out=None) -> list:
 
 def _visit_relax(mod, visit) -> None:
     """``visit`` every expression of ``mod``'s Relax functions."""
-    from f8tvm._tvm import relax
+    from f8tvm.core._tvm import relax
 
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
-from f8tvm.fixedpoint import rq_reference
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings, channel_shape, expr_dtype, int_const, is_call, rebuild
+from f8tvm.core.fixedpoint import rq_reference
 
-from ._bindings import bindings, channel_shape, expr_dtype, int_const, is_call, rebuild
 from .quantize_to_integer import (
     emit_rounding_shift,
     match_rounding_right_shift,

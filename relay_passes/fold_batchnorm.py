@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
-from f8tvm.errors import UnsupportedOpError
-
-from ._bindings import bindings, rebuild, use_counts
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings, rebuild, use_counts
+from f8tvm.core.errors import UnsupportedOpError
 
 
 def _producer_map(func):

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
-
-from ._bindings import bindings, expr_dtype, fits_int32, is_call, rebuild, use_counts
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings, expr_dtype, fits_int32, is_call, rebuild, use_counts
 
 R = relax.op
 

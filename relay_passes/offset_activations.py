@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
-from f8tvm.errors import F8TVMError
-
-from ._bindings import bindings, expr_dtype, fits_int32, int_const, is_call, rebuild
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings, expr_dtype, fits_int32, int_const, is_call, rebuild
+from f8tvm.core.errors import F8TVMError
 
 R = relax.op
 OFFSET = 128  # u8 -> s8: s = u - 128

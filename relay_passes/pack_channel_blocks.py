@@ -48,10 +48,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings
 
-from ._bindings import bindings
 from .packed_kernels import conv2d_nchwc, depthwise_nchwc, depthwise_pairs_nchwc, out_size
 
 R = relax.op

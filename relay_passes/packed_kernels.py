@@ -16,7 +16,7 @@ the same 8-bit values (the multiplication audit checks every store into it).
 
 from __future__ import annotations
 
-from f8tvm._tvm import te, tir
+from f8tvm.core._tvm import te, tir
 
 CONV_BLOCK = "conv_nchwc"  # schedules find the kernels by these block names
 DEPTHWISE_BLOCK = "depthwise_nchwc"

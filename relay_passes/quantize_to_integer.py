@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
-from f8tvm.fixedpoint import qrange
-
-from ._bindings import is_call
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import is_call
+from f8tvm.core.fixedpoint import qrange
 
 R = relax.op
 

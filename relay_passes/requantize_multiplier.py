@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings, channel_shape, rebuild
 
-from ._bindings import bindings, channel_shape, rebuild
 from .quantize_to_integer import match_rounding_right_shift
 
 R = relax.op

@@ -140,7 +140,7 @@ def kernel_block(prim_func):
     'depthwise', or ``('other', None)``."""
     from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
 
-    from f8tvm._tvm import schedule_of
+    from f8tvm.core._tvm import schedule_of
 
     sch = schedule_of(prim_func)
     for name, kind in ((CONV_BLOCK, "conv"), (DEPTHWISE_BLOCK, "depthwise")):
@@ -158,7 +158,7 @@ def kernel_kind(prim_func) -> str:
 
 def default_schedule(prim_func, dot: DotIntrin | None, tiles=None):
     """Our schedule of one fused PrimFunc (``tiles``: tuned split decisions, else defaults)."""
-    from f8tvm._tvm import schedule_of
+    from f8tvm.core._tvm import schedule_of
 
     from . import _sch, cpu
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
 
-from f8tvm import _tvm
+from f8tvm.core import _tvm
 
 from . import _sch
 

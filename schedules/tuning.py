@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from f8tvm._tvm import primfuncs, tvm
+from f8tvm.core._tvm import primfuncs, tvm
 
 from . import DotIntrin, default_schedule, kernel_block, kernel_kind
 
@@ -242,7 +242,7 @@ def best_latency(database, task: Task, target) -> float | None:
 
 def anchor_key(prim_func) -> str | None:
     """What a tuned schedule depends on: the packed conv block's loop extents and buffers."""
-    from f8tvm._tvm import region_tensor
+    from f8tvm.core._tvm import region_tensor
 
     _, block = kernel_block(prim_func)
     if block is None:

@@ -25,17 +25,17 @@ class TargetPreset:
     cpu_flags: tuple = ()
 
     def tvm(self):
-        from f8tvm import _tvm
+        from f8tvm.core import _tvm
 
         return _tvm.make_target(self.tvm_target)
 
     def check_toolchain(self) -> None:
-        """Raise :class:`f8tvm.errors.ToolchainError` if the cross compiler is not installed.
+        """Raise :class:`f8tvm.core.errors.ToolchainError` if the cross compiler is not installed.
 
         Called before a build starts, so a missing compiler costs seconds, not a whole build.
         """
         if self.cross_compiler and shutil.which(self.cross_compiler) is None:
-            from f8tvm.errors import ToolchainError
+            from f8tvm.core.errors import ToolchainError
 
             pkg = self.compiler_package or "the package that provides it"
             raise ToolchainError(

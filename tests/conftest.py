@@ -70,7 +70,7 @@ def asm_functions(asm):
 def relax_main(shape, dtype, body, name="t"):
     """A Relax module whose ``main(name: dtype[shape])`` is one dataflow block: ``body(bb, x)``
     emits its bindings and returns the one output."""
-    from f8tvm._tvm import TensorType, relax
+    from f8tvm.core._tvm import TensorType, relax
 
     bb = relax.BlockBuilder()
     x = relax.Var(name, TensorType(shape, dtype))
@@ -85,8 +85,8 @@ def run_relax(mod, *args):
     """Compile a Relax module for the x86 preset and run its ``main``: the outputs as NumPy."""
     from f8tvm.targets import get_target
 
-    from f8tvm import _tvm
-    from f8tvm._tvm import relax, tvm
+    from f8tvm.core import _tvm
+    from f8tvm.core._tvm import relax, tvm
 
     ex = _tvm.compile_relax(mod, get_target("x86").tvm())
     vm = relax.VirtualMachine(ex, tvm.cpu())

@@ -24,7 +24,7 @@ from macs import blocked_macs
 
 import f8tvm
 from f8tvm import runtime
-from f8tvm.errors import ToolchainError
+from f8tvm.core.errors import ToolchainError
 from f8tvm.models import get_model
 from f8tvm.reference import run_reference
 

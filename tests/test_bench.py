@@ -21,7 +21,7 @@ from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 
 import f8tvm
 from f8tvm import api
-from f8tvm.errors import AuditError, InputError
+from f8tvm.core.errors import AuditError, InputError
 from f8tvm.reference import run_reference
 from tools import bench, peak
 
@@ -79,7 +79,7 @@ def test_multiplier_requantize_equals_shift_on_ties_and_extremes(shift):
     from f8tvm.passes.quantize_to_integer import emit_requantize
     from f8tvm.passes.requantize_multiplier import RequantizeWithMultiplier
 
-    from f8tvm._tvm import compile_relax, relax, tvm
+    from f8tvm.core._tvm import compile_relax, relax, tvm
 
     shift = np.asarray(shift)
     shape = (1, 4, 8, 8)

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from f8tvm.passes._bindings import bindings
 from f8tvm.passes.clip_after_requantize import clip_after_requantize, value_bounds
 from f8tvm.passes.quantize_to_integer import emit_requantize
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
-from f8tvm.fixedpoint import rq_reference
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings
+from f8tvm.core.fixedpoint import rq_reference
 
 R = relax.op
 C_IN, C_OUT, HW = 6, 5, 4

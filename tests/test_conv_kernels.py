@@ -14,7 +14,7 @@ from f8tvm.schedules import default_schedule, find_dot
 from f8tvm.targets import get_target
 from kernel_ref import block, conv, unblock
 
-from f8tvm._tvm import te, tvm
+from f8tvm.core._tvm import te, tvm
 
 LANES, DEPTH = 8, 2
 
@@ -74,7 +74,7 @@ def test_conv_kernel_is_exact_and_uses_vpmaddwd(cin, cout, h, w, k, stride, pad,
 def test_narrowing_epilogue_is_exact(dtype, lo, hi, width):
     # conv -> shift -> clamp -> cast: with a tile 4 pixels wide (width 8) the int32 result is
     # narrowed 4 pixels at a time (packs + vpermd); width 7 keeps the vector-by-vector path
-    from f8tvm._tvm import tir
+    from f8tvm.core._tvm import tir
 
     cin, cout = 16, 16
     rng = np.random.default_rng(width)

@@ -11,7 +11,7 @@ from f8tvm.schedules import default_schedule, find_dot
 from f8tvm.targets import get_target
 from kernel_ref import block, conv, unblock
 
-from f8tvm._tvm import post_order_visit, te, tvm
+from f8tvm.core._tvm import post_order_visit, te, tvm
 
 LANES = 8
 

@@ -13,7 +13,7 @@ from f8net_checkpoints import make_checkpoint
 from f8net_int_model import OfficialIntModel
 
 from f8tvm import runtime
-from f8tvm.errors import InputError
+from f8tvm.core.errors import InputError
 from f8tvm.fakequant import FakeQuantModel
 from f8tvm.frontend.f8net import CheckpointError, load_checkpoint, read_checkpoint
 from f8tvm.reference import run_reference

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from f8tvm.fixedpoint import fix_quant, qrange, rq_reference, std_fraclen
+from f8tvm.core.fixedpoint import fix_quant, qrange, rq_reference, std_fraclen
 
 
 def _round_half_even(fr: Fraction) -> int:

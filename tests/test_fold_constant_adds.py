@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_small_net, relax_main, run_relax
-from f8tvm.passes._bindings import bindings, is_call
 from f8tvm.passes.fold_constant_adds import fold_constant_adds
 from f8tvm.passes.quantize_to_integer import emit_rounding_shift, match_rounding_right_shift
 from f8tvm.targets import get_target
 
 from f8tvm import api
-from f8tvm._tvm import relax, tvm
-from f8tvm.fixedpoint import rq_reference
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings, is_call
+from f8tvm.core.fixedpoint import rq_reference
 from f8tvm.reference import quantize_input, run_reference
 
 R = relax.op

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from f8tvm.passes._bindings import bindings
 from f8tvm.passes.offset_activations import (
     OffsetUnsignedActivations,
     has_unsigned_dot,
@@ -12,11 +11,12 @@ from f8tvm.passes.offset_activations import (
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.targets import TARGETS, get_target
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax
 from f8tvm.api import import_model, lower
 from f8tvm.calibrate import calibrate
-from f8tvm.graph import extract_graph
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax
+from f8tvm.core.bindings import bindings
+from f8tvm.core.graph import extract_graph
 from f8tvm.reference import quantize_input, run_reference
 
 R = relax.op

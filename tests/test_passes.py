@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_small_net, relax_main, run_relax
-from f8tvm.passes._bindings import bindings
 from f8tvm.passes.audit_multiplies import audit_module, check_module
 from f8tvm.passes.fold_batchnorm import FoldBatchNorm
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.targets import get_target
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax, tvm
 from f8tvm.api import import_model, lower
 from f8tvm.calibrate import calibrate
-from f8tvm.errors import AuditError, UnsupportedOpError
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings
+from f8tvm.core.errors import AuditError, UnsupportedOpError
+from f8tvm.core.graph import extract_graph
 from f8tvm.frontend.torch_import import import_torch
-from f8tvm.graph import extract_graph
 from f8tvm.reference import quantize_input, run_reference
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from f8tvm import qat
-from f8tvm.errors import F8TVMError
+from f8tvm.core.errors import F8TVMError
 from f8tvm.reference import quantize_input, run_reference
 from tools.accuracy import TinyResNet
 

@@ -14,7 +14,7 @@ import torch
 from test_qat import MobileBlockNet, _data, _randomize_bn
 
 from f8tvm import build, qat, runtime
-from f8tvm.errors import F8TVMError
+from f8tvm.core.errors import F8TVMError
 from f8tvm.models import get_model
 from tools.accuracy import TinyResNet
 

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import asm_functions, module_asm
-from f8tvm.passes._bindings import bindings
 from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.targets import get_target
 
 import f8tvm
-from f8tvm import _tvm, api
-from f8tvm._tvm import relax, tvm
-from f8tvm.errors import UnsupportedCPUError
+from f8tvm import api
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings
+from f8tvm.core.errors import UnsupportedCPUError
 from f8tvm.reference import quantize_input, run_reference
 
 SIZE = 16
@@ -222,7 +223,7 @@ def test_elementwise_kernel_is_one_pass():
     # and no intermediate tensor; the max pool reads its padded input inline too
     from f8tvm.schedules import default_schedule
 
-    from f8tvm._tvm import te, tir
+    from f8tvm.core._tvm import te, tir
 
     shape = (1, 2, 5, 6, 8)
     acc = te.placeholder(shape, "int32", name="acc")

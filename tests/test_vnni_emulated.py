@@ -14,8 +14,9 @@ from f8tvm.schedules import default_schedule, find_dot, kernel_kind
 from f8tvm.schedules.cpu import _divisors, default_conv_tiles
 
 import f8tvm
-from f8tvm import _tvm, api
-from f8tvm._tvm import tvm
+from f8tvm import api
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import tvm
 from f8tvm.reference import quantize_input, run_reference
 from f8tvm.runtime import Module
 from tools import emulated_x86 as emu

@@ -242,8 +242,8 @@ def fashion_mnist_row(budget: Budget, target: str = "host", log=_log,
     (no zoo name: ``qat.load(path, model=TinyResNet(width))``)."""
     from f8tvm import qat
     from f8tvm.api import import_model
+    from f8tvm.core.graph import extract_graph
     from f8tvm.datasets import fashion_mnist
-    from f8tvm.graph import extract_graph
 
     xtr, ytr = fashion_mnist("train")
     xte, yte = fashion_mnist("test")
@@ -317,7 +317,7 @@ def lite0_row(budget: Budget, target: str = "host", log=_log, save_qat: str | No
     (buildable with ``python -m f8tvm.build --qat-checkpoint``)."""
     from f8tvm import data, qat
     from f8tvm.api import import_model
-    from f8tvm.graph import extract_graph
+    from f8tvm.core.graph import extract_graph
     from f8tvm.models import get_model
 
     model, spec = get_model("efficientnet_lite0", pretrained=True)

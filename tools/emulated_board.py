@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from f8tvm.errors import ToolchainError
+from f8tvm.core.errors import ToolchainError
 
 BOARD_DIR_ENV = "F8TVM_BOARD_DIR"
 DEFAULT_DIR = os.path.join("~", ".cache", "f8tvm", "aarch64-board")
@@ -54,15 +54,18 @@ WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "
           "typing_extensions", "psutil", "cloudpickle", "tornado", "pillow")
 WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64")
 # f8tvm's deployment runtime: what a board needs besides the TVM runtime wheel and numpy (the
-# README's deployment section lists the same files); none of them imports torch or TVM's compiler.
-RUNTIME_FILES = ("__init__.py", "runtime.py", "fixedpoint.py", "errors.py", "run.py", "data.py")
-# the target presets (pure Python; the runtime reads the CPU's flags with f8tvm.targets.cpu):
-# folder in the project -> subpackage of f8tvm on the board
-RUNTIME_PACKAGES = {"targets": "targets"}
+# README's deployment section lists the same files; none of them imports torch or TVM's
+# compiler), as (folder in the project, files, where they go under the board's app folder)
+RUNTIME_FILES = (
+    ("f8tvm", ("__init__.py", "runtime.py", "run.py", "data.py"), "f8tvm"),
+    ("f8tvm/core", ("__init__.py", "errors.py", "fixedpoint.py"), "f8tvm/core"),
+    # the target presets (pure Python): the runtime reads the CPU's flags with f8tvm.targets.cpu
+    ("targets", ("__init__.py", "base.py", "cpu.py", "x86.py", "arm.py"), "f8tvm/targets"),
+)
 # this emulated board's RPC server (a tool of ours, beside the runtime on the board)
 SERVER = "board_server.py"
 # bump when what setup builds changes, so old caches are rebuilt
-LAYOUT_VERSION = "6"
+LAYOUT_VERSION = "7"
 
 
 def board_dir() -> str:
@@ -193,19 +196,12 @@ def _setup_wheels(paths: BoardPaths) -> None:
 
 def _install_runtime_files(paths: BoardPaths) -> None:
     """Copy f8tvm's deployment runtime (no torch, no compiler) to the board."""
-    dst = os.path.join(paths.app, "f8tvm")
-    os.makedirs(dst, exist_ok=True)
-    here = os.path.dirname(os.path.abspath(__file__))
-    project = os.path.dirname(here)
-    for name in RUNTIME_FILES:
-        shutil.copy2(os.path.join(project, "f8tvm", name), os.path.join(dst, name))
-    shutil.copy2(os.path.join(here, SERVER), os.path.join(paths.app, SERVER))
-    for folder, package in RUNTIME_PACKAGES.items():
-        os.makedirs(os.path.join(dst, package), exist_ok=True)
-        for name in os.listdir(os.path.join(project, folder)):
-            if name.endswith(".py"):
-                shutil.copy2(os.path.join(project, folder, name),
-                             os.path.join(dst, package, name))
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder, names, dst in RUNTIME_FILES:
+        os.makedirs(os.path.join(paths.app, dst), exist_ok=True)
+        for name in names:
+            shutil.copy2(os.path.join(project, folder, name), os.path.join(paths.app, dst, name))
+    shutil.copy2(os.path.join(project, "tools", SERVER), os.path.join(paths.app, SERVER))
 
 
 def _free_port(host: str) -> int:

@@ -32,7 +32,7 @@ import tempfile
 
 import numpy as np
 
-from f8tvm.errors import F8TVMError
+from f8tvm.core.errors import F8TVMError
 
 PAGE = 4096
 IMAGE = 0x0040_0000  # where the linked kernel is placed
@@ -380,11 +380,11 @@ def emulated_executable(packed_mod, preset, workdir: str, count: bool = False):
     with ``count``, the ``instructions`` it executed (emulated calls only)."""
     import tvm
     import tvm_ffi
-    from f8tvm.passes._bindings import is_call, rebuild, substitute
     from f8tvm.schedules import find_dot, kernel_kind
     from f8tvm.schedules.tuning import apply_database
 
-    from f8tvm import _tvm
+    from f8tvm.core import _tvm
+    from f8tvm.core.bindings import is_call, rebuild, substitute
 
     target = preset.tvm()
     os.makedirs(workdir, exist_ok=True)

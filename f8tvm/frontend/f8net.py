@@ -50,8 +50,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from f8tvm.errors import F8TVMError, InputError
-from f8tvm.plan import FixedPointPlan, LayerPlan
+from f8tvm.core import formats
+from f8tvm.core.errors import F8TVMError, InputError
+from f8tvm.core.fixedpoint import STD_C_SIGNED, qrange
+from f8tvm.core.plan import FixedPointPlan, LayerPlan
 
 __all__ = ["ARCHS", "AVGPOOL_MODES", "CONFIGS", "CheckpointError", "F8NetCheckpoint",
            "F8NetConfig", "architecture", "load_checkpoint",
@@ -447,27 +449,29 @@ def _f32(t) -> torch.Tensor:
 
 def _fix_quant(x, fl, bits, signed=True):
     """F8Net's fix_quant in float32: ``clamp(round_half_even(x * 2**fl)) / 2**fl``."""
-    hi = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-    lo = -hi if signed else 0
+    lo, hi = qrange(signed, bits)
     scale = torch.pow(torch.tensor(2.0), fl)
     return torch.clamp(torch.round(x * scale), lo, hi) / scale
 
 
 def _act_fl(buffer, signed: bool) -> int:
     """Eval-time input FL: the EMA buffer rounded half to even, clamped to [0, 8 - s]."""
-    return int(torch.clamp(torch.round(_f32(buffer).reshape(-1)[:1]), 0, 8 - int(signed)))
+    return int(torch.clamp(torch.round(_f32(buffer).reshape(-1)[:1]),
+                           *formats.act_fl_range(signed)))
 
 
 def _weight_fl(w: torch.Tensor, rule: str) -> int:
     if rule == "std":
         dims = tuple(range(w.dim()))
         std = torch.std(w, dim=dims)
-        return int(torch.clamp(torch.floor(torch.log2(40 / std)), 0, 7))
+        return int(torch.clamp(torch.floor(torch.log2(STD_C_SIGNED / std)),
+                               *formats.weight_fl_range()))
     errs = []  # format_grid_search: the RMSE-optimal FL, the first on ties
-    for fl in range(8):
+    lo, hi = formats.weight_fl_range()
+    for fl in range(lo, hi + 1):
         res = _fix_quant(w, torch.tensor(float(fl)), 8)
         errs.append(float(torch.mean((w - res) ** 2) ** 0.5))
-    return int(np.argmin(np.asarray(errs, np.float32)))
+    return lo + int(np.argmin(np.asarray(errs, np.float32)))
 
 
 @dataclass
@@ -532,7 +536,7 @@ def _export(sd: dict, arch: Arch, cfg: F8NetConfig, pool_scale: dict, fc_scale: 
             e_next = e_in * ws  # eval logits = training logits / (eta_fc * ws)
             w_float, b_float = w_raw * e_next, _f32(sd[f"{q.prefix}.bias"])
         fl_w = _weight_fl(w, cfg.weight_fl)
-        w_int = torch.clamp(torch.round(w * 2.0**fl_w), -127, 127)
+        w_int = torch.clamp(torch.round(w * 2.0**fl_w), *qrange(True))
         acc_fl = torch.tensor(float(fl_in + fl_w))
         b_int = torch.round(_fix_quant(b, acc_fl, 32) * torch.pow(torch.tensor(2.0), acc_fl))
         out[q.prefix] = _Exported(fl_in, q.signed, fl_w,
@@ -573,7 +577,7 @@ class F8NetCheckpoint:
     def graph(self):
         if self._graph is None:
             from f8tvm.api import import_model
-            from f8tvm.graph import extract_graph
+            from f8tvm.core.graph import extract_graph
 
             self.plan_for(extract_graph(*import_model(self.model, self.example_input)))
         return self._graph
@@ -717,7 +721,7 @@ def _maxpool_exact(e: _Exported) -> bool:
     is guaranteed to agree.
     """
     w = np.abs(e.w_int.astype(np.int64)).reshape(e.w_int.shape[0], -1).sum(1)
-    top = 127 if e.signed else 255
+    top = qrange(e.signed)[1]
     return bool(np.all(w * top + np.abs(e.b_int.astype(np.int64)) < _F24))
 
 
@@ -730,7 +734,6 @@ def _plan(graph, exported: dict, cfg: F8NetConfig, pool_shift: int) -> FixedPoin
             fl[n.name] = np.full(n.shape[1], input_fl, np.int64)
             eta[n.name] = 1.0
             continue
-        src = n.inputs[0]
         if n.is_layer:
             prefix = _module_prefix(n)
             e = exported.get(prefix)
@@ -743,15 +746,11 @@ def _plan(graph, exported: dict, cfg: F8NetConfig, pool_shift: int) -> FixedPoin
                                        e.eta_in, e.eta_out)
             fl[n.name] = e.in_fl + w_fl
             eta[n.name] = e.eta_out
-        elif n.op == "add":
-            fl[n.name] = np.maximum(fl[n.inputs[0]], fl[n.inputs[1]])
-            eta[n.name] = eta[src]
-        elif n.op == "global_avg_pool":
-            fl[n.name] = fl[src] + pool_shift
-            eta[n.name] = eta[src]
-        elif n.op in ("relu", "max_pool2d", "reshape"):
-            fl[n.name] = fl[src]
-            eta[n.name] = eta[src]
+        elif n.op in ("add", "global_avg_pool", "relu", "max_pool2d", "reshape"):
+            # the one per-op rule; the official model folds the pool's 2**k / (H*W) into the
+            # classifier's weights (its export), so eta stays
+            f = formats.propagate(n, graph, fl, eta, pool_k=pool_shift, pool_factor_in_eta=False)
+            fl[n.name], eta[n.name] = f.fl, f.eta
         else:
             raise F8TVMError(f"internal: unexpected op {n.op} in an F8Net graph")
     return FixedPointPlan("f8net-checkpoint", int(input_fl), bool(cfg.normalize), fl, eta,

@@ -14,9 +14,9 @@ import re
 import warnings
 from dataclasses import dataclass
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax
-from f8tvm.errors import InputError, UnsupportedOpError
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax
+from f8tvm.core.errors import InputError, UnsupportedOpError
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def import_torch(model, example_input):
     sources : dict[str, Source]
         Binding name -> where it came from.
     """
-    from f8tvm._tvm import tvm
+    from f8tvm.core._tvm import tvm
 
     ep = export_program(model, example_input)
     importer = _NamingImporter()
@@ -136,7 +136,7 @@ def import_torch(model, example_input):
     mod = importer.from_exported_program(ep, False, False, False, None)
     func = mod["main"]
 
-    from f8tvm.passes._bindings import bindings, rebuild
+    from f8tvm.core.bindings import bindings, rebuild
 
     taken: set = set()
     sources: dict = {}

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from f8tvm import _tvm
-from f8tvm._tvm import relax
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax
 
 
 def substitute(expr, env: dict):
