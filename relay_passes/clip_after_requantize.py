@@ -30,7 +30,15 @@ import numpy as np
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
-from f8tvm.core.bindings import bindings, channel_shape, expr_dtype, int_const, is_call, rebuild
+from f8tvm.core.bindings import (
+    bindings,
+    channel_shape,
+    expr_dtype,
+    int_const,
+    is_call,
+    rebuild,
+    with_main,
+)
 from f8tvm.core.fixedpoint import rq_reference
 
 from .quantize_to_integer import (
@@ -210,12 +218,10 @@ def clip_after_requantize(mod, stats: dict | None = None):
     counts ``moved`` (requantizes rewritten), ``unbounded`` (left: overflow not excluded) and
     ``empty`` (left: a channel's merged interval is empty)."""
     counts = dict(moved=0, unbounded=0, empty=0)
-    funcs = {gv: f for gv, f in mod.functions_items()}
-    main = mod.get_global_var("main")
-    funcs[main] = _rewrite_function(mod["main"], counts).with_attr("global_symbol", "main")
+    main = _rewrite_function(mod["main"], counts)
     if stats is not None:
         stats.update(counts)
-    return tvm.IRModule(funcs, attrs=mod.attrs)
+    return with_main(mod, main)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ClipAfterRequantize")

@@ -12,7 +12,7 @@ import numpy as np
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
-from f8tvm.core.bindings import bindings, rebuild, use_counts
+from f8tvm.core.bindings import bindings, rebuild, use_counts, with_main
 from f8tvm.core.errors import UnsupportedOpError
 
 
@@ -28,6 +28,10 @@ def _fold(func):
         v = b.value
         if not (isinstance(v, relax.Call) and v.op.name == "relax.nn.batch_norm"):
             continue
+        if bool(getattr(v.attrs, "training", False)):  # batch statistics: nothing to fold
+            raise UnsupportedOpError(
+                f"batch_norm '{_tvm.var_name(b.var)}' is in training mode (it normalizes with "
+                "each batch's statistics); export the model in eval mode")
         x, gamma, beta, mean, var = v.args
         consts = [gamma, beta, mean, var]
         if not all(_tvm.is_const(c) for c in consts):
@@ -88,6 +92,4 @@ def fold_batchnorm(func):
 @tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
 def FoldBatchNorm(mod, ctx):  # noqa: N802  (pass names are PascalCase, as in TVM)
     """Fold every inference batch_norm into the conv2d that feeds it (names preserved)."""
-    mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else mod
-    mod["main"] = fold_batchnorm(mod["main"])
-    return mod
+    return with_main(mod, fold_batchnorm(mod["main"]))

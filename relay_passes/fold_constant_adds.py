@@ -21,7 +21,15 @@ import numpy as np
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
-from f8tvm.core.bindings import bindings, expr_dtype, fits_int32, is_call, rebuild, use_counts
+from f8tvm.core.bindings import (
+    bindings,
+    expr_dtype,
+    fits_int32,
+    is_call,
+    rebuild,
+    use_counts,
+    with_main,
+)
 
 R = relax.op
 
@@ -80,9 +88,6 @@ def FoldConstantAdds(stats: dict | None = None):  # noqa: N802  (pass names are 
 
     @tvm.transform.module_pass(opt_level=0, name="FoldConstantAdds")
     def _pass(mod, ctx):
-        funcs = {gv: f for gv, f in mod.functions_items()}
-        main = mod.get_global_var("main")
-        funcs[main] = fold_constant_adds(mod["main"], stats).with_attr("global_symbol", "main")
-        return tvm.IRModule(funcs, attrs=mod.attrs)
+        return with_main(mod, fold_constant_adds(mod["main"], stats))
 
     return _pass

@@ -28,7 +28,15 @@ import numpy as np
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
-from f8tvm.core.bindings import bindings, expr_dtype, fits_int32, int_const, is_call, rebuild
+from f8tvm.core.bindings import (
+    bindings,
+    expr_dtype,
+    fits_int32,
+    int_const,
+    is_call,
+    rebuild,
+    with_main,
+)
 from f8tvm.core.errors import F8TVMError
 
 R = relax.op
@@ -119,11 +127,7 @@ def has_unsigned_dot(mod) -> bool:
 def OffsetUnsignedActivations(mod, ctx):  # noqa: N802  (pass names are PascalCase, as in TVM)
     """Rewrite ``main`` so that every conv2d/dense reads int8 ``u - 128`` instead of uint8 ``u``.
     """
-    # a new module: assigning into ``mod`` from Python would change the caller's module in place
-    funcs = {gv: f for gv, f in mod.functions_items()}
-    main = mod.get_global_var("main")
-    funcs[main] = _offset_function(mod["main"]).with_attr("global_symbol", "main")
-    return tvm.IRModule(funcs, attrs=mod.attrs)
+    return with_main(mod, _offset_function(mod["main"]))
 
 
 def offset_for_target(mod, preset):

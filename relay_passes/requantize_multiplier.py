@@ -38,7 +38,7 @@ import numpy as np
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
-from f8tvm.core.bindings import bindings, channel_shape, rebuild
+from f8tvm.core.bindings import bindings, channel_shape, rebuild, with_main
 
 from .quantize_to_integer import match_rounding_right_shift
 
@@ -78,12 +78,9 @@ def RequantizeWithMultiplier(info: dict | None = None):  # noqa: N802  (PascalCa
 
     @tvm.transform.module_pass(opt_level=0, name="RequantizeWithMultiplier")
     def _pass(mod, ctx):
-        funcs = {gv: f for gv, f in mod.functions_items()}
-        main = mod.get_global_var("main")
         new, n = _rewrite(mod["main"])
-        funcs[main] = new.with_attr("global_symbol", "main")
         if info is not None:
             info["rewritten"] = info.get("rewritten", 0) + n
-        return tvm.IRModule(funcs, attrs=mod.attrs)
+        return with_main(mod, new)
 
     return _pass

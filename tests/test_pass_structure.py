@@ -106,10 +106,6 @@ def test_fold_batchnorm_into_conv_weights_and_bias_add():
     _check(FoldBatchNorm, _conv_bn_twice(), Expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FoldBatchNorm assigns mod['main'] on the module it was given: it copies only when the "
-    "module has shallow_copy(), which tvm.IRModule does not have in TVM 0.27, so the caller's "
-    "module is rewritten in place (the other passes build a new IRModule for this reason)"))
 def test_fold_batchnorm_leaves_its_input_unchanged():
     """Applying FoldBatchNorm leaves the Before module as it was (passes are functional)."""
     before = _conv_bn_twice()
@@ -117,10 +113,18 @@ def test_fold_batchnorm_leaves_its_input_unchanged():
     tvm.ir.assert_structural_equal(before, _conv_bn_twice())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FoldBatchNorm never reads batch_norm's training attribute (Relax's default is "
-    "training=True): a training-mode batch_norm, which normalizes with the batch's statistics, "
-    "is folded with the moving ones instead of being rejected like other unfoldable ones"))
+def test_pass_errors_reach_the_caller_as_f8tvm_errors():
+    """A pass's F8TVMError crosses TVM's pass infrastructure as itself, not a RuntimeError: a
+    BatchNorm that follows no conv, through f8tvm.compile."""
+    import torch
+
+    import f8tvm
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 1)).eval()
+    with pytest.raises(UnsupportedOpError, match="does not follow a conv2d"):
+        f8tvm.compile(net, torch.zeros(1, 3, 8, 8), target="x86")
+
+
 def test_fold_batchnorm_rejects_a_training_mode_batch_norm():
     """A batch_norm with training=True is not folded as an inference one (it raises)."""
     with pytest.raises(UnsupportedOpError, match="batch_norm"):

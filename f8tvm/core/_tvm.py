@@ -10,11 +10,20 @@ costs one file.  Importing this module imports the TVM *compiler*; the deploymen
 from __future__ import annotations
 
 import tvm
+import tvm_ffi
 from tvm import relax, te, topi  # noqa: F401  (re-exported)
 from tvm import tirx as tir  # 0.27: tvm.tir -> tvm.tirx
 from tvm.support import cc  # noqa: F401  (re-exported; 0.27: tvm.contrib.cc -> tvm.support.cc)
 
+from f8tvm.core import errors
+
 TVM_VERSION = tvm.__version__
+
+# Our passes run inside TVM's pass infrastructure, across its FFI: an f8tvm error raised there
+# would come back as a plain RuntimeError.  Registered by name, it comes back as itself.
+for _cls in vars(errors).values():
+    if isinstance(_cls, type) and issubclass(_cls, errors.F8TVMError):
+        tvm_ffi.register_error(_cls.__name__, _cls)
 
 TensorType = relax.TensorType  # 0.27: relax.TensorStructInfo -> relax.TensorType
 BlockBuilder = relax.BlockBuilder
@@ -103,8 +112,6 @@ def post_order_visit(node, fn, skip=None) -> None:
 
     0.27 dropped ``tir.stmt_functor``; tvm-ffi's reflection-based structural walk replaces it.
     """
-    import tvm_ffi
-
     if skip is None:
         tvm_ffi.structural_walk(node, fn)
         return

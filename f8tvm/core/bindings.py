@@ -115,3 +115,11 @@ def rebuild(func, handler: Handler | None = None, params=None, name: Callable | 
             out = bb.emit_output(substitute(func.body.body, env))
         bb.emit_func_output(out)
     return bb.get()["main"]
+
+
+def with_main(mod, main):
+    """A new module: ``mod`` with its ``main`` replaced by ``main``.  Passes return this instead
+    of assigning ``mod["main"]``, which would change the caller's module in place."""
+    funcs = {gv: f for gv, f in mod.functions_items()}
+    funcs[mod.get_global_var("main")] = main.with_attr("global_symbol", "main")
+    return _tvm.tvm.IRModule(funcs, attrs=mod.attrs)
