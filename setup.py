@@ -1,6 +1,11 @@
 """f8tvm: F8Net fixed-point, 8-bit-multiply-only CNN compiler on Apache TVM."""
 
+import re
+
 from setuptools import find_packages, setup
+
+with open("f8tvm/core/__init__.py") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M)[1]
 
 # The TVM pair is pinned: apache-tvm-ffi 0.1.15.x segfaults when serializing IR to JSON, which
 # MetaSchedule needs. torch is pinned to the CPU build this project is tested with.
@@ -26,7 +31,7 @@ PACKAGE_DIR = {"relay_passes": "passes", "schedules": "schedules", "targets": "t
 
 setup(
     name="f8tvm",
-    version="0.1.0",
+    version=VERSION,
     description="PyTorch CNN -> F8Net fixed-point integer program (8-bit multiplies only) on TVM",
     # One installed namespace: the design card's top-level folders are f8tvm's subpackages
     # (relay_passes/ is f8tvm.passes, schedules/ f8tvm.schedules, targets/ f8tvm.targets).

@@ -6,9 +6,8 @@ them, so :mod:`f8tvm.runtime` works on a board that has just the TVM runtime and
 
 import os as _os
 
+from .core import __version__  # noqa: F401
 from .core.errors import F8TVMError  # noqa: F401  (what every f8tvm error is; no dependencies)
-
-__version__ = "0.1.0"
 
 
 def _default_threads() -> None:
@@ -25,8 +24,9 @@ def _default_threads() -> None:
 _default_threads()
 
 
-def compile(model, example_input, target="host", calib=None, **kwargs):  # noqa: A001
-    """Compile a ``torch.nn.Module`` into an integer-only module. See :func:`f8tvm.api.compile`."""
+def compile(model, example_input=None, target="host", calib=None, **kwargs):  # noqa: A001
+    """Compile a ``torch.nn.Module`` (or a plan source: ``qat.source(q)``, an F8Net checkpoint)
+    into an integer-only module.  See :func:`f8tvm.api.compile`."""
     from .api import compile as _compile
 
     return _compile(model, example_input, target=target, calib=calib, **kwargs)
@@ -34,7 +34,8 @@ def compile(model, example_input, target="host", calib=None, **kwargs):  # noqa:
 
 def __getattr__(name):
     # Lazy submodules keep ``import f8tvm`` free of torch and the TVM compiler.
-    if name in ("runtime", "api", "models", "data", "reference", "calibrate", "core"):
+    if name in ("runtime", "api", "models", "data", "reference", "calibrate", "core", "qat",
+                "pipeline"):
         import importlib
 
         return importlib.import_module(f"f8tvm.{name}")

@@ -1,6 +1,7 @@
 """``python -m f8tvm.build``: build a model-zoo CNN into an F8Net integer-only ``.so`` + ``.json``.
 
-The CLI only parses and validates; :func:`f8tvm.api.compile` does the work.
+The CLI only parses and validates, then takes one build path: the plan source its arguments name
+(calibration, ``--qat-checkpoint``, ``--f8net-checkpoint``) goes through :func:`f8tvm.compile`.
 """
 
 from __future__ import annotations
@@ -232,10 +233,9 @@ def summary_table(cm, files) -> str:
     return "\n".join(lines)
 
 
-def build_qat_checkpoint(args: BuildArgs, progress=None):
-    """``--qat-checkpoint``: rebuild the trained model (:func:`f8tvm.qat.load`), compile it under
-    its own plan (scheme ``qat``) at batch 1 and the checkpoint's input size, export.  Returns
-    the compiled model and the written files."""
+def qat_source(args: BuildArgs):
+    """``--qat-checkpoint``: the trained model (:func:`f8tvm.qat.load`) as the plan source, at
+    batch 1 and the checkpoint's input size; and the ``.json`` entries it adds."""
     import torch
 
     from . import qat
@@ -254,59 +254,73 @@ def build_qat_checkpoint(args: BuildArgs, progress=None):
         raise F8TVMError(f"--qat-checkpoint {ck.path} was trained at input {h}x{w}, not "
                          f"--input-size {args.input_size}: its pool shifts and clipping levels "
                          "hold at that size only (leave --input-size out)")
-    q = qat.load(ck)
     cfg = ck.config
     print(f"  QAT checkpoint: {args.model}, input {c}x{h}x{w} "
           f"({'signed' if ck.input_signed else 'unsigned'}), "
           f"{'per-channel' if cfg.per_channel else 'per-layer'} weight FLs; plan scheme qat: "
           "the trained formats, no calibration")
-    cm = qat.compile(q, torch.zeros(1, c, h, w), target=args.target, progress=progress,
-                     debug_dump=args.debug_dump, tuning_db=args.tuning_db)
-    if progress is not None:
-        progress.close()
     pre = MODELS[args.model].preprocess
-    cm.extra_meta["model"] = args.model
-    cm.extra_meta["preprocess"] = dict(mean=list(pre.mean), std=list(pre.std), size=h)
-    cm.extra_meta["qat"]["checkpoint"] = os.path.basename(ck.path)
+    extra = dict(model=args.model, preprocess=dict(mean=list(pre.mean), std=list(pre.std),
+                                                   size=h))
+    return qat.source(qat.load(ck), torch.zeros(1, c, h, w)), extra, os.path.basename(ck.path)
+
+
+def f8net_source(args: BuildArgs):
+    """``--f8net-checkpoint``: the checkpoint (it is a plan source) and the model's name."""
+    from .frontend.f8net import load_checkpoint
+
+    ck = load_checkpoint(args.f8net_checkpoint, args.model, config=args.f8net_config,
+                         avgpool=args.f8net_avgpool, input_size=args.input_size or 224)
+    print(f"  F8Net checkpoint: {args.model}, config {ck.config}, avgpool {ck.avgpool} "
+          f"(width {ck.info['width']:g}, {ck.info['num_classes']} classes)")
+    return ck, dict(model=args.model)
+
+
+def calibration_source(args: BuildArgs):
+    """A zoo model calibrated on ``--calib`` images, and the ``.json`` entries it adds."""
+    import torch
+
+    from .calibrate import Calibration
+    from .models import get_model
+
+    model, spec = get_model(args.model, weights=args.weights, seed=args.seed)
+    size = args.input_size or spec.input_size
+    calib, what = calibration_images(args.calib, args.calib_count, size, spec.preprocess,
+                                     args.seed)
+    print(f"  calibration: {what}, scheme {args.scheme}")
+    extra = dict(model=args.model, preprocess=dict(mean=list(spec.preprocess.mean),
+                                                   std=list(spec.preprocess.std), size=size))
+    return Calibration(model, torch.zeros(1, 3, size, size), calib, args.scheme), extra
+
+
+def build(args: BuildArgs):
+    """The one build path: the plan source the arguments name (calibration, a QAT checkpoint or
+    an F8Net checkpoint), compiled and exported.  Returns the compiled model and the files."""
+    from . import api
+
+    checkpoint = None
+    if args.qat_checkpoint:
+        source, extra, checkpoint = qat_source(args)
+    elif args.f8net_checkpoint:
+        source, extra = f8net_source(args)
+    else:
+        source, extra = calibration_source(args)
+    progress = _Progress()
+    cm = api.compile(source, target=args.target, progress=progress,
+                     debug_dump=args.debug_dump, tuning_db=args.tuning_db)
+    progress.close()
+    cm.extra_meta.update(extra)
+    if checkpoint:
+        cm.extra_meta["qat"]["checkpoint"] = checkpoint
     stem = f"{args.model}-{cm.target.name}"
-    files = cm.export(os.path.join(args.output_dir, f"{stem}.so"))
-    return cm, files
+    return cm, cm.export(os.path.join(args.output_dir, f"{stem}.so"))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.display()
     try:
-        import torch
-
-        from . import api
-        from .models import get_model
-
-        if args.qat_checkpoint:
-            cm, files = build_qat_checkpoint(args, _Progress())
-            print(summary_table(cm, files))
-            return 0
-        if args.f8net_checkpoint:
-            from .frontend.f8net import build_checkpoint
-
-            cm, files = build_checkpoint(args, _Progress())
-            print(summary_table(cm, files))
-            return 0
-        model, spec = get_model(args.model, weights=args.weights, seed=args.seed)
-        size = args.input_size or spec.input_size
-        calib, what = calibration_images(args.calib, args.calib_count, size, spec.preprocess,
-                                         args.seed)
-        print(f"  calibration: {what}, scheme {args.scheme}")
-        progress = _Progress()
-        cm = api.compile(model, torch.zeros(1, 3, size, size), target=args.target, calib=calib,
-                         scheme=args.scheme, progress=progress, debug_dump=args.debug_dump,
-                         tuning_db=args.tuning_db)
-        progress.close()
-        cm.extra_meta["model"] = args.model
-        cm.extra_meta["preprocess"] = dict(mean=list(spec.preprocess.mean),
-                                           std=list(spec.preprocess.std), size=size)
-        stem = f"{args.model}-{cm.target.name}"
-        files = cm.export(os.path.join(args.output_dir, f"{stem}.so"))
+        cm, files = build(args)
     except (F8TVMError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ offered beside the std rule (see :data:`f8tvm.core.plan.SCHEMES`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from f8tvm.core import formats
@@ -275,3 +277,43 @@ def calibrate(graph: Graph, batches, scheme="mse", progress=None) -> FixedPointP
     """Collect statistics on ``batches`` (arrays N x C x H x W) and return the plan."""
     stats = collect_stats(graph, batches, progress)
     return plan_fixed_point(graph, stats, scheme)
+
+
+def calibration_batches(calib, example_input) -> list:
+    """Calibration data as float32 NumPy batches: ``calib``'s items (arrays, tensors, or
+    ``(input, label)`` pairs), or the example input alone when ``calib`` is None."""
+    import torch
+
+    out = []
+    for b in [example_input] if calib is None else calib:
+        if isinstance(b, (tuple, list)):
+            b = b[0]
+        if isinstance(b, torch.Tensor):
+            b = b.detach().cpu().numpy()
+        out.append(np.asarray(b, np.float32))
+    return out
+
+
+@dataclass
+class Calibration:
+    """The plan source of post-training quantization: statistics of ``model``'s float graph on
+    ``calib`` (default: the example input alone), formats by ``scheme``."""
+
+    model: object
+    example_input: object
+    calib: object = None
+    scheme: str | Scheme = "mse"
+
+    def plan_for(self, graph: Graph, progress=None) -> FixedPointPlan:
+        batches = calibration_batches(self.calib, self.example_input)
+        done = [0]
+
+        def tick():
+            done[0] += 1
+            if progress is not None:
+                progress("calibrate", done[0], len(batches))
+
+        return plan_fixed_point(graph, collect_stats(graph, batches, tick), self.scheme)
+
+    def metadata(self) -> dict:
+        return {}

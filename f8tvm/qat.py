@@ -57,17 +57,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f8tvm.core import formats
+from f8tvm.core import __version__, formats
 from f8tvm.core.errors import F8TVMError, InputError
 from f8tvm.core.fixedpoint import INT32_MAX, STD_C_SIGNED, STD_C_UNSIGNED, pool_shift, qrange
 from f8tvm.core.plan import FixedPointPlan, LayerPlan
-
-from . import __version__
+from f8tvm.frontend.torch_import import float_graph
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "TRAIN_REGIMES", "LayerExport",
            "QATCheckpoint", "QATConfig", "QAvgPool", "QClip", "QLayer", "TrainConfig",
-           "compile", "evaluate", "fake_quant", "load", "plan_for", "prepare",
-           "read_checkpoint", "save", "std_fl", "to_float", "train"]
+           "QATSource", "evaluate", "fake_quant", "load", "plan_for", "prepare",
+           "read_checkpoint", "save", "source", "std_fl", "to_float", "train"]
 
 # alpha / sigma in the middle of the band where F8Net's std rule keeps the FL fixed
 # (unsigned [3.64, 7.29), signed [3.18, 6.35)): the fallback when no samples were seen
@@ -374,11 +373,7 @@ class QAvgPool(nn.Module):
 
 # ----------------------------------------------------------------------------- prepare
 def _graph_of(model, example_input):
-    from f8tvm.core.graph import extract_graph
-
-    from .api import import_model
-
-    return extract_graph(*import_model(model, example_input))
+    return float_graph(model, example_input)[2]
 
 
 def _module_name(node) -> str:
@@ -668,18 +663,30 @@ def plan_for(qmodel: nn.Module):
     return build
 
 
-def compile(qmodel: nn.Module, example_input=None, target: str = "host", **kwargs):
-    """Compile a prepared (trained) model: :func:`f8tvm.compile` of :func:`to_float` under
-    :func:`plan_for`.  Its integer output equals the eval-mode model's output times 2**FL."""
-    from .api import compile as _compile
+@dataclass
+class QATSource:
+    """A trained (prepared) model as a plan source for :func:`f8tvm.compile`: the float module
+    of :func:`to_float` under :func:`plan_for`.  Its integer output equals the eval-mode model's
+    output times 2**FL."""
 
+    qmodel: nn.Module
+    model: nn.Module
+    example_input: torch.Tensor
+
+    def plan_for(self, graph, progress=None) -> FixedPointPlan:
+        return plan_for(self.qmodel)(graph)
+
+    def metadata(self) -> dict:
+        return {"qat": {"per_channel": self.qmodel.f8_qat["config"].per_channel}}
+
+
+def source(qmodel: nn.Module, example_input=None) -> QATSource:
+    """The plan source of a prepared (trained) model: ``f8tvm.compile(qat.source(q),
+    target=...)`` compiles it (at ``example_input``'s shape, default the training input's)."""
     if example_input is None:
         example_input = torch.zeros(qmodel.f8_qat["input_shape"])
     qmodel.eval()
-    cm = _compile(to_float(qmodel), example_input, target=target, plan=plan_for(qmodel),
-                  **kwargs)
-    cm.extra_meta["qat"] = {"per_channel": qmodel.f8_qat["config"].per_channel}
-    return cm
+    return QATSource(qmodel, to_float(qmodel), example_input)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -47,6 +47,7 @@ Dot instructions that only take unsigned activations (VNNI is u8 x s8) get int8 
 from __future__ import annotations
 
 import numpy as np
+from f8tvm.targets import DotSpec
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
@@ -381,11 +382,11 @@ class _Packer:
         return t
 
 
-def pack_module(func, lanes: int, depth: int, unsigned_only: bool = False,
-                pair_taps: bool = False, wide_weights: bool = False, wide_data: bool = False):
+def pack_module(func, spec: DotSpec):
     """A module with the blocked version of the integer ``main`` (see module doc) and the
-    kernels it calls."""
-    p = _Packer(lanes, depth, unsigned_only, pair_taps, wide_weights, wide_data)
+    kernels it calls, for the dot instruction described by ``spec``."""
+    p = _Packer(spec.lanes, spec.depth, spec.unsigned_only, spec.pair_taps, spec.wide_weights,
+                spec.wide_data)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)
@@ -403,17 +404,12 @@ def pack_module(func, lanes: int, depth: int, unsigned_only: bool = False,
     return p.bb.get()
 
 
-def PackChannelBlocks(lanes: int, depth: int, unsigned_only: bool = False,  # noqa: N802
-                      pair_taps: bool = False, wide_weights: bool = False,
-                      wide_data: bool = False):
-    """The pass: blocks ``main``'s activations by ``lanes`` channels for a ``depth``-deep dot;
-    ``unsigned_only``: the dot takes uint8 activations only (offset int8 ones); ``pair_taps``:
-    depthwise convs in the tap-pair form; ``wide_weights``: int16 weights where they pay
-    (module doc)."""
+def PackChannelBlocks(spec: DotSpec):  # noqa: N802  (pass names are PascalCase, as in TVM)
+    """The pass: blocks ``main``'s activations by ``spec.lanes`` channels for a
+    ``spec.depth``-deep dot, in the forms ``spec`` asks for (module doc)."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackChannelBlocks")
     def _pass(mod, ctx):
-        return pack_module(mod["main"], lanes, depth, unsigned_only, pair_taps, wide_weights,
-                           wide_data)
+        return pack_module(mod["main"], spec)
 
     return _pass

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from f8tvm.targets import DotSpec
+
 
 @dataclass(frozen=True)
 class DotIntrin:
@@ -48,6 +50,13 @@ class DotIntrin:
     @property
     def wide_data(self) -> bool:
         return self.wide_data_intrin is not None
+
+    @property
+    def spec(self) -> DotSpec:
+        """The layout this instruction wants the program in (for PackChannelBlocks)."""
+        return DotSpec(self.lanes, self.depth, unsigned_only=self.intrin_signed is None,
+                       pair_taps=self.pair_taps, wide_weights=self.wide_intrin is not None,
+                       wide_data=self.wide_data)
 
     @property
     def pair_taps(self) -> bool:

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 
 from f8tvm.core._tvm import primfuncs, tvm
+from f8tvm.core.bindings import copy_module
 
 from . import DotIntrin, default_schedule, kernel_block, kernel_kind
 
@@ -294,6 +295,7 @@ def apply_database(fused_mod, target, dot: DotIntrin | None, db_dir: str | None,
     index = anchor_index(database) if database is not None else {}
     tuned, transferred, untuned = [], [], []
     funcs = primfuncs(fused_mod)
+    fused_mod = copy_module(fused_mod)  # the caller's module stays unscheduled
     for i, (name, func) in enumerate(funcs):
         new = None
         tiles = None

@@ -1,14 +1,14 @@
 """Target presets: where a build runs.  One file per family; ``TARGETS`` is the registry.
 
 Each preset names its TVM target (a JSON dict, TVM 0.27 style), the cross compiler used to link
-the ``.so`` (None = the host's), the packed layout its kernels expect and the dot-product
-instruction it relies on.
+the ``.so`` (None = the host's) and the dot-product instruction it relies on (whose packed
+layout :class:`DotSpec` describes).
 """
 
 from __future__ import annotations
 
 from .arm import PRESETS as _ARM
-from .base import TargetPreset
+from .base import DotSpec, TargetPreset
 from .cpu import CPUInfo, read_cpuinfo
 from .x86 import PRESETS as _X86
 
@@ -33,4 +33,5 @@ def get_target(name: str) -> TargetPreset:
     return TARGETS[name]
 
 
-__all__ = ["TARGETS", "CPUInfo", "TargetPreset", "get_target", "host_target_name", "read_cpuinfo"]
+__all__ = ["TARGETS", "CPUInfo", "DotSpec", "TargetPreset", "get_target", "host_target_name",
+           "read_cpuinfo"]

@@ -19,7 +19,6 @@ PRESETS = [
                     "num-cores": 4},
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
-        layout="NCHW8c",
         # 8-bit widening multiply (smull .8b: s8 x s8 -> s16) + pairwise adds into int32
         dot_instruction="smull",
         isa="NEON",
@@ -32,7 +31,6 @@ PRESETS = [
                     "mattr": ["+neon", "+dotprod"], "num-cores": 4},
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
-        layout="NCHW8c",
         dot_instruction="sdot",
         isa="NEON dotprod",
         activation_dtype="int8",
@@ -45,8 +43,8 @@ PRESETS = [
         cross_compiler=ARMV7_CXX,
         compiler_package="g++-arm-linux-gnueabihf",
         # TVM 0.27's NEON int8 intrinsic is aarch64-only (it aborts LLVM on armv7), so armv7
-        # kernels stay generic NCHW loops whose products are 8-bit (LLVM may use vmull.s8).
-        layout="NCHW",
+        # kernels stay generic NCHW loops whose products are 8-bit (LLVM may use vmull.s8):
+        # no dot instruction, no channel-blocked layout.
         dot_instruction=None,
         isa="NEON (generic loops)",
         activation_dtype="int8",

@@ -7,11 +7,23 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class DotSpec:
+    """What a dot-product instruction wants the program to look like: the channel-blocked
+    layout PackChannelBlocks builds for it (the schedules' intrinsics then fill it in)."""
+
+    lanes: int  # output channels per block (the instruction's output lanes)
+    depth: int  # input channels reduced per lane per instruction
+    unsigned_only: bool = False  # uint8 activations only: int8 ones are offset by +128
+    pair_taps: bool = False  # depthwise convs in the tap-pair form
+    wide_weights: bool = False  # int16 weights where they pay
+    wide_data: bool = False  # conv inputs copied widened to int16
+
+
+@dataclass(frozen=True)
 class TargetPreset:
     name: str
     tvm_target: dict  # TVM 0.27 JSON-dict target
     cross_compiler: str | None  # executable name, None = host compiler
-    layout: str  # packed activation layout the fast kernels use
     dot_instruction: str | None  # e.g. 'vpdpbusd', 'sdot'
     isa: str  # the instruction set of that dot product, as reports name it: 'AVX-512 VNNI'
     description: str = ""

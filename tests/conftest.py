@@ -81,6 +81,29 @@ def relax_main(shape, dtype, body, name="t"):
     return bb.get()
 
 
+def lower_program(mod, target="x86", strict=True):
+    """The pipeline's ``fuse``, ``schedule`` and ``lower`` on an integer program (packed or
+    not): ``(lowered module, audit report)``; ``strict``: a wide multiply fails (AuditError)."""
+    from f8tvm.targets import get_target
+
+    from f8tvm import pipeline
+
+    b = pipeline.Build(get_target(target), ir={"pack": mod},
+                       requantize="shift" if strict else "multiplier")
+    pipeline.run(b, start="fuse", until="lower")
+    return b.ir["lower"], b.report
+
+
+def lower_unscheduled(mod, target="x86"):
+    """Fuse and lower a Relax module with TVM's default (unscheduled) kernels."""
+    from f8tvm.targets import get_target
+
+    from f8tvm.core import _tvm
+
+    t = get_target(target).tvm()
+    return _tvm.finish_lowering(_tvm.fuse_relax(mod, t), t)
+
+
 def run_relax(mod, *args):
     """Compile a Relax module for the x86 preset and run its ``main``: the outputs as NumPy."""
     from f8tvm.targets import get_target

@@ -219,7 +219,7 @@ def test_missing_cross_compiler_names_the_package(monkeypatch):
         f8tvm.compile(object(), None, target="arm-missing")
 
 
-def test_presets_name_target_compiler_layout_instruction():
+def test_presets_name_target_compiler_instruction():
     for name, triple, cxx, pkg in [
         ("arm", "aarch64-linux-gnu", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
         ("arm-dotprod", "aarch64-linux-gnu", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
@@ -228,7 +228,6 @@ def test_presets_name_target_compiler_layout_instruction():
         p = TARGETS[name]
         assert p.tvm_target["mtriple"] == triple and p.tvm_target["num-cores"] >= 1
         assert (p.cross_compiler, p.compiler_package, p.activation_dtype) == (cxx, pkg, "int8")
-        assert p.layout
         assert str(p.tvm().kind) == "llvm"
     assert "+dotprod" in TARGETS["arm-dotprod"].tvm_target["mattr"]
     assert TARGETS["arm-dotprod"].dot_instruction == "sdot"

@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_small_net, relax_main
+from conftest import lower_program, make_small_net, relax_main
 from f8tvm.targets import TARGETS, get_target
 from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 
 import f8tvm
-from f8tvm import api
+from f8tvm import pipeline
 from f8tvm.core.errors import AuditError, InputError
 from f8tvm.reference import run_reference
 from tools import bench, peak
@@ -136,9 +136,9 @@ def test_mul32_program_fails_the_default_audit(small_builds):
     is refused."""
     shift, _, _ = small_builds
     preset = get_target("x86")
-    program = api.pack(shift.int_mod, preset, requantize="multiplier")
+    program = pipeline.pack(shift.int_mod, preset, requantize="multiplier")
     with pytest.raises(AuditError, match="wide multiply"):
-        api.lower(program, preset)
+        lower_program(program, preset.name)
     with pytest.raises(InputError, match="requantize"):
         f8tvm.compile(make_small_net(), torch.zeros(1, 3, 16, 16), requantize="float")
 

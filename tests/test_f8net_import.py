@@ -12,6 +12,7 @@ import torch
 from f8net_checkpoints import make_checkpoint
 from f8net_int_model import OfficialIntModel
 
+import f8tvm
 from f8tvm import runtime
 from f8tvm.core.errors import InputError
 from f8tvm.fakequant import FakeQuantModel
@@ -62,7 +63,7 @@ def built(request):
     arch, config, avgpool, size = request.param
     sd = _checkpoint(arch, config, size)
     ck = load_checkpoint(sd, arch, config=config, avgpool=avgpool, input_size=size)
-    cm = ck.compile("x86")
+    cm = f8tvm.compile(ck, target="x86")
     oracle = OfficialIntModel(sd, FAMILY[arch], config, avgpool)
     return request.param, ck, cm, oracle
 

@@ -8,10 +8,11 @@ from f8tvm.passes.fold_constant_adds import fold_constant_adds
 from f8tvm.passes.quantize_to_integer import emit_rounding_shift, match_rounding_right_shift
 from f8tvm.targets import get_target
 
-from f8tvm import api
+from f8tvm import api, pipeline
 from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import bindings, is_call
 from f8tvm.core.fixedpoint import rq_reference
+from f8tvm.core.graph import extract_graph
 from f8tvm.reference import quantize_input, run_reference
 
 R = relax.op
@@ -113,13 +114,13 @@ def test_every_conv_takes_one_offset_add_and_stays_exact():
     calib = [np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype("float32")]
     x = torch.randn(1, 3, 16, 16)
     float_mod, sources = api.import_model(net, x)
-    graph = api.extract_graph(float_mod, sources)
+    graph = extract_graph(float_mod, sources)
     from f8tvm.calibrate import calibrate
 
     plan = calibrate(graph, calib)
     preset = get_target("x86")
-    int_mod = api.integer(float_mod, graph, plan, preset)
-    packed = api.pack(int_mod, preset)
+    int_mod = pipeline.integer(float_mod, graph, plan, preset)
+    packed = pipeline.pack(int_mod, preset)
     func = packed["main"]
     readers = {}
     for b in bindings(func):

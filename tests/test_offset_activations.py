@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import lower_program, make_small_net, run_relax
 from f8tvm.passes.offset_activations import (
     OffsetUnsignedActivations,
     has_unsigned_dot,
@@ -11,7 +12,7 @@ from f8tvm.passes.offset_activations import (
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.targets import TARGETS, get_target
 
-from f8tvm.api import import_model, lower
+from f8tvm.api import import_model
 from f8tvm.calibrate import calibrate
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax
@@ -23,8 +24,6 @@ R = relax.op
 
 
 def _run(mod, *args):
-    from conftest import run_relax
-
     return run_relax(mod, *args)
 
 
@@ -36,7 +35,6 @@ def _dots(mod):
 @pytest.fixture(scope="module", params=["signed_input", "unsigned_input"])
 def program(request):
     """The small test net's integer program; an unsigned input feeds the first conv directly."""
-    from conftest import make_small_net
 
     torch.manual_seed(0)
     net = make_small_net()
@@ -81,8 +79,8 @@ def test_offset_program_is_bit_exact_with_numpy_reference(program):
 
 def test_offset_program_audit_only_8bit_macs(program):
     _, _, qmod, omod = program
-    _, before = lower(qmod, get_target("x86"))
-    _, after = lower(omod, get_target("arm"))
+    _, before = lower_program(qmod, "x86")
+    _, after = lower_program(omod, "arm")
     assert after.wide_multiplies == 0
     assert after.macs_8bit == before.macs_8bit > 0
 

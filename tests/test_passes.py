@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_small_net, relax_main, run_relax
+from conftest import lower_program, lower_unscheduled, make_small_net, relax_main, run_relax
 from f8tvm.passes.audit_multiplies import audit_module, check_module
 from f8tvm.passes.fold_batchnorm import FoldBatchNorm
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
-from f8tvm.targets import get_target
 
-from f8tvm.api import import_model, lower
+from f8tvm.api import import_model
 from f8tvm.calibrate import calibrate
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
@@ -98,7 +97,7 @@ def test_integer_program_tracks_float_model(quantized):
 
 def test_audit_counts_8bit_macs(quantized):
     _, _, _, graph, _, qmod = quantized
-    _, report = lower(qmod, get_target("x86"))
+    _, report = lower_program(qmod, "x86")
     macs = sum(int(np.prod(n.shape)) * int(np.prod(n.weight.shape[1:])) for n in graph.layers())
     assert report.macs_8bit == macs
     assert report.wide_multiplies == 0 and report.shifts > 0
@@ -107,7 +106,7 @@ def test_audit_counts_8bit_macs(quantized):
 def test_audit_fails_on_a_wide_multiply():
     mod = relax_main((1, 8), "int32", lambda bb, x: bb.emit(relax.op.multiply(x, x), "wide"),
                      name="x")
-    lowered = _tvm.lower_relax(mod, get_target("x86").tvm())
+    lowered = lower_unscheduled(mod)
     report = audit_module(lowered)
     assert report.wide_multiplies == 1 and report.macs_8bit == 0
     assert report.violations[0]["operand_bits"] == [32, 32]
@@ -148,7 +147,7 @@ def test_audit_reads_the_values_of_widened_weights(big):
     mod = relax_main((1, 1, 4, 4, 8), "uint8", lambda bb, x: bb.emit(bb.call_te(
         conv2d_nchwc, x, relax.const(w), [1, 1], [0, 0, 0, 0], [1, 1], 0,
         primfunc_name_hint="conv2d_nchwc")), name="x")
-    lowered = _tvm.lower_relax(mod, get_target("x86").tvm())
+    lowered = lower_unscheduled(mod)
     report = audit_module(lowered)
     if big:
         assert report.wide_multiplies == 1 and report.macs_8bit == 0
@@ -168,7 +167,7 @@ def test_audit_reads_the_stores_of_widened_activations(pad_value):
     mod = relax_main((1, 1, 4, 4, 8), "uint8", lambda bb, x: bb.emit(bb.call_te(
         conv2d_nchwc, x, relax.const(w), [1, 1], [1, 1, 1, 1], [1, 1], pad_value, True,
         primfunc_name_hint="conv2d_nchwc")), name="x")
-    lowered = _tvm.lower_relax(mod, get_target("x86").tvm())
+    lowered = lower_unscheduled(mod)
     report = audit_module(lowered)
     if pad_value > 255:
         assert report.wide_multiplies == 1 and report.macs_8bit == 0

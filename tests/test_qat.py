@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import f8tvm
 from f8tvm import qat
 from f8tvm.core.errors import F8TVMError
 from f8tvm.reference import quantize_input, run_reference
@@ -149,7 +150,7 @@ def test_alpha_learns_through_pact_gradient(trained):
 def test_compiled_module_reproduces_qat_model_exactly(trained):
     name, _, q, shape, signed, losses = trained
     assert np.all(np.isfinite(losses))
-    cm = qat.compile(q, torch.zeros(shape), target="host")
+    cm = f8tvm.compile(qat.source(q, torch.zeros(shape)), target="host")
     assert cm.plan.input_signed == signed
     for seed in (100, 101):
         x = _data(shape, signed, seed).numpy()

@@ -2,7 +2,7 @@
 
 The chain a user runs: prepare a zoo model, train it, save it, build the checkpoint with the
 CLI, load the ``.so``: its integer logits are the trained fake-quant model's times 2**FL, bit
-for bit, and equal those of ``qat.compile`` on the model that was saved.
+for bit, and equal those of ``f8tvm.compile(qat.source(q))`` on the model that was saved.
 """
 
 import glob
@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_qat import MobileBlockNet, _data, _randomize_bn
 
+import f8tvm
 from f8tvm import build, qat, runtime
 from f8tvm.core.errors import F8TVMError
 from f8tvm.models import get_model
@@ -96,7 +97,7 @@ def test_cli_builds_checkpoint_bit_exact_with_qat_model(zoo_ckpt, tmp_path, caps
     assert m.meta["plan"]["scheme"] == "qat" and m.meta["qat"]["checkpoint"] == "r18.pt"
     assert m.meta["preprocess"]["size"] == 32 and m.input_shape == (1, 3, 32, 32)
 
-    cm = qat.compile(q, torch.zeros(1, 3, 32, 32), target="host")  # the model that was saved
+    cm = f8tvm.compile(qat.source(q, torch.zeros(1, 3, 32, 32)), target="host")  # the saved one
     g = torch.Generator().manual_seed(5)
     for _ in range(2):
         x = torch.randn(1, 3, 32, 32, generator=g).numpy()

@@ -8,7 +8,7 @@ import torch
 from conftest import asm_functions, module_asm
 from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
-from f8tvm.targets import get_target
+from f8tvm.targets import DotSpec, get_target
 
 import f8tvm
 from f8tvm import api
@@ -16,6 +16,7 @@ from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import bindings
 from f8tvm.core.errors import UnsupportedCPUError
+from f8tvm.core.graph import extract_graph
 from f8tvm.reference import quantize_input, run_reference
 
 SIZE = 16
@@ -52,12 +53,12 @@ def test_blocked_program_is_bit_exact(net, calib, unsigned_only):
     # unsigned_only: the offset path VNNI needs (int8 input + 128, bias - 128 * sum(w))
     x = torch.randn(1, 3, SIZE, SIZE)
     mod, sources = api.import_model(net, x)
-    graph = api.extract_graph(mod, sources)
+    graph = extract_graph(mod, sources)
     from f8tvm.calibrate import calibrate
 
     plan = calibrate(graph, calib)
     assert plan.input_signed  # randn input: the offset path is exercised
-    packed = PackChannelBlocks(8, 2, unsigned_only)(QuantizeToInteger(graph, plan)(mod))
+    packed = PackChannelBlocks(DotSpec(8, 2, unsigned_only))(QuantizeToInteger(graph, plan)(mod))
     ops = [b.value.op.name for b in bindings(packed["main"])
            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
     assert "relax.nn.conv2d" in ops  # only the grouped conv stays on the generic path

@@ -14,7 +14,7 @@ from f8tvm.schedules import default_schedule, find_dot, kernel_kind
 from f8tvm.schedules.cpu import _divisors, default_conv_tiles
 
 import f8tvm
-from f8tvm import api
+from f8tvm import pipeline
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import tvm
 from f8tvm.reference import quantize_input, run_reference
@@ -77,7 +77,7 @@ def test_avxvnni_kernels_are_vex_ymm_only(vnni_build):
 
 def test_vnni_program_is_bit_exact_on_emulated_cpu(vnni_build, tmp_path):
     cm = vnni_build
-    ex, report = emu.emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
+    ex, report = emu.emulated_executable(cm.int_mod, cm.target,
                                          str(tmp_path))
     emulated = Module(ex, cm.metadata())  # not cm.run_int: it checks this CPU for VNNI
     rng = np.random.default_rng(7)
@@ -115,7 +115,7 @@ def test_vnni_conv_tiles_are_exact_on_emulated_cpu(vnni_build, tmp_path):
     cm = vnni_build
     preset = cm.target
     dot = find_dot(preset.dot_instruction)
-    fused = _tvm.fuse_relax(api.pack(cm.int_mod, preset), preset.tvm())
+    fused = pipeline.fuse(pipeline.pack(cm.int_mod, preset), preset)
     rng = np.random.default_rng(3)
     checked = 0
     for name, func in _tvm.primfuncs(fused):
@@ -152,7 +152,7 @@ def test_vnni_models_are_bit_exact_on_emulated_cpu(model, target, tmp_path):
     rng = np.random.default_rng(1)
     calib = [rng.standard_normal((2, 3, size, size)).astype("float32")]
     cm = f8tvm.compile(net, torch.zeros(1, 3, size, size), target=target, calib=calib)
-    ex, report = emu.emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
+    ex, report = emu.emulated_executable(cm.int_mod, cm.target,
                                          str(tmp_path))
     q = quantize_input(rng.standard_normal((1, 3, size, size)).astype("float32"), cm.plan)
     out = Module(ex, cm.metadata()).run_int(q)[0]

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import f8tvm
+
 __all__ = ["BUDGETS", "Budget", "Row", "TinyResNet", "fashion_mnist_row", "format_table",
            "lite0_row", "main"]
 
@@ -241,9 +243,8 @@ def fashion_mnist_row(budget: Budget, target: str = "host", log=_log,
     with ``save_qat`` (a folder), save the QAT model there as ``fmnist-resnet-w{width}-qat.pt``
     (no zoo name: ``qat.load(path, model=TinyResNet(width))``)."""
     from f8tvm import qat
-    from f8tvm.api import import_model
-    from f8tvm.core.graph import extract_graph
     from f8tvm.datasets import fashion_mnist
+    from f8tvm.frontend.torch_import import float_graph
 
     xtr, ytr = fashion_mnist("train")
     xte, yte = fashion_mnist("test")
@@ -263,7 +264,7 @@ def fashion_mnist_row(budget: Budget, target: str = "host", log=_log,
     log(f"  FP32 {_pct(fp32)} ({time.time() - t0:.0f} s)")
 
     calib = [xtr[i:i + 64] for i in range(0, min(len(xtr), 512), 64)]
-    graph = extract_graph(*import_model(model, torch.zeros(1, 1, 28, 28)))
+    graph = float_graph(model, torch.zeros(1, 1, 28, 28))[2]
     ptq = {s: float(np.mean(np.argmax(_ptq_logits(graph, calib, xte, s), 1) == yte))
            for s in ("f8net", "mse")}
     log(f"  PTQ f8net {_pct(ptq['f8net'])}, mse {_pct(ptq['mse'])}")
@@ -288,7 +289,7 @@ def fashion_mnist_row(budget: Budget, target: str = "host", log=_log,
                                             "-qat.pt", log)
 
     t0 = time.time()
-    cm = qat.compile(q, torch.zeros(budget.fm_eval_batch, 1, 28, 28), target=target)
+    cm = f8tvm.compile(qat.source(q, torch.zeros(budget.fm_eval_batch, 1, 28, 28)), target=target)
     preds, same, exact = _compiled_check(cm, xte, fq, budget.fm_eval_batch)
     comp = float(np.mean(preds == yte))
     log(f"  compiled {_pct(comp)}, same predictions {same}/{len(xte)}, bit-exact {exact} "
@@ -316,8 +317,7 @@ def lite0_row(budget: Budget, target: str = "host", log=_log, save_qat: str | No
     ``save_qat`` (a folder), save the fine-tuned model there as ``efficientnet_lite0-qat.pt``
     (buildable with ``python -m f8tvm.build --qat-checkpoint``)."""
     from f8tvm import data, qat
-    from f8tvm.api import import_model
-    from f8tvm.core.graph import extract_graph
+    from f8tvm.frontend.torch_import import float_graph
     from f8tvm.models import get_model
 
     model, spec = get_model("efficientnet_lite0", pretrained=True)
@@ -342,7 +342,7 @@ def lite0_row(budget: Budget, target: str = "host", log=_log, save_qat: str | No
                 int(np.sum(p[nl:] == ref[nl:])))
 
     calib = [xu[i:i + 10] for i in range(0, len(xu), 10)]
-    graph = extract_graph(*import_model(model, torch.zeros(1, 3, 224, 224)))
+    graph = float_graph(model, torch.zeros(1, 3, 224, 224))[2]
     ptq, agree = {}, {}
     for s in ("f8net", "mse"):
         acc, a_l, a_u = scores(_ptq_logits(graph, calib, x_all, s, 20))
@@ -377,7 +377,7 @@ def lite0_row(budget: Budget, target: str = "host", log=_log, save_qat: str | No
                                             model_name="efficientnet_lite0")
 
     t0 = time.time()
-    cm = qat.compile(q, torch.zeros(1, 3, 224, 224), target=target)
+    cm = f8tvm.compile(qat.source(q, torch.zeros(1, 3, 224, 224)), target=target)
     preds, same, exact = _compiled_check(cm, x_all, fq, 1)
     comp = float(np.mean(preds[:nl] == yl))
     log(f"  compiled: top-1 {round(comp * nl)}/{nl}, same predictions {same}/{len(x_all)}, "

@@ -370,8 +370,8 @@ def compile_and_link(func, target, workdir: str | None = None) -> str:
 _serial = [0]  # each executable registers its kernels under names of its own
 
 
-def emulated_executable(packed_mod, preset, workdir: str, count: bool = False):
-    """The VM executable of a packed integer program (``f8tvm.api.pack``) for an x86 ``preset``
+def emulated_executable(int_mod, preset, workdir: str, count: bool = False):
+    """The VM executable of an integer program (``CompiledModel.int_mod``) for an x86 ``preset``
     in which every kernel -- scheduled exactly as a build schedules it -- runs on the emulated
     CPU: each ``call_tir`` becomes a call of a Python function that runs that kernel's linked
     object in the emulator.  A kernel that hits an :class:`EmulatorGap` runs natively instead
@@ -380,9 +380,9 @@ def emulated_executable(packed_mod, preset, workdir: str, count: bool = False):
     with ``count``, the ``instructions`` it executed (emulated calls only)."""
     import tvm
     import tvm_ffi
-    from f8tvm.schedules import find_dot, kernel_kind
-    from f8tvm.schedules.tuning import apply_database
+    from f8tvm.schedules import kernel_kind
 
+    from f8tvm import pipeline
     from f8tvm.core import _tvm
     from f8tvm.core.bindings import is_call, rebuild, substitute
 
@@ -418,28 +418,29 @@ def emulated_executable(packed_mod, preset, workdir: str, count: bool = False):
 
         return run
 
-    def schedule(fused):
-        kinds = {name: kernel_kind(func) for name, func in _tvm.primfuncs(fused)}
-        fused, _ = apply_database(fused, target, find_dot(preset.dot_instruction), None)
-        for name, func in _tvm.primfuncs(fused):
-            tvm_ffi.register_global_func(prefix + name, kernel_runner(name, func, kinds[name]),
-                                         override=True)
+    # the pipeline through scheduling, exactly as a build runs it; then every kernel call is
+    # routed to the emulated CPU, and the rest of the pipeline lowers that
+    b = pipeline.run(pipeline.Build(preset, ir={"integer": int_mod}), start="pack",
+                     until="schedule")
+    kinds = {name: kernel_kind(func) for name, func in _tvm.primfuncs(b.ir["fuse"])}
+    scheduled = b.ir["schedule"]
+    for name, func in _tvm.primfuncs(scheduled):
+        tvm_ffi.register_global_func(prefix + name, kernel_runner(name, func, kinds[name]),
+                                     override=True)
 
-        def handler(b, env, bb):
-            if not is_call(b.value, "relax.call_tir"):
-                return None
-            call = b.value
-            out = call.ty_args[0]  # the output type (0.27: sinfo_args -> ty_args)
-            out = list(out.fields) if isinstance(out, _tvm.relax.TupleType) else out
-            return bb.emit(_tvm.relax.call_dps_packed(
-                prefix + call.args[0].name_hint, substitute(call.args[1], env), out),
-                _tvm.var_name(b.var))
+    def handler(b, env, bb):
+        if not is_call(b.value, "relax.call_tir"):
+            return None
+        call = b.value
+        out = call.ty_args[0]  # the output type (0.27: sinfo_args -> ty_args)
+        out = list(out.fields) if isinstance(out, _tvm.relax.TupleType) else out
+        return bb.emit(_tvm.relax.call_dps_packed(
+            prefix + call.args[0].name_hint, substitute(call.args[1], env), out),
+            _tvm.var_name(b.var))
 
-        main = rebuild(fused["main"], handler).with_attr("global_symbol", "main")
-        return tvm.IRModule({"main": main})
-
-    lowered = _tvm.lower_relax(packed_mod, target, schedule=schedule)
-    return _tvm.compile_relax_lowered(lowered, target), report
+    main = rebuild(scheduled["main"], handler).with_attr("global_symbol", "main")
+    lowered = _tvm.finish_lowering(tvm.IRModule({"main": main}), target)
+    return pipeline.codegen(lowered, preset), report
 
 
 # ----------------------------------------------------------------------------- command line
@@ -525,7 +526,7 @@ def main(argv=None) -> int:
         for target in targets:
             print(f"== {args.model} {size}x{size} for {target}: building ...", flush=True)
             cm = api.compile(model, torch.from_numpy(x), target=target, calib=calib)
-            ex, report = emulated_executable(api.pack(cm.int_mod, cm.target), cm.target,
+            ex, report = emulated_executable(cm.int_mod, cm.target,
                                              os.path.join(tmp, target), args.count)
             print(f"   running on the emulated CPU{' (counting)' if args.count else ''} ...",
                   flush=True)

@@ -68,19 +68,14 @@ def fuse_relax(mod: IRModule, target: Target) -> IRModule:
                                         + cpu.legalize_passes(target))(mod)
 
 
-def lower_relax(mod: IRModule, target: Target, schedule=None) -> IRModule:
-    """The CPU backend's Relax pipeline for ``target``, stopping before code generation so the
-    compiler can audit the TIR.  ``schedule(fused_mod) -> fused_mod`` runs between fusion and
-    the VM lowering: that is where kernels get their schedules.
-
-    ``tvm.compile`` on CPU without this pipeline does not fuse ops.
-    """
+def finish_lowering(fused: IRModule, target: Target) -> IRModule:
+    """The CPU backend's Relax pipeline after fusion (the kernels scheduled by then), stopping
+    before code generation so the compiler can audit the TIR.  With :func:`fuse_relax` before
+    it, this is what ``tvm.compile`` on CPU does with the fusing pipeline (plain ``tvm.compile``
+    does not fuse ops)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    fused = fuse_relax(mod, target)
     with target:
-        if schedule is not None:
-            fused = schedule(fused)
         return tvm.transform.Sequential(cpu.dataflow_lower_passes(target)
                                         + cpu.finalize_passes(target))(fused)
 

@@ -117,9 +117,14 @@ def rebuild(func, handler: Handler | None = None, params=None, name: Callable | 
     return bb.get()["main"]
 
 
+def copy_module(mod):
+    """A new module holding ``mod``'s functions: what a pass may change without changing the
+    caller's module (assigning ``mod[name]`` changes it in place)."""
+    return _tvm.tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+
+
 def with_main(mod, main):
-    """A new module: ``mod`` with its ``main`` replaced by ``main``.  Passes return this instead
-    of assigning ``mod["main"]``, which would change the caller's module in place."""
-    funcs = {gv: f for gv, f in mod.functions_items()}
-    funcs[mod.get_global_var("main")] = main.with_attr("global_symbol", "main")
-    return _tvm.tvm.IRModule(funcs, attrs=mod.attrs)
+    """A new module: ``mod`` with its ``main`` replaced by ``main``."""
+    out = copy_module(mod)
+    out[mod.get_global_var("main")] = main.with_attr("global_symbol", "main")
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -130,3 +131,22 @@ def _macs(node) -> int:
 def dumps(obj) -> str:
     return json.dumps(obj, indent=1,
                       default=lambda o: o.tolist() if hasattr(o, "tolist") else asdict(o))
+
+
+@runtime_checkable
+class PlanSource(Protocol):
+    """Where a build's fixed-point decisions come from: calibration
+    (:class:`f8tvm.calibrate.Calibration`), a given plan (:class:`f8tvm.api.GivenPlan`), a QAT
+    model (:func:`f8tvm.qat.source`) or an F8Net checkpoint
+    (:func:`f8tvm.frontend.f8net.load_checkpoint`).  A source decides; it never compiles:
+    :func:`f8tvm.compile` takes any of them down the one build path."""
+
+    model: Any  # the float torch.nn.Module the plan is for
+    example_input: Any  # its input, batch included
+
+    def plan_for(self, graph, progress=None) -> FixedPointPlan:
+        """The plan over ``graph``, the layer graph of :attr:`model` (``progress(phase, done,
+        total)`` for long work)."""
+
+    def metadata(self) -> dict:
+        """Entries the source adds to the module's ``.json``."""

@@ -54,6 +54,9 @@ from f8tvm.core import formats
 from f8tvm.core.errors import F8TVMError, InputError
 from f8tvm.core.fixedpoint import STD_C_SIGNED, qrange
 from f8tvm.core.plan import FixedPointPlan, LayerPlan
+from f8tvm.frontend.torch_import import float_graph
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 __all__ = ["ARCHS", "AVGPOOL_MODES", "CONFIGS", "CheckpointError", "F8NetCheckpoint",
            "F8NetConfig", "architecture", "load_checkpoint",
@@ -566,7 +569,7 @@ class F8NetCheckpoint:
     _graph: object = field(default=None, repr=False)
     _plan: FixedPointPlan | None = field(default=None, repr=False)
 
-    def plan_for(self, graph) -> FixedPointPlan:
+    def plan_for(self, graph, progress=None) -> FixedPointPlan:
         """The plan of this checkpoint over ``graph`` (the layer graph of :attr:`model`)."""
         plan = _plan(graph, self._exported, CONFIGS[self.config], self.info["pool_shift"])
         plan.info.update(f8net=dict(self.info))
@@ -576,10 +579,7 @@ class F8NetCheckpoint:
     @property
     def graph(self):
         if self._graph is None:
-            from f8tvm.api import import_model
-            from f8tvm.core.graph import extract_graph
-
-            self.plan_for(extract_graph(*import_model(self.model, self.example_input)))
+            self.plan_for(float_graph(self.model, self.example_input)[2])
         return self._graph
 
     @property
@@ -588,15 +588,14 @@ class F8NetCheckpoint:
             _ = self.graph
         return self._plan
 
-    def compile(self, target="host", **kwargs):
-        """Compile with :func:`f8tvm.compile` under this checkpoint's plan."""
-        from f8tvm.api import compile as _compile
-
-        cm = _compile(self.model, self.example_input, target=target, plan=self.plan_for,
-                      **kwargs)
-        cm.extra_meta["f8net"] = {"arch": self.arch, "config": self.config,
-                                  "avgpool": self.avgpool}
-        return cm
+    def metadata(self) -> dict:
+        """The ``.json``'s ``f8net`` entry and the input preprocessing of the official model."""
+        if CONFIGS[self.config].normalize:
+            pre = {"mean": list(_IMAGENET_MEAN), "std": list(_IMAGENET_STD)}
+        else:  # the official input is the raw pixel P read as P / 256
+            pre = {"mean": [0.0] * 3, "std": [256 / 255] * 3}
+        return {"f8net": {"arch": self.arch, "config": self.config, "avgpool": self.avgpool},
+                "preprocess": dict(pre, size=int(self.example_input.shape[-1]))}
 
 
 def _float_state_dict(arch: Arch, exported: dict) -> dict:
@@ -755,34 +754,3 @@ def _plan(graph, exported: dict, cfg: F8NetConfig, pool_shift: int) -> FixedPoin
             raise F8TVMError(f"internal: unexpected op {n.op} in an F8Net graph")
     return FixedPointPlan("f8net-checkpoint", int(input_fl), bool(cfg.normalize), fl, eta,
                           layers, info={})
-
-
-# ------------------------------------------------------------------------------- CLI
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def build_checkpoint(args, progress=None):
-    """``python -m f8tvm.build --f8net-checkpoint``: import, compile, export.
-
-    ``args`` is the CLI's resolved :class:`f8tvm.build.BuildArgs`.  Returns the compiled model
-    and the written files.
-    """
-    import os
-
-    size = args.input_size or 224
-    ck = load_checkpoint(args.f8net_checkpoint, args.model, config=args.f8net_config,
-                         avgpool=args.f8net_avgpool, input_size=size)
-    print(f"  F8Net checkpoint: {args.model}, config {ck.config}, avgpool {ck.avgpool} "
-          f"(width {ck.info['width']:g}, {ck.info['num_classes']} classes)")
-    cm = ck.compile(args.target, progress=progress, debug_dump=args.debug_dump)
-    if progress is not None:
-        progress.close()
-    cm.extra_meta["model"] = args.model
-    if CONFIGS[ck.config].normalize:
-        pre = {"mean": list(_IMAGENET_MEAN), "std": list(_IMAGENET_STD)}
-    else:  # the official input is the raw pixel P read as P / 256
-        pre = {"mean": [0.0] * 3, "std": [256 / 255] * 3}
-    cm.extra_meta["preprocess"] = dict(pre, size=size)
-    stem = f"{args.model}-{cm.target.name}"
-    files = cm.export(os.path.join(args.output_dir, f"{stem}.so"))
-    return cm, files

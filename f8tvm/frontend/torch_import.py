@@ -167,6 +167,29 @@ def import_torch(model, example_input):
     return tvm.IRModule({"main": func}), sources
 
 
+def fold(float_mod):
+    """BatchNorm folded into the convs' weights (keeping every binding's name), constants
+    folded, dead code removed: the float module the layer graph is read from."""
+    from f8tvm.passes.fold_batchnorm import FoldBatchNorm
+
+    return _tvm.tvm.transform.Sequential([
+        FoldBatchNorm,
+        relax.transform.FoldConstant(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(),
+    ])(float_mod)
+
+
+def float_graph(model, example_input):
+    """A model's folded float Relax module, its source table and its layer graph: what a plan
+    source decides formats over."""
+    from f8tvm.core.graph import extract_graph
+
+    mod, sources = import_torch(model, example_input)
+    mod = fold(mod)
+    return mod, sources, extract_graph(mod, sources)
+
+
 _MODULE_OPS = {
     "Conv2d": "convolution",
     "Linear": ("addmm", "linear", "mm"),
