@@ -202,12 +202,20 @@ def test_build_cli_with_checkpoint(tmp_path):
     ckpt = tmp_path / "mbv1_fix.pth"
     torch.save(sd, ckpt)
     out = tmp_path / "out"
+    # an (empty) tuning database: the checkpoint build takes the one build path, which looks
+    # every kernel up in it (this build path used to ignore --tuning-db)
+    db = tmp_path / "db"
+    db.mkdir()
+    for f in ("database_workload.json", "database_tuning_record.json"):
+        (db / f).write_text("")
     rc = main(["--model", "mobilenet_v1", "--f8net-checkpoint", str(ckpt), "--target", "x86",
-               "--input-size", "64", "--output-dir", str(out)])
+               "--input-size", "64", "--output-dir", str(out), "--tuning-db", str(db)])
     assert rc == 0
     m = runtime.load(str(out / "mobilenet_v1-x86.so"))
     meta = json.loads((out / "mobilenet_v1-x86.json").read_text())
     assert meta["model"] == "mobilenet_v1" and meta["f8net"]["config"] == "conventional"
+    assert meta["tuning"]["database"] == str(db) and meta["tuning"]["tunable"] > 0
+    assert meta["preprocess"]["size"] == 64
     oracle = OfficialIntModel({k.removeprefix("module."): v for k, v in sd["model"].items()},
                               "mobilenet_v1", "conventional")
     for q in _inputs(oracle, "conventional", 64):
