@@ -133,29 +133,11 @@ def collect_stats(graph: Graph, batches, progress=None) -> dict:
     return stats
 
 
-# ----------------------------------------------------------------------------- structure
-def nonnegative(graph: Graph) -> dict:
-    """Which tensors are structurally >= 0 (after ReLU/clip, pools and adds of such)."""
-    nn_ = {}
-    for n in graph.nodes:
-        if n.op == "input":
-            nn_[n.name] = False
-        elif n.op in ("relu", "clip"):
-            nn_[n.name] = True
-        elif n.op in ("max_pool2d", "global_avg_pool", "reshape"):
-            nn_[n.name] = nn_[n.inputs[0]]
-        elif n.op == "add":
-            nn_[n.name] = all(nn_[i] for i in n.inputs)
-        else:
-            nn_[n.name] = False
-    return nn_
-
-
 # ----------------------------------------------------------------------------- planning
 def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") -> FixedPointPlan:
     """Decide every fractional length, clipping level (eta) and integer weight."""
     sch = SCHEMES[scheme] if isinstance(scheme, str) else scheme
-    nonneg = nonnegative(graph)
+    nonneg = formats.nonnegative(graph)
     stream_of = formats.streams(graph)
     input_signed = bool(stats[graph.input].min < 0)  # raw [0, 1] inputs stay unsigned
 

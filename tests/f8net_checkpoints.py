@@ -7,7 +7,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from f8tvm.frontend.f8net import F8NetFloatModel, _config, _ConvBN, architecture
+from f8tvm.frontend.f8net.architectures import (
+    F8NetFloatModel,
+    _ConvBN,
+    architecture,
+    resolve_config,
+)
 
 
 def make_checkpoint(arch: str, seed: int = 0, config: str = "conventional",
@@ -32,7 +37,7 @@ def make_checkpoint(arch: str, seed: int = 0, config: str = "conventional",
     wrap : bool
         Return ``{"model": {"module." + key: value}}`` as the official training saves it.
     """
-    cfg = _config(config)
+    cfg = resolve_config(config)
     a = architecture(arch, width, num_classes, cfg)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from f8tvm import datasets, qat
+from f8tvm import data, qat
 from f8tvm.data import DataNotFoundError
 from tools.accuracy import (
     Budget,
@@ -31,7 +31,7 @@ def one_thread():
 
 def _fashion_or_skip():
     try:
-        return datasets.fashion_mnist("test")
+        return data.fashion_mnist("test")
     except DataNotFoundError as err:
         pytest.skip(str(err))
 
@@ -40,15 +40,15 @@ def test_fashion_mnist_files():
     x, y = _fashion_or_skip()
     assert x.shape == (10000, 1, 28, 28) and x.dtype == np.uint8
     assert y.shape == (10000,) and set(np.unique(y)) == set(range(10))
-    xt, _ = datasets.fashion_mnist("train")
+    xt, _ = data.fashion_mnist("train")
     assert xt.shape == (60000, 1, 28, 28)
 
 
 def test_fashion_mnist_missing_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets, "FASHION_MNIST_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(tmp_path),))
     monkeypatch.setenv("F8TVM_FASHION_MNIST", str(tmp_path / "nowhere"))
     with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        datasets.fashion_mnist("train")
+        data.fashion_mnist("train")
 
 
 def test_reduced_fashion_mnist_table(one_thread, tmp_path):

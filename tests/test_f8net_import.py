@@ -16,7 +16,7 @@ import f8tvm
 from f8tvm import runtime
 from f8tvm.core.errors import InputError
 from f8tvm.fakequant import FakeQuantModel
-from f8tvm.frontend.f8net import CheckpointError, load_checkpoint, read_checkpoint
+from f8tvm.frontend.f8net import CheckpointError, load_checkpoint, read_state_dict
 from f8tvm.reference import run_reference
 
 # the tests run official-mode models at reduced sizes on purpose
@@ -137,7 +137,7 @@ def test_module_prefix_model_wrapper_and_file(tmp_path):
     path = tmp_path / "mbv1_fix.pth"
     torch.save(wrapped, path)
     for src in (wrapped, str(path), {"state_dict": bare}):
-        sd = read_checkpoint(src)
+        sd = read_state_dict(src)
         assert sd.keys() == bare.keys()
         assert all(torch.equal(torch.as_tensor(sd[k]), torch.as_tensor(bare[k])) for k in sd)
     # num_batches_tracked is optional (older torch did not save it); one full import checks both

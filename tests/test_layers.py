@@ -20,7 +20,7 @@ LAYERS = [
     ("passes", ["f8tvm.passes", "f8tvm.frontend.torch_import", "f8tvm.models"]),
     ("schedules", ["f8tvm.schedules"]),
     ("deciders", ["f8tvm.calibrate", "f8tvm.qat", "f8tvm.frontend.f8net", "f8tvm.fakequant",
-                  "f8tvm.reference", "f8tvm.data", "f8tvm.datasets"]),
+                  "f8tvm.reference", "f8tvm.data"]),
     ("pipeline", ["f8tvm.pipeline"]),
     ("top", ["f8tvm.api", "f8tvm.build", "f8tvm.tune", "f8tvm.run", "f8tvm.runtime", "f8tvm"]),
     ("tools", ["tools"]),

@@ -243,7 +243,7 @@ def fashion_mnist_row(budget: Budget, target: str = "host", log=_log,
     with ``save_qat`` (a folder), save the QAT model there as ``fmnist-resnet-w{width}-qat.pt``
     (no zoo name: ``qat.load(path, model=TinyResNet(width))``)."""
     from f8tvm import qat
-    from f8tvm.datasets import fashion_mnist
+    from f8tvm.data import fashion_mnist
     from f8tvm.frontend.torch_import import float_graph
 
     xtr, ytr = fashion_mnist("train")

@@ -51,6 +51,27 @@ def weight_fl_range(strict: bool = True) -> tuple[int, int]:
     return (0, 7) if strict else (-8, 24)
 
 
+# ----------------------------------------------------------------------------- sign
+def nonnegative(graph) -> dict:
+    """``{tensor name: True where it is >= 0 by construction}``: after a ReLU or clip, and
+    through pools, reshapes and adds of such.  Such a tensor is quantized unsigned (F8Net's
+    ``s = 0``: one more bit of precision).  The network input is not (its sign is the
+    data's, which the plan source decides)."""
+    nn_ = {}
+    for n in graph.nodes:
+        if n.op == "input":
+            nn_[n.name] = False
+        elif n.op in ("relu", "clip"):
+            nn_[n.name] = True
+        elif n.op in ("max_pool2d", "global_avg_pool", "reshape"):
+            nn_[n.name] = nn_[n.inputs[0]]
+        elif n.op == "add":
+            nn_[n.name] = all(nn_[i] for i in n.inputs)
+        else:
+            nn_[n.name] = False
+    return nn_
+
+
 # ----------------------------------------------------------------------------- streams
 def streams(graph) -> dict:
     """``{tensor name: stream root}``: the union-find of tensors that must share eta."""
