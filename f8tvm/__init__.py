@@ -4,6 +4,7 @@
 them, so :mod:`f8tvm.runtime` works on a board that has just the TVM runtime and NumPy.
 """
 
+import importlib as _importlib
 import os as _os
 
 from .core import __version__  # noqa: F401
@@ -27,7 +28,7 @@ _default_threads()
 def compile(model, example_input=None, target="host", calib=None, **kwargs):  # noqa: A001
     """Compile a ``torch.nn.Module`` (or a plan source: ``qat.source(q)``, an F8Net checkpoint)
     into an integer-only module.  See :func:`f8tvm.api.compile`."""
-    from .api import compile as _compile
+    from .api import compile as _compile  # lazy: import f8tvm stays free of torch and TVM
 
     return _compile(model, example_input, target=target, calib=calib, **kwargs)
 
@@ -36,7 +37,5 @@ def __getattr__(name):
     # Lazy submodules keep ``import f8tvm`` free of torch and the TVM compiler.
     if name in ("runtime", "api", "models", "data", "reference", "calibrate", "core", "qat",
                 "pipeline"):
-        import importlib
-
-        return importlib.import_module(f"f8tvm.{name}")
+        return _importlib.import_module(f"f8tvm.{name}")
     raise AttributeError(name)

@@ -17,14 +17,17 @@ import tempfile
 from dataclasses import dataclass, field
 
 from f8tvm.core import __version__
+from f8tvm.core._tvm import TVM_VERSION, cc
 from f8tvm.core.errors import InputError
 from f8tvm.core.graph import Graph
 from f8tvm.core.plan import DEFAULT_SCHEME, FixedPointPlan, PlanSource, compact
+from f8tvm.passes.requantize_multiplier import MULTIPLIER
 from f8tvm.targets import get_target
 
 from . import pipeline
 from .calibrate import Calibration
 from .pipeline import REQUANTIZE_MODES
+from .runtime import Module, check_cpu, metadata_path
 
 __all__ = ["REQUANTIZE_MODES", "CompiledModel", "GivenPlan", "compile", "fuse", "import_model"]
 
@@ -43,8 +46,6 @@ class CompiledModel:
     _module: object = None
 
     def metadata(self) -> dict:
-        from f8tvm.core._tvm import TVM_VERSION
-
         inp = self.graph[self.graph.input]
         fl_out, eta_out = self.plan.output_format(self.graph)
         return dict(
@@ -70,16 +71,12 @@ class CompiledModel:
             raise InputError(f"export path must end in .so, got {path}")
         out_dir = os.path.dirname(path)
         os.makedirs(out_dir, exist_ok=True)
-        from .runtime import metadata_path
-
         meta_path = metadata_path(path)
         tmp = tempfile.mkdtemp(prefix=".f8tvm-", dir=out_dir)
         try:
             tmp_so = os.path.join(tmp, "model.so")
             kwargs = {}
             if self.target.cross_compiler:
-                from f8tvm.core._tvm import cc
-
                 kwargs["fcompile"] = cc.cross_compiler(self.target.cross_compiler)
             self.executable.export_library(tmp_so, **kwargs)
             tmp_json = os.path.join(tmp, "model.json")
@@ -94,8 +91,6 @@ class CompiledModel:
     # in-process execution (same semantics as f8tvm.runtime.Module)
     def _runtime(self):
         if self._module is None:
-            from .runtime import Module, check_cpu
-
             meta = self.metadata()
             check_cpu(meta, "this build")
             self._module = Module(self.executable, meta)
@@ -207,8 +202,6 @@ def compile(model, example_input=None, target="host", calib=None,  # noqa: A001
     pipeline.run(b, dump=debug_dump)
     extra = {}
     if requantize == "multiplier":
-        from f8tvm.passes.requantize_multiplier import MULTIPLIER
-
         extra["requantize"] = dict(
             mode="multiplier", multiplier=MULTIPLIER, rewritten=b.requantize_info["rewritten"],
             int8_only=False,

@@ -13,8 +13,19 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from f8tvm.core.errors import F8TVMError
+from f8tvm.core.plan import DEFAULT_SCHEME, SCHEMES
+from f8tvm.targets import TARGETS
+
+from . import api, data, qat
+from .calibrate import Calibration
+from .frontend import f8net
+from .frontend.f8net import load_checkpoint
+from .models import MODELS, available_models, get_model
+from .runtime import missing_cpu_flags
 
 
 @dataclass(frozen=True)
@@ -42,12 +53,6 @@ class BuildArgs:
 
 
 def parse_args(argv=None) -> BuildArgs:
-    from f8tvm.core.plan import DEFAULT_SCHEME, SCHEMES
-    from f8tvm.targets import TARGETS
-
-    from .frontend import f8net
-    from .models import available_models
-
     p = argparse.ArgumentParser(prog="python -m f8tvm.build", description=__doc__.splitlines()[0])
     zoo = available_models()
     p.add_argument("--model", required=True, choices=zoo + [a for a in f8net.ARCHS if a not in zoo])
@@ -141,8 +146,6 @@ def _check_qat_args(p, a, zoo) -> None:
 def calibration_images(source: str, count: int, size: int, preprocess, seed: int = 0):
     """Calibration batches (1 x 3 x size x size float32) and a description of where they came
     from."""
-    from . import data
-
     paths = None
     if source in ("auto", "photos"):
         try:
@@ -180,8 +183,6 @@ class _Progress:
             self.close()
             self.phase = phase
             if total:
-                from tqdm import tqdm
-
                 self.bar = tqdm(total=total, desc=f"  {phase}", unit="batch", leave=True)
             else:
                 print(f"  [{time.time() - self.t0:6.1f}s] {phase} ...", flush=True)
@@ -224,7 +225,6 @@ def summary_table(cm, files) -> str:
         lines.append(f"kernels: default schedules for {cm.target.name} (untuned; "
                      f"python -m f8tvm.tune makes a database)")
     lines += [f"wrote {f}" for f in files]
-    from .runtime import missing_cpu_flags
 
     missing = missing_cpu_flags(cm.target.cpu_flags)
     if missing:  # built for another machine: say so, do not fail
@@ -236,11 +236,6 @@ def summary_table(cm, files) -> str:
 def qat_source(args: BuildArgs):
     """``--qat-checkpoint``: the trained model (:func:`f8tvm.qat.load`) as the plan source, at
     batch 1 and the checkpoint's input size; and the ``.json`` entries it adds."""
-    import torch
-
-    from . import qat
-    from .models import MODELS
-
     ck = qat.read_checkpoint(args.qat_checkpoint)
     if ck.model_name != args.model:
         held = f"model {ck.model_name}" if ck.model_name else "no model-zoo name"
@@ -267,8 +262,6 @@ def qat_source(args: BuildArgs):
 
 def f8net_source(args: BuildArgs):
     """``--f8net-checkpoint``: the checkpoint (it is a plan source) and the model's name."""
-    from .frontend.f8net import load_checkpoint
-
     ck = load_checkpoint(args.f8net_checkpoint, args.model, config=args.f8net_config,
                          avgpool=args.f8net_avgpool, input_size=args.input_size or 224)
     print(f"  F8Net checkpoint: {args.model}, config {ck.config}, avgpool {ck.avgpool} "
@@ -278,11 +271,6 @@ def f8net_source(args: BuildArgs):
 
 def calibration_source(args: BuildArgs):
     """A zoo model calibrated on ``--calib`` images, and the ``.json`` entries it adds."""
-    import torch
-
-    from .calibrate import Calibration
-    from .models import get_model
-
     model, spec = get_model(args.model, weights=args.weights, seed=args.seed)
     size = args.input_size or spec.input_size
     calib, what = calibration_images(args.calib, args.calib_count, size, spec.preprocess,
@@ -296,8 +284,6 @@ def calibration_source(args: BuildArgs):
 def build(args: BuildArgs):
     """The one build path: the plan source the arguments name (calibration, a QAT checkpoint or
     an F8Net checkpoint), compiled and exported.  Returns the compiled model and the files."""
-    from . import api
-
     checkpoint = None
     if args.qat_checkpoint:
         source, extra, checkpoint = qat_source(args)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from f8tvm.core import formats
 from f8tvm.core.errors import F8TVMError, InputError
@@ -33,9 +35,6 @@ _SAMPLES = 20000  # values kept per quantization point for error-based choices
 # ----------------------------------------------------------------------------- float execution
 def run_float(graph: Graph, x, keep=None):
     """Execute the float graph with torch (float32); returns {node name: tensor} for ``keep``."""
-    import torch
-    import torch.nn.functional as F
-
     env = {graph.input: torch.as_tensor(np.asarray(x, np.float32))}
     consumers = graph.consumers()
     remaining = {k: len(v) for k, v in consumers.items()}
@@ -264,8 +263,6 @@ def calibrate(graph: Graph, batches, scheme="mse", progress=None) -> FixedPointP
 def calibration_batches(calib, example_input) -> list:
     """Calibration data as float32 NumPy batches: ``calib``'s items (arrays, tensors, or
     ``(input, label)`` pairs), or the example input alone when ``calib`` is None."""
-    import torch
-
     out = []
     for b in [example_input] if calib is None else calib:
         if isinstance(b, (tuple, list)):

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
 from f8tvm.core.errors import UnsupportedCPUError
+
+from . import data, runtime
+from .data import imagenet_class_names
 
 
 def main(argv=None) -> int:
@@ -23,7 +27,6 @@ def main(argv=None) -> int:
     p.add_argument("--rpc", metavar="HOST:PORT",
                    help="run on the board whose TVM RPC server listens there")
     a = p.parse_args(argv)
-    from . import runtime
 
     try:
         m = runtime.load(a.module, remote=a.rpc)
@@ -32,10 +35,6 @@ def main(argv=None) -> int:
         shape = m.input_shape
         pre = m.meta.get("preprocess")
         if a.input:
-            from types import SimpleNamespace
-
-            from . import data
-
             prep = SimpleNamespace(mean=tuple(pre["mean"]), std=tuple(pre["std"])) if pre else None
             x = data.load_image(a.input, shape[-1], prep)
         else:
@@ -44,7 +43,6 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, ConnectionError, UnsupportedCPUError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from .data import imagenet_class_names
 
     names = imagenet_class_names() if logits.size == 1000 else None
     order = np.argsort(-logits)[: a.top]

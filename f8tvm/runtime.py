@@ -11,12 +11,14 @@ is uploaded to the board's RPC server and executed there; quantization stays on 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
 
 import numpy as np
 
+from f8tvm.core.errors import UnsupportedCPUError
 from f8tvm.core.fixedpoint import qrange
 from f8tvm.targets.cpu import read_cpuinfo
 
@@ -32,8 +34,9 @@ class Module:
     """A loaded f8tvm module: ``run`` (float in/out), ``run_int`` (the integer program)."""
 
     def __init__(self, lib, meta: dict, device=None, board=None):
+        # lazy: importing TVM takes seconds; the CLI's checks and the CPU check run without it
         import tvm
-        from tvm.runtime.vm import VirtualMachine
+        from tvm.runtime.vm import VirtualMachine  # lazy: as above
 
         self.meta = meta
         self.board = board  # RemoteBoard when the module runs over RPC, else None
@@ -170,7 +173,7 @@ class RemoteBoard:
     """
 
     def __init__(self, address: str, session_timeout: float = 0, key: str | None = None):
-        from tvm import rpc
+        from tvm import rpc  # lazy: TVM only when a board is used
 
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
@@ -196,8 +199,6 @@ class RemoteBoard:
     def close(self) -> None:
         """End the session: the board serves its next client (TVM has no explicit close; the
         session ends when the last reference to it is gone)."""
-        import gc
-
         self.session = None
         gc.collect()
 
@@ -244,8 +245,6 @@ def check_cpu(meta: dict, path: str = "the module", cpuinfo: str = "/proc/cpuinf
     instead of an illegal instruction."""
     missing = missing_cpu_flags(meta.get("target", {}).get("cpu_flags"), cpuinfo)
     if missing:
-        from f8tvm.core.errors import UnsupportedCPUError
-
         name = meta["target"].get("name", "?")
         raise UnsupportedCPUError(
             f"{path} was built for target {name!r}, which needs CPU features this CPU lacks: "
@@ -278,6 +277,6 @@ def load(path: str, device=None, remote: str | RemoteBoard | None = None) -> Mod
         board = remote if isinstance(remote, RemoteBoard) else RemoteBoard(remote)
         return board.load(path, meta)
     check_cpu(meta, path)
-    import tvm
+    import tvm  # lazy: TVM only once the files are checked
 
     return Module(tvm.runtime.load_module(path), meta, device)

@@ -18,14 +18,31 @@ import os
 import sys
 import time
 
+import numpy as np
+import torch
+from tqdm import tqdm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
 from f8tvm.core.errors import F8TVMError
+from f8tvm.schedules import find_dot
+from f8tvm.schedules.tuning import (
+    best_latency,
+    extract_tasks,
+    kernel_macs,
+    make_builder,
+    make_runner,
+    open_database,
+    tracker_boards,
+    tune,
+)
+from f8tvm.targets import TARGETS, get_target, host_target_name
+
+from . import api
+from .models import available_models, get_model
 
 
 def parse_args(argv=None):
-    from f8tvm.targets import TARGETS
-
-    from .models import available_models
-
     p = argparse.ArgumentParser(prog="python -m f8tvm.tune", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, choices=available_models())
     p.add_argument("--target", default="host", choices=["host", *TARGETS])
@@ -48,9 +65,6 @@ def parse_args(argv=None):
 
 
 def _progress_callback(tasks, bar):
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
     best, errors = {}, []
 
     @derived_object
@@ -72,7 +86,6 @@ def _progress_callback(tasks, bar):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from f8tvm.targets import get_target, host_target_name
 
     target_name = host_target_name() if a.target == "host" else a.target
     print(f"f8tvm tune: {a.model} for {target_name}, {a.trials} trials per kernel, db {a.db}"
@@ -81,25 +94,6 @@ def main(argv=None) -> int:
     if not a.verbose:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     try:
-        import numpy as np
-        import torch
-        from tqdm import tqdm
-
-        from f8tvm.schedules import find_dot
-        from f8tvm.schedules.tuning import (
-            best_latency,
-            extract_tasks,
-            kernel_macs,
-            make_builder,
-            make_runner,
-            open_database,
-            tracker_boards,
-            tune,
-        )
-
-        from . import api
-        from .models import get_model
-
         preset = get_target(target_name)
         dot = find_dot(preset.dot_instruction)
         if dot is None:

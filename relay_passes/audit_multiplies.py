@@ -30,8 +30,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from f8tvm.core import _tvm
-from f8tvm.core._tvm import expr_dtype, node_kind, tvm
+from f8tvm.core._tvm import expr_dtype, node_kind, relax, tvm
 from f8tvm.core.errors import AuditError
 
 
@@ -113,8 +115,6 @@ def _operand_bits(expr, narrow=lambda buf: False) -> int | None:
 
 
 def _fits_8bit(value) -> bool:
-    import numpy as np
-
     if not np.issubdtype(value.dtype, np.integer) or value.size == 0:
         return False
     lo, hi = int(value.min()), int(value.max())
@@ -235,8 +235,6 @@ def _sites(stmt, times=1, out=None) -> list:
 
 def _visit_relax(mod, visit) -> None:
     """``visit`` every expression of ``mod``'s Relax functions."""
-    from f8tvm.core._tvm import relax
-
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)

@@ -47,11 +47,11 @@ Dot instructions that only take unsigned activations (VNNI is u8 x s8) get int8 
 from __future__ import annotations
 
 import numpy as np
-from f8tvm.targets import DotSpec
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import bindings
+from f8tvm.targets import DotSpec
 
 from .packed_kernels import conv2d_nchwc, depthwise_nchwc, depthwise_pairs_nchwc, out_size
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from f8tvm.core._tvm import schedule_of
+from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
 from f8tvm.targets import DotSpec
+
+from . import _sch, cpu
+from . import intrin_arm as a
+from . import intrin_x86 as x
+from ._sch import operand_dtypes
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,6 @@ class DotIntrin:
     def intrin_for(self, block, depthwise: bool = False) -> str:
         """The intrinsic matching the activation (and weight) dtypes read by ``block`` (a conv
         block, or with ``depthwise`` a tap-pair depthwise block)."""
-        from ._sch import operand_dtypes
-
         a_dtype, b_dtype = operand_dtypes(block)
         signed = a_dtype == "int8"
         if depthwise:
@@ -89,8 +94,6 @@ class DotIntrin:
 
 
 def _x86():
-    from . import intrin_x86 as x
-
     return {
         # vpdpbusd takes the broadcast and the weight tile as memory operands
         "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, 16, 4, 24, None, 0.5, 1.0),
@@ -116,8 +119,6 @@ def _x86():
 
 
 def _arm():
-    from . import intrin_arm as a
-
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators
@@ -147,10 +148,6 @@ def dot_intrin(instruction: str) -> DotIntrin:
 def kernel_block(prim_func):
     """``(kind, block)`` of the packed kernel block a fused PrimFunc holds: kind 'conv' or
     'depthwise', or ``('other', None)``."""
-    from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
-
-    from f8tvm.core._tvm import schedule_of
-
     sch = schedule_of(prim_func)
     for name, kind in ((CONV_BLOCK, "conv"), (DEPTHWISE_BLOCK, "depthwise")):
         try:
@@ -167,10 +164,6 @@ def kernel_kind(prim_func) -> str:
 
 def default_schedule(prim_func, dot: DotIntrin | None, tiles=None):
     """Our schedule of one fused PrimFunc (``tiles``: tuned split decisions, else defaults)."""
-    from f8tvm.core._tvm import schedule_of
-
-    from . import _sch, cpu
-
     kind = kernel_kind(prim_func)
     sch = schedule_of(prim_func)
     if kind == "conv" and dot is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit
+
 
 def extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
@@ -74,8 +76,6 @@ def _narrowing(sch, block, dot):
     """``(name of x's block, intrinsic)`` when the kernel after ``block`` ends with
     ``dtype(clamp(x, lo, hi))`` and ``dot`` has an intrinsic that narrows that clamp, else None.
     Kept as a block of its own (the int32 stage of the tile), ``x`` feeds the narrowing."""
-    from f8tvm.core._tvm import expr_dtype, node_kind
-
     if dot is None or not dot.narrow:
         return None
     after = consumers_chain(sch, block)
@@ -232,8 +232,6 @@ def _schedule_root_block(sch, blk) -> None:
 def operand_dtypes(block) -> tuple[str, str]:
     """Dtypes of the activation and the weight a packed kernel block multiplies: the operands of
     its product (``packed_kernels`` writes ``data * weight``)."""
-    from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit
-
     found = []
 
     def load_dtype(e):

@@ -11,9 +11,8 @@ come from :func:`default_conv_tiles`.
 
 from __future__ import annotations
 
-from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
-
 from f8tvm.core import _tvm
+from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
 
 from . import _sch
 

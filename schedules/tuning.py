@@ -18,13 +18,22 @@ miss; we never rely on that path.)
 
 from __future__ import annotations
 
+import gc
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 
-from f8tvm.core._tvm import primfuncs, tvm
-from f8tvm.core.bindings import copy_module
+import numpy as np
+from tvm import rpc
+from tvm.driver import build
+from tvm.s_tir import meta_schedule as ms
 
-from . import DotIntrin, default_schedule, kernel_block, kernel_kind
+from f8tvm.core._tvm import cc, primfuncs, region_tensor, tvm
+from f8tvm.core.bindings import copy_module
+from f8tvm.passes.audit_multiplies import call_counts
+
+from . import DotIntrin, cpu, default_schedule, kernel_block, kernel_kind
 
 
 @dataclass
@@ -44,8 +53,6 @@ def task_module(prim_func):
 
 def extract_tasks(fused_mod) -> list[Task]:
     """The tunable kernels of a fused module (convs and depthwise convs), with call counts."""
-    from f8tvm.passes.audit_multiplies import call_counts
-
     calls = call_counts(fused_mod)
     tasks = []
     for name, func in primfuncs(fused_mod):
@@ -56,8 +63,6 @@ def extract_tasks(fused_mod) -> list[Task]:
 
 
 def _space(kind, dot):
-    from . import cpu
-
     def sch_fn(sch):
         if kind == "conv":
             cpu.schedule_conv(sch, dot, tune=True)
@@ -68,8 +73,6 @@ def _space(kind, dot):
 
 
 def open_database(db_dir: str, create: bool = False):
-    from tvm.s_tir import meta_schedule as ms
-
     wl = os.path.join(db_dir, "database_workload.json")
     if not create and not os.path.exists(wl):
         raise FileNotFoundError(f"no tuning database in {db_dir} (expected {wl})")
@@ -81,22 +84,15 @@ def _build_kernel(mod, target, _params):
     # MetaSchedule's default build first imports tvm.s_tir.tensor_intrin, which parses every
     # target's intrinsics (about a minute per worker); our candidates arrive already
     # tensorized, so plain code generation is all they need.
-    from tvm.driver import build
 
     return build(mod, target=target)
 
 
 def make_builder(cross_compiler: str | None = None, timeout_sec: float = 120.0):
     """A local builder (parallel LLVM builds); ``cross_compiler`` links for a remote board."""
-    from tvm.s_tir import meta_schedule as ms
-
     f_export = None
     if cross_compiler:
         def f_export(rt_mod, cxx=cross_compiler):
-            import tempfile
-
-            from tvm.support import cc
-
             path = os.path.join(tempfile.mkdtemp(), "kernel.so")
             rt_mod.export_library(path, fcompile=cc.cross_compiler(cxx))
             return path
@@ -110,9 +106,6 @@ def alloc_from_host(session, device, args_info, alloc_repeat):
     copied over RPC.  MetaSchedule's default asks the board for
     ``tvm.contrib.random.random_fill_for_measure``, which the runtime-only TVM of a board (the
     apache-tvm wheel with ``TVM_USE_RUNTIME_LIB=1``, f8tvm's emulated board) does not have."""
-    import numpy as np
-    import tvm
-
     rng = np.random.default_rng(0)
     repeated = []
     for _ in range(alloc_repeat):
@@ -135,8 +128,6 @@ def make_runner(tracker: str | None = None, device_key: str | None = None,
                 evaluator=None, timeout_sec: int = 60):
     """Where candidates are measured: this machine, or boards registered to an RPC tracker
     (``host:port``) under ``device_key`` -- several boards measure in parallel."""
-    from tvm.s_tir import meta_schedule as ms
-
     evaluator = evaluator or ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20,
                                                        enable_cpu_cache_flush=False)
     if not tracker:
@@ -161,11 +152,6 @@ def tracker_boards(tracker: str, device_key: str, timeout: float = 60) -> tuple[
     """``(free boards under device_key, what one of them says about itself)`` -- asked before
     tuning, so that a wrong key or a dead tracker is an error up front and an emulated board
     (``info["emulator"]``: its timings are meaningless) is said so."""
-    import gc
-    import json
-
-    from tvm import rpc
-
     host, port = _tracker_address(tracker)
     try:
         tr = rpc.connect_tracker(host, port)
@@ -194,8 +180,6 @@ def tune(tasks, target, dot: DotIntrin, db_dir: str, trials: int, runner=None,
     The runner's worker processes are shut down at the end (a MetaSchedule runner keeps its
     worker pool alive, and the workers outlive this process otherwise): make a new runner for
     another call."""
-    from tvm.s_tir import meta_schedule as ms
-
     database = open_database(db_dir, create=True)
     builder = builder or make_builder()
     runner = runner or make_runner()
@@ -243,8 +227,6 @@ def best_latency(database, task: Task, target) -> float | None:
 
 def anchor_key(prim_func) -> str | None:
     """What a tuned schedule depends on: the packed conv block's loop extents and buffers."""
-    from f8tvm.core._tvm import region_tensor
-
     _, block = kernel_block(prim_func)
     if block is None:
         return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
+from f8tvm.core.errors import ToolchainError
+
 
 @dataclass(frozen=True)
 class DotSpec:
@@ -37,7 +39,7 @@ class TargetPreset:
     cpu_flags: tuple = ()
 
     def tvm(self):
-        from f8tvm.core import _tvm
+        from f8tvm.core import _tvm  # lazy: the runtime reads presets without the TVM compiler
 
         return _tvm.make_target(self.tvm_target)
 
@@ -47,8 +49,6 @@ class TargetPreset:
         Called before a build starts, so a missing compiler costs seconds, not a whole build.
         """
         if self.cross_compiler and shutil.which(self.cross_compiler) is None:
-            from f8tvm.core.errors import ToolchainError
-
             pkg = self.compiler_package or "the package that provides it"
             raise ToolchainError(
                 f"target {self.name!r} links with the cross compiler {self.cross_compiler!r}, "

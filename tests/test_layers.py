@@ -111,3 +111,44 @@ def test_the_check_fails_on_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setitem(MODULES, "f8tvm.passes.bad", (str(bad), False))
     with pytest.raises(AssertionError, match="passes.bad .passes. imports f8tvm.pipeline"):
         test_imports_point_down("f8tvm.passes.bad")
+
+
+def _lazy_imports_without_reason(path):
+    """Imports inside functions whose line, or the comment or import lines just above them, do
+    not say ``lazy:`` (why the import cannot sit at the top of the file)."""
+    lines = open(path).read().split("\n")
+    tree = ast.parse("\n".join(lines))
+    import_lines = {i for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for i in range(node.lineno, node.end_lineno + 1)}
+    bad = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            said = any("lazy:" in lines[i - 1] for i in range(node.lineno, node.end_lineno + 1))
+            i = node.lineno - 1
+            while not said and i >= 1:
+                text = lines[i - 1].strip()
+                if not (i in import_lines or text.startswith("#") or text == ""):
+                    break
+                said = "lazy:" in text
+                i -= 1
+            if not said:
+                bad.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    return sorted(set(bad))
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_sit_at_the_top(module):
+    """A file's dependencies are visible from its head: an import inside a function must say
+    why (``# lazy: ...``, e.g. an optional package, or TVM kept out of the runtime's start)."""
+    assert _lazy_imports_without_reason(MODULES[module][0]) == []
+
+
+def test_the_lazy_check_fails_on_a_silent_import(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    import json\n\n    # lazy: optional\n    import yaml\n"
+                 "    from x import (\n        y,\n    )\n    x = 1\n    import os\n")
+    assert _lazy_imports_without_reason(str(f)) == [f"{f}:10: import os", f"{f}:2: import json"]

@@ -38,6 +38,14 @@ import torch
 from torch import nn
 
 import f8tvm
+from f8tvm import data, qat
+from f8tvm.calibrate import calibrate
+from f8tvm.data import fashion_mnist
+from f8tvm.fakequant import FakeQuantModel
+from f8tvm.frontend.torch_import import float_graph
+from f8tvm.models import get_model
+from f8tvm.models.resnet import BasicBlock
+from f8tvm.reference import quantize_input
 
 __all__ = ["BUDGETS", "Budget", "Row", "TinyResNet", "fashion_mnist_row", "format_table",
            "lite0_row", "main"]
@@ -77,7 +85,6 @@ class TinyResNet(nn.Module):
 
     def __init__(self, width: int = 16, num_classes: int = 10, in_ch: int = 1):
         super().__init__()
-        from f8tvm.models.resnet import BasicBlock
 
         self.conv1 = nn.Conv2d(in_ch, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -178,9 +185,6 @@ def _float_logits(model, x, batch=500) -> np.ndarray:
 
 
 def _ptq_logits(graph, batches, x, scheme, batch=500) -> np.ndarray:
-    from f8tvm.calibrate import calibrate
-    from f8tvm.fakequant import FakeQuantModel
-
     fq = FakeQuantModel(graph, calibrate(graph, batches, scheme))
     with torch.no_grad():
         return np.concatenate([fq(x[i:i + batch]).numpy() for i in range(0, len(x), batch)])
@@ -189,8 +193,6 @@ def _ptq_logits(graph, batches, x, scheme, batch=500) -> np.ndarray:
 def _compiled_check(cm, x, fq_logits, batch):
     """Run the compiled module on ``x`` in batches; returns (int predictions, same-prediction
     count, bit-exact flag) against the fake-quant logits."""
-    from f8tvm.reference import quantize_input
-
     preds, same, exact = [], 0, True
     dtype = "int8" if cm.plan.input_signed else "uint8"
     for i in range(0, len(x), batch):
@@ -230,8 +232,6 @@ def train_float(model, x, y, epochs, batch, lr=0.1, seed=0, log=_log) -> nn.Modu
 
 # ----------------------------------------------------------------------------- experiments
 def _save_qat(q, save_dir, filename, log, model_name=None) -> str:
-    from f8tvm import qat
-
     path = qat.save(q, os.path.join(save_dir, filename), model_name=model_name)
     log(f"  saved the QAT checkpoint {path}")
     return path
@@ -242,10 +242,6 @@ def fashion_mnist_row(budget: Budget, target: str = "host", log=_log,
     """Train a small ResNet on Fashion-MNIST, quantize it three ways, compile the QAT model;
     with ``save_qat`` (a folder), save the QAT model there as ``fmnist-resnet-w{width}-qat.pt``
     (no zoo name: ``qat.load(path, model=TinyResNet(width))``)."""
-    from f8tvm import qat
-    from f8tvm.data import fashion_mnist
-    from f8tvm.frontend.torch_import import float_graph
-
     xtr, ytr = fashion_mnist("train")
     xte, yte = fashion_mnist("test")
     rng = np.random.default_rng(0)
@@ -316,10 +312,6 @@ def lite0_row(budget: Budget, target: str = "host", log=_log, save_qat: str | No
     """EfficientNet-Lite0 on the sample photos: PTQ, tiny fine-tuning, the compiled module; with
     ``save_qat`` (a folder), save the fine-tuned model there as ``efficientnet_lite0-qat.pt``
     (buildable with ``python -m f8tvm.build --qat-checkpoint``)."""
-    from f8tvm import data, qat
-    from f8tvm.frontend.torch_import import float_graph
-    from f8tvm.models import get_model
-
     model, spec = get_model("efficientnet_lite0", pretrained=True)
     labelled = data.labelled_imagenet_photos()
     unlabelled = data.unlabelled_photos()

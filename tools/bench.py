@@ -44,11 +44,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 
 import numpy as np
-from f8tvm.targets import get_target, host_target_name, read_cpuinfo
+import torch
 
+from f8tvm import api, runtime
+from f8tvm.models import get_model
 from f8tvm.runtime import missing_cpu_flags
+from f8tvm.targets import get_target, host_target_name, read_cpuinfo
 
 from . import bench_peers, peak
 from .bench_peers import FastPath
@@ -118,8 +122,6 @@ def machine_info(cpu=None) -> dict:
 
 
 def _versions() -> dict:
-    from importlib import metadata
-
     out = {}
     for dist in ("apache-tvm", "onnxruntime", "onnx", "torch", "torchao"):
         try:
@@ -135,8 +137,6 @@ def f8tvm_system(name, model, x, calib, target, tuning_db=None, requantize="shif
     """Compile ``model`` with f8tvm; returns ``(System, CompiledModel)``.  With ``board`` (an
     open :class:`f8tvm.runtime.RemoteBoard`) the module is exported into ``tmp``, uploaded and
     timed on the board."""
-    from f8tvm import api, runtime
-
     t0 = time.perf_counter()
     kwargs = dict(tuning_db=tuning_db) if tuning_db else {}
     if requantize != "shift":
@@ -267,10 +267,6 @@ def _time(systems, x, args, threads):
 def bench_model(name, args, out, board=None):
     """Build and time every selected system on ``name``; appends to ``out["rows"]``,
     ``out["bounds"]`` and ``out["skipped"]``.  ``board``: an open RemoteBoard (``--rpc``)."""
-    import torch
-
-    from f8tvm.models import get_model
-
     model, spec = get_model(name, seed=0)
     model.eval()
     size = args.input_size or spec.input_size
@@ -392,9 +388,10 @@ def print_table(rows, board=None, machine=None, bounds=()):
 
 def plot(rows, path, title=""):
     try:
-        import matplotlib
+        import matplotlib  # lazy: optional ([bench] extra); the table and JSON need no plot
 
         matplotlib.use("Agg")
+        # lazy: optional ([bench] extra); the table and JSON need no plot
         import matplotlib.pyplot as plt
     except ImportError:
         print("(no plot: matplotlib is not installed; pip install .[bench])")
@@ -499,8 +496,6 @@ def _run_part(a):
     out = dict(rows=[], bounds=[], skipped=[])
     board = None
     if a.rpc:
-        from f8tvm import runtime
-
         board = runtime.connect(a.rpc)
         print(f"board: {board.describe()}", flush=True)
         for t in a.targets:

@@ -30,6 +30,10 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+import torch
+from torch.ao.quantization import get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
 from . import isa_profile
 
 ORT_INT8 = ("ort-int8-qdq", "ort-int8-qop")
@@ -114,7 +118,7 @@ def check_ort_graph(path: str) -> FastPath:
     """The fast-path check of an ONNX Runtime session from the graph it runs (``path``: the
     file its ``SessionOptions.optimized_model_filepath`` wrote): fails on any float
     ``Conv``/``Gemm``/``MatMul`` fed (through layout-only ops) by a ``DequantizeLinear``."""
-    import onnx
+    import onnx  # lazy: a peer ([bench] extra), imported only when it runs
 
     graph = onnx.load(path, load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -145,7 +149,7 @@ def check_ort_graph(path: str) -> FastPath:
 
 
 def _ort_session(path, threads, optimized=None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: a peer ([bench] extra), imported only when it runs
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -158,8 +162,6 @@ def _ort_session(path, threads, optimized=None):
 
 
 def export_onnx(model, x, path, dynamo=True):
-    import torch
-
     torch.onnx.export(model, (torch.from_numpy(x),), path, input_names=["x"],
                       output_names=["y"], dynamo=dynamo, external_data=False)
 
@@ -169,6 +171,7 @@ def quantize_onnx(fp32, out, calib, fmt, preprocess=True):
     activations, int8 per-channel weights, calibrated on ``calib`` (NumPy batches, fed one
     image at a time); ``preprocess=False`` skips ``quant_pre_process`` (the bench's old setup,
     kept for the test that shows the check catches it)."""
+    # lazy: a peer ([bench] extra), imported only when it runs
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -198,7 +201,7 @@ def quantize_onnx(fp32, out, calib, fmt, preprocess=True):
 def onnx_systems(model, x, calib, tmp, wanted, make_system, profile=True):
     """``make_system(name, run, set_threads, compile_s, note, fast_path)`` for each of
     ``wanted`` (ORT's names)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: a peer ([bench] extra), imported only when it runs
 
     fp32 = os.path.join(tmp, "model.onnx")
     t0 = time.perf_counter()
@@ -259,8 +262,6 @@ def torch_trace(fn) -> tuple[Counter, str]:
     """One call of ``fn()`` seen two ways: the operators PyTorch dispatched (its profiler:
     ``{op name: calls}``) and what oneDNN printed in its verbose mode (it writes to stdout from C,
     so the file descriptor is captured)."""
-    import torch
-
     sys.stdout.flush()
     saved = os.dup(1)
     with tempfile.TemporaryFile(mode="w+") as log:
@@ -357,16 +358,12 @@ def check_torch(ops: Counter, log: str, convs: int, int8: bool = True) -> FastPa
 
 
 def _count_convs(model) -> int:
-    import torch
-
     return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
 def torch_systems(model, x, calib, wanted, make_system):
     """``make_system(...)`` for each of ``wanted`` (PyTorch's names) that builds; returns
     ``(systems, {name: why it could not be built})``."""
-    import torch
-
     xt = torch.from_numpy(x)
     convs = _count_convs(model)
     out, failed = [], {}
@@ -398,16 +395,10 @@ def torch_systems(model, x, calib, wanted, make_system):
 
 
 def _torch_threads(n):
-    import torch
-
     torch.set_num_threads(n)
 
 
 def _fx(model, xt, calib):
-    import torch
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
     torch.backends.quantized.engine = "x86"
     with torch.no_grad():
         prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"),
@@ -418,7 +409,7 @@ def _fx(model, xt, calib):
 
 
 def _pt2e(model, xt, calib):
-    import torch
+    # lazy: a peer ([bench] extra)
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 

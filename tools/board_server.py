@@ -21,6 +21,9 @@ import os
 import platform
 import sys
 
+import tvm_ffi
+from tvm.rpc import server
+
 READY = "F8TVM_RPC_READY"  # the line a launcher waits for
 EMULATOR_ENV = "F8TVM_BOARD_EMULATOR"  # set by the launcher of an emulated board
 
@@ -39,9 +42,6 @@ def main(argv=None) -> int:
     p.add_argument("--tracker", help="HOST:PORT of an RPC tracker to register with")
     p.add_argument("--key", default="", help="device key announced to the tracker")
     a = p.parse_args(argv)
-
-    import tvm_ffi
-    from tvm.rpc import server
 
     # Registered before the server forks its session processes, so every session sees it.
     tvm_ffi.register_global_func("f8tvm.board.info", board_info, override=True)

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 from f8tvm.core.errors import ToolchainError
 
+from .board_server import EMULATOR_ENV, READY
+
 BOARD_DIR_ENV = "F8TVM_BOARD_DIR"
 DEFAULT_DIR = os.path.join("~", ".cache", "f8tvm", "aarch64-board")
 QEMU = "qemu-aarch64-static"
@@ -264,8 +266,6 @@ class EmulatedBoard:
     # ------------------------------------------------------------------ run
     def env(self) -> dict:
         """Environment of a process on the board."""
-        from .board_server import EMULATOR_ENV
-
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("PYTHON", "LD_", "VIRTUAL_ENV", "TVM_"))}
         env.update(PYTHONPATH=os.pathsep.join([self.paths.app, self.paths.site]),
@@ -317,7 +317,6 @@ class EmulatedBoard:
                                if self.tracker else [])),
                 env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        from .board_server import READY
 
         deadline, line = time.time() + timeout, ""
         while time.time() < deadline and self._proc.poll() is None and not line:

@@ -21,7 +21,10 @@ Needs ``pip install bochscpu-python==0.3.1`` (in f8tvm's ``[test]`` extra), ``gc
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import functools
+import json
 import os
 import re
 import shutil
@@ -29,10 +32,22 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
+import torch
+import tvm
+import tvm_ffi
 
+from f8tvm import api, pipeline
+from f8tvm.core import _tvm
+from f8tvm.core.bindings import is_call, rebuild, substitute
 from f8tvm.core.errors import F8TVMError
+from f8tvm.models import MODELS, get_model
+from f8tvm.reference import quantize_input, run_reference
+from f8tvm.runtime import Module
+from f8tvm.schedules import kernel_kind
+from f8tvm.targets import TARGETS
 
 PAGE = 4096
 IMAGE = 0x0040_0000  # where the linked kernel is placed
@@ -103,6 +118,7 @@ class EmulatorGap(RuntimeError):
 def available() -> str | None:
     """None when kernels can run here, else the reason they cannot."""
     try:
+        # lazy: optional ([test] extra); available() says what is missing
         import bochscpu  # noqa: F401
     except ImportError as e:
         return f"bochscpu-python is not installed ({e}; pip install bochscpu-python==0.3.1)"
@@ -197,8 +213,7 @@ def _set_cpu_model() -> None:
     """Select :data:`_CPU_MODEL` before the first CPU is made: bochscpu keeps its parameters
     in a table its C ABI hands to Bochs (``sim_get_param_enum``), set through Bochs's own
     ``bx_param_enum_c::set``."""
-    import ctypes
-
+    # lazy: optional ([test] extra); available() says what is missing
     import bochscpu._bochscpu as native
 
     lib = ctypes.CDLL(native.__file__)
@@ -213,6 +228,7 @@ class _Space:
     """An identity-mapped (virtual == physical) long-mode address space in the emulator."""
 
     def __init__(self):
+        # lazy: optional ([test] extra); available() says what is missing
         import bochscpu.memory as mem
 
         self.mem = mem
@@ -260,8 +276,8 @@ def run_kernel(exe: str, arrays: list[np.ndarray], count: bool = False) -> int |
     """Run the linked kernel ``exe`` on ``arrays`` (its parameters in order, C-contiguous
     integer arrays); the outputs are written back into their arrays.  ``count``: return the
     number of instructions the kernel executed (a Python callback per instruction: slow)."""
-    import bochscpu
-    import bochscpu.cpu
+    import bochscpu  # lazy: optional ([test] extra); available() says what is missing
+    import bochscpu.cpu  # lazy: optional ([test] extra); available() says what is missing
 
     segments, syms = _image(exe)
     space = _Space()
@@ -356,8 +372,6 @@ def run_kernel(exe: str, arrays: list[np.ndarray], count: bool = False) -> int |
 
 def compile_and_link(func, target, workdir: str | None = None) -> str:
     """Compile one scheduled PrimFunc for ``target`` and link it for :func:`run_kernel`."""
-    import tvm
-
     workdir = workdir or tempfile.mkdtemp(prefix="f8tvm-emu-")
     os.makedirs(workdir, exist_ok=True)
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
@@ -378,14 +392,6 @@ def emulated_executable(int_mod, preset, workdir: str, count: bool = False):
     (the same scheduled TIR compiled for this CPU).  Returns ``(executable, report)``:
     ``report[kernel]`` says ``where`` it ran (``"emulated"`` or ``"native"``), its ``calls`` and,
     with ``count``, the ``instructions`` it executed (emulated calls only)."""
-    import tvm
-    import tvm_ffi
-    from f8tvm.schedules import kernel_kind
-
-    from f8tvm import pipeline
-    from f8tvm.core import _tvm
-    from f8tvm.core.bindings import is_call, rebuild, substitute
-
     target = preset.tvm()
     os.makedirs(workdir, exist_ok=True)
     report: dict[str, dict] = {}
@@ -473,12 +479,6 @@ def _table(rows, counted):
 
 
 def main(argv=None) -> int:
-    import argparse
-    import json
-    import time
-
-    from f8tvm.models import MODELS
-
     p = argparse.ArgumentParser(
         prog="python -m tools.emulated_x86",
         description="Build a model for x86 targets and run each build whole on an emulated "
@@ -495,8 +495,6 @@ def main(argv=None) -> int:
     p.add_argument("--output", help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
-    from f8tvm.targets import TARGETS
-
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bad = [t for t in targets if t not in TARGETS or not t.startswith("x86")]
     if bad or not targets:
@@ -508,13 +506,6 @@ def main(argv=None) -> int:
     if reason:
         print(f"error: no emulated CPU: {reason}", file=sys.stderr)
         return 2
-
-    import torch
-
-    from f8tvm import api
-    from f8tvm.models import get_model
-    from f8tvm.reference import quantize_input, run_reference
-    from f8tvm.runtime import Module
 
     model, spec = get_model(args.model, seed=0)
     size = args.input_size or spec.input_size

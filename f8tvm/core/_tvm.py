@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import tvm
 import tvm_ffi
-from tvm import relax, te, topi  # noqa: F401  (re-exported)
+from tvm import relax, s_tir, te, topi  # noqa: F401  (re-exported)
 from tvm import tirx as tir  # 0.27: tvm.tir -> tvm.tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.support import cc  # noqa: F401  (re-exported; 0.27: tvm.contrib.cc -> tvm.support.cc)
+from tvm.target.codegen import llvm_lookup_intrinsic_id
 
 from f8tvm.core import errors
 
@@ -61,8 +63,6 @@ def make_target(spec: dict) -> Target:
 
 def fuse_relax(mod: IRModule, target: Target) -> IRModule:
     """The CPU backend's legalization and fusion: Relax calling fused, unscheduled kernels."""
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
     with target:
         return tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                         + cpu.legalize_passes(target))(mod)
@@ -73,8 +73,6 @@ def finish_lowering(fused: IRModule, target: Target) -> IRModule:
     before code generation so the compiler can audit the TIR.  With :func:`fuse_relax` before
     it, this is what ``tvm.compile`` on CPU does with the fusing pipeline (plain ``tvm.compile``
     does not fuse ops)."""
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
     with target:
         return tvm.transform.Sequential(cpu.dataflow_lower_passes(target)
                                         + cpu.finalize_passes(target))(fused)
@@ -136,8 +134,6 @@ _DOT_INTRINSICS = ("llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.vpdpbusd.256
 
 def _llvm_names(cache={}) -> dict:  # noqa: B006  (memo)
     if not cache:
-        from tvm.target.codegen import llvm_lookup_intrinsic_id
-
         for name in _DOT_INTRINSICS + ("llvm.x86.avx512.pmaddubs.w.512",
                                        "llvm.x86.avx2.pmadd.ub.sw"):
             cache[int(llvm_lookup_intrinsic_id(name))] = name
@@ -156,6 +152,4 @@ def region_tensor(region):
 
 def schedule_of(prim_func):
     """A TIR schedule over one PrimFunc (0.27: ``tvm.s_tir.Schedule``)."""
-    from tvm import s_tir
-
     return s_tir.Schedule(prim_func)

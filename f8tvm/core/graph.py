@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax
+from f8tvm.core.bindings import bindings, use_counts
 from f8tvm.core.errors import UnsupportedOpError
 
 
@@ -70,10 +73,6 @@ def extract_graph(mod, sources: dict | None = None) -> Graph:
     Raises :class:`UnsupportedOpError` naming the op and the PyTorch module it came from when the
     program uses an operator f8tvm cannot quantize.
     """
-    from f8tvm.core import _tvm
-    from f8tvm.core._tvm import relax
-    from f8tvm.core.bindings import bindings, use_counts
-
     sources = sources or {}
     func = mod["main"]
     (param,) = func.params

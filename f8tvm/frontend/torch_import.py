@@ -14,9 +14,15 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import torch
+from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
 from f8tvm.core import _tvm
-from f8tvm.core._tvm import relax
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings, rebuild
 from f8tvm.core.errors import InputError, UnsupportedOpError
+from f8tvm.core.graph import extract_graph
+from f8tvm.passes.fold_batchnorm import FoldBatchNorm
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,6 @@ def _source_of(node) -> Source:
 
 def export_program(model, example_input):
     """``torch.export`` the model in eval mode, core-ATen decomposed."""
-    import torch
-
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor):
@@ -82,8 +86,6 @@ class _NamingImporter:
     """Wraps TVM's importer to remember which FX node produced which Relax variable."""
 
     def __new__(cls):
-        from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
-
         class Importer(ExportedProgramImporter):
             def _translate_fx_graph(self, gm, nodes, inputs_vars, custom_ops=None):
                 out = super()._translate_fx_graph(gm, nodes, inputs_vars, custom_ops)
@@ -128,15 +130,11 @@ def import_torch(model, example_input):
     sources : dict[str, Source]
         Binding name -> where it came from.
     """
-    from f8tvm.core._tvm import tvm
-
     ep = export_program(model, example_input)
     importer = _NamingImporter()
     _check_supported(ep, importer)
     mod = importer.from_exported_program(ep, False, False, False, None)
     func = mod["main"]
-
-    from f8tvm.core.bindings import bindings, rebuild
 
     taken: set = set()
     sources: dict = {}
@@ -170,8 +168,6 @@ def import_torch(model, example_input):
 def fold(float_mod):
     """BatchNorm folded into the convs' weights (keeping every binding's name), constants
     folded, dead code removed: the float module the layer graph is read from."""
-    from f8tvm.passes.fold_batchnorm import FoldBatchNorm
-
     return _tvm.tvm.transform.Sequential([
         FoldBatchNorm,
         relax.transform.FoldConstant(),
@@ -183,8 +179,6 @@ def fold(float_mod):
 def float_graph(model, example_input):
     """A model's folded float Relax module, its source table and its layer graph: what a plan
     source decides formats over."""
-    from f8tvm.core.graph import extract_graph
-
     mod, sources = import_torch(model, example_input)
     mod = fold(mod)
     return mod, sources, extract_graph(mod, sources)
