@@ -16,11 +16,73 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+# ----------------------------------------------------------------------------- test tiers
+# Every test is in one tier (README, "Tests").  CI runs all but opt-in; ``pytest tests -m optin``
+# runs opt-in alone, ``-m unit`` the tier that needs no TVM build, and so on.
+TIERS = {
+    "unit": "no build: pure Python, NumPy, torch and Relax rewrites (a TVM build fails the test)",
+    "host": "builds with TVM and runs on this CPU (small inputs)",
+    "emulated": "runs on an emulator: the aarch64 board (qemu-user) or Bochs's VNNI CPU",
+    "optin": "heavy: 224x224 models, real tuning, the full benchmark; runs only when -m names it",
+}
+# the tier of a test file's tests when a test names none
+FILE_TIERS = {
+    **dict.fromkeys(["test_fixedpoint.py", "test_formats.py", "test_layers.py",
+                     "test_pass_structure.py", "test_passes.py", "test_fold_constant_adds.py",
+                     "test_models.py", "test_accuracy_table.py", "test_f8net_import.py",
+                     "test_qat.py", "test_offset_activations.py", "test_clip_after_requantize.py"],
+                    "unit"),
+    **dict.fromkeys(["test_vnni_emulated.py", "test_arm.py", "test_arm_tuning.py"], "emulated"),
+    "test_full_size.py": "optin",
+}
+
+
 def pytest_configure(config):
+    for name, what in TIERS.items():
+        config.addinivalue_line("markers", f"{name}: tier: {what}")
     config.addinivalue_line("markers", "slow: long-running (real-data accuracy, big builds)")
     config.addinivalue_line("markers", "tuning: MetaSchedule tuning with a tiny trial budget")
     config.addinivalue_line("markers", "arm_emulated: runs on the emulated aarch64 board "
                             "(qemu-user-static, cross compilers; tools.emulated_board)")
+
+
+def tier_of(item) -> str:
+    own = [t for t in TIERS if item.get_closest_marker(t) is not None]
+    if item.get_closest_marker("arm_emulated") is not None:
+        own.append("emulated")
+    if len(set(own)) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is in tiers {sorted(set(own))}; give it one")
+    return own[0] if own else FILE_TIERS.get(item.path.name, "host")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier; leave opt-in tests out unless ``-m`` asks for them."""
+    wants_optin = "optin" in (config.getoption("markexpr") or "")
+    keep, dropped = [], []
+    for item in items:
+        tier = tier_of(item)
+        item.add_marker(tier)
+        (dropped if tier == "optin" and not wants_optin else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_do_not_build(request, monkeypatch):
+    """A unit-tier test that reaches TVM's code generation fails: the tier says what it costs."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    import tvm
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} is in the unit tier but builds with TVM; "
+                             "mark it host (or emulated)")
+
+    monkeypatch.setattr(tvm, "compile", refuse)
+    monkeypatch.setattr(tvm.driver, "build", refuse)
+    yield
 
 
 @pytest.fixture(autouse=True)
@@ -84,9 +146,8 @@ def relax_main(shape, dtype, body, name="t"):
 def lower_program(mod, target="x86", strict=True):
     """The pipeline's ``fuse``, ``schedule`` and ``lower`` on an integer program (packed or
     not): ``(lowered module, audit report)``; ``strict``: a wide multiply fails (AuditError)."""
-    from f8tvm.targets import get_target
-
     from f8tvm import pipeline
+    from f8tvm.targets import get_target
 
     b = pipeline.Build(get_target(target), ir={"pack": mod},
                        requantize="shift" if strict else "multiplier")
@@ -96,9 +157,8 @@ def lower_program(mod, target="x86", strict=True):
 
 def lower_unscheduled(mod, target="x86"):
     """Fuse and lower a Relax module with TVM's default (unscheduled) kernels."""
-    from f8tvm.targets import get_target
-
     from f8tvm.core import _tvm
+    from f8tvm.targets import get_target
 
     t = get_target(target).tvm()
     return _tvm.finish_lowering(_tvm.fuse_relax(mod, t), t)
@@ -106,10 +166,9 @@ def lower_unscheduled(mod, target="x86"):
 
 def run_relax(mod, *args):
     """Compile a Relax module for the x86 preset and run its ``main``: the outputs as NumPy."""
-    from f8tvm.targets import get_target
-
     from f8tvm.core import _tvm
     from f8tvm.core._tvm import relax, tvm
+    from f8tvm.targets import get_target
 
     ex = _tvm.compile_relax(mod, get_target("x86").tvm())
     vm = relax.VirtualMachine(ex, tvm.cpu())

@@ -51,6 +51,7 @@ def test_fashion_mnist_missing_says_how_to_install(monkeypatch, tmp_path):
         data.fashion_mnist("train")
 
 
+@pytest.mark.host
 def test_reduced_fashion_mnist_table(one_thread, tmp_path):
     xte, yte = _fashion_or_skip()
     row = fashion_mnist_row(REDUCED, log=lambda *_: None, save_qat=str(tmp_path))

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from f8tvm.passes.offset_activations import has_unsigned_dot
-from f8tvm.targets import TARGETS
 from macs import blocked_macs
 
 import f8tvm
 from f8tvm import runtime
 from f8tvm.core.errors import ToolchainError
 from f8tvm.models import get_model
+from f8tvm.passes.offset_activations import has_unsigned_dot
 from f8tvm.reference import run_reference
+from f8tvm.targets import TARGETS
 
 SIZE = 32
 ARM_TARGETS = ["arm", "arm-dotprod"]

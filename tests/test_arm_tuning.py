@@ -11,12 +11,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from f8tvm.targets import TARGETS
 
 import f8tvm
 from f8tvm import runtime
 from f8tvm.models import get_model
 from f8tvm.reference import run_reference
+from f8tvm.targets import TARGETS
 
 SIZE = 32
 KEY = "f8tvm-emulated"
@@ -35,9 +35,8 @@ pytestmark = [
 
 def test_tune_on_emulated_board_via_tracker_then_build_applies_it(rpc_tracker, tmp_path,
                                                                   capsys):
-    from f8tvm.schedules.tuning import anchor_index, open_database
-
     from f8tvm import tune
+    from f8tvm.schedules.tuning import anchor_index, open_database
     from tools.emulated_board import EmulatedBoard
 
     db = str(tmp_path / "db")

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import lower_program, make_small_net, relax_main
-from f8tvm.targets import TARGETS, get_target
-from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 
 import f8tvm
 from f8tvm import pipeline
 from f8tvm.core.errors import AuditError, InputError
 from f8tvm.reference import run_reference
+from f8tvm.targets import TARGETS, get_target
+from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 from tools import bench, peak
 
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
@@ -76,10 +76,9 @@ def test_mul32_is_bit_exact_with_shift_build_and_reference(small_builds):
 def test_multiplier_requantize_equals_shift_on_ties_and_extremes(shift):
     """emit_requantize with and without RequantizeWithMultiplier, on accumulators that include
     exact ties (odd multiples of 2**(r-1)), negatives and the int32 extremes."""
+    from f8tvm.core._tvm import compile_relax, relax, tvm
     from f8tvm.passes.quantize_to_integer import emit_requantize
     from f8tvm.passes.requantize_multiplier import RequantizeWithMultiplier
-
-    from f8tvm.core._tvm import compile_relax, relax, tvm
 
     shift = np.asarray(shift)
     shape = (1, 4, 8, 8)
@@ -147,16 +146,14 @@ def test_mul32_program_fails_the_default_audit(small_builds):
 def _with_small_net(monkeypatch):
     """``--models smallnet``: conftest's SmallNet (16x16) besides the zoo, so the local bench
     test builds its two f8tvm systems in seconds, not the minute of two ResNet-18 builds."""
-    import f8tvm.models as zoo
-
-    real = zoo.get_model
+    real = bench.get_model
 
     def get_model(name, **kw):
         if name == "smallnet":
             return make_small_net(), SimpleNamespace(input_size=16)
         return real(name, **kw)
 
-    monkeypatch.setattr(zoo, "get_model", get_model)
+    monkeypatch.setattr(bench, "get_model", get_model)
 
 
 def test_bench_local_json_png_and_table(tmp_path, monkeypatch, capsys):

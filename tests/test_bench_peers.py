@@ -11,9 +11,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 from torch import nn
 
+from f8tvm.targets.cpu import INT8_FLAGS, read_cpuinfo
 from tools import bench, bench_peers, isa_profile, peak
 
 HAVE_ORT = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx"))

@@ -64,9 +64,8 @@ def test_build_rejects_unknown_model_and_missing_weights(tmp_path):
 
 
 def test_module_for_another_cpu_builds_with_a_note_and_runs_nowhere_here(tmp_path):
-    from f8tvm.targets import TARGETS
-
     from f8tvm.runtime import missing_cpu_flags
+    from f8tvm.targets import TARGETS
 
     foreign = [t for t in ("x86-avx512", "x86-avxvnni") if missing_cpu_flags(
         TARGETS[t].cpu_flags)]

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from f8tvm.passes.clip_after_requantize import clip_after_requantize, value_bounds
-from f8tvm.passes.quantize_to_integer import emit_requantize
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import bindings
 from f8tvm.core.fixedpoint import rq_reference
+from f8tvm.passes.clip_after_requantize import clip_after_requantize, value_bounds
+from f8tvm.passes.quantize_to_integer import emit_requantize
 
 R = relax.op
 C_IN, C_OUT, HW = 6, 5, 4
@@ -63,6 +63,7 @@ def _inputs(rng):
 SHIFTS = np.array([9, 4, 0, -2, 11])
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("upper", ["relu", "relu6_past_range", "relu6_inside_range"])
 def test_moved_clip_is_bit_exact(signed, upper):

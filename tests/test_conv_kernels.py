@@ -7,14 +7,14 @@ import re
 
 import numpy as np
 import pytest
+from kernel_ref import block, conv, unblock
+
+from f8tvm.core._tvm import te, tvm
 from f8tvm.passes.audit_multiplies import audit_module
 from f8tvm.passes.pack_channel_blocks import pack_conv_weight
 from f8tvm.passes.packed_kernels import conv2d_nchwc
 from f8tvm.schedules import default_schedule, find_dot
 from f8tvm.targets import get_target
-from kernel_ref import block, conv, unblock
-
-from f8tvm.core._tvm import te, tvm
 
 LANES, DEPTH = 8, 2
 

@@ -4,14 +4,14 @@ counts its MACs (phantom column of an odd kernel width included)."""
 
 import numpy as np
 import pytest
+from kernel_ref import block, conv, unblock
+
+from f8tvm.core._tvm import post_order_visit, te, tvm
 from f8tvm.passes.audit_multiplies import audit_module
 from f8tvm.passes.pack_channel_blocks import pack_depthwise_pairs
 from f8tvm.passes.packed_kernels import depthwise_pairs_nchwc
 from f8tvm.schedules import default_schedule, find_dot
 from f8tvm.targets import get_target
-from kernel_ref import block, conv, unblock
-
-from f8tvm.core._tvm import post_order_visit, te, tvm
 
 LANES = 8
 

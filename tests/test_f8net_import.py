@@ -194,6 +194,7 @@ def test_unknown_architecture_config_and_mode(r18_sd):
         load_checkpoint(r18_sd, "resnet18", avgpool="mean")
 
 
+@pytest.mark.host
 def test_build_cli_with_checkpoint(tmp_path):
     """``python -m f8tvm.build --model mobilenet_v1 --f8net-checkpoint X`` end to end."""
     from f8tvm.build import main

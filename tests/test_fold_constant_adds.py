@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_small_net, relax_main, run_relax
-from f8tvm.passes.fold_constant_adds import fold_constant_adds
-from f8tvm.passes.quantize_to_integer import emit_rounding_shift, match_rounding_right_shift
-from f8tvm.targets import get_target
 
 from f8tvm import api, pipeline
 from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import bindings, is_call
 from f8tvm.core.fixedpoint import rq_reference
 from f8tvm.core.graph import extract_graph
+from f8tvm.passes.fold_constant_adds import fold_constant_adds
+from f8tvm.passes.quantize_to_integer import emit_rounding_shift, match_rounding_right_shift
 from f8tvm.reference import quantize_input, run_reference
+from f8tvm.targets import get_target
 
 R = relax.op
 
@@ -22,6 +22,7 @@ def _ops(func):
     return [b.value.op.name for b in bindings(func) if isinstance(b.value, relax.Call)]
 
 
+@pytest.mark.host
 def test_rounding_shift_is_ties_to_even_everywhere():
     # every value in a window of 4 periods around 0 and around both int32 ends (ties, the
     # values next to them, negatives), for right shifts 0..12, one per channel; plus left shifts
@@ -62,6 +63,7 @@ def _bias_then_round(bias, shift, extra=None):
     return body
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("chain", [False, True])
 def test_bias_folds_into_the_rounding_offset(chain):
     c = 4
@@ -107,6 +109,7 @@ def test_left_alone_when_used_twice_or_when_the_sum_overflows():
         assert stats["folded"] == 0 and out.same_as(mod["main"])
 
 
+@pytest.mark.host
 def test_every_conv_takes_one_offset_add_and_stays_exact():
     # the small net, packed for x86: a requantize right after a conv adds one constant (bias and
     # rounding offset) to the accumulator, and the module stays bit-exact

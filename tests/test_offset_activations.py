@@ -4,13 +4,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import lower_program, make_small_net, run_relax
-from f8tvm.passes.offset_activations import (
-    OffsetUnsignedActivations,
-    has_unsigned_dot,
-    offset_for_target,
-)
-from f8tvm.passes.quantize_to_integer import QuantizeToInteger
-from f8tvm.targets import TARGETS, get_target
 
 from f8tvm.api import import_model
 from f8tvm.calibrate import calibrate
@@ -18,7 +11,14 @@ from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax
 from f8tvm.core.bindings import bindings
 from f8tvm.core.graph import extract_graph
+from f8tvm.passes.offset_activations import (
+    OffsetUnsignedActivations,
+    has_unsigned_dot,
+    offset_for_target,
+)
+from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.reference import quantize_input, run_reference
+from f8tvm.targets import TARGETS, get_target
 
 R = relax.op
 
@@ -63,6 +63,7 @@ def test_no_unsigned_dot_remains(program):
     assert _tvm.tensor_dtype(omod["main"].params[0]) == _tvm.tensor_dtype(qmod["main"].params[0])
 
 
+@pytest.mark.host
 def test_offset_program_is_bit_exact_with_numpy_reference(program):
     graph, plan, qmod, omod = program
     rng = np.random.default_rng(11)
@@ -85,6 +86,7 @@ def test_offset_program_audit_only_8bit_macs(program):
     assert after.macs_8bit == before.macs_8bit > 0
 
 
+@pytest.mark.host
 def test_other_consumers_and_extreme_values_stay_exact():
     """u feeds a padded conv, a dense-like matmul *and* the output; the conv result feeds its
     bias add *and* the output: all outputs unchanged, for u over the full [0, 255] range."""

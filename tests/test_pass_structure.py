@@ -11,6 +11,12 @@ import numpy as np
 import pytest
 import tvm
 import tvm_ffi
+from tvm.script import ir as I  # noqa: E741  (TVM's spelling)
+from tvm.script import relax as R
+
+from f8tvm.core.errors import UnsupportedOpError
+from f8tvm.core.graph import extract_graph
+from f8tvm.core.plan import FixedPointPlan, LayerPlan
 from f8tvm.passes.clip_after_requantize import ClipAfterRequantize
 from f8tvm.passes.fold_batchnorm import FoldBatchNorm
 from f8tvm.passes.fold_constant_adds import FoldConstantAdds
@@ -18,12 +24,6 @@ from f8tvm.passes.offset_activations import OffsetUnsignedActivations, offset_fo
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.passes.requantize_multiplier import RequantizeWithMultiplier
 from f8tvm.targets import get_target
-from tvm.script import ir as I  # noqa: E741  (TVM's spelling)
-from tvm.script import relax as R
-
-from f8tvm.core.errors import UnsupportedOpError
-from f8tvm.core.graph import extract_graph
-from f8tvm.core.plan import FixedPointPlan, LayerPlan
 
 
 def _names(mod):

@@ -4,9 +4,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import lower_program, lower_unscheduled, make_small_net, relax_main, run_relax
-from f8tvm.passes.audit_multiplies import audit_module, check_module
-from f8tvm.passes.fold_batchnorm import FoldBatchNorm
-from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 
 from f8tvm.api import import_model
 from f8tvm.calibrate import calibrate
@@ -16,6 +13,9 @@ from f8tvm.core.bindings import bindings
 from f8tvm.core.errors import AuditError, UnsupportedOpError
 from f8tvm.core.graph import extract_graph
 from f8tvm.frontend.torch_import import import_torch
+from f8tvm.passes.audit_multiplies import audit_module, check_module
+from f8tvm.passes.fold_batchnorm import FoldBatchNorm
+from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.reference import quantize_input, run_reference
 
 
@@ -31,6 +31,7 @@ def _run(mod, *args):
     return run_relax(mod, *args)[0]
 
 
+@pytest.mark.host
 def test_fold_batchnorm_keeps_names_and_numerics(small_net):
     x = torch.randn(1, 3, 16, 16)
     mod, _ = import_torch(small_net, x)
@@ -74,6 +75,7 @@ def test_quantize_to_integer_structure(quantized):
     assert convs == len(graph.layers()) == 4
 
 
+@pytest.mark.host
 def test_quantize_to_integer_is_bit_exact_with_numpy_reference(quantized):
     _, _, _, graph, plan, qmod = quantized
     rng = np.random.default_rng(3)
@@ -84,6 +86,7 @@ def test_quantize_to_integer_is_bit_exact_with_numpy_reference(quantized):
         assert np.array_equal(got, run_reference(graph, plan, q))
 
 
+@pytest.mark.host
 def test_integer_program_tracks_float_model(quantized):
     net, _, _, graph, plan, qmod = quantized
     x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype("float32")
@@ -215,6 +218,7 @@ def _pool_dtypes(func):
             if isinstance(b.value, relax.Call) and b.value.op.name == "relax.nn.max_pool2d"}
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("scheme", ["f8net", "mse"])
 def test_max_pool_runs_on_8bit_when_all_consumers_quantize(scheme):
     net = _PoolNet().eval()

@@ -147,6 +147,7 @@ def test_alpha_learns_through_pact_gradient(trained):
     assert all(g is not None for g in grads) and any(float(g) != 0 for g in grads)
 
 
+@pytest.mark.host
 def test_compiled_module_reproduces_qat_model_exactly(trained):
     name, _, q, shape, signed, losses = trained
     assert np.all(np.isfinite(losses))

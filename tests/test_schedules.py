@@ -6,9 +6,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import asm_functions, module_asm
-from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
-from f8tvm.passes.quantize_to_integer import QuantizeToInteger
-from f8tvm.targets import DotSpec, get_target
 
 import f8tvm
 from f8tvm import api
@@ -17,7 +14,10 @@ from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import bindings
 from f8tvm.core.errors import UnsupportedCPUError
 from f8tvm.core.graph import extract_graph
+from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
+from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.reference import quantize_input, run_reference
+from f8tvm.targets import DotSpec, get_target
 
 SIZE = 16
 
@@ -222,9 +222,8 @@ def test_kernels_take_each_constant_once(net, calib):
 def test_elementwise_kernel_is_one_pass():
     # a stand-alone requantize (ResNet's residual sums feed one): every op inlined, one loop nest
     # and no intermediate tensor; the max pool reads its padded input inline too
-    from f8tvm.schedules import default_schedule
-
     from f8tvm.core._tvm import te, tir
+    from f8tvm.schedules import default_schedule
 
     shape = (1, 2, 5, 6, 8)
     acc = te.placeholder(shape, "int32", name="acc")

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import asm_functions, module_asm
-from f8tvm.schedules import default_schedule, find_dot, kernel_kind
-from f8tvm.schedules.cpu import _divisors, default_conv_tiles
 
 import f8tvm
 from f8tvm import pipeline
@@ -19,6 +17,8 @@ from f8tvm.core import _tvm
 from f8tvm.core._tvm import tvm
 from f8tvm.reference import quantize_input, run_reference
 from f8tvm.runtime import Module
+from f8tvm.schedules import default_schedule, find_dot, kernel_kind
+from f8tvm.schedules.cpu import _divisors, default_conv_tiles
 from tools import emulated_x86 as emu
 
 SIZE = 16
