@@ -75,10 +75,9 @@ def pack(int_mod, target: TargetPreset, requantize: str = "shift", info: dict | 
     any); ``requantize="multiplier"``: the comparison build's fixed-point multiplier requantize
     (``info``, a dict, receives its count under ``rewritten``); last, the constant adds folded
     (bias + rounding offset: one add per output vector)."""
-    dot = find_dot(target.dot_instruction)
     packed = int_mod
-    if dot is not None:
-        packed = PackChannelBlocks(dot.spec)(int_mod)
+    if target.dot is not None:
+        packed = PackChannelBlocks(target.dot, target.activations)(int_mod)
     if requantize == "multiplier":
         packed = RequantizeWithMultiplier(info)(packed)
     return FoldConstantAdds()(packed)
@@ -95,7 +94,7 @@ def schedule(fused, target: TargetPreset, tuning_db: str | None = None,
     our default schedules elsewhere); ``info`` (a dict) receives what was tuned."""
     tvm_target = target.tvm()
     with tvm_target:
-        scheduled, tuned = apply_database(fused, tvm_target, find_dot(target.dot_instruction),
+        scheduled, tuned = apply_database(fused, tvm_target, find_dot(target.dot),
                                           tuning_db, progress)
     if info is not None:
         info.update(tuned)

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     try:
         preset = get_target(target_name)
-        dot = find_dot(preset.dot_instruction)
+        dot = find_dot(preset.dot)
         if dot is None:
             raise F8TVMError(f"target {target_name}: no tunable kernels yet (its dot "
                              f"instruction {preset.dot_instruction!r} has no f8tvm schedule)")

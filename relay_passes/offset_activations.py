@@ -132,4 +132,4 @@ def OffsetUnsignedActivations(mod, ctx):  # noqa: N802  (pass names are PascalCa
 
 def offset_for_target(mod, preset):
     """Apply :func:`OffsetUnsignedActivations` when the target's dot product wants int8 data."""
-    return OffsetUnsignedActivations(mod) if preset.activation_dtype == "int8" else mod
+    return OffsetUnsignedActivations(mod) if preset.activations == "int8" else mod

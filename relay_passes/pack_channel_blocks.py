@@ -382,11 +382,12 @@ class _Packer:
         return t
 
 
-def pack_module(func, spec: DotSpec):
+def pack_module(func, spec: DotSpec, activations: str = "any"):
     """A module with the blocked version of the integer ``main`` (see module doc) and the
-    kernels it calls, for the dot instruction described by ``spec``."""
-    p = _Packer(spec.lanes, spec.depth, spec.unsigned_only, spec.pair_taps, spec.wide_weights,
-                spec.wide_data)
+    kernels it calls, for the dot instruction described by ``spec``; with ``activations``
+    ``'uint8'`` (the target's multiplies take uint8 only) int8 inputs are offset by +128."""
+    p = _Packer(spec.lanes, spec.depth, activations == "uint8", spec.pair_taps,
+                spec.wide_weights, spec.wide_data)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)
@@ -404,12 +405,13 @@ def pack_module(func, spec: DotSpec):
     return p.bb.get()
 
 
-def PackChannelBlocks(spec: DotSpec):  # noqa: N802  (pass names are PascalCase, as in TVM)
+def PackChannelBlocks(spec: DotSpec, activations: str = "any"):  # noqa: N802  (as TVM's)
     """The pass: blocks ``main``'s activations by ``spec.lanes`` channels for a
-    ``spec.depth``-deep dot, in the forms ``spec`` asks for (module doc)."""
+    ``spec.depth``-deep dot, in the forms ``spec`` asks for (module doc); ``activations`` is the
+    target's (:attr:`f8tvm.targets.TargetPreset.activations`)."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackChannelBlocks")
     def _pass(mod, ctx):
-        return pack_module(mod["main"], spec)
+        return pack_module(mod["main"], spec, activations)
 
     return _pass

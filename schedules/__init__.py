@@ -8,7 +8,7 @@ else :func:`default_schedule`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from f8tvm.core._tvm import schedule_of
 from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
@@ -26,8 +26,7 @@ class DotIntrin:
 
     instruction: str  # the machine instruction it lowers to (checked in the asm by tests)
     intrin: str | None  # registered TensorIntrin name for uint8 activations (None: no such form)
-    lanes: int  # output lanes = output-channel block
-    depth: int  # k: input channels reduced per lane per instruction
+    block: tuple  # (lanes, depth): the block its intrinsics are written for
     accumulators: int  # vector registers available for the register tile
     intrin_signed: str | None = None  # for int8 activations, if the instruction has one
     a_cost: float = 1.0  # instructions to broadcast one activation group (shared by oc tiles)
@@ -53,21 +52,24 @@ class DotIntrin:
     # the epilogue's int32 -> 8-bit narrowing of 4 pixels x ``lanes`` channels at once:
     # ``((dtype, lo, hi), intrinsic)`` per clamp it implements; none: LLVM narrows each vector
     narrow: tuple = ()
+    # the target's spec (find_dot): the layout PackChannelBlocks built for these intrinsics
+    spec: DotSpec | None = None
 
     @property
     def wide_data(self) -> bool:
-        return self.wide_data_intrin is not None
+        return self.spec.wide_data
 
     @property
-    def spec(self) -> DotSpec:
-        """The layout this instruction wants the program in (for PackChannelBlocks)."""
-        return DotSpec(self.lanes, self.depth, unsigned_only=self.intrin_signed is None,
-                       pair_taps=self.pair_taps, wide_weights=self.wide_intrin is not None,
-                       wide_data=self.wide_data)
+    def lanes(self) -> int:
+        return self.block[0]
+
+    @property
+    def depth(self) -> int:
+        return self.block[1]
 
     @property
     def pair_taps(self) -> bool:
-        return self.dw_pair is not None
+        return self.spec.pair_taps
 
     def narrow_for(self, dtype: str, lo: int, hi: int) -> str | None:
         """The narrowing intrinsic for a ``dtype(clamp(x, lo, hi))`` epilogue, if there is one."""
@@ -96,16 +98,16 @@ class DotIntrin:
 def _x86():
     return {
         # vpdpbusd takes the broadcast and the weight tile as memory operands
-        "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, 16, 4, 24, None, 0.5, 1.0),
+        "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0),
         # AVX-VNNI: the same dot on ymm registers (16 of them: 12 hold accumulators);
         # depthwise convs take window columns in pairs for AVX2's vpmaddwd, on 8-bit pairs
-        "vpdpbusd.ymm": DotIntrin("vpdpbusd", x.AVXVNNI_8x4, 8, 4, 12, None, 0.5, 1.0,
+        "vpdpbusd.ymm": DotIntrin("vpdpbusd", x.AVXVNNI_8x4, (8, 4), 12, None, 0.5, 1.0,
                                   x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
                                   narrow=tuple((form, x.AVX2_NARROW + suffix)
                                                for form, suffix in x.NARROW_FORMS.items())),
         # AVX2: vpbroadcastw + vpmovzxbw per 8-bit activation pair (a widened pair: one
         # broadcast load), vpmovsxbw per int8 weight tile
-        "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, 8, 2, 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
+        "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, (8, 2), 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
                               x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
                               x.AVX2_8x2_W16, x.AVX2_8x2_W16 + "_s8",
                               wide_data_intrin=x.AVX2_8x2_A16,
@@ -122,9 +124,9 @@ def _arm():
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators
-        "sdot": DotIntrin("sdot", None, 8, 4, 12, a.SDOT_8x4, 1.0, 1.0),
+        "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0),
         # smull + saddlp + addp: temporaries need registers too
-        "smull": DotIntrin("smull", None, 8, 4, 8, a.NEON_8x4, 1.0, 2.0),
+        "smull": DotIntrin("smull", None, (8, 4), 8, a.NEON_8x4, 1.0, 2.0),
     }
 
 
@@ -132,17 +134,33 @@ def _table() -> dict:
     return {**_x86(), **_arm()}
 
 
-def find_dot(instruction: str | None) -> DotIntrin | None:
-    """The tensor intrinsic of a target's dot instruction, None when we have no schedule for it
-    yet (the target then gets the generic layout and schedules)."""
-    return _table().get(instruction) if instruction else None
-
-
-def dot_intrin(instruction: str) -> DotIntrin:
+def find_dot(spec: DotSpec | None) -> DotIntrin | None:
+    """The tensor intrinsics of a target's dot instruction (its preset's ``dot``), checked
+    against the layout the spec asks for; None for a target without one (generic layout and
+    schedules)."""
+    if spec is None:
+        return None
     table = _table()
-    if instruction not in table:
-        raise ValueError(f"no tensor intrinsic for {instruction!r}; known: {', '.join(table)}")
-    return table[instruction]
+    if spec.instruction not in table:
+        raise ValueError(f"no tensor intrinsic for {spec.instruction!r}; known: "
+                         f"{', '.join(table)}")
+    dot = table[spec.instruction]
+    checks = ((f"a {dot.lanes}x{dot.depth} block", (spec.lanes, spec.depth) != dot.block, False),
+              ("tap pairs", spec.pair_taps, dot.dw_pair is not None),
+              ("int16 weights", spec.wide_weights, dot.wide_intrin is not None),
+              ("int16 activations", spec.wide_data, dot.wide_data_intrin is not None))
+    missing = [form for form, wanted, have in checks if wanted and not have]
+    if missing:
+        raise ValueError(f"{spec.instruction}: the spec {spec} asks for forms its intrinsics "
+                         f"do not have ({', '.join(missing)})")
+    return replace(dot, spec=spec)
+
+
+def dot_intrin(spec: DotSpec) -> DotIntrin:
+    """:func:`find_dot` for a target that has a dot instruction."""
+    if spec is None:
+        raise ValueError("this target has no dot instruction")
+    return find_dot(spec)
 
 
 def kernel_block(prim_func):

@@ -2,12 +2,12 @@
 
 ARM's 8-bit dot products multiply s8 x s8 (``sdot``) or u8 x u8 (``udot``), never the u8 x s8
 that F8Net's unsigned activations times signed weights would need, so every ARM preset asks for
-int8 activations (``activation_dtype``); the compiler offsets unsigned ones by -128 exactly.
+int8 activations (``activations``); the compiler offsets unsigned ones by -128 exactly.
 ``num-cores`` is required by MetaSchedule; 4 matches the common boards (Raspberry Pi 4/5, RK3588
 little cluster).
 """
 
-from .base import TargetPreset
+from .base import DotSpec, TargetPreset
 
 AARCH64_CXX = "aarch64-linux-gnu-g++"
 ARMV7_CXX = "arm-linux-gnueabihf-g++"
@@ -20,9 +20,9 @@ PRESETS = [
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
         # 8-bit widening multiply (smull .8b: s8 x s8 -> s16) + pairwise adds into int32
-        dot_instruction="smull",
+        dot=DotSpec("smull", 8, 4),
         isa="NEON",
-        activation_dtype="int8",
+        activations="int8",
         description="aarch64 (Armv8-A) with NEON: Cortex-A53/A72 (Raspberry Pi 3/4)",
     ),
     TargetPreset(
@@ -31,9 +31,9 @@ PRESETS = [
                     "mattr": ["+neon", "+dotprod"], "num-cores": 4},
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
-        dot_instruction="sdot",
+        dot=DotSpec("sdot", 8, 4),
         isa="NEON dotprod",
-        activation_dtype="int8",
+        activations="int8",
         description="aarch64 Armv8.2-A+ with the dot product: Cortex-A55/A76 (Raspberry Pi 5)",
     ),
     TargetPreset(
@@ -45,9 +45,9 @@ PRESETS = [
         # TVM 0.27's NEON int8 intrinsic is aarch64-only (it aborts LLVM on armv7), so armv7
         # kernels stay generic NCHW loops whose products are 8-bit (LLVM may use vmull.s8):
         # no dot instruction, no channel-blocked layout.
-        dot_instruction=None,
+        dot=None,
         isa="NEON (generic loops)",
-        activation_dtype="int8",
+        activations="int8",
         description="32-bit Armv7-A, NEON, hard-float: Cortex-A7/A9/A15 (Raspberry Pi 2)",
     ),
 ]

@@ -10,15 +10,19 @@ from f8tvm.core.errors import ToolchainError
 
 @dataclass(frozen=True)
 class DotSpec:
-    """What a dot-product instruction wants the program to look like: the channel-blocked
-    layout PackChannelBlocks builds for it (the schedules' intrinsics then fill it in)."""
+    """A target's dot-product instruction and the program it wants: the channel-blocked layout
+    PackChannelBlocks builds for it (the schedules' intrinsics then fill it in)."""
 
+    instruction: str  # e.g. 'vpdpbusd', 'sdot' (the schedules' intrinsic table is keyed by it)
     lanes: int  # output channels per block (the instruction's output lanes)
     depth: int  # input channels reduced per lane per instruction
-    unsigned_only: bool = False  # uint8 activations only: int8 ones are offset by +128
     pair_taps: bool = False  # depthwise convs in the tap-pair form
     wide_weights: bool = False  # int16 weights where they pay
     wide_data: bool = False  # conv inputs copied widened to int16
+
+
+# the 8-bit activations a target's multiplies take (TargetPreset.activations)
+ACTIVATIONS = ("uint8", "int8", "any")
 
 
 @dataclass(frozen=True)
@@ -26,17 +30,27 @@ class TargetPreset:
     name: str
     tvm_target: dict  # TVM 0.27 JSON-dict target
     cross_compiler: str | None  # executable name, None = host compiler
-    dot_instruction: str | None  # e.g. 'vpdpbusd', 'sdot'
+    dot: DotSpec | None  # its dot-product instruction; None: generic layout and loops
     isa: str  # the instruction set of that dot product, as reports name it: 'AVX-512 VNNI'
     description: str = ""
     compiler_package: str | None = None  # Debian package that provides cross_compiler
-    # dtype of the 8-bit activations fed to conv/dense.  x86 VNNI multiplies u8 x s8, so F8Net's
-    # unsigned activations go in as they are; ARM's sdot (and smull) want s8 x s8, so on ARM the
-    # compiler offsets them into int8 (relay_passes/offset_activations.py).
-    activation_dtype: str = "uint8"
+    # The 8-bit activations its multiplies take, the one fact both offsets follow (both exact):
+    # 'uint8' (x86 VNNI: u8 x s8): int8 ones are offset by +128 when packed
+    # (relay_passes/pack_channel_blocks.py); 'int8' (ARM sdot, smull: s8 x s8): F8Net's unsigned
+    # ones are offset by -128 (relay_passes/offset_activations.py); 'any' (AVX2 vpmaddwd).
+    activations: str = "uint8"
     # Linux /proc/cpuinfo flags the generated code needs; the runtime checks them when it loads
     # a module on this machine (instead of dying on an illegal instruction)
     cpu_flags: tuple = ()
+
+    def __post_init__(self):
+        if self.activations not in ACTIVATIONS:
+            raise ValueError(f"target {self.name}: activations {self.activations!r} is not one "
+                             f"of {', '.join(ACTIVATIONS)}")
+
+    @property
+    def dot_instruction(self) -> str | None:
+        return self.dot.instruction if self.dot is not None else None
 
     def tvm(self):
         from f8tvm.core import _tvm  # lazy: the runtime reads presets without the TVM compiler

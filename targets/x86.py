@@ -2,15 +2,18 @@
 AVX-512 with VNNI (``vpdpbusd``, u8 x s8) and AVX2 with AVX-VNNI (the same ``vpdpbusd`` on ymm
 registers)."""
 
-from .base import TargetPreset
+from .base import DotSpec, TargetPreset
 
 PRESETS = [
     TargetPreset(
         name="x86",
         tvm_target={"kind": "llvm", "mcpu": "haswell", "num-cores": 2},
         cross_compiler=None,
-        dot_instruction="vpmaddwd",
+        # 16-bit multiplies of 8-bit values: both activation types; depthwise convs take two
+        # window columns per dot, 1x1 weights and conv inputs are stored widened
+        dot=DotSpec("vpmaddwd", 8, 2, pair_taps=True, wide_weights=True, wide_data=True),
         isa="AVX2",
+        activations="any",
         description="x86-64 with AVX2 (Haswell and newer)",
         cpu_flags=("avx2", "fma", "bmi2"),
     ),
@@ -18,7 +21,7 @@ PRESETS = [
         name="x86-avx512",
         tvm_target={"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2},
         cross_compiler=None,
-        dot_instruction="vpdpbusd",
+        dot=DotSpec("vpdpbusd", 16, 4),
         isa="AVX-512 VNNI",
         description="x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4/5)",
         cpu_flags=("avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
@@ -28,7 +31,8 @@ PRESETS = [
         name="x86-avxvnni",
         tvm_target={"kind": "llvm", "mcpu": "alderlake", "num-cores": 2},
         cross_compiler=None,
-        dot_instruction="vpdpbusd.ymm",
+        # depthwise convs in AVX2's tap pairs (vpmaddwd on 8-bit pairs)
+        dot=DotSpec("vpdpbusd.ymm", 8, 4, pair_taps=True),
         isa="AVX-VNNI",
         description="x86-64 with AVX2 and AVX-VNNI, no AVX-512 (Alder Lake and later client "
                     "cores)",

@@ -10,7 +10,7 @@ def blocked_macs(cm):
     not from the kernels)."""
     from f8tvm.schedules import dot_intrin
 
-    dot = dot_intrin(cm.target.dot_instruction)
+    dot = dot_intrin(cm.target.dot)
 
     def up(n, b):
         return -(-n // b) * b

@@ -227,11 +227,11 @@ def test_presets_name_target_compiler_instruction():
     ]:
         p = TARGETS[name]
         assert p.tvm_target["mtriple"] == triple and p.tvm_target["num-cores"] >= 1
-        assert (p.cross_compiler, p.compiler_package, p.activation_dtype) == (cxx, pkg, "int8")
+        assert (p.cross_compiler, p.compiler_package, p.activations) == (cxx, pkg, "int8")
         assert str(p.tvm().kind) == "llvm"
     assert "+dotprod" in TARGETS["arm-dotprod"].tvm_target["mattr"]
     assert TARGETS["arm-dotprod"].dot_instruction == "sdot"
-    assert TARGETS["x86"].activation_dtype == "uint8"  # VNNI is u8 x s8: no offset on x86
+    assert TARGETS["x86-avx512"].activations == "uint8"  # VNNI is u8 x s8: no offset on x86
 
 
 _VECTOR_MUL = (r"^\s+([su]?ml[as]l?2?|[su]?mull?2?|[su]?dot|sq\w*mulh?|mul|fmul\w*|fml[as]\w*)"

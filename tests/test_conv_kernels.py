@@ -14,7 +14,7 @@ from f8tvm.passes.audit_multiplies import audit_module
 from f8tvm.passes.pack_channel_blocks import pack_conv_weight
 from f8tvm.passes.packed_kernels import conv2d_nchwc
 from f8tvm.schedules import default_schedule, find_dot
-from f8tvm.targets import get_target
+from f8tvm.targets import TARGETS, get_target
 
 LANES, DEPTH = 8, 2
 
@@ -43,7 +43,7 @@ def test_conv_kernel_is_exact_and_uses_vpmaddwd(cin, cout, h, w, k, stride, pad,
     kernel = te.placeholder(packed.shape, w_dtype, name="kernel")
     out = conv2d_nchwc(data, kernel, (stride, stride), pad, (1, 1), 0, wide_data)
     mod = tvm.IRModule({"main": default_schedule(
-        te.create_prim_func([data, kernel, out]), find_dot("vpmaddwd")
+        te.create_prim_func([data, kernel, out]), find_dot(TARGETS["x86"].dot)
     ).with_attr("global_symbol", "main")})
     lib = tvm.compile(mod, target=get_target("x86").tvm())
     dev = tvm.cpu()
@@ -90,7 +90,7 @@ def test_narrowing_epilogue_is_exact(dtype, lo, hi, width):
     clamped = te.compute(acc.shape, lambda *i: tir.max(tir.min(shifted(*i), hi), lo),
                          name="clamped")
     out = te.compute(acc.shape, lambda *i: clamped(*i).astype(dtype), name="out")
-    func = default_schedule(te.create_prim_func([data, kernel, out]), find_dot("vpmaddwd"))
+    func = default_schedule(te.create_prim_func([data, kernel, out]), find_dot(TARGETS["x86"].dot))
     assert ("llvm.x86.avx2.permd" in func.script()) == (width % 4 == 0)
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     lib = tvm.compile(mod, target=get_target("x86").tvm())

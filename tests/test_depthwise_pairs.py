@@ -11,7 +11,7 @@ from f8tvm.passes.audit_multiplies import audit_module
 from f8tvm.passes.pack_channel_blocks import pack_depthwise_pairs
 from f8tvm.passes.packed_kernels import depthwise_pairs_nchwc
 from f8tvm.schedules import default_schedule, find_dot
-from f8tvm.targets import get_target
+from f8tvm.targets import TARGETS, get_target
 
 LANES = 8
 
@@ -21,7 +21,7 @@ def _build(shape, kernel_shape, kw, stride, pad, dtype, wide):
     kernel = te.placeholder(kernel_shape, "int16" if wide else "int8", name="kernel")
     out = depthwise_pairs_nchwc(data, kernel, kw, (stride, stride), pad, (1, 1), 0, wide)
     func = te.create_prim_func([data, kernel, out])
-    sched = default_schedule(func, find_dot("vpmaddwd"))
+    sched = default_schedule(func, find_dot(TARGETS["x86"].dot))
     mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
     return mod, tvm.compile(mod, target=get_target("x86").tvm()), [int(v) for v in out.shape]
 

@@ -119,5 +119,5 @@ def test_only_int8_targets_are_offset(program):
     _, _, qmod, _ = program
     assert offset_for_target(qmod, get_target("x86")) is qmod
     for name in ("arm", "arm-dotprod", "armv7"):
-        assert TARGETS[name].activation_dtype == "int8"
+        assert TARGETS[name].activations == "int8"
         assert not has_unsigned_dot(offset_for_target(qmod, TARGETS[name]))

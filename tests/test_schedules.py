@@ -1,6 +1,7 @@
 """Fast kernels: blocked layout pass, tensorized schedules, tuning database, RPC measurement."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from f8tvm.core.graph import extract_graph
 from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.reference import quantize_input, run_reference
-from f8tvm.targets import DotSpec, get_target
+from f8tvm.schedules import find_dot
+from f8tvm.targets import TARGETS, DotSpec, get_target
 
 SIZE = 16
 
@@ -58,7 +60,8 @@ def test_blocked_program_is_bit_exact(net, calib, unsigned_only):
 
     plan = calibrate(graph, calib)
     assert plan.input_signed  # randn input: the offset path is exercised
-    packed = PackChannelBlocks(DotSpec(8, 2, unsigned_only))(QuantizeToInteger(graph, plan)(mod))
+    packed = PackChannelBlocks(DotSpec("vpmaddwd", 8, 2), "uint8" if unsigned_only else "any")(
+        QuantizeToInteger(graph, plan)(mod))
     ops = [b.value.op.name for b in bindings(packed["main"])
            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
     assert "relax.nn.conv2d" in ops  # only the grouped conv stays on the generic path
@@ -178,7 +181,7 @@ def test_residual_epilogue_runs_at_the_register_tile(calib):
     net = _ResidualNet().eval()
     x = torch.randn(1, 3, SIZE, SIZE)
     fused, preset = api.fuse(net, x, "x86", calib)
-    dot = find_dot(preset.dot_instruction)
+    dot = find_dot(preset.dot)
     residual = 0
     for _, f in fused.functions_items():
         if not isinstance(f, tvm.tirx.PrimFunc) or kernel_kind(f) != "conv":
@@ -257,7 +260,7 @@ def tuned_db(net, calib, tmp_path_factory):
     fused, preset = api.fuse(net, torch.randn(1, 3, SIZE, SIZE), "x86", calib)
     tasks = extract_tasks(fused)
     assert {t.kind for t in tasks} == {"conv", "depthwise"}
-    tune(tasks, preset.tvm(), dot_intrin(preset.dot_instruction), db, trials=2)
+    tune(tasks, preset.tvm(), dot_intrin(preset.dot), db, trials=2)
     return db, tasks, preset
 
 
@@ -303,7 +306,7 @@ def test_tuning_measures_on_boards_behind_an_rpc_tracker(net, calib, tmp_path, r
     fused, preset = api.fuse(net, torch.randn(1, 3, SIZE, SIZE), "x86", calib)
     task = [t for t in extract_tasks(fused) if t.kind == "conv"][:1]
     db = str(tmp_path / "db")
-    tune(task, preset.tvm(), dot_intrin(preset.dot_instruction), db, trials=2,
+    tune(task, preset.tvm(), dot_intrin(preset.dot), db, trials=2,
          runner=make_runner(rpc_tracker.address, "f8tvm-test"))
     assert len(anchor_index(open_database(db))) == 1  # measured (valid latency) over RPC
 
@@ -326,3 +329,23 @@ def test_host_target_follows_the_cpu_flags(monkeypatch, flags, expected):
         path, *a, **k))
     assert targets.host_target_name() == expected
     assert get_target("host").name == expected
+
+
+@pytest.mark.unit
+def test_each_preset_names_its_dot_spec_once_and_the_intrinsics_serve_it():
+    """A target's dot instruction, block and forms are its preset's ``dot`` (the layout pass
+    and the schedules both read it); the schedules' intrinsics are checked against it."""
+    for preset in TARGETS.values():
+        dot = find_dot(preset.dot)
+        assert (dot is None) == (preset.dot is None), preset.name
+        if dot is not None:
+            assert dot.spec is preset.dot
+            assert (dot.lanes, dot.depth) == (preset.dot.lanes, preset.dot.depth)
+    with pytest.raises(ValueError, match="tap pairs"):
+        find_dot(DotSpec("vpdpbusd", 16, 4, pair_taps=True))
+    with pytest.raises(ValueError, match="a 8x4 block"):
+        find_dot(DotSpec("sdot", 16, 4))
+    with pytest.raises(ValueError, match="no tensor intrinsic for 'tdpbusd'"):
+        find_dot(DotSpec("tdpbusd", 16, 64))
+    with pytest.raises(ValueError, match="activations 'int4'"):
+        replace(TARGETS["x86"], activations="int4")

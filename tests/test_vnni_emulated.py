@@ -114,7 +114,7 @@ def test_vnni_conv_tiles_are_exact_on_emulated_cpu(vnni_build, tmp_path):
     the same PrimFunc unscheduled, compiled for this CPU."""
     cm = vnni_build
     preset = cm.target
-    dot = find_dot(preset.dot_instruction)
+    dot = find_dot(preset.dot)
     fused = pipeline.fuse(pipeline.pack(cm.int_mod, preset), preset)
     rng = np.random.default_rng(3)
     checked = 0
