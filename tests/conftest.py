@@ -17,8 +17,8 @@ if ROOT not in sys.path:
 
 
 # ----------------------------------------------------------------------------- test tiers
-# Every test is in one tier (README, "Tests").  CI runs all but opt-in; ``pytest tests -m optin``
-# runs opt-in alone, ``-m unit`` the tier that needs no TVM build, and so on.
+# Every test is in one tier (README, "Test tiers").  CI runs all but opt-in;
+# ``pytest tests -m optin`` runs opt-in alone, ``-m unit`` the tier that needs no TVM build, ...
 TIERS = {
     "unit": "no build: pure Python, NumPy, torch and Relax rewrites (a TVM build fails the test)",
     "host": "builds with TVM and runs on this CPU (small inputs)",

@@ -4,6 +4,7 @@ op's format through it, and only through it.  No build: pure Python and NumPy (a
 the models).
 """
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -186,3 +187,35 @@ def test_every_source_decides_non_layer_formats_by_the_rule(planned):
         if f.clip_hi is not None:
             assert np.array_equal(plan.clip_hi[n.name], f.clip_hi), (source, n.name)
     assert ops == OPS[source]
+
+
+def test_every_source_hands_over_a_frozen_plan(planned):
+    """The plan is the one hand-off: no consumer can change a decision in it."""
+    source, graph, plan, _, _ = planned
+    out = graph.output
+    layer = next(iter(plan.layers.values()))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.input_fl = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layer.in_fl = 3
+    with pytest.raises(TypeError):
+        plan.fl[out] = np.zeros(1)
+    with pytest.raises(TypeError):
+        plan.info["note"] = source
+    for arr in (plan.fl[out], layer.w_int, layer.b_int, layer.w_fl,
+                *plan.clip_hi.values()):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[...] = 0
+    changed = dataclasses.replace(plan, scheme="edited")  # a changed plan is a new plan
+    assert changed.scheme == "edited" and plan.scheme != "edited"
+
+
+def test_nonnegative_follows_relu_clip_and_what_keeps_the_sign():
+    nodes = [Node("x", "input", [], (1, 2, 4, 4)), Node("c", "conv2d", ["x"], (1, 2, 4, 4)),
+             Node("r", "relu", ["c"], (1, 2, 4, 4)), Node("m", "max_pool2d", ["r"], (1, 2, 2, 2)),
+             Node("c2", "conv2d", ["m"], (1, 2, 2, 2)), Node("k", "clip", ["c2"], (1, 2, 2, 2)),
+             Node("a", "add", ["m", "k"], (1, 2, 2, 2)),
+             Node("b", "add", ["a", "c2"], (1, 2, 2, 2)),
+             Node("p", "global_avg_pool", ["a"], (1, 2, 1, 1))]
+    sign = formats.nonnegative(Graph(nodes, "x", "p"))
+    assert [n.name for n in nodes if sign[n.name]] == ["r", "m", "k", "a", "p"]

@@ -3,6 +3,9 @@
 Calibration (PTQ), F8Net checkpoints and QAT produce a plan; the Relax rewrite, the NumPy integer
 reference and the fake-quant model consume it, so all three agree by construction.
 
+A plan is frozen: its maps are read-only views and its arrays read-only, so a consumer cannot
+change a decision behind the others' backs (make a changed plan with ``dataclasses.replace``).
+
 Semantics of a tensor ``t`` in the integer program, with format ``(fl, eta)``:
 ``real(t) = eta * T / 2**fl`` where ``T`` is the stored integer and ``fl`` is per channel (axis 1).
 ``eta`` is F8Net's scale factor (the PACT clipping level folded into the producing layer's
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -61,7 +65,18 @@ SCHEMES = {
 DEFAULT_SCHEME = "mse"
 
 
-@dataclass
+def _frozen(a) -> np.ndarray:
+    """A read-only copy of ``a`` (same dtype)."""
+    a = np.array(a)
+    a.setflags(write=False)
+    return a
+
+
+def _frozen_map(m, value=lambda v: v) -> MappingProxyType:
+    return MappingProxyType({k: value(v) for k, v in dict(m).items()})
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     """A conv2d/dense layer: ``acc = conv(q, w_int) + b_int`` at ``acc_fl = in_fl + w_fl``."""
 
@@ -74,13 +89,19 @@ class LayerPlan:
     eta_in: float
     eta_out: float
 
+    def __post_init__(self):
+        for name in ("w_fl", "w_int", "b_int"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+
     @property
     def acc_fl(self) -> np.ndarray:
         return self.in_fl + self.w_fl
 
 
-@dataclass
+@dataclass(frozen=True)
 class FixedPointPlan:
+    """Every tensor's format and every layer's integers (module doc); frozen."""
+
     scheme: str
     input_fl: int
     input_signed: bool
@@ -89,6 +110,13 @@ class FixedPointPlan:
     layers: dict  # node name -> LayerPlan
     clip_hi: dict = field(default_factory=dict)  # clip node -> np.ndarray[int] per channel
     info: dict = field(default_factory=dict)  # calibration notes (per-stream clip levels ...)
+
+    def __post_init__(self):
+        object.__setattr__(self, "fl", _frozen_map(self.fl, _frozen))
+        object.__setattr__(self, "eta", _frozen_map(self.eta))
+        object.__setattr__(self, "layers", _frozen_map(self.layers))
+        object.__setattr__(self, "clip_hi", _frozen_map(self.clip_hi, _frozen))
+        object.__setattr__(self, "info", _frozen_map(self.info))
 
     def output_format(self, graph) -> tuple[np.ndarray, float]:
         return self.fl[graph.output], self.eta[graph.output]
@@ -113,7 +141,7 @@ class FixedPointPlan:
         return dict(scheme=self.scheme, input_fl=int(self.input_fl),
                     input_signed=bool(self.input_signed), output_fl=compact(fl_out),
                     output_eta=float(eta_out), layers=self.shift_table(graph),
-                    info=self.info)
+                    info=dict(self.info))
 
 
 def compact(arr):
@@ -129,8 +157,12 @@ def _macs(node) -> int:
 
 
 def dumps(obj) -> str:
-    return json.dumps(obj, indent=1,
-                      default=lambda o: o.tolist() if hasattr(o, "tolist") else asdict(o))
+    def plain(o):
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        return dict(o) if isinstance(o, MappingProxyType) else asdict(o)
+
+    return json.dumps(obj, indent=1, default=plain)
 
 
 @runtime_checkable

@@ -55,8 +55,8 @@ class F8NetCheckpoint:
 
     def plan_for(self, graph, progress=None) -> FixedPointPlan:
         """The plan of this checkpoint over ``graph`` (the layer graph of :attr:`model`)."""
-        plan = _plan(graph, self._exported, CONFIGS[self.config], self.info["pool_shift"])
-        plan.info.update(f8net=dict(self.info))
+        plan = _plan(graph, self._exported, CONFIGS[self.config], self.info["pool_shift"],
+                     info={"f8net": dict(self.info)})
         self._graph, self._plan = graph, plan
         return plan
 
@@ -175,7 +175,8 @@ def load_checkpoint(checkpoint, arch: str, config: str = "conventional",
     return F8NetCheckpoint(arch, cfg.name, avgpool, model, x, info, exported)
 
 
-def _plan(graph, exported: dict, cfg: F8NetConfig, pool_shift: int) -> FixedPointPlan:
+def _plan(graph, exported: dict, cfg: F8NetConfig, pool_shift: int,
+          info: dict) -> FixedPointPlan:
     fl, eta, layers = {}, {}, {}
     head = exported["head.0"]
     input_fl = head.in_fl
@@ -204,4 +205,4 @@ def _plan(graph, exported: dict, cfg: F8NetConfig, pool_shift: int) -> FixedPoin
         else:
             raise F8TVMError(f"internal: unexpected op {n.op} in an F8Net graph")
     return FixedPointPlan("f8net-checkpoint", int(input_fl), bool(cfg.normalize), fl, eta,
-                          layers, info={})
+                          layers, info=info)
