@@ -21,8 +21,6 @@ import time
 import numpy as np
 import torch
 from tqdm import tqdm
-from tvm.ir.utils import derived_object
-from tvm.s_tir import meta_schedule as ms
 
 from f8tvm.core.errors import F8TVMError
 from f8tvm.schedules import find_dot
@@ -33,6 +31,7 @@ from f8tvm.schedules.tuning import (
     make_builder,
     make_runner,
     open_database,
+    progress_callback,
     tracker_boards,
     tune,
 )
@@ -62,26 +61,6 @@ def parse_args(argv=None):
     if bool(a.rpc_tracker) != bool(a.device_key):
         p.error("--rpc-tracker and --device-key go together")
     return a
-
-
-def _progress_callback(tasks, bar):
-    best, errors = {}, []
-
-    @derived_object
-    class Progress(ms.measure_callback.PyMeasureCallback):
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
-                  runner_results):
-            for b, r in zip(builder_results, runner_results):
-                secs = [float(s) for s in (r.run_secs or [])]
-                if r.error_msg is None and secs:
-                    lat = sum(secs) / len(secs) * 1e6
-                    best[task_id] = min(best.get(task_id, lat), lat)
-                else:
-                    errors.append(str(b.error_msg or r.error_msg))
-            bar.update(len(runner_results))
-            bar.set_postfix_str(" ".join(f"#{i}:{best[i]:.0f}us" for i in sorted(best)))
-
-    return Progress(), best, errors
 
 
 def main(argv=None) -> int:
@@ -123,7 +102,7 @@ def main(argv=None) -> int:
                      if emulated else ""))
         if a.trials:
             bar = tqdm(total=a.trials * len(tasks), desc="  tuning", unit="trial")
-            cb, best, errors = _progress_callback(tasks, bar)
+            cb, best, errors = progress_callback(bar)
             db = tune(tasks, target, dot, a.db, a.trials,
                       runner=make_runner(a.rpc_tracker, a.device_key),
                       builder=make_builder(preset.cross_compiler), callbacks=[cb], seed=a.seed)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import rpc
 from tvm.driver import build
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from f8tvm.core._tvm import cc, primfuncs, region_tensor, tvm
@@ -301,3 +302,26 @@ def apply_database(fused_mod, target, dot: DotIntrin | None, db_dir: str | None,
                 by_anchor=len(transferred), tunable=len(tuned) + len(transferred) + len(untuned),
                 untuned_kernels=untuned)
     return fused_mod, info
+
+
+def progress_callback(bar):
+    """A MetaSchedule measure callback that advances the tqdm ``bar`` per measured candidate
+    and shows the best latency per task; returns it with the dicts it fills (task id -> best
+    microseconds, and the error messages of failed candidates)."""
+    best, errors = {}, []
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            for b, r in zip(builder_results, runner_results):
+                secs = [float(s) for s in (r.run_secs or [])]
+                if r.error_msg is None and secs:
+                    lat = sum(secs) / len(secs) * 1e6
+                    best[task_id] = min(best.get(task_id, lat), lat)
+                else:
+                    errors.append(str(b.error_msg or r.error_msg))
+            bar.update(len(runner_results))
+            bar.set_postfix_str(" ".join(f"#{i}:{best[i]:.0f}us" for i in sorted(best)))
+
+    return Progress(), best, errors
