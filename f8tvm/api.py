@@ -99,8 +99,8 @@ class CompiledModel:
     def run_int(self, q):
         return self._runtime().run_int(q)
 
-    def run(self, x):
-        return self._runtime().run(x)
+    def run(self, x, allow_nonfinite: bool = False):
+        return self._runtime().run(x, allow_nonfinite)
 
 
 @dataclass

@@ -106,6 +106,8 @@ def parse_args(argv=None) -> BuildArgs:
         p.error(f"--weights: no such file: {a.weights}")
     if a.calib_count is not None and a.calib_count < 1:
         p.error("--calib-count must be >= 1")
+    if a.input_size is not None and a.input_size < 1:
+        p.error(f"--input-size must be >= 1, got {a.input_size}")
     if a.tuning_db and not os.path.isfile(os.path.join(a.tuning_db,
                                                        "database_workload.json")):
         p.error(f"--tuning-db: no tuning database in {a.tuning_db} "

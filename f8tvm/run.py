@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--rpc", metavar="HOST:PORT",
                    help="run on the board whose TVM RPC server listens there")
     a = p.parse_args(argv)
+    if a.top < 1:
+        p.error(f"--top must be >= 1, got {a.top}")
 
     try:
         m = runtime.load(a.module, remote=a.rpc)

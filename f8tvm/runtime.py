@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from f8tvm.core.errors import UnsupportedCPUError
+from f8tvm.core.errors import InputError, UnsupportedCPUError
 from f8tvm.core.fixedpoint import qrange
 from f8tvm.targets.cpu import read_cpuinfo
 
@@ -73,7 +73,7 @@ class Module:
         self._check(q, self.input_dtype, integer=True)
         lo, hi = self.input_range
         if q.size and (q.min() < lo or q.max() > hi):
-            raise ValueError(f"input values must lie in [{lo}, {hi}] for {self.input_dtype}, "
+            raise InputError(f"input values must lie in [{lo}, {hi}] for {self.input_dtype}, "
                              f"got [{q.min()}, {q.max()}]")
         arg = self._tvm.runtime.tensor(np.ascontiguousarray(q.astype(self.input_dtype)),
                                        self.device)
@@ -89,10 +89,22 @@ class Module:
         return out.numpy(), fl
 
     # ------------------------------------------------------------------ float boundary
-    def quantize(self, x):
-        """Float input -> the program's 8-bit input (round half to even, clamp)."""
+    def quantize(self, x, allow_nonfinite: bool = False):
+        """Float input -> the program's 8-bit input (round half to even, clamp).
+
+        NaN or infinity in ``x`` is refused (a :class:`f8tvm.core.errors.InputError` with the
+        count): the program would turn it into confident logits.  ``allow_nonfinite=True``
+        clamps infinities to the 8-bit range and reads NaN as 0 instead."""
         x = np.asarray(x)
         self._check(x, "float32", integer=False)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            if not allow_nonfinite:
+                n_nan = int(np.isnan(x).sum())
+                raise InputError(f"input holds {n_nan} NaN and {int(bad.sum()) - n_nan} infinite "
+                                 f"value(s) of {x.size}; pass allow_nonfinite=True to clamp "
+                                 "infinities and read NaN as 0")
+            x = np.nan_to_num(x, nan=0.0, posinf=np.inf, neginf=-np.inf)
         lo, hi = self.input_range
         # in float32, exactly: scaling by a power of two is exact (an overflow to inf clamps as
         # the large value would; a value pushed below float32's normal range rounds to 0 either
@@ -108,9 +120,10 @@ class Module:
             else self.output_fl.ravel()[0]
         return (acc.astype(np.float64) * self.output_scale * np.exp2(-fl)).astype(np.float32)
 
-    def run(self, x):
-        """Float input (same convention as the PyTorch model) -> float output."""
-        acc, _ = self.run_int(self.quantize(x))
+    def run(self, x, allow_nonfinite: bool = False):
+        """Float input (same convention as the PyTorch model) -> float output
+        (``allow_nonfinite``: see :meth:`quantize`)."""
+        acc, _ = self.run_int(self.quantize(x, allow_nonfinite))
         return self.dequantize(acc)
 
     def benchmark(self, number=10, repeat=5, warmup=2):
@@ -149,14 +162,14 @@ class Module:
 
     def _check(self, x, dtype, integer):
         if tuple(x.shape) != self.input_shape:
-            raise ValueError(f"input shape {tuple(x.shape)} does not match the compiled model's "
+            raise InputError(f"input shape {tuple(x.shape)} does not match the compiled model's "
                              f"{self.input_shape}")
         if integer:
             if not np.issubdtype(x.dtype, np.integer):
-                raise ValueError(f"run_int expects an integer array ({self.input_dtype}), "
+                raise InputError(f"run_int expects an integer array ({self.input_dtype}), "
                                  f"got {x.dtype}")
         elif x.dtype != np.float32:
-            raise ValueError(f"run expects a float32 array, got {x.dtype}")
+            raise InputError(f"run expects a float32 array, got {x.dtype}")
 
 
 class RemoteBoard:

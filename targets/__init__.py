@@ -7,6 +7,8 @@ layout :class:`DotSpec` describes).
 
 from __future__ import annotations
 
+from f8tvm.core.errors import InputError
+
 from .arm import PRESETS as _ARM
 from .base import DotSpec, TargetPreset
 from .cpu import CPUInfo, read_cpuinfo
@@ -29,7 +31,7 @@ def get_target(name: str) -> TargetPreset:
     if name == "host":
         name = host_target_name()
     if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; available: host, {', '.join(TARGETS)}")
+        raise InputError(f"unknown target {name!r}; available: host, {', '.join(TARGETS)}")
     return TARGETS[name]
 
 

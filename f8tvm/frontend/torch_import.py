@@ -68,18 +68,24 @@ def export_program(model, example_input):
                          f"{type(example_input).__name__}")
     if example_input.dtype != torch.float32:
         raise InputError(f"example_input must be float32, got {example_input.dtype}")
-    model = model.eval()
-    with torch.no_grad():
-        try:
-            ep = torch.export.export(model, (example_input,))
-        except Exception as err:  # torch's message is the useful part
-            raise UnsupportedOpError(f"torch.export could not trace the model: {err}") from err
-        with warnings.catch_warnings():
-            # torch 2.13's run_decompositions deep-copies its own tree specs through an API it
-            # deprecated, warning once per module call; nothing the user could change
-            warnings.filterwarnings("ignore", category=FutureWarning,
-                                    message=r".*isinstance\(treespec, LeafSpec\)")
-            return ep.run_decompositions()
+    modes = [(m, m.training) for m in model.modules()]  # the caller's, given back after
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                ep = torch.export.export(model, (example_input,))
+            except Exception as err:  # torch's message is the useful part
+                raise UnsupportedOpError(f"torch.export could not trace the model: {err}") \
+                    from err
+            with warnings.catch_warnings():
+                # torch 2.13's run_decompositions deep-copies its own tree specs through an API
+                # it deprecated, warning once per module call; nothing the user could change
+                warnings.filterwarnings("ignore", category=FutureWarning,
+                                        message=r".*isinstance\(treespec, LeafSpec\)")
+                return ep.run_decompositions()
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class _NamingImporter:
