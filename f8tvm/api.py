@@ -27,7 +27,7 @@ from f8tvm.targets import get_target
 from . import pipeline
 from .calibrate import Calibration
 from .pipeline import REQUANTIZE_MODES
-from .runtime import Module, check_cpu, metadata_path
+from .runtime import Module, check_cpu, library_record, metadata_path
 
 __all__ = ["REQUANTIZE_MODES", "CompiledModel", "GivenPlan", "compile", "fuse", "import_model"]
 
@@ -65,7 +65,8 @@ class CompiledModel:
         )
 
     def export(self, path: str) -> tuple[str, str]:
-        """Write ``path`` (.so) and the ``.json`` beside it, atomically (both or neither)."""
+        """Write ``path`` (.so) and the ``.json`` beside it, atomically (both or neither); the
+        ``.json`` records the ``.so``'s size and SHA-256 (``library``), checked on load."""
         path = os.path.abspath(path)
         if not path.endswith(".so"):
             raise InputError(f"export path must end in .so, got {path}")
@@ -80,8 +81,11 @@ class CompiledModel:
                 kwargs["fcompile"] = cc.cross_compiler(self.target.cross_compiler)
             self.executable.export_library(tmp_so, **kwargs)
             tmp_json = os.path.join(tmp, "model.json")
+            meta = dict(self.metadata(), library=library_record(tmp_so, os.path.basename(path)))
             with open(tmp_json, "w") as f:
-                json.dump(self.metadata(), f, indent=1)
+                json.dump(meta, f, indent=1)
+            # the .so first: a reader between the two renames sees a new .so beside the old
+            # .json, which load() refuses (the .json names the .so's SHA-256)
             os.replace(tmp_so, path)
             os.replace(tmp_json, meta_path)
         finally:

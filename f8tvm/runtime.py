@@ -12,8 +12,10 @@ is uploaded to the board's RPC server and executed there; quantization stays on 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
+import platform
 import time
 
 import numpy as np
@@ -22,12 +24,72 @@ from f8tvm.core.errors import InputError, UnsupportedCPUError
 from f8tvm.core.fixedpoint import qrange
 from f8tvm.targets.cpu import read_cpuinfo
 
-__all__ = ["Module", "RemoteBoard", "check_cpu", "connect", "load", "missing_cpu_flags"]
+__all__ = ["Module", "RemoteBoard", "check_cpu", "check_library", "connect", "library_record",
+           "load", "missing_cpu_flags"]
 
 
 def metadata_path(so_path: str) -> str:
     """The ``.json`` that sits beside a module's ``.so``."""
     return os.path.splitext(so_path)[0] + ".json"
+
+
+# ELF e_machine -> architecture, and what Python's platform.machine() calls them
+_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
+_HOST_MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "arm", "armv8l": "arm"}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_record(so_path: str, name: str | None = None) -> dict:
+    """The ``.json``'s ``library`` entry for a ``.so``: file name, size and SHA-256, which
+    :func:`load` checks before loading."""
+    return {"file": name or os.path.basename(so_path), "size": os.path.getsize(so_path),
+            "sha256": _sha256(so_path)}
+
+
+def check_library(path: str, meta: dict, meta_path: str, local: bool = True) -> None:
+    """Refuse, by name, a ``.so`` that is not the one its ``.json`` describes (another build's,
+    or truncated), one that is no shared library, and (``local``) one built for another
+    architecture: each would otherwise crash the process or give wrong results."""
+    size = os.path.getsize(path)
+    rec = meta.get("library")
+    if rec is not None:
+        sha = _sha256(path) if size == rec.get("size") else None
+        if sha != rec.get("sha256"):
+            got = f"{size} bytes" + (f", sha256 {sha[:12]}..." if sha else "")
+            raise InputError(
+                f"{path} is not the library {meta_path} describes ({got}; it expects "
+                f"{rec.get('size')} bytes, sha256 {str(rec.get('sha256'))[:12]}...): the two "
+                "files come from different builds or the .so is damaged; copy a .so with its "
+                "own .json, or rebuild")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if len(head) < 52 or head[:4] != b"\x7fELF":
+        raise InputError(f"{path} is not a shared library ({size} bytes, no ELF header): "
+                         "truncated, or another kind of file")
+    order = "little" if head[5] == 1 else "big"
+    field = lambda at, n: int.from_bytes(head[at:at + n], order)  # noqa: E731
+    # the section header table (at the end of the file a linker writes) must be inside it
+    shoff, shentsize, shnum = ((field(0x28, 8), field(0x3A, 2), field(0x3C, 2)) if head[4] == 2
+                               else (field(0x20, 4), field(0x2E, 2), field(0x30, 2)))
+    if shoff + shentsize * shnum > size:
+        raise InputError(f"{path} is a truncated shared library ({size} bytes; its section "
+                         f"headers end at byte {shoff + shentsize * shnum})")
+    if local:
+        code = field(18, 2)
+        arch = _ELF_MACHINES.get(code, f"ELF machine {code}")
+        host = platform.machine().lower()
+        host = _HOST_MACHINES.get(host, host)
+        if arch != host:
+            raise UnsupportedCPUError(
+                f"{path} is an {arch} library and this machine is {host}: run it on such a "
+                "board (python -m f8tvm.run --rpc HOST:PORT) or rebuild with --target host")
 
 
 class Module:
@@ -283,9 +345,14 @@ def load(path: str, device=None, remote: str | RemoteBoard | None = None) -> Mod
         if not os.path.isfile(p):
             raise FileNotFoundError(f"no such file: {p}")
     with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != "f8tvm":
-        raise ValueError(f"{meta_path} is not f8tvm metadata")
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{meta_path} is not valid JSON ({err.msg} at line {err.lineno}): "
+                             "truncated, or not written by f8tvm") from None
+    if not isinstance(meta, dict) or meta.get("format") != "f8tvm":
+        raise InputError(f"{meta_path} is not f8tvm metadata")
+    check_library(path, meta, meta_path, local=remote is None)
     if remote is not None:
         board = remote if isinstance(remote, RemoteBoard) else RemoteBoard(remote)
         return board.load(path, meta)

@@ -183,7 +183,7 @@ def test_run_cli_over_rpc_says_emulated(builds, board, tmp_path):
 
 def test_run_cli_rpc_unreachable_is_a_clear_error(tmp_path):
     so = tmp_path / "m.so"
-    so.write_bytes(b"")
+    so.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))  # an ELF header: the files pass their checks
     (tmp_path / "m.json").write_text(json.dumps({"format": "f8tvm"}))
     r = subprocess.run([sys.executable, "-m", "f8tvm.run", str(so), "--rpc", "127.0.0.1:1"],
                        capture_output=True, text=True, timeout=120, check=False)

@@ -1,6 +1,10 @@
 """Bad or unusual input gets an f8tvm error that names it, before any work; the caller's objects
 come back as they were given."""
 
+import hashlib
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +12,7 @@ from conftest import make_small_net
 
 import f8tvm
 from f8tvm import build, run, runtime
-from f8tvm.core.errors import F8TVMError, InputError
+from f8tvm.core.errors import F8TVMError, InputError, UnsupportedCPUError
 from f8tvm.frontend.torch_import import export_program
 from f8tvm.targets import get_target
 
@@ -79,3 +83,62 @@ def test_import_gives_back_the_callers_training_modes():
     export_program(net, torch.zeros(1, 3, SIZE, SIZE))
     assert {name: m.training for name, m in net.named_modules()} == before
     assert before[""] and not before["bn1"]
+
+
+@pytest.fixture
+def pair(small, tmp_path):
+    """A fresh copy of the small module's .so + .json in ``tmp_path``."""
+    _, so = small
+    dst = tmp_path / "m.so"
+    shutil.copy(so, dst)
+    shutil.copy(runtime.metadata_path(so), tmp_path / "m.json")
+    return dst, tmp_path / "m.json"
+
+
+@pytest.mark.host
+def test_the_json_names_its_library_and_load_checks_it(pair):
+    so, js = pair
+    rec = json.loads(js.read_text())["library"]
+    assert rec == {"file": "small.so", "size": so.stat().st_size,
+                   "sha256": hashlib.sha256(so.read_bytes()).hexdigest()}
+    runtime.load(str(so)).close()
+
+
+@pytest.mark.host
+def test_a_json_from_another_build_is_refused(pair):
+    so, js = pair
+    meta = json.loads(js.read_text())
+    meta["library"]["sha256"] = "0" * 64  # what another build of the same size would have
+    js.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"m\.so is not the library .*m\.json describes"):
+        runtime.load(str(so))
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("keep", [0, 4096])
+def test_a_truncated_library_is_refused_before_loading(pair, keep):
+    """A truncated .so killed the process with SIGBUS (an empty one gave a raw traceback)."""
+    so, _ = pair
+    so.write_bytes(so.read_bytes()[:keep])
+    with pytest.raises(InputError, match=f"{keep} bytes"):
+        runtime.load(str(so))
+    # and without the .json's record (a .json of an older f8tvm): the ELF header says it
+    with pytest.raises(InputError, match="no ELF header" if keep < 64 else "truncated shared"):
+        runtime.check_library(str(so), {}, "m.json")
+
+
+@pytest.mark.host
+def test_a_library_of_another_architecture_is_named(pair, monkeypatch):
+    so, _ = pair
+    monkeypatch.setattr(runtime.platform, "machine", lambda: "aarch64")
+    with pytest.raises(UnsupportedCPUError,
+                       match="is an x86_64 library and this machine is aarch64"):
+        runtime.load(str(so))
+
+
+@pytest.mark.host
+def test_a_truncated_json_names_its_file(pair):
+    so, js = pair
+    js.write_text(js.read_text()[:200])
+    with pytest.raises(InputError, match=r"m\.json is not valid JSON"):
+        runtime.load(str(so))
