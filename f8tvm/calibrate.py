@@ -262,14 +262,31 @@ def calibrate(graph: Graph, batches, scheme="mse", progress=None) -> FixedPointP
 
 def calibration_batches(calib, example_input) -> list:
     """Calibration data as float32 NumPy batches: ``calib``'s items (arrays, tensors, or
-    ``(input, label)`` pairs), or the example input alone when ``calib`` is None."""
+    ``(input, label)`` pairs), or the example input alone when ``calib`` is None.
+
+    Raises :class:`InputError` naming the problem: no batches, a batch whose shape is not the
+    example input's (but for the batch size), or one holding NaN or infinity."""
+    want = tuple(np.shape(example_input))[1:]
     out = []
-    for b in [example_input] if calib is None else calib:
+    for i, b in enumerate([example_input] if calib is None else calib):
         if isinstance(b, (tuple, list)):
             b = b[0]
         if isinstance(b, torch.Tensor):
             b = b.detach().cpu().numpy()
-        out.append(np.asarray(b, np.float32))
+        try:
+            b = np.asarray(b, np.float32)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"calibration batch {i} is not an array of numbers ({err})") from None
+        if b.ndim != len(want) + 1 or tuple(b.shape[1:]) != want:
+            raise InputError(f"calibration batch {i} has shape {tuple(b.shape)}; the model's "
+                             f"input is N x {' x '.join(map(str, want))}")
+        bad = int(np.size(b) - np.count_nonzero(np.isfinite(b)))
+        if bad:
+            raise InputError(f"calibration batch {i} holds {bad} NaN or infinite value(s)")
+        out.append(b)
+    if not out:
+        raise InputError("no calibration data: calib is empty (pass batches of inputs, or "
+                         "calib=None to calibrate on the example input alone)")
     return out
 
 
@@ -283,8 +300,12 @@ class Calibration:
     calib: object = None
     scheme: str | Scheme = "mse"
 
+    def __post_init__(self):
+        # checked here, before the build starts: a bad batch is an error in seconds
+        self.batches = calibration_batches(self.calib, self.example_input)
+
     def plan_for(self, graph: Graph, progress=None) -> FixedPointPlan:
-        batches = calibration_batches(self.calib, self.example_input)
+        batches = self.batches
         done = [0]
 
         def tick():

@@ -14,6 +14,7 @@ import f8tvm
 from f8tvm import build, run, runtime
 from f8tvm.core.errors import F8TVMError, InputError, UnsupportedCPUError
 from f8tvm.frontend.torch_import import export_program
+from f8tvm.models import PickledObjectsError, load_state_dict_file
 from f8tvm.targets import get_target
 
 SIZE = 16
@@ -142,3 +143,49 @@ def test_a_truncated_json_names_its_file(pair):
     js.write_text(js.read_text()[:200])
     with pytest.raises(InputError, match=r"m\.json is not valid JSON"):
         runtime.load(str(so))
+
+
+@pytest.mark.unit
+def test_calibration_data_is_checked_before_the_build():
+    net, x = make_small_net(), torch.zeros(1, 3, SIZE, SIZE)
+    good = np.zeros((2, 3, SIZE, SIZE), np.float32)
+    inf = good.copy()
+    inf[1, 2, 3, 4] = np.inf
+    cases = [([], "no calibration data: calib is empty"),
+             ([good, inf], "calibration batch 1 holds 1 NaN or infinite value"),
+             ([good[:, :, :8, :8]], r"calibration batch 0 has shape \(2, 3, 8, 8\); the "
+                                    r"model's input is N x 3 x 16 x 16"),
+             ([good[0]], r"batch 0 has shape \(3, 16, 16\)"),
+             ([["a"]], "calibration batch 0 is not an array of numbers")]
+    for calib, message in cases:
+        with pytest.raises(InputError, match=message):
+            f8tvm.compile(net, x, target="x86", calib=calib)
+
+
+@pytest.mark.unit
+def test_weights_files_are_checked_by_name(tmp_path, capsys):
+    text = tmp_path / "w.txt"
+    text.write_text("101\n")
+    with pytest.raises(InputError, match=r"w\.txt is not a weights file written by torch.save"):
+        load_state_dict_file(text)
+    sd = make_small_net().state_dict()
+    sd["conv1.weight"][0, 0, 0, 0] = float("nan")
+    sd["fc.bias"][1] = float("inf")
+    nan = tmp_path / "nan.pth"
+    torch.save(sd, nan)
+    with pytest.raises(InputError, match="NaN or infinite values in conv1.weight, fc.bias"):
+        load_state_dict_file(nan)
+    torch.save({"meter": Meter()}, tmp_path / "objects.pth")
+    with pytest.raises(PickledObjectsError, match="not loadable as plain tensors"):
+        load_state_dict_file(tmp_path / "objects.pth")
+    # the CLI: one line naming the file, exit 2, nothing written
+    out = tmp_path / "out"
+    assert build.main(["--model", "resnet18", "--weights", str(text), "--output-dir",
+                       str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {text} is not a weights file written by torch.save"]
+    assert not out.exists()
+
+
+class Meter:  # a pickled Python object, as training checkpoints hold
+    pass

