@@ -32,6 +32,20 @@ from .runtime import Module, check_cpu, library_record, metadata_path
 __all__ = ["REQUANTIZE_MODES", "CompiledModel", "GivenPlan", "compile", "fuse", "import_model"]
 
 
+def check_output_dir(out_dir: str) -> None:
+    """Raise :class:`InputError` unless ``out_dir`` is a folder that exists or can be made and
+    can be written, without creating it (so a bad one fails before a build, leaving nothing)."""
+    path = os.path.abspath(out_dir)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == path else f"cannot be made: {probe} is a file"
+        raise InputError(f"output folder {out_dir} {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {out_dir}: {probe} is not writable")
+
+
 @dataclass
 class CompiledModel:
     """Result of :func:`compile`: runs in-process and exports ``.so`` + ``.json``."""
@@ -71,6 +85,7 @@ class CompiledModel:
         if not path.endswith(".so"):
             raise InputError(f"export path must end in .so, got {path}")
         out_dir = os.path.dirname(path)
+        check_output_dir(out_dir)
         os.makedirs(out_dir, exist_ok=True)
         meta_path = metadata_path(path)
         tmp = tempfile.mkdtemp(prefix=".f8tvm-", dir=out_dir)

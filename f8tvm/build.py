@@ -7,6 +7,7 @@ The CLI only parses and validates, then takes one build path: the plan source it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -108,10 +109,12 @@ def parse_args(argv=None) -> BuildArgs:
         p.error("--calib-count must be >= 1")
     if a.input_size is not None and a.input_size < 1:
         p.error(f"--input-size must be >= 1, got {a.input_size}")
-    if a.tuning_db and not os.path.isfile(os.path.join(a.tuning_db,
-                                                       "database_workload.json")):
-        p.error(f"--tuning-db: no tuning database in {a.tuning_db} "
-                f"(make one with python -m f8tvm.tune --db {a.tuning_db})")
+    if a.tuning_db:
+        _check_tuning_db(p, a.tuning_db)
+    try:
+        api.check_output_dir(a.output_dir)
+    except F8TVMError as err:
+        p.error(f"--output-dir: {err}")
     if a.qat_checkpoint:  # what the build does instead of calibrating
         scheme, calib, calib_count = "qat", "none", 0
     else:
@@ -143,6 +146,26 @@ def _check_qat_args(p, a, zoo) -> None:
         p.error(f"--qat-checkpoint: no such file: {a.qat_checkpoint}")
     if a.model not in zoo:
         p.error(f"--qat-checkpoint: --model must be a zoo model ({', '.join(zoo)})")
+
+
+def _check_tuning_db(p, folder: str) -> None:
+    """A MetaSchedule database: its two JSON-lines files, every line JSON (TVM's own reader
+    stops on a bad line with a C++ traceback)."""
+    files = [os.path.join(folder, f"database_{k}.json") for k in ("workload", "tuning_record")]
+    if not os.path.isfile(files[0]):
+        p.error(f"--tuning-db: no tuning database in {folder} "
+                f"(make one with python -m f8tvm.tune --db {folder})")
+    for path in files:
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as err:
+                    p.error(f"--tuning-db: {path} line {i} is not JSON ({err.msg}); the "
+                            "database is damaged: tune again into a fresh folder")
 
 
 def calibration_images(source: str, count: int, size: int, preprocess, seed: int = 0):

@@ -3,6 +3,8 @@ come back as they were given."""
 
 import hashlib
 import json
+import os
+import re
 import shutil
 
 import numpy as np
@@ -189,3 +191,31 @@ def test_weights_files_are_checked_by_name(tmp_path, capsys):
 
 class Meter:  # a pickled Python object, as training checkpoints hold
     pass
+
+
+@pytest.mark.unit
+def test_output_folder_and_tuning_database_are_checked_before_the_build(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    cases = [(["--output-dir", str(a_file)], f"--output-dir: output folder {a_file} is a file"),
+             (["--output-dir", str(a_file / "sub")],
+              f"output folder {a_file / 'sub'} cannot be made: {a_file} is a file")]
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "database_workload.json").write_text('["ok"]\n{"broken": \n')
+    cases.append((["--tuning-db", str(db)], r"--tuning-db: .*database_workload.json line 2 is "
+                                            "not JSON"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            build.main(["--model", "resnet18", *argv])
+        assert e.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert sorted(os.listdir(tmp_path)) == ["db", "taken"]
+
+
+@pytest.mark.host
+def test_export_into_a_file_is_refused_by_name(small, tmp_path):
+    cm, _ = small
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(InputError, match="output folder .*taken is a file"):
+        cm.export(str(tmp_path / "taken" / "m.so"))
