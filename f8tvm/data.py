@@ -35,6 +35,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from f8tvm.core.errors import InputError
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIRS",
@@ -67,6 +69,27 @@ class DataNotFoundError(FileNotFoundError):
 class _Normalisation(Protocol):
     mean: Sequence[float]
     std: Sequence[float]
+
+
+def _eight_bit(img: Image.Image, path) -> Image.Image:
+    """A 16-bit or float single-channel image scaled to 8 bits (Pillow's own conversion clips
+    16-bit values to 255 and truncates floats in [0, 1] to 0); one whose range is unknown is
+    refused by name."""
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return img
+    a = np.asarray(img, np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (np.isfinite(a).all() and lo >= 0 and hi <= 1):
+            raise InputError(f"{path}: a float image with values {lo:g}..{hi:g}; f8tvm reads "
+                             "float images in [0, 1] (save it as 8-bit)")
+        a = a * 255
+    elif img.mode.startswith("I;16") or hi > 255:
+        if lo < 0 or hi > 65535:
+            raise InputError(f"{path}: a 32-bit integer image with values {lo:g}..{hi:g}; "
+                             "give an 8- or 16-bit image")
+        a = a / 257  # 65535 -> 255
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
 
 
 def _resize_center_crop(img: Image.Image, size: int, resample: str) -> Image.Image:
@@ -108,7 +131,7 @@ def load_image_uint8(
         ``uint8`` array of shape ``(1, 3, size, size)`` (NCHW, RGB).
     """
     with Image.open(path) as img:
-        crop = _resize_center_crop(img, size, resample)
+        crop = _resize_center_crop(_eight_bit(img, path), size, resample)
     return np.ascontiguousarray(np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1)[None])
 
 

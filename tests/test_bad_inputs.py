@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_small_net
+from PIL import Image
 
 import f8tvm
-from f8tvm import build, run, runtime
+from f8tvm import build, data, run, runtime
 from f8tvm.core.errors import F8TVMError, InputError, UnsupportedCPUError
 from f8tvm.frontend.torch_import import export_program
 from f8tvm.models import PickledObjectsError, load_state_dict_file
@@ -219,3 +220,27 @@ def test_export_into_a_file_is_refused_by_name(small, tmp_path):
     (tmp_path / "taken").write_text("")
     with pytest.raises(InputError, match="output folder .*taken is a file"):
         cm.export(str(tmp_path / "taken" / "m.so"))
+
+
+@pytest.mark.unit
+def test_16_bit_and_float_images_are_scaled_or_refused(tmp_path):
+    ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    want = np.round(ramp * 255)
+    sixteen = tmp_path / "ramp16.png"
+    Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(sixteen)
+    floats = tmp_path / "ramp.tiff"
+    Image.fromarray(ramp.astype(np.float32), "F").save(floats)
+    for path in (sixteen, floats):
+        assert Image.open(path).mode in ("I;16", "I", "F")
+        got = data.load_image_uint8(path, size=32, resample="nearest")[0]
+        # 224/256 resize: compare the crop with the same crop of the 8-bit ramp
+        ref = tmp_path / "ramp8.png"
+        Image.fromarray(want.astype(np.uint8)).save(ref)
+        expect = data.load_image_uint8(ref, size=32, resample="nearest")[0]
+        assert np.abs(got.astype(int) - expect.astype(int)).max() <= 1, path
+        assert got.max() > 200  # not all-0 (float) nor clipped to 255 everywhere (16-bit)
+        assert got.min() < 50
+    bright = tmp_path / "hdr.tiff"
+    Image.fromarray((ramp * 1000).astype(np.float32), "F").save(bright)
+    with pytest.raises(InputError, match=r"hdr\.tiff: a float image with values 0\.\.1000"):
+        data.load_image_uint8(bright)
