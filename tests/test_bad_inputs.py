@@ -244,3 +244,20 @@ def test_16_bit_and_float_images_are_scaled_or_refused(tmp_path):
     Image.fromarray((ramp * 1000).astype(np.float32), "F").save(bright)
     with pytest.raises(InputError, match=r"hdr\.tiff: a float image with values 0\.\.1000"):
         data.load_image_uint8(bright)
+
+
+class _MeanNoKeepdim(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.unit
+def test_a_global_pool_without_keepdim_says_how_to_write_it():
+    with pytest.raises(F8TVMError, match=r"global average pool without keepdim \(write "
+                                         r"x\.mean\(\(2, 3\), keepdim=True\)\.flatten\(1\)"):
+        f8tvm.compile(_MeanNoKeepdim(), torch.zeros(1, 3, 8, 8), target="x86")

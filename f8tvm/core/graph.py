@@ -176,7 +176,10 @@ def extract_graph(mod, sources: dict | None = None) -> Graph:
         elif op == "relax.mean":
             axes = sorted(int(x) % 4 for x in v.attrs.axis)
             in_shape = _tvm.tensor_shape(v.args[0])
-            if len(in_shape) != 4 or axes != [2, 3] or not bool(v.attrs.keepdims):
+            if len(in_shape) == 4 and axes == [2, 3] and not bool(v.attrs.keepdims):
+                raise unsupported("a global average pool without keepdim (write x.mean((2, 3), "
+                                  "keepdim=True).flatten(1), or nn.AdaptiveAvgPool2d(1))", vname)
+            if len(in_shape) != 4 or axes != [2, 3]:
                 raise unsupported(f"mean over axes {axes} (only global average pooling)", vname)
             node = Node(vname, "global_avg_pool", [ref(v.args[0])], shape, source=label,
                         bindings=(vname,))
