@@ -261,3 +261,23 @@ def test_a_global_pool_without_keepdim_says_how_to_write_it():
     with pytest.raises(F8TVMError, match=r"global average pool without keepdim \(write "
                                          r"x\.mean\(\(2, 3\), keepdim=True\)\.flatten\(1\)"):
         f8tvm.compile(_MeanNoKeepdim(), torch.zeros(1, 3, 8, 8), target="x86")
+
+
+class _Reflect(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1,
+                                                        padding_mode="reflect"))
+        self.unused = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.body(x).mean((2, 3), keepdim=True), 1))
+
+
+@pytest.mark.unit
+def test_a_conv_padded_other_than_with_zeros_is_named():
+    """It failed as 'f8tvm cannot quantize the operator relax.arange'."""
+    with pytest.raises(F8TVMError, match=r"^Conv2d 'body.0' \(padding_mode='reflect'\): f8tvm "
+                                         r"pads with zeros only"):
+        f8tvm.compile(_Reflect(), torch.zeros(1, 3, 8, 8), target="x86")

@@ -101,6 +101,18 @@ class _NamingImporter:
         return Importer()
 
 
+def _check_padding_modes(model, ep) -> None:
+    """A conv padded other than with zeros (``padding_mode='reflect'``, ...) that the model
+    uses is refused by name (its padding would otherwise fail later as ``relax.arange``)."""
+    odd = {name: m.padding_mode for name, m in model.named_modules()
+           if isinstance(m, torch.nn.Conv2d) and m.padding_mode != "zeros"}
+    used = {_source_of(n).module for n in ep.graph.nodes if n.op == "call_function"}
+    bad = [f"'{name}' (padding_mode={mode!r})" for name, mode in odd.items() if name in used]
+    if bad:
+        raise UnsupportedOpError(f"Conv2d {', '.join(bad)}: f8tvm pads with zeros only "
+                                 "(padding_mode='zeros')")
+
+
 def _check_supported(ep, importer) -> None:
     missing = []
     for node in ep.graph.nodes:
@@ -138,6 +150,7 @@ def import_torch(model, example_input):
     """
     ep = export_program(model, example_input)
     importer = _NamingImporter()
+    _check_padding_modes(model, ep)
     _check_supported(ep, importer)
     mod = importer.from_exported_program(ep, False, False, False, None)
     func = mod["main"]
