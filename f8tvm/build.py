@@ -7,7 +7,6 @@ The CLI only parses and validates, then takes one build path: the plan source it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,12 +18,12 @@ from tqdm import tqdm
 
 from f8tvm.core.errors import F8TVMError
 from f8tvm.core.plan import DEFAULT_SCHEME, SCHEMES
+from f8tvm.schedules.tuning import check_database
 from f8tvm.targets import TARGETS
 
 from . import api, data, qat
 from .calibrate import Calibration
 from .frontend import f8net
-from .frontend.f8net import load_checkpoint
 from .models import MODELS, available_models, get_model
 from .runtime import missing_cpu_flags
 
@@ -110,7 +109,10 @@ def parse_args(argv=None) -> BuildArgs:
     if a.input_size is not None and a.input_size < 1:
         p.error(f"--input-size must be >= 1, got {a.input_size}")
     if a.tuning_db:
-        _check_tuning_db(p, a.tuning_db)
+        try:
+            check_database(a.tuning_db)
+        except (FileNotFoundError, F8TVMError) as err:
+            p.error(f"--tuning-db: {err}")
     try:
         api.check_output_dir(a.output_dir)
     except F8TVMError as err:
@@ -146,26 +148,6 @@ def _check_qat_args(p, a, zoo) -> None:
         p.error(f"--qat-checkpoint: no such file: {a.qat_checkpoint}")
     if a.model not in zoo:
         p.error(f"--qat-checkpoint: --model must be a zoo model ({', '.join(zoo)})")
-
-
-def _check_tuning_db(p, folder: str) -> None:
-    """A MetaSchedule database: its two JSON-lines files, every line JSON (TVM's own reader
-    stops on a bad line with a C++ traceback)."""
-    files = [os.path.join(folder, f"database_{k}.json") for k in ("workload", "tuning_record")]
-    if not os.path.isfile(files[0]):
-        p.error(f"--tuning-db: no tuning database in {folder} "
-                f"(make one with python -m f8tvm.tune --db {folder})")
-    for path in files:
-        if not os.path.isfile(path):
-            continue
-        with open(path) as f:
-            for i, line in enumerate(f, 1):
-                try:
-                    if line.strip():
-                        json.loads(line)
-                except json.JSONDecodeError as err:
-                    p.error(f"--tuning-db: {path} line {i} is not JSON ({err.msg}); the "
-                            "database is damaged: tune again into a fresh folder")
 
 
 def calibration_images(source: str, count: int, size: int, preprocess, seed: int = 0):
@@ -287,8 +269,8 @@ def qat_source(args: BuildArgs):
 
 def f8net_source(args: BuildArgs):
     """``--f8net-checkpoint``: the checkpoint (it is a plan source) and the model's name."""
-    ck = load_checkpoint(args.f8net_checkpoint, args.model, config=args.f8net_config,
-                         avgpool=args.f8net_avgpool, input_size=args.input_size or 224)
+    ck = f8net.load_checkpoint(args.f8net_checkpoint, args.model, config=args.f8net_config,
+                               avgpool=args.f8net_avgpool, input_size=args.input_size or 224)
     print(f"  F8Net checkpoint: {args.model}, config {ck.config}, avgpool {ck.avgpool} "
           f"(width {ck.info['width']:g}, {ck.info['num_classes']} classes)")
     return ck, dict(model=args.model)

@@ -32,6 +32,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from f8tvm.core._tvm import cc, primfuncs, region_tensor, tvm
 from f8tvm.core.bindings import copy_module
+from f8tvm.core.errors import InputError
 from f8tvm.passes.audit_multiplies import call_counts
 
 from . import DotIntrin, cpu, default_schedule, kernel_block, kernel_kind
@@ -73,10 +74,31 @@ def _space(kind, dot):
     return sch_fn
 
 
-def open_database(db_dir: str, create: bool = False):
+def check_database(db_dir: str) -> None:
+    """A MetaSchedule database folder: its workload file there, and every line of its two
+    JSON-lines files JSON (TVM's own reader stops on a bad line with a C++ traceback)."""
     wl = os.path.join(db_dir, "database_workload.json")
-    if not create and not os.path.exists(wl):
-        raise FileNotFoundError(f"no tuning database in {db_dir} (expected {wl})")
+    if not os.path.isfile(wl):
+        raise FileNotFoundError(f"no tuning database in {db_dir} (make one with python -m "
+                                f"f8tvm.tune --db {db_dir})")
+    for path in (wl, os.path.join(db_dir, "database_tuning_record.json")):
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{path} line {i} is not JSON ({err.msg}); the database is "
+                                     "damaged: tune again into a fresh folder") from None
+
+
+def open_database(db_dir: str, create: bool = False):
+    """The database in ``db_dir`` (checked, :func:`check_database`); ``create``: a new one
+    where there is none."""
+    if not create or os.path.exists(os.path.join(db_dir, "database_workload.json")):
+        check_database(db_dir)
     os.makedirs(db_dir, exist_ok=True)
     return ms.database.JSONDatabase(work_dir=db_dir, allow_missing=True)
 

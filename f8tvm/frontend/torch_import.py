@@ -106,6 +106,8 @@ def _check_padding_modes(model, ep) -> None:
     uses is refused by name (its padding would otherwise fail later as ``relax.arange``)."""
     odd = {name: m.padding_mode for name, m in model.named_modules()
            if isinstance(m, torch.nn.Conv2d) and m.padding_mode != "zeros"}
+    if not odd:  # the common case: no walk over the graph's stack traces
+        return
     used = {_source_of(n).module for n in ep.graph.nodes if n.op == "call_function"}
     bad = [f"'{name}' (padding_mode={mode!r})" for name, mode in odd.items() if name in used]
     if bad:
