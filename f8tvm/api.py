@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from f8tvm.core import __version__
+from f8tvm.core import __version__, bounds
 from f8tvm.core._tvm import TVM_VERSION, cc
 from f8tvm.core.errors import InputError
 from f8tvm.core.graph import Graph
@@ -74,6 +74,7 @@ class CompiledModel:
             output=dict(shape=list(self.graph[self.graph.output].shape), dtype="int32",
                         fl=compact(fl_out), eta=float(eta_out)),
             plan=self.plan.to_json(self.graph),
+            overflow=bounds.overflow_report(self.graph, self.plan),
             audit=self.audit.to_json(),
             **self.extra_meta,
         )

@@ -28,6 +28,14 @@ class FakeQuantModel(torch.nn.Module):
         lo, hi = qrange(signed)
         return torch.clamp(torch.round(y * 2.0**fl), lo, hi) * 2.0**-fl
 
+    def _round(self, y, fl, fl_in, ndim):
+        """``y`` (at ``fl_in``) rounded to ``fl`` (ties to even) where ``fl < fl_in``."""
+        fl = np.minimum(np.asarray(fl), np.asarray(fl_in))
+        if np.array_equal(fl, fl_in):
+            return y
+        s = self._cvec(np.exp2(fl), ndim)
+        return torch.round(y * s) / s
+
     def forward(self, x, return_stored=False):
         g, p = self.graph, self.plan
         env = {g.input: self._quant(torch.as_tensor(x, dtype=torch.float64), p.input_fl,
@@ -53,7 +61,9 @@ class FakeQuantModel(torch.nn.Module):
                 hi = self._cvec(p.clip_hi[n.name] * np.exp2(-p.fl[n.name]), a.ndim)
                 out = torch.minimum(torch.relu(a), hi)
             elif n.op == "add":
-                out = env[n.inputs[0]] + env[n.inputs[1]]
+                # an operand above the add's FL is rounded to it (the plan lowered the FL)
+                f = p.fl[n.name]
+                out = sum(self._round(env[i], f, p.fl[i], a.ndim) for i in n.inputs)
             elif n.op == "max_pool2d":
                 at = n.attrs
                 pt, pl, pb, pr = at["padding"]
@@ -62,7 +72,10 @@ class FakeQuantModel(torch.nn.Module):
             elif n.op == "global_avg_pool":
                 # the stored value is the sum / 2**k; the HW / 2**k factor lives in eta.  k is
                 # the plan's (an F8Net checkpoint keeps the official k = 6 at any H*W)
-                k = p.fl[n.name] - p.fl[n.inputs[0]]
+                if n.name in p.pool_shift:  # inputs rounded right before the sum
+                    f = p.fl[n.inputs[0]] - p.pool_shift[n.name]
+                    a = self._round(a, f, p.fl[n.inputs[0]], a.ndim)
+                k = p.fl[n.name] - p.fl[n.inputs[0]] + p.pool_shift.get(n.name, 0)
                 out = a.sum(dim=(2, 3), keepdim=True) * self._cvec(np.exp2(-k), a.ndim)
             elif n.op == "reshape":
                 out = a.reshape(a.shape[0], *n.shape[1:])

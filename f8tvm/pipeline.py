@@ -7,7 +7,8 @@ import     ``torch.export`` -> Relax, every binding named after its PyTorch modu
 fold       FoldBatchNorm, FoldConstant, CanonicalizeBindings, DeadCodeElimination;    Relax
            the layer graph is read off the result
 integer    the plan (from the build's plan source: calibration, QAT, an F8Net        Relax
-           checkpoint) and QuantizeToInteger + ClipAfterRequantize, and on targets
+           checkpoint), fitted so that no int32 value can wrap (f8tvm.core.bounds),
+           and QuantizeToInteger + ClipAfterRequantize, and on targets
            whose dot product wants int8 data OffsetUnsignedActivations
 pack       PackChannelBlocks (the blocked layout of the target's dot instruction),    Relax
            [RequantizeWithMultiplier: the comparison build], FoldConstantAdds
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from f8tvm.core import _tvm
+from f8tvm.core.bounds import fit_int32
 from f8tvm.core.errors import InputError
 from f8tvm.core.graph import extract_graph
 from f8tvm.core.plan import FixedPointPlan
@@ -149,6 +151,7 @@ def _fold(b: Build):
 def _integer(b: Build):
     if b.plan is None:
         b.plan = b.plan_source(b.graph, b.progress)
+    b.plan = fit_int32(b.graph, b.plan)  # no int32 value can wrap (or a named error)
     b.ir["integer"] = integer(b.ir["fold"], b.graph, b.plan, b.target)
 
 

@@ -70,8 +70,13 @@ def run_reference(graph, plan, q_input, return_all=False):
         elif n.op == "clip":
             out = np.minimum(np.maximum(a, 0), _cvec(plan.clip_hi[n.name], a.ndim))
         elif n.op == "add":
+            # each operand is aligned to the add's FL: shifted left, or rounded right where the
+            # plan lowered the FL to keep the sum in int32
             f = plan.fl[n.name]
-            out = sum(t << _cvec(f - plan.fl[i], t.ndim) for t, i in zip(args, n.inputs))
+            terms = [_check32(f"{n.name} operand {i}",
+                              rq_reference(t, _cvec(plan.fl[i] - f, t.ndim), clamp=False))
+                     for t, i in zip(args, n.inputs)]
+            out = terms[0] + terms[1]
         elif n.op == "max_pool2d":
             at = n.attrs
             pt, pl, pb, pr = at["padding"]
@@ -81,6 +86,8 @@ def run_reference(graph, plan, q_input, return_all=False):
                 xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
             out = win[:, :, ::sh, ::sw, ::dh, ::dw].max(axis=(4, 5))
         elif n.op == "global_avg_pool":
+            if n.name in plan.pool_shift:  # inputs rounded right before the sum
+                a = rq_reference(a, _cvec(plan.pool_shift[n.name], a.ndim), clamp=False)
             out = a.sum(axis=(2, 3), keepdims=True)
         elif n.op == "reshape":
             out = a.reshape(a.shape[0], *n.shape[1:])

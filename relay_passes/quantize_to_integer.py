@@ -19,11 +19,17 @@ than of ``T'`` makes the offset the first operation on ``T'``, so a constant add
 (the conv's bias) folds into it (:mod:`relay_passes.fold_constant_adds`).
 * relu / ReLU6:    ``max(T, 0)`` / ``min(max(T, 0), hi_int)``
 * add (residual):  ``(A << (f - fl_a)) + (B << (f - fl_b))``, ``f = max(fl_a, fl_b)``; stays int32
+                   (where that could pass int32, the plan's ``f`` is lower and an operand is
+                   rounded right instead: :mod:`f8tvm.core.bounds`)
 * max_pool2d:      ``max_pool(RQ(T))`` on int8/uint8 when every consumer of the pool is a layer
                    quantizing its input to one format (RQ is monotone, so this equals
                    ``RQ(max_pool(T))`` exactly); on int32 when the pool feeds a residual stream,
                    which F8Net keeps at 32 bits (ResNet's stem pool feeds the first identity add)
-* global avgpool:  ``sum`` over H, W in int32; the 2**k / HW factor lives in eta (folded offline)
+* global avgpool:  ``sum`` over H, W in int32; the 2**k / HW factor lives in eta (folded offline);
+                   where the sum could pass int32 its inputs are first clipped where every reader
+                   saturates anyway, or rounded right by the plan's ``pool_shift``
+* RQ's left shift: where it could pass int32, ``T`` is clipped first to where the 8-bit
+                   result saturates anyway (exact)
 
 No multiplication is emitted outside conv2d/dense, whose operands are 8-bit.
 """
@@ -32,10 +38,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from f8tvm.core import _tvm
+from f8tvm.core import _tvm, bounds
 from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import is_call
-from f8tvm.core.fixedpoint import qrange
+from f8tvm.core.fixedpoint import INT32_MAX, qrange
 
 R = relax.op
 
@@ -73,8 +79,17 @@ def emit_rounding_shift(bb, t, shift, name):
     return t
 
 
-def emit_requantize(bb, t, shift, signed, name):
-    """Emit ``RQ(t, shift)`` (see module doc) and the cast to int8/uint8."""
+def emit_requantize(bb, t, shift, signed, name, saturate=None):
+    """Emit ``RQ(t, shift)`` (see module doc) and the cast to int8/uint8.  ``saturate``: per
+    channel, where a left shift of ``t`` could pass int32 (:func:`f8tvm.core.bounds.
+    needs_saturation`): there ``t`` is first clipped to where the result saturates anyway."""
+    if saturate is not None and np.any(saturate):
+        shift = np.asarray(shift, np.int64)
+        c = np.where(saturate, bounds.saturating_bound(signed, np.maximum(-shift, 0)),
+                     INT32_MAX)
+        ndim = len(_tvm.tensor_shape(t))
+        t = bb.emit(R.minimum(R.maximum(t, _const(-c, ndim)[0]), _const(c, ndim)[0]),
+                    f"{name}_sat")
     t = emit_rounding_shift(bb, t, shift, name)
     lo, hi = qrange(signed)
     t = bb.emit(R.clip(t, lo, hi), f"{name}_clip")
@@ -119,11 +134,18 @@ def integer_function(graph, plan):
     x = relax.Var("q_in", _tvm.TensorType(in_shape, "int8" if plan.input_signed else "uint8"))
     env = {}  # node -> int32 (or the 8-bit input) Relax var
     pooled8 = _int8_pools(graph, plan)  # pool node -> (in_fl, signed) of its 8-bit form
+    walk = bounds.analyse(graph, plan)  # value ranges: where a shift needs saturating
     q8 = {}  # node -> its 8-bit Relax var, when the 8-bit form is all consumers need
     with bb.function("main", [x]):
         with bb.dataflow():
             env[graph.input] = x
-            wide_input = None
+            wide = []  # the input as int32, emitted once when first needed
+
+            def wide_input():
+                if not wide:
+                    wide.append(bb.emit(R.astype(x, "int32"), "q_in_i32"))
+                return wide[0]
+
             for n in graph.nodes[1:]:
                 src = n.inputs[0]
                 if n.is_layer:
@@ -135,22 +157,25 @@ def integer_function(graph, plan):
                     else:
                         t = env[src]
                         if src == graph.input:
-                            t = wide_input = wide_input or bb.emit(R.astype(x, "int32"), "q_in_i32")
-                        q = emit_requantize(bb, t, plan.fl[src] - lp.in_fl, lp.in_signed, n.name)
+                            t = wide_input()
+                        shift = plan.fl[src] - lp.in_fl
+                        q = emit_requantize(bb, t, shift, lp.in_signed, n.name,
+                                            bounds.needs_saturation(*walk.ranges[src], shift))
                     out = _emit_layer(bb, n, lp, q)
                 elif n.name in pooled8:
                     in_fl, signed = pooled8[n.name]
-                    q = emit_requantize(bb, env[src], plan.fl[src] - in_fl, signed, n.name)
+                    shift = plan.fl[src] - in_fl
+                    q = emit_requantize(bb, env[src], shift, signed, n.name,
+                                        bounds.needs_saturation(*walk.ranges[src], shift))
                     q8[n.name] = out = _emit_max_pool(bb, n, q)
                 else:
                     args = []
                     for i in n.inputs:
                         if i == graph.input:
-                            wide_input = wide_input or bb.emit(R.astype(x, "int32"), "q_in_i32")
-                            args.append(wide_input)
+                            args.append(wide_input())
                         else:
                             args.append(env[i])
-                    out = _emit_elementwise(bb, n, plan, args)
+                    out = _emit_elementwise(bb, n, plan, args, walk)
                 env[n.name] = out
             result = bb.emit_output(relax.Tuple([env[graph.output]]))
         bb.emit_func_output(result)
@@ -195,7 +220,7 @@ def _emit_max_pool(bb, n, a):
                                    padding=at["padding"], dilation=at["dilation"]), n.name)
 
 
-def _emit_elementwise(bb, n, plan, args):
+def _emit_elementwise(bb, n, plan, args, walk):
     a = args[0]
     ndim = len(n.shape)
     zero = relax.const(np.array(0, "int32"))
@@ -207,13 +232,20 @@ def _emit_elementwise(bb, n, plan, args):
     if n.op == "add":
         f = plan.fl[n.name]
         terms = []
-        for t, i in zip(args, n.inputs):
-            s = f - plan.fl[i]
-            terms.append(R.left_shift(t, _const(s, ndim)[0]) if s.any() else t)
+        for k, (t, i) in enumerate(zip(args, n.inputs)):
+            s = f - plan.fl[i]  # > 0: aligned up; < 0: rounded down (f8tvm.core.bounds)
+            if (s < 0).any():
+                terms.append(emit_rounding_shift(bb, t, -s, f"{n.name}_op{k}"))
+            else:
+                terms.append(R.left_shift(t, _const(s, ndim)[0]) if s.any() else t)
         return bb.emit(R.add(*terms), n.name)
     if n.op == "max_pool2d":
         return _emit_max_pool(bb, n, a)
     if n.op == "global_avg_pool":
+        if n.name in walk.pool_clip:  # saturate where every reader saturates (bounds)
+            a = bb.emit(R.minimum(a, _const(walk.pool_clip[n.name], ndim)[0]), f"{n.name}_sat")
+        if n.name in plan.pool_shift:
+            a = emit_rounding_shift(bb, a, plan.pool_shift[n.name], f"{n.name}_pre")
         return bb.emit(R.sum(a, axis=[2, 3], keepdims=True), n.name)
     if n.op == "reshape":
         return bb.emit(R.reshape(a, n.shape), n.name)

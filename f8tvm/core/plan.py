@@ -109,6 +109,9 @@ class FixedPointPlan:
     eta: dict  # node name -> float
     layers: dict  # node name -> LayerPlan
     clip_hi: dict = field(default_factory=dict)  # clip node -> np.ndarray[int] per channel
+    # global_avg_pool node -> right shift (per channel, ties to even) of its input before the
+    # sum, set where the sum could pass int32 (f8tvm.core.bounds); absent: no shift
+    pool_shift: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # calibration notes (per-stream clip levels ...)
 
     def __post_init__(self):
@@ -116,6 +119,7 @@ class FixedPointPlan:
         object.__setattr__(self, "eta", _frozen_map(self.eta))
         object.__setattr__(self, "layers", _frozen_map(self.layers))
         object.__setattr__(self, "clip_hi", _frozen_map(self.clip_hi, _frozen))
+        object.__setattr__(self, "pool_shift", _frozen_map(self.pool_shift, _frozen))
         object.__setattr__(self, "info", _frozen_map(self.info))
 
     def output_format(self, graph) -> tuple[np.ndarray, float]:
@@ -141,6 +145,7 @@ class FixedPointPlan:
         return dict(scheme=self.scheme, input_fl=int(self.input_fl),
                     input_signed=bool(self.input_signed), output_fl=compact(fl_out),
                     output_eta=float(eta_out), layers=self.shift_table(graph),
+                    pool_shift={k: compact(v) for k, v in self.pool_shift.items()},
                     info=dict(self.info))
 
 

@@ -1,0 +1,463 @@
+"""int32 bounds: the build-time proof that the integer program cannot wrap, and the plan changes
+that make it so.
+
+Every int32 value of the integer program gets a static bound from the plan and the integer
+weights, by interval arithmetic per channel over the program's ops (the formats rule of
+:mod:`f8tvm.core.formats` says how each op moves a tensor's scale; this module says how it moves
+its range):
+
+==================  =========================================================================
+op                  range of the int32 result (``[lo, hi]`` per channel)
+==================  =========================================================================
+input               the 8-bit range of the input format
+conv2d, dense       ``b + sum(max(w * qlo, w * qhi))`` .. ``b + sum(min(...))`` over each output
+                    channel's weights, where ``[qlo, qhi]`` (with 0, the padding) is the
+                    requantized input's range; inside the kernel every partial sum, with the
+                    bias, the consumer's rounding offset folded into it, and the +-128 data
+                    offset some targets apply, stays within
+                    ``|b| + offset + (255 + 128) * sum|w|``
+requantize          the shifted value ``T << L`` or ``T + 2**(r-1)`` before the clip to 8 bits
+relu, clip, pools   clamp / the same range / ``H*W`` times the (pre-shifted) range
+add                 the sum of the aligned operands; each aligned operand is checked too
+reshape             the ranges carried like the formats
+==================  =========================================================================
+
+Where a bound passes ``2**31 - 1`` :func:`fit_int32` changes the plan instead of emitting a
+program that can wrap: an add's FL is lowered (its operands are rounded right before the add,
+instead of the narrow-range one being shifted left), or a global average pool's input is
+rounded right by ``pool_shift`` bits before the sum.  Both are per channel and only as far as
+needed.  A layer whose own accumulator cannot fit fails the build, naming the layer and the bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from f8tvm.core.errors import F8TVMError
+from f8tvm.core.fixedpoint import INT32_MAX, qrange
+from f8tvm.core.formats import clip_int
+
+KERNEL_DATA_OFFSET = 128  # u8 <-> s8 data offset a target's dot product may apply
+MAX_LOWER = 31  # an add's FL or a pool's pre-shift moves at most this far
+
+
+class OverflowBoundError(F8TVMError):
+    """An int32 value of the integer program has no bound below 2**31 that the planner can
+    reach by changing the plan."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The largest magnitude an int32 tensor (or one of its intermediates) can reach."""
+
+    tensor: str
+    op: str
+    source: str
+    bound: float  # max |value| over channels and intermediates
+    what: str = ""  # which intermediate is the largest
+
+    @property
+    def headroom_bits(self) -> int:
+        """Bits left below 2**31: ``floor(log2((2**31 - 1) / bound))`` (negative: overflow)."""
+        if self.bound <= 0:
+            return 31
+        return math.floor(math.log2(INT32_MAX / self.bound))
+
+    @property
+    def fits(self) -> bool:
+        return self.bound <= INT32_MAX
+
+    def to_json(self) -> dict:
+        return dict(tensor=self.tensor, op=self.op, bound=int(self.bound),
+                    headroom_bits=self.headroom_bits)
+
+
+def _cvec(a):
+    return np.asarray(a, np.float64).reshape(-1)
+
+
+def _shift_range(lo, hi, shift):
+    """The range of ``T >> shift`` (ties to even; ``shift < 0``: a left shift), outward."""
+    s = np.exp2(-np.asarray(shift, np.float64))
+    return np.floor(lo * s), np.ceil(hi * s)
+
+
+def saturating_bound(signed, left):
+    """Where ``T << left`` could pass int32 before a requantize's clip to 8 bits, the program
+    first clips ``T`` to ``[-c, c]``, ``c = (max8 >> left) + 1`` (:func:`needs_saturation`):
+    every ``T`` beyond still shifts past the 8-bit range, so the result is unchanged."""
+    return (np.floor(qrange(signed)[1] / np.exp2(left)) + 1).astype(np.int64)
+
+
+def needs_saturation(lo, hi, shift):
+    """Per channel: does the requantize's left shift of ``[lo, hi]`` need the pre-clip?"""
+    left = np.maximum(-np.asarray(shift, np.float64), 0)
+    return (left > 0) & (np.maximum(np.abs(lo), np.abs(hi)) * np.exp2(left) > INT32_MAX)
+
+
+def _rq_intermediate(lo, hi, shift, signed=None):
+    """The largest magnitude the requantize's shift holds before its clip (``signed``: the clip
+    to 8 bits follows, so a left shift that could wrap is saturated first)."""
+    shift = np.asarray(shift, np.float64)
+    m = np.maximum(np.abs(lo), np.abs(hi))
+    left = m * np.exp2(np.maximum(-shift, 0))
+    if signed is not None:
+        sat = needs_saturation(lo, hi, shift)
+        c = saturating_bound(signed, np.maximum(-shift, 0))
+        left = np.where(sat, c * np.exp2(np.maximum(-shift, 0)), left)
+    rnd = np.where(shift > 0, np.exp2(np.maximum(shift - 1, 0)), 0.0)
+    return np.maximum(left, m + rnd + 1)
+
+
+def _layer_box(lo, hi, in_shift, signed):
+    """The requantized 8-bit input's range per input channel, with 0 (padding) in it."""
+    q8lo, q8hi = qrange(signed)
+    qlo, qhi = _shift_range(lo, hi, in_shift)
+    qlo = np.clip(qlo, q8lo, q8hi)
+    qhi = np.clip(qhi, q8lo, q8hi)
+    return np.minimum(qlo, 0), np.maximum(qhi, 0)
+
+
+def _layer_range(node, lp, qlo, qhi):
+    """The accumulator's range per output channel and the kernel's partial-sum bound."""
+    w = lp.w_int.astype(np.float64)
+    b = lp.b_int.astype(np.float64)
+    if node.op == "conv2d":
+        o, cg = w.shape[:2]
+        g = node.attrs["groups"]
+        chan = (np.arange(o)[:, None] // (o // g)) * cg + np.arange(cg)[None, :]  # (o, cg)
+        lo_w = qlo[chan][:, :, None, None]
+        hi_w = qhi[chan][:, :, None, None]
+        axes = (1, 2, 3)
+    else:
+        lo_w, hi_w = qlo[None, :], qhi[None, :]
+        axes = (1,)
+    a, c = w * lo_w, w * hi_w
+    hi = b + np.maximum(a, c).sum(axis=axes)
+    lo = b + np.minimum(a, c).sum(axis=axes)
+    m = max(float(np.abs(qrange(lp.in_signed)).max()), 0.0)
+    kernel = np.abs(b) + (m + KERNEL_DATA_OFFSET) * np.abs(w).sum(axis=axes)
+    return lo, hi, kernel
+
+
+def _reshape_range(node, graph, lo, hi):
+    src_shape = graph[node.inputs[0]].shape
+    if len(node.shape) >= 2 and node.shape[1] == lo.size:
+        return lo, hi
+    if len(src_shape) == 4 and len(node.shape) == 2:
+        px = int(np.prod(src_shape[2:]))
+        return np.repeat(lo, px), np.repeat(hi, px)
+    c = node.shape[1] if len(node.shape) > 1 else 1
+    return np.full(c, lo.min()), np.full(c, hi.max())
+
+
+def _propagate_fl(node, graph, fl, plan):
+    """A scale-keeping op's fl from its (possibly changed) input, as the formats rule has it."""
+    src = node.inputs[0]
+    if node.op == "reshape":
+        f = fl[src]
+        if len(node.shape) >= 2 and node.shape[1] == f.size:
+            return f
+        if len(graph[src].shape) == 4 and len(node.shape) == 2:
+            return np.repeat(f, int(np.prod(graph[src].shape[2:])))
+        return np.full(node.shape[1] if len(node.shape) > 1 else 1, f[0], np.int64)
+    return fl[src]
+
+
+class _Walk:
+    """One pass over the graph: ranges per tensor, bounds per int32 tensor, and (``fit``) the
+    plan changes that keep every bound below 2**31."""
+
+    def __init__(self, graph, plan, fit):
+        self.graph, self.plan, self.fit = graph, plan, fit
+        self.fl = {k: np.asarray(v, np.int64) for k, v in plan.fl.items()}
+        self.clip_hi = {k: np.asarray(v, np.int64) for k, v in plan.clip_hi.items()}
+        self.pool_shift = {k: np.asarray(v, np.int64) for k, v in plan.pool_shift.items()}
+        self.ranges: dict = {}
+        self.bounds: list[Bound] = []
+        self.changes: list[dict] = []
+        self.pool_clip: dict = {}  # pool -> per-channel clip of its inputs (saturating sum)
+        self.consumers = graph.consumers()
+        self.kernels: dict = {}  # layer -> (index in bounds, partial-sum bound per channel)
+
+    def _bound(self, n, values: dict):
+        what, worst = max(((k, float(np.max(v)) if np.size(v) else 0.0)
+                           for k, v in values.items()), key=lambda kv: kv[1])
+        b = Bound(n.name, n.op, n.source or n.name, worst, what)
+        self.bounds.append(b)
+        return b
+
+    def run(self):
+        g, plan = self.graph, self.plan
+        for n in g.nodes:
+            if n.op == "input":
+                lo, hi = qrange(plan.input_signed)
+                c = n.shape[1]
+                self.ranges[n.name] = (np.full(c, float(lo)), np.full(c, float(hi)))
+            elif n.is_layer:
+                self._layer(n)
+            elif n.op == "add":
+                self._add(n)
+            elif n.op == "global_avg_pool":
+                self._pool(n)
+            else:
+                self._keep_scale(n)
+        self._fold_offsets()
+        return self
+
+    def _layer(self, n):
+        lp = self.plan.layers[n.name]
+        src = n.inputs[0]
+        lo, hi = self.ranges[src]
+        shift = self.fl[src] - lp.in_fl
+        qlo, qhi = _layer_box(lo, hi, shift, lp.in_signed)
+        alo, ahi, kernel = _layer_range(n, lp, qlo, qhi)
+        self.ranges[n.name] = (alo, ahi)
+        values = {"accumulator": np.maximum(np.abs(alo), np.abs(ahi)),
+                  "kernel partial sums": kernel}
+        if not (src == self.graph.input and lp.in_fl == self.plan.input_fl):
+            values["input requantize"] = _rq_intermediate(lo, hi, shift, lp.in_signed)
+        self._bound(n, values)
+        self.kernels[n.name] = (len(self.bounds) - 1, kernel)
+
+    def _fold_offsets(self):
+        """A consumer's rounding offset is folded into the producing layer's bias (the last
+        rewrite before fusion), so the kernel's partial sums carry it too."""
+        right = {}
+        for n in self.graph.nodes:
+            for i in n.inputs:
+                if i not in self.kernels:
+                    continue
+                if n.is_layer:
+                    r = self.fl[i] - self.plan.layers[n.name].in_fl
+                elif n.op == "add":
+                    r = self.fl[i] - self.fl[n.name]
+                elif n.op == "global_avg_pool":
+                    r = self.pool_shift.get(n.name, np.zeros(1, np.int64))
+                else:
+                    continue
+                right[i] = np.maximum(right.get(i, 0), np.asarray(r))
+        for name, (at, kernel) in self.kernels.items():
+            r = np.asarray(right.get(name, 0), np.float64)
+            off = np.where(r > 0, np.exp2(np.maximum(r - 1, 0)), 0.0)
+            b = self.bounds[at]
+            worst = float(np.max(kernel + off))
+            if worst > b.bound:
+                self.bounds[at] = b = dataclasses.replace(b, bound=worst,
+                                                          what="kernel partial sums")
+            if self.fit and not b.fits:
+                raise OverflowBoundError(
+                    f"layer {b.source}: the {b.what} can reach {b.bound:.4g}, beyond int32 "
+                    f"(2**31 - 1); the layer's integer weights and bias are too large for int32")
+
+    def _keep_scale(self, n):
+        src = n.inputs[0]
+        lo, hi = self.ranges[src]
+        if not np.array_equal(self.fl[src], self.plan.fl[src]):
+            self.fl[n.name] = _propagate_fl(n, self.graph, self.fl, self.plan)
+            if n.op == "clip":
+                self.clip_hi[n.name] = clip_int(n.attrs["hi"], self.fl[n.name],
+                                                self.plan.eta[n.name])
+        if n.op == "relu":
+            lo, hi = np.maximum(lo, 0), np.maximum(hi, 0)
+        elif n.op == "clip":
+            c = self.clip_hi[n.name].astype(np.float64)
+            lo, hi = np.clip(lo, 0, c), np.clip(hi, 0, c)
+        elif n.op == "reshape":
+            lo, hi = _reshape_range(n, self.graph, lo, hi)
+        self.ranges[n.name] = (lo, hi)
+
+    def _add_at(self, n, f):
+        terms, values = [], {}
+        for i in n.inputs:
+            lo, hi = self.ranges[i]
+            s = f - self.fl[i]  # > 0: left shift; < 0: rounded right shift
+            tlo, thi = _shift_range(lo, hi, -s)
+            terms.append((tlo, thi))
+            values[f"operand {i}"] = np.maximum(
+                np.maximum(np.abs(tlo), np.abs(thi)), _rq_intermediate(lo, hi, -s))
+        lo = sum(t[0] for t in terms)
+        hi = sum(t[1] for t in terms)
+        values["sum"] = np.maximum(np.abs(lo), np.abs(hi))
+        return lo, hi, values
+
+    def _reader_offset(self, n, fl):
+        """Per channel, the largest rounding offset (plus its parity bit) that a layer reading
+        ``n`` (directly or through scale-keeping ops) adds to it when requantizing."""
+        off, todo = np.zeros(np.shape(fl), np.float64), [n.name]
+        while todo:
+            for c in self.consumers.get(todo.pop(), []):
+                node = self.graph[c]
+                if node.is_layer:
+                    r = np.asarray(fl, np.float64) - self.plan.layers[c].in_fl
+                    off = np.maximum(off, np.where(r > 0, np.exp2(np.maximum(r - 1, 0)) + 1, 0))
+                elif node.op in ("relu", "clip", "max_pool2d", "reshape"):
+                    todo.append(c)
+        return off
+
+    def _worst(self, n, values, fl):
+        """Per channel, the largest intermediate, with the readers' rounding offset."""
+        return np.max(np.stack(list(values.values())), axis=0) + self._reader_offset(n, fl)
+
+    def _add(self, n):
+        a, b = n.inputs
+        old_max = np.maximum(self.plan.fl[a], self.plan.fl[b])
+        f = np.maximum(self.fl[a], self.fl[b]) - (old_max - self.plan.fl[n.name])
+        lo, hi, values = self._add_at(n, f)
+        worst = self._worst(n, values, f)
+        if self.fit and np.any(worst > INT32_MAX):
+            f0 = f.copy()
+            for _ in range(MAX_LOWER):
+                over = worst > INT32_MAX
+                if not over.any():
+                    break
+                f = f - over
+                lo, hi, values = self._add_at(n, f)
+                worst = self._worst(n, values, f)
+            self.changes.append(dict(tensor=n.name, source=n.source or n.name, change="add_fl",
+                                     lowered_by=[int(v) for v in (f0 - f)]))
+        self.fl[n.name] = f
+        self.ranges[n.name] = (lo, hi)
+        self._bound(n, values)
+
+    def _pool_at(self, n, p):
+        src = n.inputs[0]
+        lo, hi = self.ranges[src]
+        hw = float(np.prod(self.graph[src].shape[2:]))
+        slo, shi = _shift_range(lo, hi, p)
+        values = {"input pre-shift": np.where(p > 0, _rq_intermediate(lo, hi, p), 0.0),
+                  "sum": hw * np.maximum(np.abs(slo), np.abs(shi))}
+        return hw * slo, hw * shi, values
+
+    def _saturation_clip(self, n, fl_pool):
+        """Per channel, the input value above which every reader of the pool's sum saturates,
+        when every reader is a layer (through reshapes that keep the channels): then clipping
+        each nonnegative input there changes no result, and bounds the sum.  None otherwise."""
+        g, todo, clip = self.graph, [n.name], None
+        while todo:
+            t = todo.pop()
+            if t == g.output:
+                return None
+            for c in self.consumers.get(t, []):
+                node = g[c]
+                if node.op == "reshape" and len(node.shape) >= 2 and node.shape[1] == n.shape[1]:
+                    todo.append(c)
+                elif node.is_layer:
+                    lp = self.plan.layers[node.name]
+                    shift = (fl_pool - lp.in_fl).astype(np.float64)
+                    top = qrange(lp.in_signed)[1] + 1
+                    c_ = np.where(shift >= 0, top * np.exp2(shift),
+                                  np.ceil(top * np.exp2(np.minimum(shift, 0))))
+                    clip = c_ if clip is None else np.minimum(clip, c_)
+                else:
+                    return None
+        return clip
+
+    def _pool_at(self, n, p, clip=None):
+        src = n.inputs[0]
+        lo, hi = self.ranges[src]
+        if clip is not None:
+            lo, hi = np.minimum(lo, clip), np.minimum(hi, clip)
+        hw = float(np.prod(self.graph[src].shape[2:]))
+        slo, shi = _shift_range(lo, hi, p)
+        values = {"input pre-shift": np.where(p > 0, _rq_intermediate(lo, hi, p), 0.0),
+                  "sum" if clip is None else "sum of clipped inputs":
+                      hw * np.maximum(np.abs(slo), np.abs(shi))}
+        return hw * slo, hw * shi, values
+
+    def _pool(self, n):
+        src = n.inputs[0]
+        p0 = self.pool_shift.get(n.name, np.zeros_like(self.plan.fl[src]))
+        k = self.plan.fl[n.name] - self.plan.fl[src] + p0  # the pool's own log2 read scale
+        p = p0.copy()
+        lo, hi, values = self._pool_at(n, p)
+        worst = self._worst(n, values, self.fl[src] - p + k)
+        if np.any(worst > INT32_MAX) and np.all(self.ranges[src][0] >= 0):
+            # first choice, exact: saturate the inputs where the readers saturate anyway
+            clip = self._saturation_clip(n, self.fl[src] - p + k)
+            if clip is not None and np.all(clip <= INT32_MAX):
+                lo, hi, values = self._pool_at(n, p, clip)
+                worst = self._worst(n, values, self.fl[src] - p + k)
+                self.pool_clip[n.name] = clip.astype(np.int64)
+        if self.fit and np.any(worst > INT32_MAX):
+            self.pool_clip.pop(n.name, None)
+            for _ in range(MAX_LOWER):
+                over = worst > INT32_MAX
+                if not over.any():
+                    break
+                p = p + over
+                lo, hi, values = self._pool_at(n, p)
+                worst = self._worst(n, values, self.fl[src] - p + k)
+            self.changes.append(dict(tensor=n.name, source=n.source or n.name,
+                                     change="pool_shift", shifted_by=[int(v) for v in (p - p0)]))
+        if p.any():
+            self.pool_shift[n.name] = p
+        self.fl[n.name] = self.fl[src] - p + k
+        self.ranges[n.name] = (lo, hi)
+        self._bound(n, values)
+
+
+def analyse(graph, plan):
+    """The bounds walk over ``plan``'s program: ``.ranges`` (tensor -> per-channel (lo, hi)),
+    ``.bounds`` (:class:`Bound` per int32 tensor) and ``.pool_clip`` (pool -> the saturating
+    clip of its inputs the program applies, see module doc)."""
+    return _Walk(graph, plan, fit=False).run()
+
+
+def int32_ranges(graph, plan) -> dict:
+    """``{tensor: (lo, hi)}``, each tensor's value range per channel (float64 arrays)."""
+    return _Walk(graph, plan, fit=False).run().ranges
+
+
+def int32_bounds(graph, plan) -> list[Bound]:
+    """The bound of every int32 tensor of ``plan``'s integer program, in graph order."""
+    return _Walk(graph, plan, fit=False).run().bounds
+
+
+def check_int32(graph, plan) -> list[Bound]:
+    """:func:`int32_bounds`, raising :class:`OverflowBoundError` naming the first tensor whose
+    bound passes ``2**31 - 1``."""
+    bounds = int32_bounds(graph, plan)
+    for b in bounds:
+        if not b.fits:
+            raise OverflowBoundError(f"{b.op} {b.source}: the {b.what} can reach {b.bound:.4g}, "
+                                     f"beyond int32 (2**31 - 1)")
+    return bounds
+
+
+def fit_int32(graph, plan):
+    """``plan``, changed where needed so that no int32 value of its program can wrap (module
+    doc); the same plan object when nothing needs to change.  The changes are listed in the
+    plan's ``info['overflow_changes']``."""
+    walk = _Walk(graph, plan, fit=True).run()
+    if not walk.changes:
+        check_int32(graph, plan)
+        return plan
+    info = dict(plan.info)
+    info["overflow_changes"] = walk.changes
+    fitted = dataclasses.replace(plan, fl=walk.fl, clip_hi=walk.clip_hi,
+                                 pool_shift=walk.pool_shift, info=info)
+    check_int32(graph, fitted)
+    return fitted
+
+
+def overflow_report(graph, plan) -> dict:
+    """The ``overflow`` entry of a module's ``.json``: every int32 tensor's bound and headroom
+    bits, the least headroom, the plan changes made for it and the saturating clips."""
+    walk = analyse(graph, plan)
+    rows = [b.to_json() for b in walk.bounds]
+    least = min(walk.bounds, key=lambda b: b.headroom_bits, default=None)
+    return dict(
+        rule="every int32 value's static bound (interval arithmetic over the integer weights "
+             "and the 8-bit ranges) is at most 2**31 - 1",
+        proved=all(b.fits for b in walk.bounds),
+        least_headroom=None if least is None else dict(tensor=least.tensor, source=least.source,
+                                                       what=least.what,
+                                                       headroom_bits=least.headroom_bits),
+        changes=list(plan.info.get("overflow_changes", [])),
+        saturating_pool_clips=sorted(walk.pool_clip),
+        tensors=rows)
