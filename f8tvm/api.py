@@ -10,6 +10,7 @@ that compiles.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,9 +33,13 @@ from .runtime import Module, check_cpu, library_record, metadata_path
 __all__ = ["REQUANTIZE_MODES", "CompiledModel", "GivenPlan", "compile", "fuse", "import_model"]
 
 
-def check_output_dir(out_dir: str) -> None:
+MIN_FREE_BYTES = 64 * 2**20  # a zoo module is 2-15 MB; the linker's temporaries come on top
+
+
+def check_output_dir(out_dir: str, need_bytes: int = MIN_FREE_BYTES) -> None:
     """Raise :class:`InputError` unless ``out_dir`` is a folder that exists or can be made and
-    can be written, without creating it (so a bad one fails before a build, leaving nothing)."""
+    can be written, with ``need_bytes`` free on its disk, without creating it (so a bad one
+    fails before a build, leaving nothing)."""
     path = os.path.abspath(out_dir)
     probe = path
     while not os.path.exists(probe):
@@ -44,6 +49,10 @@ def check_output_dir(out_dir: str) -> None:
         raise InputError(f"output folder {out_dir} {what}")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"output folder {out_dir}: {probe} is not writable")
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise InputError(f"output folder {out_dir}: only {free / 2**20:.0f} MiB free on its "
+                         f"disk; a module needs about {need_bytes / 2**20:.0f} MiB")
 
 
 @dataclass
@@ -95,11 +104,23 @@ class CompiledModel:
             kwargs = {}
             if self.target.cross_compiler:
                 kwargs["fcompile"] = cc.cross_compiler(self.target.cross_compiler)
-            self.executable.export_library(tmp_so, **kwargs)
             tmp_json = os.path.join(tmp, "model.json")
-            meta = dict(self.metadata(), library=library_record(tmp_so, os.path.basename(path)))
-            with open(tmp_json, "w") as f:
-                json.dump(meta, f, indent=1)
+            meta = self.metadata()
+            # the .so carries its build's id (a digest of the metadata: repeatable builds stay
+            # byte-for-byte repeatable), which the .json names beside the .so's SHA-256
+            ident = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:40]
+            kwargs["options"] = [f"-Wl,--build-id=0x{ident}"]
+            try:
+                self.executable.export_library(tmp_so, **kwargs)
+                meta = dict(meta, library=library_record(tmp_so, os.path.basename(path)))
+                with open(tmp_json, "w") as f:
+                    json.dump(meta, f, indent=1)
+            except (OSError, RuntimeError) as err:  # the linker reports a full disk as either
+                if "No space left" not in str(err) and getattr(err, "errno", 0) != 28:
+                    raise
+                free = shutil.disk_usage(out_dir).free
+                raise InputError(f"writing {path}: no space left on the device of {out_dir} "
+                                 f"({free / 2**20:.0f} MiB free); nothing was written") from None
             # the .so first: a reader between the two renames sees a new .so beside the old
             # .json, which load() refuses (the .json names the .so's SHA-256)
             os.replace(tmp_so, path)

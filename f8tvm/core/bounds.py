@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from f8tvm.core import formats
 from f8tvm.core.errors import F8TVMError
 from f8tvm.core.fixedpoint import INT32_MAX, qrange
-from f8tvm.core.formats import clip_int
 
 KERNEL_DATA_OFFSET = 128  # u8 <-> s8 data offset a target's dot product may apply
 MAX_LOWER = 31  # an add's FL or a pool's pre-shift moves at most this far
@@ -72,8 +72,8 @@ class Bound:
         return self.bound <= INT32_MAX
 
     def to_json(self) -> dict:
-        return dict(tensor=self.tensor, op=self.op, bound=int(self.bound),
-                    headroom_bits=self.headroom_bits)
+        return dict(tensor=self.tensor, source=self.source, op=self.op, what=self.what,
+                    bound=int(self.bound), headroom_bits=self.headroom_bits)
 
 
 def _cvec(a):
@@ -155,19 +155,6 @@ def _reshape_range(node, graph, lo, hi):
     return np.full(c, lo.min()), np.full(c, hi.max())
 
 
-def _propagate_fl(node, graph, fl, plan):
-    """A scale-keeping op's fl from its (possibly changed) input, as the formats rule has it."""
-    src = node.inputs[0]
-    if node.op == "reshape":
-        f = fl[src]
-        if len(node.shape) >= 2 and node.shape[1] == f.size:
-            return f
-        if len(graph[src].shape) == 4 and len(node.shape) == 2:
-            return np.repeat(f, int(np.prod(graph[src].shape[2:])))
-        return np.full(node.shape[1] if len(node.shape) > 1 else 1, f[0], np.int64)
-    return fl[src]
-
-
 class _Walk:
     """One pass over the graph: ranges per tensor, bounds per int32 tensor, and (``fit``) the
     plan changes that keep every bound below 2**31."""
@@ -225,43 +212,37 @@ class _Walk:
         self.kernels[n.name] = (len(self.bounds) - 1, kernel)
 
     def _fold_offsets(self):
-        """A consumer's rounding offset is folded into the producing layer's bias (the last
+        """A reader's rounding offset is folded into the producing layer's bias (the last
         rewrite before fusion), so the kernel's partial sums carry it too."""
-        right = {}
-        for n in self.graph.nodes:
-            for i in n.inputs:
-                if i not in self.kernels:
-                    continue
-                if n.is_layer:
-                    r = self.fl[i] - self.plan.layers[n.name].in_fl
-                elif n.op == "add":
-                    r = self.fl[i] - self.fl[n.name]
-                elif n.op == "global_avg_pool":
-                    r = self.pool_shift.get(n.name, np.zeros(1, np.int64))
-                else:
-                    continue
-                right[i] = np.maximum(right.get(i, 0), np.asarray(r))
         for name, (at, kernel) in self.kernels.items():
-            r = np.asarray(right.get(name, 0), np.float64)
-            off = np.where(r > 0, np.exp2(np.maximum(r - 1, 0)), 0.0)
+            off = self._reader_offset(self.graph[name], self.fl[name])
+            for c in self.consumers.get(name, []):
+                node = self.graph[c]
+                r = (self.fl[name] - self.fl[c] if node.op == "add" else
+                     self.pool_shift.get(c, 0) if node.op == "global_avg_pool" else 0)
+                off = np.maximum(off, np.where(np.asarray(r) > 0,
+                                               np.exp2(np.maximum(np.asarray(r) - 1, 0)) + 1, 0))
             b = self.bounds[at]
             worst = float(np.max(kernel + off))
             if worst > b.bound:
                 self.bounds[at] = b = dataclasses.replace(b, bound=worst,
                                                           what="kernel partial sums")
             if self.fit and not b.fits:
+                hint = ("its input's FL is far above its source's, and the source is a wide "
+                        "accumulator" if b.what == "input requantize" else
+                        "its integer weights and bias are too large for int32")
                 raise OverflowBoundError(
                     f"layer {b.source}: the {b.what} can reach {b.bound:.4g}, beyond int32 "
-                    f"(2**31 - 1); the layer's integer weights and bias are too large for int32")
+                    f"(2**31 - 1); {hint}")
 
     def _keep_scale(self, n):
         src = n.inputs[0]
         lo, hi = self.ranges[src]
-        if not np.array_equal(self.fl[src], self.plan.fl[src]):
-            self.fl[n.name] = _propagate_fl(n, self.graph, self.fl, self.plan)
-            if n.op == "clip":
-                self.clip_hi[n.name] = clip_int(n.attrs["hi"], self.fl[n.name],
-                                                self.plan.eta[n.name])
+        if not np.array_equal(self.fl[src], self.plan.fl[src]):  # the rule, on the new fl
+            f = formats.propagate(n, self.graph, self.fl, self.plan.eta)
+            self.fl[n.name] = f.fl
+            if f.clip_hi is not None:
+                self.clip_hi[n.name] = f.clip_hi
         if n.op == "relu":
             lo, hi = np.maximum(lo, 0), np.maximum(hi, 0)
         elif n.op == "clip":
@@ -406,11 +387,6 @@ def analyse(graph, plan):
     ``.bounds`` (:class:`Bound` per int32 tensor) and ``.pool_clip`` (pool -> the saturating
     clip of its inputs the program applies, see module doc)."""
     return _Walk(graph, plan, fit=False).run()
-
-
-def int32_ranges(graph, plan) -> dict:
-    """``{tensor: (lo, hi)}``, each tensor's value range per channel (float64 arrays)."""
-    return _Walk(graph, plan, fit=False).run().ranges
 
 
 def int32_bounds(graph, plan) -> list[Bound]:

@@ -27,3 +27,7 @@ class AuditError(F8TVMError):
 
 class UnsupportedCPUError(F8TVMError):
     """The module was built for instructions this CPU does not have."""
+
+
+class CalibrationWarning(UserWarning):
+    """Calibration decided a plan that loses much of the data (e.g. most values saturate)."""

@@ -22,7 +22,7 @@ from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import bindings, rebuild
 from f8tvm.core.errors import InputError, UnsupportedOpError
 from f8tvm.core.graph import extract_graph
-from f8tvm.passes.fold_batchnorm import FoldBatchNorm
+from f8tvm.passes.fold_batchnorm import FoldBatchNorm, check_foldable
 
 
 @dataclass(frozen=True)
@@ -186,9 +186,20 @@ def import_torch(model, example_input):
     return tvm.IRModule({"main": func}), sources
 
 
-def fold(float_mod):
+def fold(float_mod, sources: dict | None = None):
     """BatchNorm folded into the convs' weights (keeping every binding's name), constants
-    folded, dead code removed: the float module the layer graph is read from."""
+    folded, dead code removed: the float module the layer graph is read from.  ``sources``
+    (the import's table) puts the PyTorch module and source line into an error."""
+    try:
+        check_foldable(float_mod["main"])
+    except UnsupportedOpError as err:
+        name = getattr(err, "binding", None)
+        src = (sources or {}).get(name) or (sources or {}).get((name or "").removesuffix("_pre"))
+        if src is None:
+            raise
+        where = f"module '{src.module}' ({src.module_type})" if src.module else "the top level"
+        where = f"{where}, {src.location}" if src.location else where
+        raise UnsupportedOpError(f"{where}: {err}") from None
     return _tvm.tvm.transform.Sequential([
         FoldBatchNorm,
         relax.transform.FoldConstant(),
@@ -201,7 +212,7 @@ def float_graph(model, example_input):
     """A model's folded float Relax module, its source table and its layer graph: what a plan
     source decides formats over."""
     mod, sources = import_torch(model, example_input)
-    mod = fold(mod)
+    mod = fold(mod, sources)
     return mod, sources, extract_graph(mod, sources)
 
 
