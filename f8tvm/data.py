@@ -129,8 +129,17 @@ def load_image_uint8(
     numpy.ndarray
         ``uint8`` array of shape ``(1, 3, size, size)`` (NCHW, RGB).
     """
-    with Image.open(path) as img:
-        crop = _resize_center_crop(_eight_bit(img, path), size, resample)
+    try:
+        img = Image.open(path)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # PIL's UnidentifiedImageError, a damaged header ...
+        raise InputError(f"{path} is not an image Pillow can read ({err})") from None
+    with img:
+        try:
+            crop = _resize_center_crop(_eight_bit(img, path), size, resample)
+        except OSError as err:  # a truncated file fails when its pixels are read
+            raise InputError(f"{path}: the image cannot be decoded ({err})") from None
     return np.ascontiguousarray(np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1)[None])
 
 

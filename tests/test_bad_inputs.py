@@ -366,3 +366,21 @@ def test_all_zero_weights_are_named_not_blamed_on_the_data():
                                                 r"\(Conv2d\), \.\.\.\): .*were the trained "
                                                 r"weights loaded\?"):
         plan_fixed_point(graph, collect_stats(graph, [x.numpy()]), "mse")
+
+
+@pytest.mark.unit
+def test_a_calibration_folder_with_a_file_that_is_no_image_is_named(tmp_path, capsys):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(folder / "a.png")
+    (folder / "b.png").write_text("not a picture")
+    Image.new("RGB", (40, 40)).save(folder / "c.jpg")
+    (folder / "c.jpg").write_bytes((folder / "c.jpg").read_bytes()[:200])  # truncated
+    for bad in (folder / "b.png", folder / "c.jpg"):
+        with pytest.raises(InputError, match=re.escape(str(bad)) + " (is not an image Pillow "
+                                             "can read|: the image cannot be decoded)"):
+            data.load_image(bad, 32)
+    assert build.main(["--model", "resnet18", "--input-size", "32", "--calib", str(folder),
+                       "--output-dir", str(tmp_path / "out")]) == 2
+    assert f"{folder / 'b.png'} is not an image Pillow can read" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
