@@ -23,6 +23,10 @@ reshape             per-channel fl carried to the new channel axis: unchanged wh
 
 Tensors joined by adds and by scale-preserving ops (:data:`STREAM_OPS`) must share eta: they
 form a *residual stream* (:func:`streams`).
+
+This rule is the default.  Where its program could pass int32, :mod:`f8tvm.core.bounds` lowers
+an add's ``fl`` (the operand above it is rounded right) or rounds a pool's inputs right first
+(the plan's ``pool_shift``), after every plan source has decided.
 """
 
 from __future__ import annotations
