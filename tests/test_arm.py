@@ -293,3 +293,27 @@ def test_arm_asm_conv_products_are_8bit(builds):
             for fn, ops in muls.items()}
     assert not any(wide.values()), {fn: ops for fn, ops in wide.items() if ops}
     print(f"\narm: {len(muls)} conv kernels, {sum(map(len, muls.values()))} smull .8b")
+
+
+@on_board
+def test_instruction_counts_bracket_the_inferences(builds, board):
+    """tools.arm_count: instructions per inference on the emulated board (QEMU plugin of ours,
+    markers around the inferences).  Two counts with 3 and 5 inferences agree within 0.1%, and
+    the one-inference segment is one inference plus the loop's own few instructions."""
+    from tools import arm_count
+
+    name, built = builds
+    if name != "resnet18":
+        pytest.skip("one model is enough")
+    try:
+        arm_count.setup()
+    except (ToolchainError, RuntimeError) as err:  # no gcc, no Debian sources, no network
+        pytest.skip(f"the instruction counter cannot be set up here: {err}")
+    so = built["arm-dotprod"][1]
+    a, b = (arm_count.count(so, runs, board=board) for runs in (3, 5))
+    assert a["per_inference"] > 1e6
+    assert abs(a["per_inference"] - b["per_inference"]) <= 1e-3 * b["per_inference"]
+    assert 0 <= a["one"] - a["per_inference"] < 0.01 * a["per_inference"]
+    # without dotprod the same program is not runnable: sdot is an illegal instruction there
+    with pytest.raises(RuntimeError, match="counting .* failed"):
+        arm_count.count(so, 3, cpu="cortex-a72", board=board)

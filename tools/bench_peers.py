@@ -166,11 +166,12 @@ def export_onnx(model, x, path, dynamo=True):
                       output_names=["y"], dynamo=dynamo, external_data=False)
 
 
-def quantize_onnx(fp32, out, calib, fmt, preprocess=True):
+def quantize_onnx(fp32, out, calib, fmt, preprocess=True, activations="uint8"):
     """ORT's static quantization of ``fp32`` into ``out`` (``fmt``: "qdq" or "qop"): uint8
-    activations, int8 per-channel weights, calibrated on ``calib`` (NumPy batches, fed one
-    image at a time); ``preprocess=False`` skips ``quant_pre_process`` (the bench's old setup,
-    kept for the test that shows the check catches it)."""
+    activations (``activations="int8"``: ORT's s8s8, what its ARM kernels prefer), int8
+    per-channel weights, calibrated on ``calib`` (NumPy batches, fed one image at a time);
+    ``preprocess=False`` skips ``quant_pre_process`` (the bench's old setup, kept for the test
+    that shows the check catches it)."""
     # lazy: a peer ([bench] extra), imported only when it runs
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -193,7 +194,9 @@ def quantize_onnx(fp32, out, calib, fmt, preprocess=True):
         quant_pre_process(fp32, src)
     quantize_static(src, out, Reader(),
                     quant_format={"qdq": QuantFormat.QDQ, "qop": QuantFormat.QOperator}[fmt],
-                    per_channel=True, activation_type=QuantType.QUInt8,
+                    per_channel=True,
+                    activation_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[
+                        activations],
                     weight_type=QuantType.QInt8)
     return out
 
