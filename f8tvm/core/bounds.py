@@ -22,11 +22,17 @@ add                 the sum of the aligned operands; each aligned operand is che
 reshape             the ranges carried like the formats
 ==================  =========================================================================
 
-Where a bound passes ``2**31 - 1`` :func:`fit_int32` changes the plan instead of emitting a
-program that can wrap: an add's FL is lowered (its operands are rounded right before the add,
-instead of the narrow-range one being shifted left), or a global average pool's input is
-rounded right by ``pool_shift`` bits before the sum.  Both are per channel and only as far as
-needed.  A layer whose own accumulator cannot fit fails the build, naming the layer and the bound.
+Where a bound passes ``2**31 - 1`` the program must not be emitted as it is:
+
+* exact rewrites first, which change no result and no plan: a requantize whose left shift could
+  wrap clips its input first, where the 8-bit result saturates anyway
+  (:func:`needs_saturation`); a global average pool whose inputs are nonnegative and read only
+  by layers clips each input where every reader saturates anyway (``pool_clip``);
+* else :func:`fit_int32` changes the plan: an add's FL is lowered (its operands are rounded
+  right before the add, instead of the narrow-range one being shifted left), or a global
+  average pool's input is rounded right by ``pool_shift`` bits before the sum; both per channel
+  and only as far as needed;
+* a layer whose own accumulator cannot fit fails the build, naming the layer and the bound.
 """
 
 from __future__ import annotations
@@ -74,10 +80,6 @@ class Bound:
     def to_json(self) -> dict:
         return dict(tensor=self.tensor, source=self.source, op=self.op, what=self.what,
                     bound=int(self.bound), headroom_bits=self.headroom_bits)
-
-
-def _cvec(a):
-    return np.asarray(a, np.float64).reshape(-1)
 
 
 def _shift_range(lo, hi, shift):
@@ -304,15 +306,6 @@ class _Walk:
         self.fl[n.name] = f
         self.ranges[n.name] = (lo, hi)
         self._bound(n, values)
-
-    def _pool_at(self, n, p):
-        src = n.inputs[0]
-        lo, hi = self.ranges[src]
-        hw = float(np.prod(self.graph[src].shape[2:]))
-        slo, shi = _shift_range(lo, hi, p)
-        values = {"input pre-shift": np.where(p > 0, _rq_intermediate(lo, hi, p), 0.0),
-                  "sum": hw * np.maximum(np.abs(slo), np.abs(shi))}
-        return hw * slo, hw * shi, values
 
     def _saturation_clip(self, n, fl_pool):
         """Per channel, the input value above which every reader of the pool's sum saturates,
