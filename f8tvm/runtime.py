@@ -53,6 +53,21 @@ def library_record(so_path: str, name: str | None = None) -> dict:
             "sha256": _sha256(so_path), "build_id": build_id(so_path)}
 
 
+def _elf_header(data: bytes):
+    """``(num, wide, shoff, shentsize, shnum)`` of an ELF image's header: ``num(at, n)`` reads an
+    integer in the file's byte order, ``wide`` is ELF64.  ``data`` must start with the ELF
+    magic and hold the 52/64-byte header."""
+    order = "little" if data[5] == 1 else "big"
+
+    def num(at, n):
+        return int.from_bytes(data[at:at + n], order)
+
+    wide = data[4] == 2
+    shoff, shentsize, shnum = ((num(0x28, 8), num(0x3A, 2), num(0x3C, 2)) if wide
+                               else (num(0x20, 4), num(0x2E, 2), num(0x30, 2)))
+    return num, wide, shoff, shentsize, shnum
+
+
 def build_id(path: str) -> str | None:
     """The GNU build id of an ELF file (hex), or None.  f8tvm's export sets it to a digest of
     the module's metadata, so a ``.so`` says which build it is without its ``.json``."""
@@ -60,13 +75,7 @@ def build_id(path: str) -> str | None:
         elf = f.read()
     if len(elf) < 64 or elf[:4] != b"\x7fELF":
         return None
-    wide, order = elf[4] == 2, "little" if elf[5] == 1 else "big"
-
-    def num(at, n):
-        return int.from_bytes(elf[at:at + n], order)
-
-    shoff, shentsize, shnum = ((num(0x28, 8), num(0x3A, 2), num(0x3C, 2)) if wide
-                               else (num(0x20, 4), num(0x2E, 2), num(0x30, 2)))
+    num, wide, shoff, shentsize, shnum = _elf_header(elf)
     for i in range(shnum):
         sh = shoff + i * shentsize
         if sh + shentsize > len(elf) or num(sh + 4, 4) != 7:  # SHT_NOTE
@@ -107,11 +116,8 @@ def check_library(path: str, meta: dict, meta_path: str, local: bool = True) -> 
     if len(head) < 52 or head[:4] != b"\x7fELF":
         raise InputError(f"{path} is not a shared library ({size} bytes, no ELF header): "
                          "truncated, or another kind of file")
-    order = "little" if head[5] == 1 else "big"
-    field = lambda at, n: int.from_bytes(head[at:at + n], order)  # noqa: E731
+    field, _, shoff, shentsize, shnum = _elf_header(head)
     # the section header table (at the end of the file a linker writes) must be inside it
-    shoff, shentsize, shnum = ((field(0x28, 8), field(0x3A, 2), field(0x3C, 2)) if head[4] == 2
-                               else (field(0x20, 4), field(0x2E, 2), field(0x30, 2)))
     if shoff + shentsize * shnum > size:
         raise InputError(f"{path} is a truncated shared library ({size} bytes; its section "
                          f"headers end at byte {shoff + shentsize * shnum})")
