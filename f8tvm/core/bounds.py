@@ -88,6 +88,13 @@ def _shift_range(lo, hi, shift):
     return np.floor(lo * s), np.ceil(hi * s)
 
 
+def _rounding(right):
+    """The most a ties-to-even right shift by ``right`` adds before shifting: its rounding
+    offset ``2**(r-1) - 1`` and the parity bit, bounded by ``2**(r-1) + 1``; 0 where r <= 0."""
+    right = np.asarray(right, np.float64)
+    return np.where(right > 0, np.exp2(np.maximum(right - 1, 0)) + 1, 0.0)
+
+
 def saturating_bound(signed, left):
     """Where ``T << left`` could pass int32 before a requantize's clip to 8 bits, the program
     first clips ``T`` to ``[-c, c]``, ``c = (max8 >> left) + 1`` (:func:`needs_saturation`):
@@ -111,8 +118,8 @@ def _rq_intermediate(lo, hi, shift, signed=None):
         sat = needs_saturation(lo, hi, shift)
         c = saturating_bound(signed, np.maximum(-shift, 0))
         left = np.where(sat, c * np.exp2(np.maximum(-shift, 0)), left)
-    rnd = np.where(shift > 0, np.exp2(np.maximum(shift - 1, 0)), 0.0)
-    return np.maximum(left, m + rnd + 1)
+    # the parity bit's 1 is counted even where nothing is shifted right
+    return np.maximum(left, m + np.maximum(_rounding(shift), 1))
 
 
 def _layer_box(lo, hi, in_shift, signed):
@@ -141,18 +148,16 @@ def _layer_range(node, lp, qlo, qhi):
     a, c = w * lo_w, w * hi_w
     hi = b + np.maximum(a, c).sum(axis=axes)
     lo = b + np.minimum(a, c).sum(axis=axes)
-    m = max(float(np.abs(qrange(lp.in_signed)).max()), 0.0)
-    kernel = np.abs(b) + (m + KERNEL_DATA_OFFSET) * np.abs(w).sum(axis=axes)
+    kernel = np.abs(b) + (qrange(lp.in_signed)[1] + KERNEL_DATA_OFFSET) * np.abs(w).sum(axis=axes)
     return lo, hi, kernel
 
 
 def _reshape_range(node, graph, lo, hi):
-    src_shape = graph[node.inputs[0]].shape
-    if len(node.shape) >= 2 and node.shape[1] == lo.size:
-        return lo, hi
-    if len(src_shape) == 4 and len(node.shape) == 2:
-        px = int(np.prod(src_shape[2:]))
-        return np.repeat(lo, px), np.repeat(hi, px)
+    """The ranges carried through a reshape as the formats rule carries fls; where no channel
+    map exists, one range for the whole tensor."""
+    index = formats.reshape_channels(graph[node.inputs[0]].shape, node.shape)
+    if index is not None:
+        return lo[index], hi[index]
     c = node.shape[1] if len(node.shape) > 1 else 1
     return np.full(c, lo.min()), np.full(c, hi.max())
 
@@ -222,8 +227,7 @@ class _Walk:
                 node = self.graph[c]
                 r = (self.fl[name] - self.fl[c] if node.op == "add" else
                      self.pool_shift.get(c, 0) if node.op == "global_avg_pool" else 0)
-                off = np.maximum(off, np.where(np.asarray(r) > 0,
-                                               np.exp2(np.maximum(np.asarray(r) - 1, 0)) + 1, 0))
+                off = np.maximum(off, _rounding(r))
             b = self.bounds[at]
             worst = float(np.max(kernel + off))
             if worst > b.bound:
@@ -276,8 +280,7 @@ class _Walk:
             for c in self.consumers.get(todo.pop(), []):
                 node = self.graph[c]
                 if node.is_layer:
-                    r = np.asarray(fl, np.float64) - self.plan.layers[c].in_fl
-                    off = np.maximum(off, np.where(r > 0, np.exp2(np.maximum(r - 1, 0)) + 1, 0))
+                    off = np.maximum(off, _rounding(fl - self.plan.layers[c].in_fl))
                 elif node.op in ("relu", "clip", "max_pool2d", "reshape"):
                     todo.append(c)
         return off
@@ -286,24 +289,37 @@ class _Walk:
         """Per channel, the largest intermediate, with the readers' rounding offset."""
         return np.max(np.stack(list(values.values())), axis=0) + self._reader_offset(n, fl)
 
+    @staticmethod
+    def _fewest_steps(evaluate, res):
+        """Per channel, the fewest one-bit steps after which every intermediate fits int32:
+        ``evaluate(steps)`` -> ``(lo, hi, values, worst)``, ``res`` its result at no step; a
+        channel steps while its ``worst`` does not fit.  Returns the steps and their result."""
+        steps = np.zeros(np.shape(res[3]), np.int64)
+        for _ in range(MAX_LOWER):
+            over = res[3] > INT32_MAX
+            if not over.any():
+                break
+            steps = steps + over
+            res = evaluate(steps)
+        return steps, res
+
     def _add(self, n):
         a, b = n.inputs
         old_max = np.maximum(self.plan.fl[a], self.plan.fl[b])
-        f = np.maximum(self.fl[a], self.fl[b]) - (old_max - self.plan.fl[n.name])
-        lo, hi, values = self._add_at(n, f)
-        worst = self._worst(n, values, f)
+        f0 = np.maximum(self.fl[a], self.fl[b]) - (old_max - self.plan.fl[n.name])
+
+        def evaluate(lowered):
+            f = f0 - lowered
+            lo, hi, values = self._add_at(n, f)
+            return lo, hi, values, self._worst(n, values, f)
+
+        lowered, (lo, hi, values, worst) = 0, evaluate(0)
         if self.fit and np.any(worst > INT32_MAX):
-            f0 = f.copy()
-            for _ in range(MAX_LOWER):
-                over = worst > INT32_MAX
-                if not over.any():
-                    break
-                f = f - over
-                lo, hi, values = self._add_at(n, f)
-                worst = self._worst(n, values, f)
+            lowered, (lo, hi, values, worst) = self._fewest_steps(evaluate,
+                                                                  (lo, hi, values, worst))
             self.changes.append(dict(tensor=n.name, source=n.source or n.name, change="add_fl",
-                                     lowered_by=[int(v) for v in (f0 - f)]))
-        self.fl[n.name] = f
+                                     lowered_by=[int(v) for v in lowered]))
+        self.fl[n.name] = f0 - lowered
         self.ranges[n.name] = (lo, hi)
         self._bound(n, values)
 
@@ -347,27 +363,25 @@ class _Walk:
         src = n.inputs[0]
         p0 = self.pool_shift.get(n.name, np.zeros_like(self.plan.fl[src]))
         k = self.plan.fl[n.name] - self.plan.fl[src] + p0  # the pool's own log2 read scale
-        p = p0.copy()
-        lo, hi, values = self._pool_at(n, p)
-        worst = self._worst(n, values, self.fl[src] - p + k)
+
+        def evaluate(shifted, clip=None):
+            p = p0 + shifted
+            lo, hi, values = self._pool_at(n, p, clip)
+            return lo, hi, values, self._worst(n, values, self.fl[src] - p + k)
+
+        shifted, (lo, hi, values, worst) = 0, evaluate(0)
         if np.any(worst > INT32_MAX) and np.all(self.ranges[src][0] >= 0):
             # first choice, exact: saturate the inputs where the readers saturate anyway
-            clip = self._saturation_clip(n, self.fl[src] - p + k)
+            clip = self._saturation_clip(n, self.fl[src] - p0 + k)
             if clip is not None and np.all(clip <= INT32_MAX):
-                lo, hi, values = self._pool_at(n, p, clip)
-                worst = self._worst(n, values, self.fl[src] - p + k)
+                lo, hi, values, worst = evaluate(0, clip)
                 self.pool_clip[n.name] = clip.astype(np.int64)
         if self.fit and np.any(worst > INT32_MAX):
             self.pool_clip.pop(n.name, None)
-            for _ in range(MAX_LOWER):
-                over = worst > INT32_MAX
-                if not over.any():
-                    break
-                p = p + over
-                lo, hi, values = self._pool_at(n, p)
-                worst = self._worst(n, values, self.fl[src] - p + k)
+            shifted, (lo, hi, values, worst) = self._fewest_steps(evaluate, evaluate(0))
             self.changes.append(dict(tensor=n.name, source=n.source or n.name,
-                                     change="pool_shift", shifted_by=[int(v) for v in (p - p0)]))
+                                     change="pool_shift", shifted_by=[int(v) for v in shifted]))
+        p = p0 + shifted
         if p.any():
             self.pool_shift[n.name] = p
         self.fl[n.name] = self.fl[src] - p + k
@@ -384,13 +398,11 @@ def analyse(graph, plan):
 
 def int32_bounds(graph, plan) -> list[Bound]:
     """The bound of every int32 tensor of ``plan``'s integer program, in graph order."""
-    return _Walk(graph, plan, fit=False).run().bounds
+    return analyse(graph, plan).bounds
 
 
-def check_int32(graph, plan) -> list[Bound]:
-    """:func:`int32_bounds`, raising :class:`OverflowBoundError` naming the first tensor whose
-    bound passes ``2**31 - 1``."""
-    bounds = int32_bounds(graph, plan)
+def _first_overflow(bounds: list[Bound]) -> list[Bound]:
+    """``bounds``, or :class:`OverflowBoundError` naming the first one past ``2**31 - 1``."""
     for b in bounds:
         if not b.fits:
             raise OverflowBoundError(f"{b.op} {b.source}: the {b.what} can reach {b.bound:.4g}, "
@@ -398,19 +410,25 @@ def check_int32(graph, plan) -> list[Bound]:
     return bounds
 
 
+def check_int32(graph, plan) -> list[Bound]:
+    """:func:`int32_bounds`, raising :class:`OverflowBoundError` naming the first tensor whose
+    bound passes ``2**31 - 1``."""
+    return _first_overflow(int32_bounds(graph, plan))
+
+
 def fit_int32(graph, plan):
     """``plan``, changed where needed so that no int32 value of its program can wrap (module
     doc); the same plan object when nothing needs to change.  The changes are listed in the
     plan's ``info['overflow_changes']``."""
     walk = _Walk(graph, plan, fit=True).run()
-    if not walk.changes:
-        check_int32(graph, plan)
+    if not walk.changes:  # the walk was the unchanged plan's own analysis
+        _first_overflow(walk.bounds)
         return plan
     info = dict(plan.info)
     info["overflow_changes"] = walk.changes
     fitted = dataclasses.replace(plan, fl=walk.fl, clip_hi=walk.clip_hi,
                                  pool_shift=walk.pool_shift, info=info)
-    check_int32(graph, fitted)
+    check_int32(graph, fitted)  # the changed plan, analysed afresh as its consumers read it
     return fitted
 
 

@@ -150,14 +150,23 @@ def _global_avg_pool(n, graph, fl, eta, opts):
     return Format(fl[src] + k, pool_eta(eta[src], hw) if opts["pool_factor_in_eta"] else eta[src])
 
 
+def reshape_channels(src_shape, out_shape) -> np.ndarray | None:
+    """For each channel of a reshape's output, the input channel it comes from: the same when
+    the channel count is kept, each channel repeated per pixel for an NCHW -> (N, C*H*W)
+    flatten; None for any other reshape (only a per-tensor value can cross it)."""
+    if len(out_shape) >= 2 and out_shape[1] == src_shape[1]:
+        return np.arange(src_shape[1])
+    if len(src_shape) == 4 and len(out_shape) == 2:
+        return np.repeat(np.arange(src_shape[1]), int(np.prod(src_shape[2:])))
+    return None
+
+
 def _reshape(n, graph, fl, eta, opts):
     src = n.inputs[0]
     f = fl[src]
-    src_shape = graph[src].shape
-    if len(n.shape) >= 2 and n.shape[1] == f.size:
-        out = f
-    elif len(src_shape) == 4 and len(n.shape) == 2:
-        out = np.repeat(f, int(np.prod(src_shape[2:])))
+    index = reshape_channels(graph[src].shape, n.shape)
+    if index is not None:
+        out = f[index]
     elif np.all(f == f[0]):
         out = np.full(n.shape[1] if len(n.shape) > 1 else 1, f[0], np.int64)
     else:
