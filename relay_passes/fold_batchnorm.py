@@ -80,13 +80,10 @@ def _unfoldable(var, src, producers) -> UnsupportedOpError:
     return err
 
 
-def check_foldable(func) -> None:
-    """Raise the pass's :class:`UnsupportedOpError` for a BatchNorm it cannot fold, from plain
-    Python (an error raised inside a TVM pass loses its attributes: ``.binding``)."""
-    _fold(func)
-
-
 def fold_batchnorm(func):
+    """``func`` with every inference batch_norm folded into its conv2d.  Called from plain
+    Python, its :class:`UnsupportedOpError` keeps ``.binding`` (raised inside the TVM pass, the
+    error crosses tvm-ffi as a new exception without its attributes)."""
     plan = _fold(func)
     if not plan:
         return func

@@ -19,10 +19,10 @@ from tvm.relax.frontend.torch.exported_program_translator import ExportedProgram
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
-from f8tvm.core.bindings import bindings, rebuild
+from f8tvm.core.bindings import bindings, rebuild, with_main
 from f8tvm.core.errors import InputError, UnsupportedOpError
 from f8tvm.core.graph import extract_graph
-from f8tvm.passes.fold_batchnorm import FoldBatchNorm, check_foldable
+from f8tvm.passes.fold_batchnorm import fold_batchnorm
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,8 @@ def fold(float_mod, sources: dict | None = None):
     """BatchNorm folded into the convs' weights (keeping every binding's name), constants
     folded, dead code removed: the float module the layer graph is read from.  ``sources``
     (the import's table) puts the PyTorch module and source line into an error."""
-    try:
-        check_foldable(float_mod["main"])
+    try:  # the BN fold in Python, not as the pass: its error keeps the binding's name
+        float_mod = with_main(float_mod, fold_batchnorm(float_mod["main"]))
     except UnsupportedOpError as err:
         name = getattr(err, "binding", None)
         src = (sources or {}).get(name) or (sources or {}).get((name or "").removesuffix("_pre"))
@@ -201,7 +201,6 @@ def fold(float_mod, sources: dict | None = None):
         where = f"{where}, {src.location}" if src.location else where
         raise UnsupportedOpError(f"{where}: {err}") from None
     return _tvm.tvm.transform.Sequential([
-        FoldBatchNorm,
         relax.transform.FoldConstant(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),
