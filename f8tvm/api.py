@@ -67,6 +67,7 @@ class CompiledModel:
     int_mod: object  # integer Relax module (before lowering)
     extra_meta: dict = field(default_factory=dict)
     _module: object = None
+    _overflow: dict | None = None  # the .json's overflow entry, made once (a walk of the graph)
 
     def metadata(self) -> dict:
         inp = self.graph[self.graph.input]
@@ -83,10 +84,15 @@ class CompiledModel:
             output=dict(shape=list(self.graph[self.graph.output].shape), dtype="int32",
                         fl=compact(fl_out), eta=float(eta_out)),
             plan=self.plan.to_json(self.graph),
-            overflow=bounds.overflow_report(self.graph, self.plan),
+            overflow=self._overflow_report(),
             audit=self.audit.to_json(),
             **self.extra_meta,
         )
+
+    def _overflow_report(self) -> dict:
+        if self._overflow is None:
+            self._overflow = bounds.overflow_report(self.graph, self.plan)
+        return self._overflow
 
     def export(self, path: str) -> tuple[str, str]:
         """Write ``path`` (.so) and the ``.json`` beside it, atomically (both or neither); the
