@@ -45,14 +45,20 @@ from dataclasses import dataclass
 
 from f8tvm.core.errors import ToolchainError
 
-from .emulated_board import EmulatedBoard, _run, _say, board_dir
+from .emulated_board import (
+    EmulatedBoard,
+    _run,
+    _say,
+    board_dir,
+    board_wheel_options,
+    private_apt,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLUGIN_SOURCE = os.path.join(HERE, "qemu_plugins", "count.c")
 BOARD_SCRIPT = os.path.join(HERE, "count_inference.py")
 HOST_DEBS = ("qemu-user", "libcapstone4", "liburing2")
 ORT_WHEELS = ("onnxruntime==1.32.0", "flatbuffers", "packaging", "protobuf")
-WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
 # /proc/cpuinfo of each -cpu setting (Features as Linux prints them for such a core)
 CPUINFO = {
     "cortex-a72": ("0xd08", "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),
@@ -127,19 +133,13 @@ def _source_lists(dst: str) -> None:
 
 
 def _apt(paths: CounterPaths) -> list[str]:
-    state, cache = os.path.join(paths.root, "apt", "state"), os.path.join(paths.root, "apt",
-                                                                          "cache")
-    for d in (os.path.join(state, "lists", "partial"), os.path.join(cache, "archives",
-                                                                    "partial")):
-        os.makedirs(d, exist_ok=True)
-    status = os.path.join(state, "status")
-    open(status, "a").close()
+    """apt-get in a private state (the board's helper) over the host's Debian sources, each
+    also as ``deb-src``; host architecture."""
     parts = os.path.join(paths.root, "apt", "sources")
     _source_lists(parts)
-    return ["apt-get", "-o", f"Dir::State={state}", "-o", f"Dir::State::status={status}",
-            "-o", f"Dir::Cache={cache}", "-o", "Dir::Etc::SourceList=/dev/null",
-            "-o", f"Dir::Etc::SourceParts={parts}", "-o", "Debug::NoLocking=true",
-            "-o", "Acquire::Languages=none", "-o", "APT::Sandbox::User=root"]
+    return ["apt-get", *private_apt(os.path.join(paths.root, "apt")),
+            "-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={parts}",
+            "-o", "APT::Sandbox::User=root"]
 
 
 def setup(paths: CounterPaths | None = None) -> CounterPaths:
@@ -174,10 +174,8 @@ def setup(paths: CounterPaths | None = None) -> CounterPaths:
     _run(["gcc", "-O2", "-shared", "-fPIC", "-I", os.path.dirname(header), "-o", paths.plugin,
           PLUGIN_SOURCE])
     _say(f"counter: ONNX Runtime's aarch64 wheel ({ORT_WHEELS[0]}) ...")
-    plats = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
-    _run([sys.executable, "-m", "pip", "install", "-q", "--target", paths.ort_site, "--no-deps",
-          "--only-binary=:all:", *plats, "--python-version", "3.11", "--implementation", "cp",
-          *ORT_WHEELS])
+    _run([sys.executable, "-m", "pip", "install", "-q", "--target", paths.ort_site,
+          *board_wheel_options(), *ORT_WHEELS])
     open(paths.done, "w").close()
     _say(f"counter ready in {paths.root}")
     return paths
@@ -202,8 +200,7 @@ def count(module: str, runs: int = 3, cpu: str = "max", board: EmulatedBoard | N
     with tempfile.TemporaryDirectory(prefix="f8tvm-count-") as tmp:
         out = os.path.join(tmp, "marks.txt")
         cmd = [paths.qemu, "-U", "LD_LIBRARY_PATH", "-L", root, "-cpu", cpu,
-               "-plugin", f"{paths.plugin},out={out}", os.path.join(root, "usr", "bin",
-                                                                     "python3.11"),
+               "-plugin", f"{paths.plugin},out={out}", board.paths.python,
                BOARD_SCRIPT, module, str(runs)]
         if optimized:
             cmd.append(os.path.abspath(optimized))

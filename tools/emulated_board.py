@@ -136,15 +136,33 @@ class BoardPaths:
 
 
 # ---------------------------------------------------------------------------------- setup steps
-def _apt_options(paths: BoardPaths) -> list[str]:
-    """apt-get options for a private arm64 state: the host's sources and keys, nothing else."""
-    state, cache = os.path.join(paths.apt, "state"), os.path.join(paths.apt, "cache")
+def private_apt(apt_dir: str) -> list[str]:
+    """apt-get options for a private state in ``apt_dir`` (made here): its own package lists,
+    cache and an empty dpkg status (so every dependency is downloaded), no locks; the host's
+    package database is never read or written."""
+    state, cache = os.path.join(apt_dir, "state"), os.path.join(apt_dir, "cache")
+    os.makedirs(os.path.join(state, "lists", "partial"), exist_ok=True)
+    os.makedirs(os.path.join(cache, "archives", "partial"), exist_ok=True)
+    open(os.path.join(state, "status"), "a").close()
     return ["-o", f"Dir::State={state}", "-o", f"Dir::State::status={state}/status",
             "-o", f"Dir::Cache={cache}", "-o", "Dir::Cache::pkgcache=",
-            "-o", "Dir::Cache::srcpkgcache=",
+            "-o", "Dir::Cache::srcpkgcache=", "-o", "Debug::NoLocking=true",
+            "-o", "Acquire::Languages=none"]
+
+
+def board_wheel_options() -> list[str]:
+    """pip options that select the board's wheels: aarch64, CPython 3.11, binary, no deps."""
+    plat = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
+    return [*plat, "--only-binary=:all:", "--python-version", BOARD_PYTHON,
+            "--implementation", "cp", "--abi", f"cp{BOARD_PYTHON.replace('.', '')}",
+            "--no-deps", "--disable-pip-version-check"]
+
+
+def _apt_options(paths: BoardPaths) -> list[str]:
+    """apt-get options for a private arm64 state: the host's sources and keys, nothing else."""
+    return [*private_apt(paths.apt),
             "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64",
-            "-o", "APT::Get::Download-Only=true", "-o", "Debug::NoLocking=true",
-            "-o", "Acquire::Languages=none", "-o", "APT::Install-Recommends=false"]
+            "-o", "APT::Get::Download-Only=true", "-o", "APT::Install-Recommends=false"]
 
 
 def _setup_debs(paths: BoardPaths) -> None:
@@ -153,11 +171,7 @@ def _setup_debs(paths: BoardPaths) -> None:
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise ToolchainError("the emulated board's sysroot is built with apt-get and dpkg "
                              "(a Debian or Ubuntu host)")
-    state = os.path.join(paths.apt, "state")
     archives = os.path.join(paths.apt, "cache", "archives")
-    os.makedirs(os.path.join(state, "lists", "partial"), exist_ok=True)
-    os.makedirs(os.path.join(archives, "partial"), exist_ok=True)
-    open(os.path.join(state, "status"), "a").close()  # empty: every dependency is downloaded
     opts = _apt_options(paths)
     _say("arm64 package lists (apt-get update, private state) ...")
     _run(["apt-get", *opts, "update"])
@@ -178,10 +192,7 @@ def _setup_debs(paths: BoardPaths) -> None:
 def _setup_wheels(paths: BoardPaths) -> None:
     if os.path.exists(paths.marker("wheels")):
         return
-    plat = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
-    common = [*plat, "--only-binary=:all:", "--python-version", BOARD_PYTHON,
-              "--implementation", "cp", "--abi", f"cp{BOARD_PYTHON.replace('.', '')}",
-              "--no-deps", "--disable-pip-version-check"]
+    common = board_wheel_options()
     pip = [sys.executable, "-m", "pip"]
     _say(f"downloading aarch64 wheels: {' '.join(WHEELS)} ...")
     _run([*pip, "download", "-d", paths.wheels, *common, *WHEELS])
