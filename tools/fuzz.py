@@ -119,10 +119,10 @@ class FuzzNet(nn.Module):
         super().__init__()
         self.spec = spec
         g = torch.Generator().manual_seed(spec["seed"])
-        shapes = [tuple(spec["input"])]
+        channels = [spec["input"][0]]
         self.layers = nn.ModuleList()
         for op in spec["ops"]:
-            ci = shapes[op["src"]][0]
+            ci = channels[op["src"]]
             if op["op"] == "conv":
                 conv = nn.Conv2d(ci, op["cout"], op["k"], op["stride"], tuple(op["padding"]),
                                  op["dilation"], op["groups"], bias=op["bias"])
@@ -142,17 +142,18 @@ class FuzzNet(nn.Module):
                     mods.append(bn)
                 mods += {"relu": [nn.ReLU()], "relu6": [nn.ReLU6()], "none": []}[op["act"]]
                 self.layers.append(nn.Sequential(*mods))
-                shapes.append((op["cout"], 0, 0))
+                channels.append(op["cout"])
             elif op["op"] == "add":
                 self.layers.append(nn.ReLU() if op["act"] == "relu" else nn.Identity())
-                shapes.append(shapes[op["src"]])
+                channels.append(ci)
             else:
                 self.layers.append(nn.MaxPool2d(op["k"], op["stride"], op["padding"]))
-                shapes.append(shapes[op["src"]])
+                channels.append(ci)
         head = spec["head"]
-        c_last = shapes[-1][0]
         self.gap = nn.AdaptiveAvgPool2d(1) if head["gap"] else nn.Identity()
-        n_in = c_last if head["gap"] else c_last * int(np.prod(self._spatial(spec)))
+        self.eval()
+        with torch.no_grad():  # the head's input size, from the features themselves
+            n_in = self._features(torch.zeros(1, *spec["input"])).shape[1]
         self.fc = nn.Linear(n_in, head["dense"], bias=head["bias"])
         with torch.no_grad():
             self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=g)
@@ -161,27 +162,7 @@ class FuzzNet(nn.Module):
                 self.fc.bias.copy_(torch.randn(head["dense"], generator=g) * head["scale"])
         self.eval()
 
-    @staticmethod
-    def _spatial(spec):
-        x = torch.zeros(1, *spec["input"])
-        outs = [x]
-        for op in spec["ops"]:
-            a = outs[op["src"]]
-            if op["op"] == "conv":
-                h = (a.shape[2] + 2 * op["padding"][0] - op["dilation"] * (op["k"] - 1) - 1) \
-                    // op["stride"] + 1
-                w = (a.shape[3] + 2 * op["padding"][1] - op["dilation"] * (op["k"] - 1) - 1) \
-                    // op["stride"] + 1
-                outs.append(torch.zeros(1, 1, h, w))
-            elif op["op"] == "add":
-                outs.append(a)
-            else:
-                h = (a.shape[2] + 2 * op["padding"] - op["k"]) // op["stride"] + 1
-                w = (a.shape[3] + 2 * op["padding"] - op["k"]) // op["stride"] + 1
-                outs.append(torch.zeros(1, 1, h, w))
-        return outs[-1].shape[2:]
-
-    def forward(self, x):
+    def _features(self, x):
         outs = [x]
         for op, layer in zip(self.spec["ops"], self.layers):
             a = outs[op["src"]]
@@ -189,7 +170,10 @@ class FuzzNet(nn.Module):
                 outs.append(layer(a + outs[op["other"]]))
             else:
                 outs.append(layer(a))
-        return self.fc(torch.flatten(self.gap(outs[-1]), 1))
+        return torch.flatten(self.gap(outs[-1]), 1)
+
+    def forward(self, x):
+        return self.fc(self._features(x))
 
 
 # ----------------------------------------------------------------------------- one case
