@@ -9,6 +9,7 @@ later runs reuse it.  Emulated timings are meaningless; only results are compare
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -309,11 +310,43 @@ def test_instruction_counts_bracket_the_inferences(builds, board):
         arm_count.setup()
     except (ToolchainError, RuntimeError) as err:  # no gcc, no Debian sources, no network
         pytest.skip(f"the instruction counter cannot be set up here: {err}")
-    so = built["arm-dotprod"][1]
-    a, b = (arm_count.count(so, runs, board=board) for runs in (3, 5))
+    cm, so = built["arm-dotprod"]
+    a = arm_count.count(so, 3, board=board, kernels=True)
+    b = arm_count.count(so, 5, board=board, caches=False)
     assert a["per_inference"] > 1e6
     assert abs(a["per_inference"] - b["per_inference"]) <= 1e-3 * b["per_inference"]
     assert 0 <= a["one"] - a["per_inference"] < 0.01 * a["per_inference"]
+    # the split by kernel: every kernel of the module by name, the rest is the runtime's; the
+    # packed convs do most of the work; the parts add up to the whole
+    split = {k["kernel"]: k for k in a["kernels"]}
+    asm = cm.executable.mod.imports[0].inspect_source("asm")
+    kernels = {m[len("__tvm_ffi_"):] for m in re.findall(r"^(__tvm_ffi_\w+):", asm, re.M)}
+    assert set(split) - {"runtime", "module (other)"} <= kernels
+    convs = sum(k["instructions"] for name, k in split.items() if "conv2d_nchwc" in name)
+    assert convs > 0.8 * a["per_inference"]
+    assert split["runtime"]["instructions"] < 0.1 * a["per_inference"]
+    assert abs(sum(k["instructions"] for k in split.values()) - a["per_inference"]) < 1
+    for model in arm_count.CACHE_MODELS:
+        parts = sum(k["caches"][model]["l1d"] for k in split.values())
+        assert abs(parts - a["caches"][model]["l1d"]) < 1
     # without dotprod the same program is not runnable: sdot is an illegal instruction there
     with pytest.raises(RuntimeError, match="counting .* failed"):
-        arm_count.count(so, 3, cpu="cortex-a72", board=board)
+        arm_count.count(so, 3, cpu="cortex-a72", board=board, caches=False)
+
+
+@on_board
+def test_cache_models_count_a_stream(board):
+    """The plugin's cache models: one pass over 4 MiB (more than any modelled L2) misses once
+    per 64-byte line in L1D and in L2; 16 KiB read again and again stays in a 64 KiB L1D."""
+    from tools import arm_count
+
+    try:
+        arm_count.setup()
+    except (ToolchainError, RuntimeError) as err:
+        pytest.skip(f"the instruction counter cannot be set up here: {err}")
+    big = arm_count.count(f"stream:{4 << 20}", 3, board=board)["caches"]
+    lines = (4 << 20) / 64
+    for model, c in big.items():
+        assert lines <= c["l1d"] < 1.05 * lines and lines <= c["l2"] < 1.05 * lines, (model, c)
+    small = arm_count.count(f"stream:{16 << 10}", 3, board=board)["caches"]
+    assert small["a76"]["l1d"] < (16 << 10) / 64 / 2, small
