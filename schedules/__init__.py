@@ -52,6 +52,16 @@ class DotIntrin:
     # the epilogue's int32 -> 8-bit narrowing of 4 pixels x ``lanes`` channels at once:
     # ``((dtype, lo, hi), intrinsic)`` per clamp it implements; none: LLVM narrows each vector
     narrow: tuple = ()
+    # two quads of one channel block per intrinsic, the activations loaded once for both and
+    # each quad taken by element (int8 activations); None: one quad per intrinsic
+    pair_intrin: str | None = None
+    # registers the pair form's tile may use for accumulators, activations and one weight tile
+    pair_registers: int = 0
+    # a weight tile when the register tile spans several output blocks (they are a block's
+    # weights apart, too far for one paired load): instructions per tile
+    b_cost_far: float | None = None
+    # unroll the window's columns in the conv's loop body (shared pixel loads)
+    unroll_window: bool = False
     # the target's spec (find_dot): the layout PackChannelBlocks built for these intrinsics
     spec: DotSpec | None = None
 
@@ -124,7 +134,11 @@ def _arm():
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators
-        "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0),
+        # the pair form: one 8-byte load per pixel and channel block, sdot by element; 30 of
+        # the 32 registers for the tile (LLVM keeps two for addresses of spills' sake)
+        "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0,
+                          pair_intrin=a.SDOT_8x8_LANE, pair_registers=30, b_cost_far=2.0,
+                          unroll_window=True),
         # smull + saddlp + addp: temporaries need registers too
         "smull": DotIntrin("smull", None, (8, 4), 8, a.NEON_8x4, 1.0, 2.0),
     }

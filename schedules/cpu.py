@@ -22,22 +22,33 @@ def _divisors(n):
 
 
 def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
-                       wide_data: bool = False) -> tuple[int, int]:
+                       wide_data: bool = False, pairs: bool = False) -> tuple[int, int]:
     """(oc_tile, ow_tile): the register tile (at most ``dot.accumulators`` vectors) with the
     fewest operand instructions per dot instruction: an activation broadcast is shared by the
     ``oc_tile`` weight tiles, a weight tile by the ``ow_tile`` pixels.  A widened (int16)
     weight tile is the dot's memory operand: it costs a load, no instruction (at most 8 of them
     per step: a wider slab of int16 weights leaves L1).  A widened activation pair
     (``wide_data``) is a broadcast load: ``dot.wide_data_a_cost`` (0.5 was the best of 0 to 2
-    on EfficientNet-Lite0's convs; the loads are not free)."""
+    on EfficientNet-Lite0's convs; the loads are not free).
+
+    ``pairs`` (``dot.pair_intrin``): one activation load serves two quads (half the cost), and
+    the tile must fit ``dot.pair_registers`` (two per accumulator, one per pixel's activations,
+    two for a weight tile).  A tile of several output blocks pays ``dot.b_cost_far`` per weight
+    tile where the target sets it.  Ties go to the narrower output-block tile: each block's
+    weights are then read once per row of pixels, not once per pixel group."""
     best, best_cost = (1, 1), float("inf")
     b_cost = 0.1 if wide_weights else dot.b_cost
     a_cost = dot.wide_data_a_cost if wide_data else dot.a_cost
+    if pairs:
+        a_cost /= 2
     for t_w in _divisors(ow):
         for t_o in _divisors(occ):
             if t_o * t_w > dot.accumulators or t_w > 16 or (wide_weights and t_o > 8):
                 continue
-            cost = a_cost / t_o + b_cost / t_w
+            if pairs and 2 * t_o * t_w + t_w + 2 > dot.pair_registers:
+                continue
+            b = dot.b_cost_far if dot.b_cost_far is not None and t_o > 1 else b_cost
+            cost = a_cost / t_o + b / t_w
             if cost < best_cost - 1e-9:
                 best, best_cost = (t_o, t_w), cost
     return best
@@ -51,16 +62,31 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     occ, ow = _sch.extent(sch, o), _sch.extent(sch, x)
     a_dtype, b_dtype = _sch.operand_dtypes(sch.get(conv))
-    t_o, t_w = tiles or default_conv_tiles(occ, ow, dot, b_dtype == "int16", a_dtype == "int16")
+    # the pair form takes both quads of an 8-channel block (int8 activations and weights)
+    pairs = (dot.pair_intrin is not None and _sch.extent(sch, rq) == 2
+             and a_dtype == b_dtype == "int8")
+    t_o, t_w = tiles or default_conv_tiles(occ, ow, dot, b_dtype == "int16", a_dtype == "int16",
+                                           pairs)
     o_o, o_i = _sch.tile(sch, o, t_o, tune, max_inner=8)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
-    sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)
+    if pairs:
+        sch.reorder(b, o_o, y, x_o, rc, ry, rx, o_i, x_i, rq, ol, rk)
+    else:
+        sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)
     sch.parallel(sch.fuse(b, o_o, y))  # before tensorize: parallel needs a plain reduction block
     # epilogue (bias, requantize, residual, clip, cast) at the register tile
     _sch.fuse_epilogue(sch, conv, x_o, dot, _sch.extent(sch, x_i))
     init = sch.decompose_reduction(conv, rc)
     _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
-    sch.tensorize(ol, dot.intrin_for(sch.get(conv)))
+    if pairs:
+        sch.tensorize(rq, dot.pair_intrin)
+    else:
+        sch.tensorize(ol, dot.intrin_for(sch.get(conv)))
+    if dot.unroll_window:
+        # the window's columns in one body: taps that read the same pixels (a stride-s window's
+        # tap s + k and tap k of the next pixel) load them once; LLVM unrolls only the
+        # small tiles by itself
+        sch.unroll(rx)
     sch.unroll(x_i)
     sch.unroll(o_i)
     _sch.schedule_pad(sch, PAD_BLOCK)

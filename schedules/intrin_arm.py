@@ -23,6 +23,7 @@ from tvm.script import tirx as T
 from .intrin_x86 import _dot_desc
 
 SDOT_8x4 = "f8tvm_sdot_8x4_i8i8i32"
+SDOT_8x8_LANE = "f8tvm_sdot_8x8_lane_i8i8i32"
 NEON_8x4 = "f8tvm_neon_8x4_i8i8i32"
 
 
@@ -58,6 +59,59 @@ def _sdot_8x4_impl(
         C[T.ramp(T.int32(4), 1, 4)] = _sdot(A, B, C, 4)
 
 
+def _pair_desc():
+    """Two quads at once: ``C[i] += sum_{q<2, k<4} A[4q + k] * B[q, i, k]`` (``A`` int8[8], one
+    channel block of an NCHW8c pixel; ``B`` int8[2, 8, 4], the block's two weight tiles)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((8,), "int8", offset_factor=1),
+        B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:8], B[0:2, 0:8, 0:4])
+            T.writes(C[0:8])
+            for q, i, k in T.grid(2, 8, 4):
+                with T.sblock("update"):
+                    # the conv block's own order of iterators: lane, quad, byte
+                    vi = T.axis.spatial(8, i)
+                    vq = T.axis.reduce(2, q)
+                    vk = T.axis.reduce(4, k)
+                    C[vi] = C[vi] + T.cast(A[vq * 4 + vk], "int32") * T.cast(B[vq, vi, vk],
+                                                                            "int32")
+
+    return desc
+
+
+def _sdot_lane(A, B, C, q, lane, acc):
+    """``sdot`` by element: lanes ``lane .. lane+3`` plus their dots with quad ``q`` of the
+    8 activation bytes, taken from the register they were loaded into (``acc``: the running
+    sum so far, an expression).  The broadcast quad is the intrinsic's last operand: LLVM
+    selects the by-element form only there (else a ``dup`` per quad)."""
+    quads = T.reinterpret(A.vload([0], "int8x8"), dtype="int32x2")
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+        acc, B.vload([q, lane, 0], dtype="int8x16"),
+        T.reinterpret(T.Shuffle([quads, quads], [q, q, q, q]), dtype="int8x16"),
+        dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def _sdot_8x8_lane_impl(
+    A: T.Buffer((8,), "int8", offset_factor=1),
+    B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8], B[0:2, 0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 4)] = _sdot_lane(
+            A, B, C, 1, 0, _sdot_lane(A, B, C, 0, 0, C.vload([0], dtype="int32x4")))
+        C[T.ramp(T.int32(4), 1, 4)] = _sdot_lane(
+            A, B, C, 1, 4, _sdot_lane(A, B, C, 0, 4, C.vload([4], dtype="int32x4")))
+
+
 def _smull_pairs(A, B, row):
     """``saddlp(smull(quad x2, B[row:row+2]))``: [l0 k01, l0 k23, l1 k01, l1 k23] (int32x4)."""
     return T.call_llvm_pure_intrin(
@@ -87,4 +141,5 @@ def _neon_8x4_impl(
 
 
 TensorIntrin.register(SDOT_8x4, _dot_desc(8, 4, "int8"), _sdot_8x4_impl, override=True)
+TensorIntrin.register(SDOT_8x8_LANE, _pair_desc(), _sdot_8x8_lane_impl, override=True)
 TensorIntrin.register(NEON_8x4, _dot_desc(8, 4, "int8"), _neon_8x4_impl, override=True)
