@@ -350,3 +350,35 @@ def test_cache_models_count_a_stream(board):
         assert lines <= c["l1d"] < 1.05 * lines and lines <= c["l2"] < 1.05 * lines, (model, c)
     small = arm_count.count(f"stream:{16 << 10}", 3, board=board)["caches"]
     assert small["a76"]["l1d"] < (16 << 10) / 64 / 2, small
+
+
+def test_count_table_ratios_and_cycle_estimate(tmp_path):
+    """The table's ratios compare each row with the best ORT row of its own model and CPU, for
+    instructions, L2 misses and estimated cycles; the estimate follows its stated formula."""
+    from tools import arm_count
+
+    def row(model, cpu, system, instructions, l2):
+        caches = {}
+        for m in arm_count.CACHE_MODELS:
+            c = dict(l1i=1e3, l1d=1e5, l2=l2)
+            c["cycles"] = arm_count.cycle_estimate(m, instructions, c)
+            caches[m] = c
+        return dict(model=model, cpu=cpu, system=system, instructions=instructions,
+                    caches=caches, check="ok")
+
+    rows = arm_count.with_ratios([
+        row("a", "max", "f8tvm arm-dotprod", 80e6, 1e5),
+        row("a", "max", "ORT int8 u8s8", 100e6, 4e5),
+        row("a", "max", "ORT int8 s8s8", 120e6, 2e5),
+        row("b", "max", "ORT int8 s8s8", 1e6, 1e3),  # another model, another CPU: not peers
+        row("a", "cortex-a72", "ORT int8 s8s8", 10e6, 1e3)])
+    f8, u8 = rows[0], rows[1]
+    assert f8["vs_best_ort"] == pytest.approx(0.8) and u8["vs_best_ort"] == 1.0
+    assert f8["vs_best_ort_l2"]["a55"] == pytest.approx(0.5)  # the s8s8 row has fewer misses
+    a55 = arm_count.CACHE_MODELS["a55"]
+    want = (80e6 / a55["ipc"] + (1e3 + 1e5) * a55["l2_latency"] + 1e5 * a55["memory_latency"])
+    assert f8["caches"]["a55"]["cycles"] == pytest.approx(want)
+    arm_count.print_table(rows)
+    arm_count.plot([r for r in rows if r["model"] == "a" and r["cpu"] == "max"],
+                   str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
