@@ -5,7 +5,10 @@ offset by -128 exactly, ``relay_passes/offset_activations.py``).  The packed lay
 8-lane int32 accumulator is two NEON registers.
 
 * Armv8.2 dot product ``sdot``: each instruction is 4 int32 lanes x a 4-deep dot (16 MACs); the
-  4 activation bytes are broadcast to every lane (two ``sdot`` per intrinsic).
+  4 activation bytes are broadcast to every lane (two ``sdot`` per intrinsic).  The pair form
+  (``SDOT_8x8_LANE``) covers a whole 8-channel block: its 8 activation bytes are loaded once and
+  each quad is taken by element (``sdot v.4s, v.16b, v.4b[i]``, four per intrinsic), so a pixel
+  costs one load per block instead of one broadcast per quad.
 * Armv8.0 NEON ``smull``: 8 products of 8-bit lanes into 16 bits (exact: |p| <= 2**14), then
   ``saddlp`` (pairwise add into int32) and ``addp``: four ``smull .8b`` per intrinsic.  TVM 0.27
   ships a 4x4 variant of the same idea (``dot_4x4_i8i8s32_neon``); ours covers 8 lanes and reads

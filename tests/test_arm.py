@@ -279,6 +279,11 @@ def test_dotprod_conv_asm_contains_sdot(builds):
              for fn, ops in muls.items()}
     assert not any(other.values()), {fn: ops for fn, ops in other.items() if ops}
     sdots = sum(op == "sdot" for ops in convs.values() for op, _ in ops)
+    # the pair form: quads taken by element (the first conv, with one quad per pixel, and
+    # tiles of one pixel, where one dup serves every block of the tile, broadcast them)
+    by_element = sum(op == "sdot" and ".4b[" in a for ops in convs.values() for op, a in ops)
+    print(f"\nby element: {by_element} of {sdots} sdot")
+    assert by_element > 0.6 * sdots
     print(f"\narm-dotprod: {len(convs)} conv kernels, {sdots} sdot")
 
 
