@@ -7,6 +7,7 @@ later runs reuse it.  Emulated timings are meaningless; only results are compare
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -384,6 +385,7 @@ def test_count_table_ratios_and_cycle_estimate(tmp_path):
     want = (80e6 / a55["ipc"] + (1e3 + 1e5) * a55["l2_latency"] + 1e5 * a55["memory_latency"])
     assert f8["caches"]["a55"]["cycles"] == pytest.approx(want)
     arm_count.print_table(rows)
-    arm_count.plot([r for r in rows if r["model"] == "a" and r["cpu"] == "max"],
-                   str(tmp_path / "p.png"))
-    assert (tmp_path / "p.png").stat().st_size > 1000
+    if importlib.util.find_spec("matplotlib") is not None:  # the bench extra draws the plot
+        arm_count.plot([r for r in rows if r["model"] == "a" and r["cpu"] == "max"],
+                       str(tmp_path / "p.png"))
+        assert (tmp_path / "p.png").stat().st_size > 1000
