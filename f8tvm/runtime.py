@@ -68,6 +68,25 @@ def _elf_header(data: bytes):
     return num, wide, shoff, shentsize, shnum
 
 
+def elf_sections(data: bytes):
+    """``(num, [(sh_type, offset, size, link, entsize), ...])`` of an ELF image (32 or 64 bit;
+    a truncated image lists the headers before its end, so indices stay section numbers);
+    ``num(at, n)`` reads an integer in the file's byte order."""
+    num, wide, shoff, shentsize, shnum = _elf_header(data)
+    out = []
+    for i in range(shnum):
+        sh = shoff + i * shentsize
+        if sh + shentsize > len(data):
+            break
+        if wide:
+            out.append((num(sh + 4, 4), num(sh + 0x18, 8), num(sh + 0x20, 8), num(sh + 0x28, 4),
+                        num(sh + 0x38, 8)))
+        else:
+            out.append((num(sh + 4, 4), num(sh + 0x10, 4), num(sh + 0x14, 4), num(sh + 0x18, 4),
+                        num(sh + 0x24, 4)))
+    return num, out
+
+
 def build_id(path: str) -> str | None:
     """The GNU build id of an ELF file (hex), or None.  f8tvm's export sets it to a digest of
     the module's metadata, so a ``.so`` says which build it is without its ``.json``."""
@@ -75,13 +94,10 @@ def build_id(path: str) -> str | None:
         elf = f.read()
     if len(elf) < 64 or elf[:4] != b"\x7fELF":
         return None
-    num, wide, shoff, shentsize, shnum = _elf_header(elf)
-    for i in range(shnum):
-        sh = shoff + i * shentsize
-        if sh + shentsize > len(elf) or num(sh + 4, 4) != 7:  # SHT_NOTE
+    num, sections = elf_sections(elf)
+    for kind, off, size, _, _ in sections:
+        if kind != 7:  # SHT_NOTE
             continue
-        off, size = ((num(sh + 0x18, 8), num(sh + 0x20, 8)) if wide
-                     else (num(sh + 0x10, 4), num(sh + 0x14, 4)))
         at, end = off, min(off + size, len(elf))
         while at + 12 <= end:
             namesz, descsz, kind = num(at, 4), num(at + 4, 4), num(at + 8, 4)
