@@ -389,3 +389,28 @@ def test_count_table_ratios_and_cycle_estimate(tmp_path):
         arm_count.plot([r for r in rows if r["model"] == "a" and r["cpu"] == "max"],
                        str(tmp_path / "p.png"))
         assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_count_markers_give_one_inference_per_kernel():
+    """The plugin's running totals at markers 1, 2, 3 (segments of 1 and 3 inferences) become
+    one inference: per bucket, buckets of one kernel name added up, a bucket first seen after
+    marker 1 counted from zero, the caches' miss columns alongside."""
+    from tools import arm_count
+
+    width = 1 + 3 * len(arm_count.CACHE_MODELS)
+
+    def line(tag, bucket, insns, miss):
+        return f"{tag} {bucket} {insns} " + " ".join([str(miss)] * (width - 1))
+
+    # bucket 0: 100 per inference (+5 of loop); buckets 1 and 2 (one name): 10 + 30
+    text = "\n".join([line(1, 0, 1000, 50), line(1, 1, 0, 0),
+                      line(2, 0, 1105, 60), line(2, 1, 10, 1), line(2, 2, 30, 2),
+                      line(3, 0, 1410, 90), line(3, 1, 40, 4), line(3, 2, 120, 8)])
+    res = arm_count._per_inference(arm_count._parse_marks(text), 3, "max",
+                                   ["runtime", "k", "k"], caches=True)
+    assert res["per_inference"] == 100 + 40 and (res["one"], res["many"]) == (145, 425)
+    split = {k["kernel"]: k for k in res["kernels"]}
+    assert split["runtime"]["instructions"] == 100 and split["k"]["instructions"] == 40
+    # misses: bucket 1 (3 - 1) / 2, bucket 2 (6 - 2) / 2, runtime (30 - 10) / 2
+    assert split["k"]["caches"]["a55"]["l1d"] == 1 + 2
+    assert res["caches"]["a76"]["l2"] == 10 + 1 + 2

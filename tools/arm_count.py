@@ -1,8 +1,8 @@
-"""Instructions per inference of an ARM module, counted on the emulated aarch64 board, side by
-side with ONNX Runtime's aarch64 build.
+"""Instructions and modelled cache misses per inference of an ARM module, counted on the
+emulated aarch64 board, side by side with ONNX Runtime's aarch64 build.
 
     python -m tools.arm_count setup
-    python -m tools.arm_count count out/resnet18-arm-dotprod.so --runs 3 --cpu max
+    python -m tools.arm_count count out/resnet18-arm-dotprod.so --runs 3 --cpu max --kernels
     python -m tools.arm_count table --models resnet18 --output arm-counts.json
 
 Emulated wall-clock times say nothing about a real board; the number of instructions an
@@ -16,8 +16,10 @@ and without touching the host's packages:
 3. our counting plugin (``tools/qemu_plugins/count.c``), compiled with the host's ``gcc``.
 
 ``count`` runs ``tools/count_inference.py`` on the board under that emulator with the plugin: it
-adds up the instructions of every executed block and writes the running total when the guest
-makes a marker syscall, so start-up, model load and a warm-up inference fall outside the count.
+adds up the instructions of every executed block, runs the cache models of :data:`CACHE_MODELS`
+on every data access and block fetch, and writes its running totals when the guest makes a
+marker syscall, so start-up, model load and a warm-up inference fall outside the count.  With
+``kernels`` the totals are kept per kernel of the ``.so`` (the board passes its load address).
 One thread (``TVM_NUM_THREADS=1``, ORT's one intra-op thread): the counter is shared by all
 threads.
 
@@ -233,7 +235,7 @@ def count(module: str, runs: int = 3, cpu: str = "max", board: EmulatedBoard | N
     module = module if stream else os.path.abspath(module)
     onnx = module.endswith(".onnx")
     if kernels and (onnx or stream):
-        raise ValueError("kernels=True splits an f8tvm .so by kernel; ONNX Runtime has no split")
+        raise ValueError(f"kernels=True splits an f8tvm .so by kernel, not {module}")
     root = _ort_root(paths, board, cpu) if onnx else board.paths.sysroot
     with tempfile.TemporaryDirectory(prefix="f8tvm-count-") as tmp:
         out = os.path.join(tmp, "marks.txt")
@@ -291,31 +293,24 @@ def _per_inference(marks: dict, runs: int, cpu: str, names, caches: bool) -> dic
         one, many = seg(1, 2, bucket), seg(2, 3, bucket)
         return [(m - o) / (runs - 1) for o, m in zip(one, many)], one[0], many[0]
 
-    buckets = sorted(marks[3])
     total = [0.0] * width
     one_total = many_total = 0
-    rows = []
-    for b in buckets:
+    by_name: dict = {}  # several buckets may carry one name
+    for b in sorted(marks[3]):
         vals, one, many = per(b)
         total = [t + v for t, v in zip(total, vals)]
         one_total, many_total = one_total + one, many_total + many
         if names is not None:
-            rows.append(dict(kernel=names[b], instructions=vals[0],
-                             caches=_cache_counts(vals[1:]) if caches else {}))
+            got = by_name.get(names[b], [0.0] * width)
+            by_name[names[b]] = [g + v for g, v in zip(got, vals)]
     res = dict(per_inference=total[0], one=one_total, many=many_total, runs=runs, cpu=cpu)
     if caches:
         res["caches"] = _cache_counts(total[1:], total[0])
     if names is not None:
-        merged: dict = {}
-        for row in rows:  # several buckets may carry one name
-            m = merged.setdefault(row["kernel"], dict(kernel=row["kernel"], instructions=0.0,
-                                                      caches={}))
-            m["instructions"] += row["instructions"]
-            for model, c in row["caches"].items():
-                mc = m["caches"].setdefault(model, dict.fromkeys(c, 0.0))
-                for k, v in c.items():
-                    mc[k] += v
-        res["kernels"] = sorted(merged.values(), key=lambda r: -r["instructions"])
+        res["kernels"] = sorted(
+            (dict(kernel=name, instructions=vals[0],
+                  caches=_cache_counts(vals[1:]) if caches else {})
+             for name, vals in by_name.items()), key=lambda r: -r["instructions"])
     return res
 
 
@@ -368,25 +363,17 @@ def _kernel_name(symbol: str) -> str:
 
 def function_symbols(path: str) -> list[tuple[int, int, str]]:
     """``(address, size, name)`` of every defined function symbol of an ELF64 file."""
-    from f8tvm.runtime import _elf_header  # lazy: keeps the tool's import light
+    from f8tvm.runtime import elf_sections  # lazy: keeps the tool's import light
 
     with open(path, "rb") as f:
         elf = f.read()
     if elf[:4] != b"\x7fELF" or elf[4] != 2:
         raise ValueError(f"{path} is not an ELF64 file")
-    num, _, shoff, shentsize, shnum = _elf_header(elf)
-
-    def section(i):
-        sh = shoff + i * shentsize
-        # sh_type, sh_offset, sh_size, sh_link, sh_entsize
-        return num(sh + 4, 4), num(sh + 0x18, 8), num(sh + 0x20, 8), num(sh + 0x28, 4), \
-            num(sh + 0x38, 8)
-
-    for i in range(shnum):
-        kind, off, size, link, entsize = section(i)
+    num, sections = elf_sections(elf)
+    for kind, off, size, link, entsize in sections:
         if kind != 2:  # SHT_SYMTAB
             continue
-        str_off = section(link)[1]
+        str_off = sections[link][1]
         syms = []
         for at in range(off, off + size, entsize or 24):
             name_at, info, shndx = num(at, 4), elf[at + 4], num(at + 6, 2)
