@@ -62,29 +62,24 @@ def _sdot_8x4_impl(
         C[T.ramp(T.int32(4), 1, 4)] = _sdot(A, B, C, 4)
 
 
-def _pair_desc():
+@T.prim_func(s_tir=True)
+def _sdot_8x8_lane_desc(
+    A: T.Buffer((8,), "int8", offset_factor=1),
+    B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
     """Two quads at once: ``C[i] += sum_{q<2, k<4} A[4q + k] * B[q, i, k]`` (``A`` int8[8], one
     channel block of an NCHW8c pixel; ``B`` int8[2, 8, 4], the block's two weight tiles)."""
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((8,), "int8", offset_factor=1),
-        B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:8], B[0:2, 0:8, 0:4])
-            T.writes(C[0:8])
-            for q, i, k in T.grid(2, 8, 4):
-                with T.sblock("update"):
-                    # the conv block's own order of iterators: lane, quad, byte
-                    vi = T.axis.spatial(8, i)
-                    vq = T.axis.reduce(2, q)
-                    vk = T.axis.reduce(4, k)
-                    C[vi] = C[vi] + T.cast(A[vq * 4 + vk], "int32") * T.cast(B[vq, vi, vk],
-                                                                            "int32")
-
-    return desc
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8], B[0:2, 0:8, 0:4])
+        T.writes(C[0:8])
+        for q, i, k in T.grid(2, 8, 4):
+            with T.sblock("update"):
+                # the conv block's own order of iterators: lane, quad, byte
+                vi = T.axis.spatial(8, i)
+                vq = T.axis.reduce(2, q)
+                vk = T.axis.reduce(4, k)
+                C[vi] = C[vi] + T.cast(A[vq * 4 + vk], "int32") * T.cast(B[vq, vi, vk], "int32")
 
 
 def _sdot_lane(A, B, C, q, lane, acc):
@@ -144,5 +139,5 @@ def _neon_8x4_impl(
 
 
 TensorIntrin.register(SDOT_8x4, _dot_desc(8, 4, "int8"), _sdot_8x4_impl, override=True)
-TensorIntrin.register(SDOT_8x8_LANE, _pair_desc(), _sdot_8x8_lane_impl, override=True)
+TensorIntrin.register(SDOT_8x8_LANE, _sdot_8x8_lane_desc, _sdot_8x8_lane_impl, override=True)
 TensorIntrin.register(NEON_8x4, _dot_desc(8, 4, "int8"), _neon_8x4_impl, override=True)
