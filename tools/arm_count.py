@@ -246,7 +246,7 @@ def count(module: str, runs: int = 3, cpu: str = "max", board: EmulatedBoard | N
         args = [BOARD_SCRIPT, module, str(runs)]
         if optimized:
             args += ["--optimized", os.path.abspath(optimized)]
-        names = ["runtime"]
+        names = None  # the kernel split's bucket names
         if kernels:
             symbols, regions = os.path.join(tmp, "symbols.txt"), os.path.join(tmp, "regions.txt")
             names = kernel_regions(module, symbols)
@@ -264,7 +264,7 @@ def count(module: str, runs: int = 3, cpu: str = "max", board: EmulatedBoard | N
                                f"{(r.stdout + r.stderr)[-3000:]}")
         with open(out) as f:
             marks = _parse_marks(f.read())
-    return _per_inference(marks, runs, cpu, names if kernels else None, caches)
+    return _per_inference(marks, runs, cpu, names, caches)
 
 
 def _parse_marks(text: str) -> dict:
