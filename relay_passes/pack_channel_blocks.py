@@ -11,7 +11,10 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
 
 * ``conv2d`` (groups = 1): ``conv_nchwc`` with weights packed ``(O/lanes, I/b, KH, KW, b/depth,
   lanes, depth)``; channel counts are zero-padded to the block (padded weights and biases are 0,
-  so padded channels hold 0 everywhere and are never read by a real channel);
+  so padded channels hold 0 everywhere and are never read by a real channel).  With
+  ``column_pairs``, a conv whose input block is one quad (the RGB image) takes its window's
+  columns in pairs: the window is zero-padded to an even width and its pairs of taps stand
+  where a block's two quads would (``conv2d_nchwc(..., column_pairs=kw)``);
 * depthwise ``conv2d``: ``depthwise_nchwc`` with weights ``(C/lanes, KH, KW, lanes)``, or with
   ``pair_taps`` (a 2-deep dot, AVX2 ``vpmaddwd``) ``depthwise_pairs_nchwc`` with weights
   ``(C/lanes, KH, ceil(KW/2), lanes, 2)``: two window columns per dot step;
@@ -51,6 +54,7 @@ import numpy as np
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.bindings import bindings
+from f8tvm.core.errors import InputError
 from f8tvm.targets import DotSpec
 
 from .packed_kernels import conv2d_nchwc, depthwise_nchwc, depthwise_pairs_nchwc, out_size
@@ -90,6 +94,18 @@ def pack_conv_weight(w, block_in, lanes, depth):
     wp[:o, :i] = w
     wp = wp.reshape(op_ // lanes, lanes, ip // block_in, block_in // depth, depth, kh, kw)
     return np.ascontiguousarray(wp.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def pack_conv_weight_columns(w, lanes, depth):
+    """The weights of a conv on an input of one quad per block (``I <= depth``) with the window's
+    columns in pairs: ``(O, I, KH, KW)`` -> ``(O/lanes, 1, KH, ceil(KW/2), 2, lanes, depth)``,
+    the window zero-padded to an even width (``conv2d_nchwc(..., column_pairs=KW)``)."""
+    kw = w.shape[3]
+    even = np.zeros(w.shape[:3] + (kw + kw % 2,), w.dtype)
+    even[..., :kw] = w
+    packed = pack_conv_weight(even, depth, lanes, depth)  # (.., KW', 1, lanes, depth)
+    return np.ascontiguousarray(packed.reshape(packed.shape[:3] + (kw // 2 + kw % 2, 2)
+                                               + packed.shape[5:]))
 
 
 def pack_depthwise_weight(w, lanes):
@@ -134,9 +150,10 @@ def _pack_const(value, block):
 
 class _Packer:
     def __init__(self, lanes, depth, unsigned_only, pair_taps=False, wide_weights=False,
-                 wide_data=False):
+                 wide_data=False, column_pairs=False, weight_min=-128):
         self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
         self.pair_taps, self.wide_weights, self.wide_data = pair_taps, wide_weights, wide_data
+        self.column_pairs, self.weight_min = column_pairs, weight_min
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
         self.consts = {}  # (constant, block) -> its blocked constant, made once
@@ -227,6 +244,7 @@ class _Packer:
             if not isinstance(x, _Blocked) or x.block != self.lanes:
                 x = self.block(self.unblock(x), self.lanes)
             window = (strides, padding, dilation, pad_value)
+            self._check_weights(w, name)
             if self.pair_taps and dilation[1] == 1 and kw > 1:
                 te_func = depthwise_pairs_nchwc
                 packed = pack_depthwise_pairs(w, self.lanes)
@@ -241,13 +259,27 @@ class _Packer:
             return _Blocked(out, o, self.lanes)
         return None
 
+    def _check_weights(self, w, name):
+        """Refuse weights below the target's ``weight_min`` (NEON's int16 sums of two products
+        are exact for weights in [-127, 127] only)."""
+        if w.size and int(w.min()) < self.weight_min:
+            raise InputError(f"conv {name!r}: weight {int(w.min())} is below "
+                             f"{self.weight_min}, the smallest this target's kernels sum "
+                             f"exactly (F8Net's weights are in [-127, 127])")
+
     def _conv(self, x, w, strides, padding, dilation, pad_value, name) -> _Blocked:
         """``conv_nchwc`` of ``x`` (blocked, or NCHW to block) with OIHW weights ``w``."""
         o = w.shape[0]
+        self._check_weights(w, name)
         if not isinstance(x, _Blocked):
             c_in = _tvm.tensor_shape(x)[1]
             x = self.block(x, self.in_block(c_in))
         kernel = pack_conv_weight(w, x.block, self.lanes, self.depth)
+        kw = w.shape[3]
+        pairs = (self.column_pairs and x.block == self.depth and dilation[1] == 1 and kw > 1
+                 and not self.wide_weights)
+        if pairs:
+            kernel = pack_conv_weight_columns(w, self.lanes, self.depth)
         data = x.expr
         if self.wide_weights:
             _, icc, _, width, ib = _tvm.tensor_shape(data)
@@ -264,7 +296,7 @@ class _Packer:
             pad_value = 128
         out = self.bb.emit(self.bb.call_te(
             conv2d_nchwc, data, relax.const(kernel), strides, padding, dilation, pad_value,
-            self.wide_data, primfunc_name_hint="conv2d_nchwc"),
+            self.wide_data, kw if pairs else None, primfunc_name_hint="conv2d_nchwc"),
             name + ("_offset" if offset else ""))
         if offset:
             corr = -128 * w.astype(np.int64).sum(axis=(1, 2, 3))
@@ -387,7 +419,7 @@ def pack_module(func, spec: DotSpec, activations: str = "any"):
     kernels it calls, for the dot instruction described by ``spec``; with ``activations``
     ``'uint8'`` (the target's multiplies take uint8 only) int8 inputs are offset by +128."""
     p = _Packer(spec.lanes, spec.depth, activations == "uint8", spec.pair_taps,
-                spec.wide_weights, spec.wide_data)
+                spec.wide_weights, spec.wide_data, spec.column_pairs, spec.weight_min)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)

@@ -63,25 +63,51 @@ def _window(data, kh, kw, strides, padding, dilation, pad_value, extra_right=0, 
             lambda y: y * sh + ry * dh, lambda x: x * sw + rx * dw)
 
 
-def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0, wide_data=False):
+def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0, wide_data=False,
+                 column_pairs=None):
     """``out[n, o//ob, y, x, o%ob] = sum_{i,ky,kx} int32(d[n, i, y*s+ky*dl, x*s+kx*dl])
     * int32(w[o, i, ky, kx])`` in the packed layouts (module doc); padding uses ``pad_value``
     (0, or the activation offset when activations are stored offset).  ``wide_data``: the
     (padded) input is first copied widened to int16, so that a 16-bit dot instruction
-    (``vpmaddwd``) broadcasts activation pairs straight from memory."""
+    (``vpmaddwd``) broadcasts activation pairs straight from memory.
+
+    ``column_pairs`` (the window's width ``kw``, for an input of one quad per channel block:
+    the RGB image): the window's columns are taken two at a time, in the place of the block's
+    quads, so that a pair intrinsic (two quads per step) applies to the first conv too.  The
+    kernel is ``(O/ob, I/ib, KH, ceil(kw/2), 2, ob, k)``, i.e. the packed weights of a window
+    padded to an even width with zero taps; the phantom tap reads one pad column past the
+    window (its MACs are executed and counted, as in :func:`depthwise_pairs_nchwc`).  Width
+    dilation must be 1 (a pair is two adjacent pixels, ``2 * ib`` contiguous bytes)."""
     n, icc, _, _, ib = (int(v) for v in data.shape)
     occ, icc2, kh, kw, ibk, ob, depth = (int(v) for v in kernel.shape)
-    assert icc == icc2 and ib == ibk * depth, (data.shape, kernel.shape)
-    dp, oh, ow, ry, rx, row, col = _window(data, kh, kw, strides, padding, dilation, pad_value,
-                                           dtype="int16" if wide_data else None)
+    if column_pairs is None:
+        assert icc == icc2 and ib == ibk * depth, (data.shape, kernel.shape)
+        dp, oh, ow, ry, rx, row, col = _window(data, kh, kw, strides, padding, dilation,
+                                               pad_value, dtype="int16" if wide_data else None)
+        channel = None
+    else:
+        assert (icc == icc2 and ib == depth and ibk == 2 and kw == (column_pairs + 1) // 2
+                and dilation[1] == 1), (data.shape, kernel.shape, column_pairs, dilation)
+        dp, oh, ow, ry, _, row, _ = _window(data, kh, column_pairs, strides, padding, dilation,
+                                            pad_value, extra_right=2 * kw - column_pairs,
+                                            dtype="int16" if wide_data else None)
+        rx = te.reduce_axis((0, kw), "rx")
+        channel = 0
     rc = te.reduce_axis((0, icc), "rc")
-    rq = te.reduce_axis((0, ibk), "rq")
+    rq = te.reduce_axis((0, ibk), "rq")  # the block's quad, or the tap in a column pair
     rk = te.reduce_axis((0, depth), "rk")
+    if channel is None:
+        def read(b, y, x):
+            return dp[b, rc, row(y), col(x), rq * depth + rk]
+    else:
+        sw = strides[1]
+
+        def read(b, y, x):
+            return dp[b, rc, row(y), x * sw + 2 * rx + rq, rk]
     return te.compute(
         (n, occ, oh, ow, ob),
         lambda b, o, y, x, ol: te.sum(
-            dp[b, rc, row(y), col(x), rq * depth + rk].astype("int32")
-            * kernel[o, rc, ry, rx, rq, ol, rk].astype("int32"),
+            read(b, y, x).astype("int32") * kernel[o, rc, ry, rx, rq, ol, rk].astype("int32"),
             axis=[rc, ry, rx, rq, rk]),
         name=CONV_BLOCK)
 

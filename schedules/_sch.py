@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit
+from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit, region_tensor
 
 
 def extent(sch, loop) -> int:
@@ -229,23 +229,33 @@ def _schedule_root_block(sch, blk) -> None:
         sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
 
 
-def operand_dtypes(block) -> tuple[str, str]:
-    """Dtypes of the activation and the weight a packed kernel block multiplies: the operands of
-    its product (``packed_kernels`` writes ``data * weight``)."""
+def _operand_loads(block):
+    """The loads of the activation and the weight a packed kernel block multiplies: the operands
+    of its product (``packed_kernels`` writes ``data * weight``)."""
     found = []
 
-    def load_dtype(e):
+    def load(e):
         while node_kind(e) == "Cast":
             e = e.value
-        return expr_dtype(e) if node_kind(e) in ("BufferLoad", "TensorLoad") else None
+        return e if node_kind(e) in ("BufferLoad", "TensorLoad") else None
 
     def visit(e):
         if node_kind(e) == "Mul":
-            a, b = load_dtype(e.a), load_dtype(e.b)
-            if a and b:  # not index arithmetic
+            a, b = load(e.a), load(e.b)
+            if a is not None and b is not None:  # not index arithmetic
                 found.append((a, b))
 
     post_order_visit(block.body, visit)
     if not found:
         raise ValueError(f"block {block.name_hint} multiplies no tensor data")
     return found[0]
+
+
+def operand_dtypes(block) -> tuple[str, str]:
+    """Dtypes of the activation and the weight a packed kernel block multiplies."""
+    return tuple(expr_dtype(e) for e in _operand_loads(block))
+
+
+def activation_block(block) -> int:
+    """The channel block of the activation a packed kernel block reads (its innermost axis)."""
+    return int(region_tensor(_operand_loads(block)[0]).shape[-1])

@@ -15,6 +15,7 @@ from f8tvm.core import _tvm
 from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
 
 from . import _sch
+from .intrin_arm import COLUMNS
 
 
 def _divisors(n):
@@ -33,7 +34,9 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
 
     ``pairs`` (``dot.pair_intrin``): one activation load serves two quads (half the cost), and
     the tile must fit ``dot.pair_registers`` (two per accumulator, one per pixel's activations,
-    two for a weight tile).  A tile of several output blocks pays ``dot.b_cost_far`` per weight
+    two for a weight tile), or hold at most ``dot.pair_tile`` accumulators (a whole row of up
+    to twice that many pixels in one output block: its weights are then read once per row).
+    A tile of several output blocks pays ``dot.b_cost_far`` per weight
     tile where the target sets it.  Ties go to the narrower output-block tile: each block's
     weights are then read once per row of pixels, not once per pixel group."""
     best, best_cost = (1, 1), float("inf")
@@ -45,7 +48,10 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
         for t_o in _divisors(occ):
             if t_o * t_w > dot.accumulators or t_w > 16 or (wide_weights and t_o > 8):
                 continue
-            if pairs and 2 * t_o * t_w + t_w + 2 > dot.pair_registers:
+            if pairs and dot.pair_registers and 2 * t_o * t_w + t_w + 2 > dot.pair_registers:
+                continue
+            if (pairs and dot.pair_tile and t_o * t_w > dot.pair_tile
+                    and not (t_o == 1 and t_w == ow <= 2 * dot.pair_tile)):
                 continue
             b = dot.b_cost_far if dot.b_cost_far is not None and t_o > 1 else b_cost
             cost = a_cost / t_o + b / t_w
@@ -79,7 +85,9 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     init = sch.decompose_reduction(conv, rc)
     _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
     if pairs:
-        sch.tensorize(rq, dot.pair_intrin)
+        # a column pair (``column_pairs``: the input block is one quad) or a block's quads
+        columns = _sch.activation_block(sch.get(conv)) == dot.depth
+        sch.tensorize(rq, dot.pair_intrin + (COLUMNS if columns else ""))
     else:
         sch.tensorize(ol, dot.intrin_for(sch.get(conv)))
     if dot.unroll_window:

@@ -20,7 +20,7 @@ PRESETS = [
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
         # 8-bit widening multiply (smull .8b: s8 x s8 -> s16) + pairwise adds into int32
-        dot=DotSpec("smull", 8, 4),
+        dot=DotSpec("smull", 8, 4, pair_taps=True, column_pairs=True, weight_min=-127),
         isa="NEON",
         activations="int8",
         description="aarch64 (Armv8-A) with NEON: Cortex-A53/A72 (Raspberry Pi 3/4)",
@@ -31,7 +31,7 @@ PRESETS = [
                     "mattr": ["+neon", "+dotprod"], "num-cores": 4},
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
-        dot=DotSpec("sdot", 8, 4),
+        dot=DotSpec("sdot", 8, 4, pair_taps=True, column_pairs=True, weight_min=-127),
         isa="NEON dotprod",
         activations="int8",
         description="aarch64 Armv8.2-A+ with the dot product: Cortex-A55/A76 (Raspberry Pi 5)",

@@ -19,6 +19,13 @@ class DotSpec:
     pair_taps: bool = False  # depthwise convs in the tap-pair form
     wide_weights: bool = False  # int16 weights where they pay
     wide_data: bool = False  # conv inputs copied widened to int16
+    # convs on an input of one quad per channel block (the RGB image) take the window's
+    # columns in pairs (``conv2d_nchwc(..., column_pairs=kw)``), for a two-quad pair intrinsic
+    column_pairs: bool = False
+    # the smallest weight its kernels take exactly: NEON's pair form adds two products in
+    # int16 (``smull`` + ``smlal``), exact for weights in [-127, 127] (F8Net's, whose
+    # fixed-point grid never uses -128) times activations in [-128, 127]
+    weight_min: int = -128
 
 
 # the 8-bit activations a target's multiplies take (TargetPreset.activations)

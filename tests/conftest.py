@@ -185,6 +185,15 @@ def make_small_net():
     return net
 
 
+@pytest.fixture(scope="module")
+def board():
+    """The emulated aarch64 board (``tools.emulated_board``), serving one module's tests."""
+    from tools.emulated_board import EmulatedBoard
+
+    with EmulatedBoard() as b:
+        yield b
+
+
 @pytest.fixture
 def small_net():
     return make_small_net()

@@ -5,9 +5,9 @@ import numpy as np
 
 def blocked_macs(cm):
     """MACs the packed kernels of ``cm`` execute: the model's, plus those of channels
-    zero-padded to the target's dot block and, where depthwise convs take window columns in
-    pairs, of the zero-weight phantom column of an odd kernel width (counted from the graph,
-    not from the kernels)."""
+    zero-padded to the target's dot block and, where depthwise convs (or convs of a one-quad
+    input: the RGB image, ``column_pairs``) take window columns in pairs, of the zero-weight
+    phantom column of an odd kernel width (counted from the graph, not from the kernels)."""
     from f8tvm.schedules import dot_intrin
 
     dot = dot_intrin(cm.target.dot)
@@ -25,6 +25,10 @@ def blocked_macs(cm):
             total += up(o, dot.lanes) * up(i, blk)
         elif n.attrs["groups"] == 1:
             blk = dot.lanes if i >= dot.lanes else up(i, dot.depth)
+            kh, kw = n.weight.shape[2:]
+            if (dot.spec.column_pairs and blk == dot.depth and kw > 1
+                    and n.attrs["dilation"][1] == 1):
+                k = kh * up(kw, 2)
             total += up(o, dot.lanes) * up(i, blk) * k * out
         else:  # depthwise
             kh, kw = n.weight.shape[2:]

@@ -52,14 +52,6 @@ def _file(path):
                           check=True).stdout
 
 
-@pytest.fixture(scope="module")
-def board():
-    from tools.emulated_board import EmulatedBoard
-
-    with EmulatedBoard() as b:
-        yield b
-
-
 @pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2"])
 def builds(request, tmp_path_factory):
     """One model compiled for x86 and for both aarch64 presets, from one plan."""
@@ -262,7 +254,8 @@ def _asm_multiplies(cm):
 
 
 def _is_8bit_smull(op, args):
-    return op in ("smull", "smull2") and (".8b" in args or ".16b" in args)
+    """``smull``/``smlal`` (and their ``2`` forms) of 8-bit lanes into 16 bits."""
+    return op in ("smull", "smull2", "smlal", "smlal2") and (".8b" in args or ".16b" in args)
 
 
 @needs_a64_cxx
@@ -291,7 +284,8 @@ def test_dotprod_conv_asm_contains_sdot(builds):
 @needs_a64_cxx
 def test_arm_asm_conv_products_are_8bit(builds):
     """NEON build: every vector multiply in a conv or depthwise kernel takes 8-bit lanes
-    (``smull .8h, .8b, .8b``): the convs through our NEON 8x4 intrinsic, the depthwise convs
+    (``smull``/``smlal .8h, .8b, .8b``): the convs through our NEON intrinsics (the pair form:
+    ``smlal`` adds a block's second quad into the first's int16 products), the depthwise convs
     through int16 products of int8 lanes, which LLVM selects as smull."""
     cm, _ = builds[1]["arm"]
     muls = _asm_multiplies(cm)
@@ -299,7 +293,13 @@ def test_arm_asm_conv_products_are_8bit(builds):
     wide = {fn: sorted({f"{op} {args}" for op, args in ops if not _is_8bit_smull(op, args)})
             for fn, ops in muls.items()}
     assert not any(wide.values()), {fn: ops for fn, ops in wide.items() if ops}
-    print(f"\narm: {len(muls)} conv kernels, {sum(map(len, muls.values()))} smull .8b")
+    # the pair form: two quads' products per int16 lane (smull, then smlal adds the second)
+    convs = [ops for fn, ops in muls.items() if "conv2d_nchwc" in fn]
+    smull = sum(op == "smull" for ops in convs for op, _ in ops)
+    smlal = sum(op == "smlal" for ops in convs for op, _ in ops)
+    print(f"\narm: {len(muls)} kernels, {sum(map(len, muls.values()))} smull/smlal .8b; "
+          f"convs: {smull} smull, {smlal} smlal")
+    assert smlal > 0.8 * smull
 
 
 @on_board

@@ -1,0 +1,179 @@
+"""The ARM conv kernels alone: the pair forms (two quads per step), the window's column pairs
+of the first conv and the depthwise tap pairs, bit-exact against an int64 NumPy conv, at the
+operands' extremes.
+
+The column-pair compute (``conv2d_nchwc(..., column_pairs=kw)``) is checked on the host; the
+scheduled, tensorized kernels of both ARM presets run on the emulated aarch64 board (NEON's pair
+form adds two products in int16: exact only while weights stay in [-127, 127], which the packer
+enforces for that target).
+"""
+
+import os
+import textwrap
+
+import numpy as np
+import pytest
+from kernel_ref import conv, unblock
+from test_arm import ARM_TARGETS, on_board
+
+from f8tvm.core._tvm import cc, relax, te, tvm
+from f8tvm.core.errors import InputError
+from f8tvm.passes.pack_channel_blocks import (
+    PackChannelBlocks,
+    pack_conv_weight,
+    pack_conv_weight_columns,
+    pack_depthwise_pairs,
+)
+from f8tvm.passes.packed_kernels import conv2d_nchwc, depthwise_pairs_nchwc
+from f8tvm.schedules import default_schedule, find_dot
+from f8tvm.targets import TARGETS, get_target
+
+LANES, DEPTH = 8, 4
+
+# (C_in, C_out, H, W, K, stride, pad): C_in <= 4 takes the window's columns in pairs
+CASES = [
+    (3, 16, 15, 15, 7, 2, (3, 3, 3, 3)),  # ResNet's first conv, odd window: a phantom tap
+    (3, 8, 9, 9, 3, 2, (1, 1, 1, 1)),  # MobileNet's first conv
+    (4, 8, 7, 7, 2, 1, (0, 0, 1, 1)),  # even window, uneven padding
+    (16, 16, 9, 9, 3, 1, (1, 1, 1, 1)),  # a block's two quads
+    (24, 16, 5, 5, 1, 1, (0, 0, 0, 0)),
+]
+# depthwise, tap pairs: (C, H, W, K, stride, pad)
+DW_CASES = [
+    (16, 9, 11, 3, 1, (1, 1, 1, 1)),
+    (8, 12, 12, 3, 2, (1, 1, 1, 1)),
+    (8, 13, 13, 5, 2, (2, 2, 2, 2)),
+]
+
+
+def _block_in(cin):
+    return DEPTH if cin <= DEPTH else LANES
+
+
+def _operands(cin, cout, h, w, k):
+    """int8 activations and weights with the extremes NEON's int16 pair sums meet: -128 x
+    -127 in every product of the first output block's first row."""
+    rng = np.random.default_rng(cin * 100 + k)
+    x = rng.integers(-128, 128, (1, cin, h, w)).astype("int8")
+    wt = rng.integers(-127, 128, (cout, cin, k, k)).astype("int8")
+    x[0, :, :k + 1, :] = -128
+    wt[:LANES] = -127
+    return x, wt
+
+
+def _block(x, b):
+    n, c, h, w = x.shape
+    xp = np.zeros((n, -(-c // b) * b, h, w), x.dtype)
+    xp[:, :c] = x
+    return np.ascontiguousarray(xp.reshape(n, -1, b, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def _kernel(cin, cout, h, w, k, stride, pad, target=None):
+    """The TE conv (packed operands) and its PrimFunc, scheduled for ``target`` if given."""
+    x, wt = _operands(cin, cout, h, w, k)
+    b = _block_in(cin)
+    columns = b == DEPTH and k > 1
+    packed = (pack_conv_weight_columns(wt, LANES, DEPTH) if columns
+              else pack_conv_weight(wt, b, LANES, DEPTH))
+    data = te.placeholder(_block(x, b).shape, "int8", name="data")
+    kernel = te.placeholder(packed.shape, "int8", name="kernel")
+    out = conv2d_nchwc(data, kernel, (stride, stride), pad, (1, 1), 0,
+                       column_pairs=k if columns else None)
+    func = te.create_prim_func([data, kernel, out])
+    if target is not None:
+        func = default_schedule(func, find_dot(TARGETS[target].dot))
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    want = conv(x, wt, stride, pad)
+    return mod, (_block(x, b), packed), [int(v) for v in out.shape], want
+
+
+def _depthwise(c, h, w, k, stride, pad, target):
+    """A tap-pair depthwise kernel scheduled for ``target``, with -128 x -127 products in the
+    first row of the first block."""
+    rng = np.random.default_rng(c + h + k)
+    x = rng.integers(-128, 128, (1, c, h, w)).astype("int8")
+    wt = rng.integers(-127, 128, (c, 1, k, k)).astype("int8")
+    x[0, :LANES, :k + 1, :] = -128
+    wt[:LANES] = -127
+    packed = pack_depthwise_pairs(wt, LANES)
+    data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
+    kernel = te.placeholder(packed.shape, "int8", name="kernel")
+    out = depthwise_pairs_nchwc(data, kernel, k, (stride, stride), pad, (1, 1), 0)
+    func = default_schedule(te.create_prim_func([data, kernel, out]),
+                            find_dot(TARGETS[target].dot))
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    want = conv(x, wt, stride, pad, depthwise=True)
+    return mod, (_block(x, LANES), packed), [int(v) for v in out.shape], want
+
+
+@pytest.mark.parametrize("case", CASES[:3])
+def test_column_pairs_compute_is_exact(case):
+    """The column-pair form itself (unscheduled, on the host): pairs of window columns in the
+    place of quads, the phantom tap of an odd window reading a pad column with weight zero."""
+    mod, (xb, packed), shape, want = _kernel(*case)
+    assert packed.shape[3:5] == ((case[4] + 1) // 2, 2)
+    assert not packed[:, :, :, -1, 1].any() if case[4] % 2 else True  # the phantom tap
+    lib = tvm.compile(mod, target=get_target("x86").tvm())
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros(shape, "int32"), dev)
+    lib["main"](tvm.runtime.tensor(xb, dev), tvm.runtime.tensor(packed, dev), y)
+    assert np.array_equal(unblock(y.numpy())[:, :case[1]], want)
+
+
+@pytest.mark.unit
+def test_packer_refuses_weights_the_neon_pair_form_cannot_sum():
+    """A weight of -128 (never F8Net's) would overflow NEON's int16 pair sums (the convs of
+    ``arm``, the depthwise tap pairs of both ARM targets): they refuse it by name; x86 takes
+    it."""
+    w = np.full((8, 3, 3, 3), 5, "int8")
+    w[2, 1, 0, 0] = -128
+    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=(1, 1), out_dtype="int32"),
+                        name_hint="stem")
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    for target in ARM_TARGETS:
+        with pytest.raises(InputError, match=r"conv 'stem'.*-128.*-127"):
+            PackChannelBlocks(TARGETS[target].dot, "int8")(mod)
+    PackChannelBlocks(TARGETS["x86"].dot, "any")(mod)
+
+
+_RUN = textwrap.dedent("""\
+    import sys, numpy as np, tvm
+    lib = tvm.runtime.load_module(sys.argv[1])
+    args = [tvm.runtime.tensor(np.load(p)) for p in sys.argv[2:5]]
+    lib["main"](*args)
+    np.save(sys.argv[4], args[2].numpy())
+""")
+
+
+@on_board
+@pytest.mark.parametrize("target", ARM_TARGETS)
+def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
+    """Each case scheduled and tensorized for ``target`` (the pair intrinsics, the column-pair
+    form for a one-quad input, the depthwise tap pairs), cross-compiled and run on the emulated
+    board."""
+    built = []
+    kernels = [(case, _kernel(*case, target=target)) for case in CASES]
+    kernels += [((c, c, *rest), _depthwise(c, *rest, target=target))
+                for c, *rest in DW_CASES]
+    for i, (case, (mod, (xb, packed), shape, want)) in enumerate(kernels):
+        lib = tvm.compile(mod, target=get_target(target).tvm())
+        so = str(tmp_path / f"k{i}.so")
+        lib.export_library(so, fcompile=cc.cross_compiler(TARGETS[target].cross_compiler))
+        files = [str(tmp_path / f"k{i}_{n}.npy") for n in ("x", "w", "y")]
+        for f, v in zip(files, (xb, packed, np.zeros(shape, "int32"))):
+            np.save(f, v)
+        built.append((case, so, files, want))
+    script = tmp_path / "run.py"
+    script.write_text(_RUN)
+    for case, so, files, want in built:
+        r = board.run_python(str(script), so, *files)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = unblock(np.load(files[2]))[:, :case[1]]
+        assert np.array_equal(got, want), f"{target} {case}"
+    assert os.path.getsize(built[0][1]) > 0
