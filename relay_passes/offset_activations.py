@@ -9,7 +9,9 @@ channel, folded into the int32 bias.
 Integer formula (``u`` uint8 in [0, 255], ``W`` int8, ``b`` int32, all sums exact in int32):
 
 * ``s = u - 128`` as int8, emitted by the requantize epilogue itself:
-  ``s = int8(clip(T, 0, 255) - 128)`` (the same clip, then a subtract, fused into one kernel);
+  ``s = int8(clip(T - 128, lo - 128, hi - 128))`` for ``u = uint8(clip(T, lo, hi))`` (the
+  subtract moved before the clip, exactly; fused into one kernel).  The clip to [-128, 127]
+  right before the cast is a saturating narrowing (``sqxtn`` on ARM);
 * conv2d: ``conv(u, W)[o] + b[o] = conv(pad(s, -128), W)[o] + (b[o] + 128 * S[o])`` with
   ``S[o] = sum_{i,kh,kw} W[o, i, kh, kw]`` (per output channel, any groups).  The zero
   padding of ``u`` is the value -128 of ``s``, so the padding becomes an explicit ``nn.pad``
@@ -58,10 +60,13 @@ def _offset_function(func):
             None, None)
         if (lo is not None and hi is not None and 0 <= lo and hi <= 255
                 and expr_dtype(clip.args[0]) == "int32"):
-            # the requantize epilogue: clip to [0, 255] then subtract, never out of int8
-            wide = env[src.args[0]]
-        else:
-            wide = R.astype(env.get(u, u), "int32")
+            # the requantize epilogue: subtract, then clip to [lo, hi] - 128 (within int8)
+            t = env.get(clip.args[0], clip.args[0])
+            s = bb.emit(R.astype(R.clip(R.subtract(t, relax.const(np.int32(OFFSET))),
+                                        lo - OFFSET, hi - OFFSET), "int8"), name)
+            signed[u] = s
+            return s
+        wide = R.astype(env.get(u, u), "int32")
         s = bb.emit(R.astype(R.subtract(wide, relax.const(np.int32(OFFSET))), "int8"), name)
         signed[u] = s
         return s

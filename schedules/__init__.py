@@ -134,6 +134,7 @@ def _x86():
 
 
 def _arm():
+    narrow = tuple((form, a.NEON_NARROW + suffix) for form, suffix in x.NARROW_FORMS.items())
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators
@@ -142,7 +143,7 @@ def _arm():
         "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0,
                           dw_pair_signed=a.NEON_DW_8x2, pair_intrin=a.SDOT_8x8_LANE,
                           pair_registers=30, b_cost_far=2.0,
-                          unroll_window=True),
+                          unroll_window=True, narrow=narrow),
         # smull + saddlp + addp: temporaries need registers too.  The pair form (smull +
         # smlal, two quads per int16 product) keeps its products' temporaries live across
         # the tile: 4 accumulators at most (measured on ResNet-18: 1x4 beats 2x4 and 1x8 by
@@ -150,7 +151,7 @@ def _arm():
         # eight 8-byte loads instead of four paired ones.  Depthwise convs: tap pairs (both)
         "smull": DotIntrin("smull", None, (8, 4), 8, a.NEON_8x4, 1.0, 2.0,
                            dw_pair_signed=a.NEON_DW_8x2, pair_intrin=a.NEON_8x8, pair_tile=4,
-                           b_cost_far=4.0),
+                           b_cost_far=4.0, narrow=narrow),
     }
 
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .intrin_x86 import _dot_desc, _dw_pair_desc
+from .intrin_x86 import NARROW_FORMS, _dot_desc, _dw_pair_desc, _narrow_desc
 
 SDOT_8x4 = "f8tvm_sdot_8x4_i8i8i32"
 SDOT_8x8_LANE = "f8tvm_sdot_8x8_lane_i8i8i32"
 NEON_8x4 = "f8tvm_neon_8x4_i8i8i32"
 NEON_8x8 = "f8tvm_neon_8x8_i8i8i32"
 NEON_DW_8x2 = "f8tvm_neon_dw_8x2_i8i8i32"  # depthwise: 8 channels x 2 taps (column pairs)
+NEON_NARROW = "f8tvm_neon_narrow_4x8"  # + NARROW_FORMS' suffix: the clamp it implements
 COLUMNS = "_columns"  # the pair intrinsics' column-pair forms (A int8[2, 4])
 
 
@@ -248,3 +249,54 @@ def _neon_dw_8x2_impl(
 
 
 TensorIntrin.register(NEON_DW_8x2, _dw_pair_desc("int8"), _neon_dw_8x2_impl, override=True)
+
+
+# The epilogue's clamp-and-cast of 4 pixels x 8 channels (the x86 narrowing description):
+# saturating narrows do the clamp, int32 -> int16 (``sqxtn``, or ``sqxtun`` to unsigned) then
+# -> 8 bits (``sqxtn`` / ``uqxtn``), 12 instructions for the tile instead of a max, a min and a
+# narrowing per vector.  The symmetric int8 clamp [-127, 127] adds one ``smax`` per 16 bytes.
+def _narrow_call(name, x, dtype):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), x, dtype=dtype)
+
+
+def _concat(a, b, lanes):
+    return T.Shuffle([a, b], list(range(2 * lanes)))
+
+
+def _neon_narrowed(A, dtype: str, lo: int):
+    first, second = (("llvm.aarch64.neon.sqxtun.v4i16", "llvm.aarch64.neon.uqxtn.v8i8")
+                     if dtype == "uint8" else
+                     ("llvm.aarch64.neon.sqxtn.v4i16", "llvm.aarch64.neon.sqxtn.v8i8"))
+    half = "uint16" if dtype == "uint8" else "int16"
+
+    def pixel(p):  # 8 int32 lanes -> 8 int16 lanes
+        return _concat(_narrow_call(first, A.vload([p, 0], "int32x4"), half + "x4"),
+                       _narrow_call(first, A.vload([p, 4], "int32x4"), half + "x4"), 4)
+
+    def two(p):  # two pixels -> 16 bytes
+        return _concat(_narrow_call(second, pixel(p), dtype + "x8"),
+                       _narrow_call(second, pixel(p + 1), dtype + "x8"), 8)
+
+    out = _concat(two(0), two(2), 16)
+    if dtype == "int8" and lo > -128:
+        return T.max(out, T.broadcast(T.int8(lo), 32))
+    return out
+
+
+def _neon_narrow_impl(dtype: str, lo: int):
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4, 8), "int32", offset_factor=1),
+        C: T.Buffer((4, 8), dtype, offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:4, 0:8])
+            T.writes(C[0:4, 0:8])
+            C.vstore([0, 0], _neon_narrowed(A, dtype, lo))
+
+    return impl
+
+
+for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
+    TensorIntrin.register(NEON_NARROW + _suffix, _narrow_desc(_dtype, _lo, _hi),
+                          _neon_narrow_impl(_dtype, _lo), override=True)

@@ -9,6 +9,7 @@ enforces for that target).
 """
 
 import os
+import re
 import textwrap
 
 import numpy as np
@@ -142,6 +143,28 @@ def test_packer_refuses_weights_the_neon_pair_form_cannot_sum():
     PackChannelBlocks(TARGETS["x86"].dot, "any")(mod)
 
 
+# the requantize epilogue's clamp-and-cast forms the saturating narrowing implements
+NARROW = [("int8", -128, 127), ("int8", -127, 127), ("uint8", 0, 255)]
+
+
+def _narrowing(dtype, lo, hi, target):
+    """A 16 -> 16 3x3 conv (8 output pixels a row: a tile of a multiple of 4) whose result,
+    shifted right by 8, is clamped to [lo, hi] and cast: both in-range values and saturation."""
+    x, wt = _operands(16, 16, 6, 8, 3)
+    packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
+    data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
+    kernel = te.placeholder(packed.shape, "int8", name="kernel")
+    acc = conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), 0)
+    shifted = te.compute(acc.shape, lambda *i: acc(*i) >> 8, name="shift")
+    clamped = te.compute(acc.shape, lambda *i: te.max(te.min(shifted(*i), hi), lo), name="clip")
+    out = te.compute(acc.shape, lambda *i: clamped(*i).astype(dtype), name="cast")
+    func = default_schedule(te.create_prim_func([data, kernel, out]),
+                            find_dot(TARGETS[target].dot))
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    want = np.clip(conv(x, wt, 1, (1, 1, 1, 1)) >> 8, lo, hi)
+    return mod, (_block(x, LANES), packed), [int(v) for v in out.shape], want, dtype
+
+
 _RUN = textwrap.dedent("""\
     import sys, numpy as np, tvm
     lib = tvm.runtime.load_module(sys.argv[1])
@@ -155,18 +178,23 @@ _RUN = textwrap.dedent("""\
 @pytest.mark.parametrize("target", ARM_TARGETS)
 def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
     """Each case scheduled and tensorized for ``target`` (the pair intrinsics, the column-pair
-    form for a one-quad input, the depthwise tap pairs), cross-compiled and run on the emulated
-    board."""
+    form for a one-quad input, the depthwise tap pairs, the narrowing epilogue),
+    cross-compiled and run on the emulated board."""
     built = []
     kernels = [(case, _kernel(*case, target=target)) for case in CASES]
-    kernels += [((c, c, *rest), _depthwise(c, *rest, target=target))
+    kernels += [((c, c, *rest), _depthwise(c, *rest, target=target) + ("int32",))
                 for c, *rest in DW_CASES]
-    for i, (case, (mod, (xb, packed), shape, want)) in enumerate(kernels):
+    kernels += [((16, 16) + form, _narrowing(*form, target)) for form in NARROW]
+    for i, (case, (mod, (xb, packed), shape, want, *out_dtype)) in enumerate(kernels):
         lib = tvm.compile(mod, target=get_target(target).tvm())
+        if case[2:] in NARROW:  # the epilogue narrows with saturating narrows
+            asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+            assert re.search(r"\t(sq|uq)xtu?n2?\t", asm), (target, case)
         so = str(tmp_path / f"k{i}.so")
         lib.export_library(so, fcompile=cc.cross_compiler(TARGETS[target].cross_compiler))
         files = [str(tmp_path / f"k{i}_{n}.npy") for n in ("x", "w", "y")]
-        for f, v in zip(files, (xb, packed, np.zeros(shape, "int32"))):
+        zeros = np.zeros(shape, out_dtype[0] if out_dtype else "int32")
+        for f, v in zip(files, (xb, packed, zeros)):
             np.save(f, v)
         built.append((case, so, files, want))
     script = tmp_path / "run.py"

@@ -201,8 +201,8 @@ WM = np.array([[1, -128], [2, 127], [-3, 127]], "int8")  # sum over k: [0, 126]
 
 
 def test_offset_conv_pads_with_minus_128_and_corrects_the_bias():
-    """The requantize's clip feeds s directly, the conv's padding becomes pad(-128), and the
-    bias absorbs 128 * sum(W) per output channel."""
+    """The requantize's clip becomes s's own (shifted by -128, the subtract before it), the
+    conv's padding becomes pad(-128), and the bias absorbs 128 * sum(W) per output channel."""
 
     @I.ir_module
     class Before:
@@ -222,9 +222,9 @@ def test_offset_conv_pads_with_minus_128_and_corrects_the_bias():
         @R.function
         def main(t: R.Tensor((1, 3, 2, 2), "int32")):
             with R.dataflow():
-                c = R.clip(t, 0, 255)
-                # s = int8(clip(T, 0, 255) - 128): never outside int8, no cast of u needed
-                u_s8 = R.astype(R.subtract(c, R.const(128, "int32")), "int8")
+                # s = int8(clip(T - 128, -128, 127)) = int8(clip(T, 0, 255) - 128): the clip
+                # right before the cast (a saturating narrowing), no cast of u needed
+                u_s8 = R.astype(R.clip(R.subtract(t, R.const(128, "int32")), -128, 127), "int8")
                 # padding (top, left, bottom, right) = (1, 2, 0, 1): pad_width N, C, H, W
                 acc_pad = R.nn.pad(u_s8, [0, 0, 0, 0, 1, 0, 2, 1], pad_value=-128.0)
                 acc_s8 = R.nn.conv2d(acc_pad, R.const(W8), out_dtype="int32")
