@@ -22,6 +22,7 @@ CONV_BLOCK = "conv_nchwc"  # schedules find the kernels by these block names
 DEPTHWISE_BLOCK = "depthwise_nchwc"
 PAD_BLOCK = "pad_nchwc"
 PAIR_BLOCK = "pairs_nchwc"  # the widened column pairs a depthwise conv reads (wide_pairs)
+PAD_INTERIOR = "f8tvm_pad_interior"  # the pad block's annotation: [top, h, left, w]
 
 
 def _pad(data, padding, pad_value, extra_right=0, dtype=None):
@@ -41,7 +42,9 @@ def _pad(data, padding, pad_value, extra_right=0, dtype=None):
         inside = tir.all(y >= top, y < h + top, x >= left, x < w + left)
         return tir.if_then_else(inside, v, tir.const(pad_value, dtype))
 
-    return te.compute((n, cc, h + top + bottom, w + left + right, cb), value, name=PAD_BLOCK)
+    # where the input lies in the padded copy (rows, columns): schedules split the copy there
+    return te.compute((n, cc, h + top + bottom, w + left + right, cb), value, name=PAD_BLOCK,
+                      attrs={PAD_INTERIOR: [top, int(h), left, int(w)]})
 
 
 def out_size(size, k, stride, dilation, pad_a, pad_b):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit, region_tensor
+from f8tvm.passes.packed_kernels import PAD_INTERIOR
 
 
 def extent(sch, loop) -> int:
@@ -167,26 +168,48 @@ def _block_or_none(sch, name):
         return None
 
 
+def _partition_pad(sch, pad, x, y=None) -> None:
+    """Split the padding copy's columns ``x`` (and rows ``y``) where the input begins and ends
+    (the block's :data:`PAD_INTERIOR` annotation): each part then knows whether it is inside,
+    so the interior is a plain copy instead of a bounds test per element."""
+    where = sch.get(pad).annotations.get(PAD_INTERIOR)
+    if where is None:
+        return
+    top, h, left, w = (int(v) for v in where)
+    for loop, start, size in ((x, left, w), (y, top, h)):
+        if loop is None:
+            continue
+        rest = extent(sch, loop) - start - size
+        # the parts' sizes but the last (loop_partition makes the remainder the last part)
+        factors = [f for f in (start, size, rest) if f > 0][:-1]
+        if factors:
+            sch.loop_partition(loop, factors)
+
+
 def schedule_pad(sch, name):
-    """The padding copy: parallel over (n, c, y) rows, vector over the channel block."""
+    """The padding copy: parallel over (n, c, y) rows, each row's columns split at the input's
+    borders (:func:`_partition_pad`), vector over the channel block."""
     pad = _block_or_none(sch, name)
     if pad is None:
         return
     loops = sch.get_loops(pad)
     sch.vectorize(loops[-1])
+    _partition_pad(sch, pad, loops[3])
     sch.parallel(sch.fuse(*loops[:3]))
 
 
 def compute_pad_at(sch, name, loop) -> bool:
     """Pad the input of one iteration of ``loop`` (a channel-block plane) right before it is
     read, so the padded copy is consumed from cache instead of making a round trip through
-    memory; vector over the channel block.  False when the kernel has no pad block."""
+    memory; its rows and columns split at the input's borders (:func:`_partition_pad`), vector
+    over the channel block.  False when the kernel has no pad block."""
     pad = _block_or_none(sch, name)
     if pad is None:
         return False
     sch.compute_at(pad, loop, preserve_unit_loops=True)
     loops = sch.get_loops(pad)
     sch.vectorize(loops[-1])
+    _partition_pad(sch, pad, loops[-2], loops[-3])
     return True
 
 
