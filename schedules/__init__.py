@@ -55,6 +55,9 @@ class DotIntrin:
     # two quads of one channel block per intrinsic, the activations loaded once for both and
     # each quad taken by element (int8 activations); None: one quad per intrinsic
     pair_intrin: str | None = None
+    # the pair form for a window's column pair (``conv2d_nchwc(..., column_pairs=kw)``: the
+    # input block is one quad, two adjacent pixels stand for the two quads)
+    pair_intrin_columns: str | None = None
     # registers the pair form's tile may use for accumulators, activations and one weight tile
     pair_registers: int = 0
     # or instead: at most this many accumulators (output blocks x pixels) in the pair form's
@@ -142,15 +145,17 @@ def _arm():
         # the 32 registers for the tile (LLVM keeps two for addresses of spills' sake)
         "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0,
                           dw_pair_signed=a.NEON_DW_8x2, pair_intrin=a.SDOT_8x8_LANE,
-                          pair_registers=30, b_cost_far=2.0,
-                          unroll_window=True, narrow=narrow),
+                          pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
+                          pair_registers=30, b_cost_far=2.0, unroll_window=True,
+                          narrow=narrow),
         # smull + saddlp + addp: temporaries need registers too.  The pair form (smull +
         # smlal, two quads per int16 product) keeps its products' temporaries live across
         # the tile: 4 accumulators at most (measured on ResNet-18: 1x4 beats 2x4 and 1x8 by
         # 7-8%, a whole 7-pixel row beats 1 pixel by 10%); a far block's weight tile is
         # eight 8-byte loads instead of four paired ones.  Depthwise convs: tap pairs (both)
         "smull": DotIntrin("smull", None, (8, 4), 8, a.NEON_8x4, 1.0, 2.0,
-                           dw_pair_signed=a.NEON_DW_8x2, pair_intrin=a.NEON_8x8, pair_tile=4,
+                           dw_pair_signed=a.NEON_DW_8x2, pair_intrin=a.NEON_8x8,
+                           pair_intrin_columns=a.NEON_8x8 + a.COLUMNS, pair_tile=4,
                            b_cost_far=4.0, narrow=narrow),
     }
 
@@ -173,7 +178,8 @@ def find_dot(spec: DotSpec | None) -> DotIntrin | None:
     checks = ((f"a {dot.lanes}x{dot.depth} block", (spec.lanes, spec.depth) != dot.block, False),
               ("tap pairs", spec.pair_taps, (dot.dw_pair or dot.dw_pair_signed) is not None),
               ("int16 weights", spec.wide_weights, dot.wide_intrin is not None),
-              ("int16 activations", spec.wide_data, dot.wide_data_intrin is not None))
+              ("int16 activations", spec.wide_data, dot.wide_data_intrin is not None),
+              ("column pairs", spec.column_pairs, dot.pair_intrin_columns is not None))
     missing = [form for form, wanted, have in checks if wanted and not have]
     if missing:
         raise ValueError(f"{spec.instruction}: the spec {spec} asks for forms its intrinsics "

@@ -15,7 +15,6 @@ from f8tvm.core import _tvm
 from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
 
 from . import _sch
-from .intrin_arm import COLUMNS
 
 
 def _divisors(n):
@@ -87,7 +86,7 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     if pairs:
         # a column pair (``column_pairs``: the input block is one quad) or a block's quads
         columns = _sch.activation_block(sch.get(conv)) == dot.depth
-        sch.tensorize(rq, dot.pair_intrin + (COLUMNS if columns else ""))
+        sch.tensorize(rq, dot.pair_intrin_columns if columns else dot.pair_intrin)
     else:
         sch.tensorize(ol, dot.intrin_for(sch.get(conv)))
     if dot.unroll_window:
