@@ -29,7 +29,7 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .intrin_x86 import NARROW_FORMS, _dot_desc, _dw_pair_desc, _narrow_desc
+from .intrin_x86 import NARROW_FORMS, _dot_desc, _dw_pair_desc, _narrow_desc, _narrow_impl
 
 SDOT_8x4 = "f8tvm_sdot_8x4_i8i8i32"
 SDOT_8x8_LANE = "f8tvm_sdot_8x8_lane_i8i8i32"
@@ -126,7 +126,9 @@ def _sdot_lane(A, B, C, q, lane, acc):
         dtype="int32x4")
 
 
-def _sdot_pair_impl(a_shape):
+def _pair_impl(a_shape, half):
+    """A pair form's implementation: ``half(A, B, C, lane)`` is the new value of lanes
+    ``lane .. lane+3`` of ``C`` (an int32x4 expression)."""
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer(a_shape, "int8", offset_factor=1),
@@ -136,11 +138,15 @@ def _sdot_pair_impl(a_shape):
         with T.sblock("root"):
             T.reads(C[0:8], _all(A), B[0:2, 0:8, 0:4])
             T.writes(C[0:8])
-            C[T.ramp(T.int32(0), 1, 4)] = _sdot_lane(
-                A, B, C, 1, 0, _sdot_lane(A, B, C, 0, 0, C.vload([0], dtype="int32x4")))
-            C[T.ramp(T.int32(4), 1, 4)] = _sdot_lane(
-                A, B, C, 1, 4, _sdot_lane(A, B, C, 0, 4, C.vload([4], dtype="int32x4")))
+            C[T.ramp(T.int32(0), 1, 4)] = half(A, B, C, 0)
+            C[T.ramp(T.int32(4), 1, 4)] = half(A, B, C, 4)
     return impl
+
+
+def _sdot_half(A, B, C, lane):
+    """Both quads by element into lanes ``lane .. lane+3``: two ``sdot``."""
+    return _sdot_lane(A, B, C, 1, lane,
+                      _sdot_lane(A, B, C, 0, lane, C.vload([lane], dtype="int32x4")))
 
 
 def _smull_pairs(A, B, row):
@@ -186,34 +192,19 @@ def _smull_quads(A, B, row):
         product(0) + product(1), dtype="int32x4")
 
 
-def _smull_pair_impl(a_shape):
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer(a_shape, "int8", offset_factor=1),
-        B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], _all(A), B[0:2, 0:8, 0:4])
-            T.writes(C[0:8])
-            C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + (
-                T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-                    _smull_quads(A, B, 0), _smull_quads(A, B, 2), dtype="int32x4"))
-            C[T.ramp(T.int32(4), 1, 4)] = C.vload([4], dtype="int32x4") + (
-                T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-                    _smull_quads(A, B, 4), _smull_quads(A, B, 6), dtype="int32x4"))
-    return impl
+def _smull_half(A, B, C, lane):
+    """Lanes ``lane .. lane+3`` plus ``addp`` of their pair sums over both quads."""
+    return C.vload([lane], dtype="int32x4") + T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+        _smull_quads(A, B, lane), _smull_quads(A, B, lane + 2), dtype="int32x4")
 
 
-TensorIntrin.register(SDOT_8x4, _dot_desc(8, 4, "int8"), _sdot_8x4_impl, override=True)
 # the pair forms, each for a channel block's two quads and for a column pair (suffix COLUMNS)
 for _shape, _suffix in (((8,), ""), ((2, 4), COLUMNS)):
-    TensorIntrin.register(SDOT_8x8_LANE + _suffix, _pair_desc(_shape), _sdot_pair_impl(_shape),
-                          override=True)
-    TensorIntrin.register(NEON_8x8 + _suffix, _pair_desc(_shape), _smull_pair_impl(_shape),
-                          override=True)
+    TensorIntrin.register(SDOT_8x8_LANE + _suffix, _pair_desc(_shape),
+                          _pair_impl(_shape, _sdot_half), override=True)
+    TensorIntrin.register(NEON_8x8 + _suffix, _pair_desc(_shape),
+                          _pair_impl(_shape, _smull_half), override=True)
 TensorIntrin.register(NEON_8x4, _dot_desc(8, 4, "int8"), _neon_8x4_impl, override=True)
 
 
@@ -283,20 +274,6 @@ def _neon_narrowed(A, dtype: str, lo: int):
     return out
 
 
-def _neon_narrow_impl(dtype: str, lo: int):
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((4, 8), "int32", offset_factor=1),
-        C: T.Buffer((4, 8), dtype, offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(A[0:4, 0:8])
-            T.writes(C[0:4, 0:8])
-            C.vstore([0, 0], _neon_narrowed(A, dtype, lo))
-
-    return impl
-
-
 for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
     TensorIntrin.register(NEON_NARROW + _suffix, _narrow_desc(_dtype, _lo, _hi),
-                          _neon_narrow_impl(_dtype, _lo), override=True)
+                          _narrow_impl(_dtype, _lo, _hi, _neon_narrowed), override=True)

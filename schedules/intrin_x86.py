@@ -313,7 +313,9 @@ def _narrowed(A, dtype: str, lo: int):
     return ordered
 
 
-def _narrow_impl(dtype: str, lo: int, hi: int):
+def _narrow_impl(dtype: str, lo: int, hi: int, narrowed=_narrowed):
+    """The narrowing of a 4 x 8 int32 tile: ``narrowed(A, dtype, lo)``, its 32 clamped 8-bit
+    lanes in memory order (AVX2's packs by default)."""
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((4, 8), "int32", offset_factor=1),
@@ -322,7 +324,7 @@ def _narrow_impl(dtype: str, lo: int, hi: int):
         with T.sblock("root"):
             T.reads(A[0:4, 0:8])
             T.writes(C[0:4, 0:8])
-            C.vstore([0, 0], _narrowed(A, dtype, lo))
+            C.vstore([0, 0], narrowed(A, dtype, lo))
 
     return impl
 
