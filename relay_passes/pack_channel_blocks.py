@@ -16,7 +16,8 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
   columns in pairs: the window is zero-padded to an even width and its pairs of taps stand
   where a block's two quads would (``conv2d_nchwc(..., column_pairs=kw)``);
 * depthwise ``conv2d``: ``depthwise_nchwc`` with weights ``(C/lanes, KH, KW, lanes)``, or with
-  ``pair_taps`` (a 2-deep dot, AVX2 ``vpmaddwd``) ``depthwise_pairs_nchwc`` with weights
+  ``pair_taps`` (a 2-deep dot: AVX2 ``vpmaddwd``, NEON ``smull`` + ``smlal``)
+  ``depthwise_pairs_nchwc`` with weights
   ``(C/lanes, KH, ceil(KW/2), lanes, 2)``: two window columns per dot step;
 * elementwise ops (bias add, shifts, clip, cast, max/min, residual add): the same op on blocked
   tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``, once per
@@ -274,12 +275,11 @@ class _Packer:
         if not isinstance(x, _Blocked):
             c_in = _tvm.tensor_shape(x)[1]
             x = self.block(x, self.in_block(c_in))
-        kernel = pack_conv_weight(w, x.block, self.lanes, self.depth)
         kw = w.shape[3]
         pairs = (self.column_pairs and x.block == self.depth and dilation[1] == 1 and kw > 1
                  and not self.wide_weights)
-        if pairs:
-            kernel = pack_conv_weight_columns(w, self.lanes, self.depth)
+        kernel = (pack_conv_weight_columns(w, self.lanes, self.depth) if pairs
+                  else pack_conv_weight(w, x.block, self.lanes, self.depth))
         data = x.expr
         if self.wide_weights:
             _, icc, _, width, ib = _tvm.tensor_shape(data)

@@ -83,30 +83,28 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0, wide_dat
     dilation must be 1 (a pair is two adjacent pixels, ``2 * ib`` contiguous bytes)."""
     n, icc, _, _, ib = (int(v) for v in data.shape)
     occ, icc2, kh, kw, ibk, ob, depth = (int(v) for v in kernel.shape)
+    dtype = "int16" if wide_data else None
     if column_pairs is None:
         assert icc == icc2 and ib == ibk * depth, (data.shape, kernel.shape)
         dp, oh, ow, ry, rx, row, col = _window(data, kh, kw, strides, padding, dilation,
-                                               pad_value, dtype="int16" if wide_data else None)
-        channel = None
-    else:
+                                               pad_value, dtype=dtype)
+    else:  # kw is the number of column pairs here
         assert (icc == icc2 and ib == depth and ibk == 2 and kw == (column_pairs + 1) // 2
                 and dilation[1] == 1), (data.shape, kernel.shape, column_pairs, dilation)
         dp, oh, ow, ry, _, row, _ = _window(data, kh, column_pairs, strides, padding, dilation,
                                             pad_value, extra_right=2 * kw - column_pairs,
-                                            dtype="int16" if wide_data else None)
+                                            dtype=dtype)
         rx = te.reduce_axis((0, kw), "rx")
-        channel = 0
     rc = te.reduce_axis((0, icc), "rc")
     rq = te.reduce_axis((0, ibk), "rq")  # the block's quad, or the tap in a column pair
     rk = te.reduce_axis((0, depth), "rk")
-    if channel is None:
-        def read(b, y, x):
-            return dp[b, rc, row(y), col(x), rq * depth + rk]
-    else:
-        sw = strides[1]
+    sw = strides[1]
 
-        def read(b, y, x):
-            return dp[b, rc, row(y), x * sw + 2 * rx + rq, rk]
+    def read(b, y, x):
+        if column_pairs is None:
+            return dp[b, rc, row(y), col(x), rq * depth + rk]
+        return dp[b, rc, row(y), x * sw + 2 * rx + rq, rk]
+
     return te.compute(
         (n, occ, oh, ow, ob),
         lambda b, o, y, x, ol: te.sum(
