@@ -62,14 +62,11 @@ def _offset_function(func):
                 and expr_dtype(clip.args[0]) == "int32"):
             # the requantize epilogue: subtract, then clip to [lo, hi] - 128 (within int8)
             t = env.get(clip.args[0], clip.args[0])
-            s = bb.emit(R.astype(R.clip(R.subtract(t, relax.const(np.int32(OFFSET))),
-                                        lo - OFFSET, hi - OFFSET), "int8"), name)
-            signed[u] = s
-            return s
-        wide = R.astype(env.get(u, u), "int32")
-        s = bb.emit(R.astype(R.subtract(wide, relax.const(np.int32(OFFSET))), "int8"), name)
-        signed[u] = s
-        return s
+            s = R.clip(R.subtract(t, relax.const(np.int32(OFFSET))), lo - OFFSET, hi - OFFSET)
+        else:
+            s = R.subtract(R.astype(env.get(u, u), "int32"), relax.const(np.int32(OFFSET)))
+        signed[u] = bb.emit(R.astype(s, "int8"), name)
+        return signed[u]
 
     def handler(b, env, bb):
         v = b.value
