@@ -71,19 +71,6 @@ def _sdot(A, B, C, lane):
         dtype="int32x4")
 
 
-@T.prim_func(s_tir=True)
-def _sdot_8x4_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 4)] = _sdot(A, B, C, 0)
-        C[T.ramp(T.int32(4), 1, 4)] = _sdot(A, B, C, 4)
-
-
 def _pair_desc(a_shape):
     """Two quads at once: ``C[i] += sum_{q<2, k<4} A[q, k] * B[q, i, k]``.  ``A``: int8[8], one
     channel block of an NCHW8c pixel (``A[4q + k]``), or int8[2, 4], the quads of two adjacent
@@ -126,17 +113,17 @@ def _sdot_lane(A, B, C, q, lane, acc):
         dtype="int32x4")
 
 
-def _pair_impl(a_shape, half):
-    """A pair form's implementation: ``half(A, B, C, lane)`` is the new value of lanes
-    ``lane .. lane+3`` of ``C`` (an int32x4 expression)."""
+def _halves_impl(a_shape, b_shape, half):
+    """An intrinsic's implementation as two statements: ``half(A, B, C, lane)`` is the new
+    value of lanes ``lane .. lane+3`` of ``C`` (an int32x4 expression)."""
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer(a_shape, "int8", offset_factor=1),
-        B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+        B: T.Buffer(b_shape, "int8", offset_factor=1),
         C: T.Buffer((8,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], _all(A), B[0:2, 0:8, 0:4])
+            T.reads(C[0:8], _all(A), _all(B))
             T.writes(C[0:8])
             C[T.ramp(T.int32(0), 1, 4)] = half(A, B, C, 0)
             C[T.ramp(T.int32(4), 1, 4)] = half(A, B, C, 4)
@@ -159,22 +146,14 @@ def _smull_pairs(A, B, row):
         dtype="int32x4")
 
 
-@T.prim_func(s_tir=True)
-def _neon_8x4_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        # lanes 0-3: addp of the pair sums of lanes 0, 1 and of lanes 2, 3; then lanes 4-7
-        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
+def _addp_half(sums):
+    """``half`` for :func:`_halves_impl`: lanes ``lane .. lane+3`` plus the ``addp`` of
+    ``sums(A, B, lane)`` and ``sums(A, B, lane + 2)`` (pair sums of two lanes each)."""
+    def half(A, B, C, lane):
+        return C.vload([lane], dtype="int32x4") + T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-            _smull_pairs(A, B, 0), _smull_pairs(A, B, 2), dtype="int32x4")
-        C[T.ramp(T.int32(4), 1, 4)] = C.vload([4], dtype="int32x4") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-            _smull_pairs(A, B, 4), _smull_pairs(A, B, 6), dtype="int32x4")
+            sums(A, B, lane), sums(A, B, lane + 2), dtype="int32x4")
+    return half
 
 
 def _smull_quads(A, B, row):
@@ -192,20 +171,18 @@ def _smull_quads(A, B, row):
         product(0) + product(1), dtype="int32x4")
 
 
-def _smull_half(A, B, C, lane):
-    """Lanes ``lane .. lane+3`` plus ``addp`` of their pair sums over both quads."""
-    return C.vload([lane], dtype="int32x4") + T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-        _smull_quads(A, B, lane), _smull_quads(A, B, lane + 2), dtype="int32x4")
-
-
 # the pair forms, each for a channel block's two quads and for a column pair (suffix COLUMNS)
 for _shape, _suffix in (((8,), ""), ((2, 4), COLUMNS)):
     TensorIntrin.register(SDOT_8x8_LANE + _suffix, _pair_desc(_shape),
-                          _pair_impl(_shape, _sdot_half), override=True)
+                          _halves_impl(_shape, (2, 8, 4), _sdot_half), override=True)
     TensorIntrin.register(NEON_8x8 + _suffix, _pair_desc(_shape),
-                          _pair_impl(_shape, _smull_half), override=True)
-TensorIntrin.register(NEON_8x4, _dot_desc(8, 4, "int8"), _neon_8x4_impl, override=True)
+                          _halves_impl(_shape, (2, 8, 4), _addp_half(_smull_quads)),
+                          override=True)
+# one quad per intrinsic: an input block of one quad that is not taken in column pairs
+TensorIntrin.register(SDOT_8x4, _dot_desc(8, 4, "int8"), _halves_impl((4,), (8, 4), _sdot),
+                      override=True)
+TensorIntrin.register(NEON_8x4, _dot_desc(8, 4, "int8"),
+                      _halves_impl((4,), (8, 4), _addp_half(_smull_pairs)), override=True)
 
 
 # Depthwise tap pairs (``depthwise_pairs_nchwc``): ``C[i] += sum_k A[k, i] * B[i, k]``, 8

@@ -31,13 +31,14 @@ from f8tvm.targets import TARGETS, get_target
 
 LANES, DEPTH = 8, 4
 
-# (C_in, C_out, H, W, K, stride, pad): C_in <= 4 takes the window's columns in pairs
+# (C_in, C_out, H, W, K, stride, pad): C_in <= 4 with K > 1 takes the window's columns in pairs
 CASES = [
     (3, 16, 15, 15, 7, 2, (3, 3, 3, 3)),  # ResNet's first conv, odd window: a phantom tap
     (3, 8, 9, 9, 3, 2, (1, 1, 1, 1)),  # MobileNet's first conv
     (4, 8, 7, 7, 2, 1, (0, 0, 1, 1)),  # even window, uneven padding
     (16, 16, 9, 9, 3, 1, (1, 1, 1, 1)),  # a block's two quads
     (24, 16, 5, 5, 1, 1, (0, 0, 0, 0)),
+    (3, 8, 6, 6, 1, 1, (0, 0, 0, 0)),  # one quad, no window to pair: one quad per intrinsic
 ]
 # depthwise, tap pairs: (C, H, W, K, stride, pad)
 DW_CASES = [
