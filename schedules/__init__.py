@@ -52,12 +52,24 @@ class DotIntrin:
     # the epilogue's int32 -> 8-bit narrowing of 4 pixels x ``lanes`` channels at once:
     # ``((dtype, lo, hi), intrinsic)`` per clamp it implements; none: LLVM narrows each vector
     narrow: tuple = ()
+    # the same for 2 pixels (tiles of 2 pixels: the split accumulators')
+    narrow_2px: tuple = ()
     # two quads of one channel block per intrinsic, the activations loaded once for both and
     # each quad taken by element (int8 activations); None: one quad per intrinsic
     pair_intrin: str | None = None
     # the pair form for a window's column pair (``conv2d_nchwc(..., column_pairs=kw)``: the
     # input block is one quad, two adjacent pixels stand for the two quads)
     pair_intrin_columns: str | None = None
+    # the pair form into split accumulators (two int32 partial sums per lane, the quads'
+    # bytes 0-1 and 2-3: the schedule factors the conv's reduction with ``rfactor``), for a
+    # channel block's quads and for a column pair, and the intrinsic that adds each lane's
+    # two partial sums after the reduction; None: the pair form sums into 8 lanes every step
+    pair_split: str | None = None
+    pair_split_columns: str | None = None
+    split_sum: str | None = None
+    # the split form's register tile: at most this many accumulators (output blocks x pixels;
+    # each holds 16 partial sums); the schedule uses the split form in such tiles only
+    split_tile: int = 0
     # registers the pair form's tile may use for accumulators, activations and one weight tile
     pair_registers: int = 0
     # or instead: at most this many accumulators (output blocks x pixels) in the pair form's
@@ -87,9 +99,21 @@ class DotIntrin:
     def pair_taps(self) -> bool:
         return self.spec.pair_taps
 
-    def narrow_for(self, dtype: str, lo: int, hi: int) -> str | None:
-        """The narrowing intrinsic for a ``dtype(clamp(x, lo, hi))`` epilogue, if there is one."""
-        return dict(self.narrow).get((dtype, lo, hi))
+    def narrow_width(self, pixels: int) -> int | None:
+        """The pixels per narrowing intrinsic for a register tile ``pixels`` wide: 4 where it
+        divides the tile, else 2 where the target has that form; None: no narrowing intrinsic."""
+        if not pixels:
+            return None
+        if self.narrow and pixels % 4 == 0:
+            return 4
+        if self.narrow_2px and pixels % 2 == 0:
+            return 2
+        return None
+
+    def narrow_for(self, dtype: str, lo: int, hi: int, pixels: int = 4) -> str | None:
+        """The narrowing intrinsic of ``pixels`` for a ``dtype(clamp(x, lo, hi))`` epilogue, if
+        there is one."""
+        return dict(self.narrow if pixels == 4 else self.narrow_2px).get((dtype, lo, hi))
 
     def intrin_for(self, block, depthwise: bool = False) -> str:
         """The intrinsic matching the activation (and weight) dtypes read by ``block`` (a conv
@@ -138,6 +162,8 @@ def _x86():
 
 def _arm():
     narrow = tuple((form, a.NEON_NARROW + suffix) for form, suffix in x.NARROW_FORMS.items())
+    narrow_2px = tuple((form, a.NEON_NARROW_2PX + suffix)
+                       for form, suffix in x.NARROW_FORMS.items())
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators
@@ -155,8 +181,11 @@ def _arm():
         # eight 8-byte loads instead of four paired ones.  Depthwise convs: tap pairs (both)
         "smull": DotIntrin("smull", None, (8, 4), 8, a.NEON_8x4, 1.0, 2.0,
                            dw_pair_signed=a.NEON_DW_8x2, pair_intrin=a.NEON_8x8,
-                           pair_intrin_columns=a.NEON_8x8 + a.COLUMNS, pair_tile=4,
-                           b_cost_far=4.0, narrow=narrow),
+                           pair_intrin_columns=a.NEON_8x8 + a.COLUMNS,
+                           pair_split=a.NEON_8x8_SPLIT,
+                           pair_split_columns=a.NEON_8x8_SPLIT + a.COLUMNS,
+                           split_sum=a.NEON_SPLIT_SUM, split_tile=2, pair_tile=4,
+                           b_cost_far=4.0, narrow=narrow, narrow_2px=narrow_2px),
     }
 
 

@@ -73,11 +73,12 @@ def inline_epilogue(sch, block, keep=None):
     return remaining
 
 
-def _narrowing(sch, block, dot):
+def _narrowing(sch, block, dot, width):
     """``(name of x's block, intrinsic)`` when the kernel after ``block`` ends with
-    ``dtype(clamp(x, lo, hi))`` and ``dot`` has an intrinsic that narrows that clamp, else None.
-    Kept as a block of its own (the int32 stage of the tile), ``x`` feeds the narrowing."""
-    if dot is None or not dot.narrow:
+    ``dtype(clamp(x, lo, hi))`` and ``dot`` has an intrinsic that narrows that clamp, ``width``
+    pixels at a time, else None.  Kept as a block of its own (the int32 stage of the tile),
+    ``x`` feeds the narrowing."""
+    if dot is None or width is None:
         return None
     after = consumers_chain(sch, block)
     outs = [b for b in after if not sch.get_consumers(b)]
@@ -94,7 +95,7 @@ def _narrowing(sch, block, dot):
     if not (node_kind(v) == "Max" and node_kind(v.a) == "Min"
             and node_kind(v.b) == "IntImm" and node_kind(v.a.b) == "IntImm"):
         return None
-    intrin = dot.narrow_for(expr_dtype(value), int(v.b.value), int(v.a.b.value))
+    intrin = dot.narrow_for(expr_dtype(value), int(v.b.value), int(v.a.b.value), width)
     src = sch.get_producers(clip[0])
     names = {sch.get(b).name_hint for b in after}
     if intrin is None or len(src) != 1 or sch.get(src[0]).name_hint not in names:
@@ -108,9 +109,11 @@ def fuse_epilogue(sch, block, loop, dot=None, pixels=0):
     elsewhere in the kernel) stays a separate parallel loop nest.
 
     With ``dot``'s narrowing intrinsic for the kernel's final clamp-and-cast, and ``pixels`` (the
-    tile's width) a multiple of 4: the int32 result stays a block on the tile and the
-    narrowing to 8 bits is tensorized, 4 pixels at a time (``intrin_x86.AVX2_NARROW``)."""
-    narrowing = _narrowing(sch, block, dot) if pixels and pixels % 4 == 0 else None
+    tile's width) a multiple of its width (``dot.narrow_width``): the int32 result stays a
+    block on the tile and the narrowing to 8 bits is tensorized, 4 (or 2) pixels at a time
+    (``intrin_x86.AVX2_NARROW``, ``intrin_arm.NEON_NARROW``)."""
+    width = dot.narrow_width(pixels) if dot is not None else None
+    narrowing = _narrowing(sch, block, dot, width)
     keep, intrin = narrowing or (None, None)
     for blk in inline_epilogue(sch, block, keep):
         try:
@@ -120,17 +123,17 @@ def fuse_epilogue(sch, block, loop, dot=None, pixels=0):
             continue
         loops = sch.get_loops(blk)
         if intrin is not None and sch.get(blk).name_hint != keep and len(loops) >= 2 \
-                and extent(sch, loops[-1]) == 8 and extent(sch, loops[-2]) % 4 == 0:
-            _tensorize_narrowing(sch, blk, loop, intrin)
+                and extent(sch, loops[-1]) == 8 and extent(sch, loops[-2]) % width == 0:
+            _tensorize_narrowing(sch, blk, loop, intrin, width)
         else:
             vectorize_inner(sch, blk, unroll_rest=True, below=loop)
 
 
-def _tensorize_narrowing(sch, blk, below, intrin):
-    """The output block's (pixel, lane) loops, 4 pixels per narrowing intrinsic; the loops
-    between ``below`` and them unrolled."""
+def _tensorize_narrowing(sch, blk, below, intrin, width):
+    """The output block's (pixel, lane) loops, ``width`` pixels per narrowing intrinsic; the
+    loops between ``below`` and them unrolled."""
     px = sch.get_loops(blk)[-2]
-    sch.split(px, [extent(sch, px) // 4, 4])
+    sch.split(px, [extent(sch, px) // width, width])
     loops = sch.get_loops(blk)
     for lp in loops[_below(sch, loops, below):-2]:
         sch.unroll(lp)

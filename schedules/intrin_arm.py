@@ -16,6 +16,9 @@ offset by -128 exactly, ``relay_passes/offset_activations.py``).  The packed lay
   The pair form (``NEON_8x8``) adds the block's second quad into the first's int16 products
   (``smlal``) before widening: 16 instructions per 64 MACs instead of 24.  Exact because F8Net's
   weights are in [-127, 127] (``targets``: ``weight_min``, checked when weights are packed).
+  In a tile of 2 pixels it accumulates into split accumulators (``NEON_8x8_SPLIT``: two int32
+  partial sums per lane, ``sadalp``; 12 instructions per 64 MACs), summed once per pixel after
+  the reduction (``NEON_SPLIT_SUM``, ``addp``).
 * Both pair forms also come for a window's column pair (suffix :data:`COLUMNS`, ``A`` int8[2, 4]):
   the first conv's input is one quad per pixel, so two adjacent pixels stand for the two quads
   (``conv2d_nchwc(..., column_pairs=kw)``).
@@ -35,8 +38,11 @@ SDOT_8x4 = "f8tvm_sdot_8x4_i8i8i32"
 SDOT_8x8_LANE = "f8tvm_sdot_8x8_lane_i8i8i32"
 NEON_8x4 = "f8tvm_neon_8x4_i8i8i32"
 NEON_8x8 = "f8tvm_neon_8x8_i8i8i32"
+NEON_8x8_SPLIT = "f8tvm_neon_8x8_split_i8i8i32"  # the pair form into split accumulators
+NEON_SPLIT_SUM = "f8tvm_neon_split_sum_8"  # their final sum: 8 lanes from 16 partial sums
 NEON_DW_8x2 = "f8tvm_neon_dw_8x2_i8i8i32"  # depthwise: 8 channels x 2 taps (column pairs)
 NEON_NARROW = "f8tvm_neon_narrow_4x8"  # + NARROW_FORMS' suffix: the clamp it implements
+NEON_NARROW_2PX = "f8tvm_neon_narrow_2x8"  # the same for a tile of 2 pixels
 COLUMNS = "_columns"  # the pair intrinsics' column-pair forms (A int8[2, 4])
 
 
@@ -178,6 +184,101 @@ for _shape, _suffix in (((8,), ""), ((2, 4), COLUMNS)):
     TensorIntrin.register(NEON_8x8 + _suffix, _pair_desc(_shape),
                           _halves_impl(_shape, (2, 8, 4), _addp_half(_smull_quads)),
                           override=True)
+
+
+# Split accumulators (``schedules.cpu``: the conv's reduction over a quad's bytes is factored
+# in two, ``rfactor``): each output lane keeps two int32 partial sums, bytes 0-1 and bytes 2-3
+# of every quad, which is what ``saddlp`` of a ``smull`` row pair makes.  So the pair form adds
+# its products into the accumulators with one ``sadalp`` each (12 instructions per 64 MACs
+# instead of 16: no ``addp`` and no ``add`` per step), and the two partial sums of a lane are
+# added once per output pixel, after the whole reduction (``addp``: two per 8 lanes).
+def _split_desc(a_shape):
+    """``C[i, h] += sum_{q<2, k<2} A[q, 2h + k] * B[q, i, 2h + k]`` (``A`` as in
+    :func:`_pair_desc`; ``C`` int32[8, 2]: lane ``i``'s partial sum over bytes ``2h, 2h+1``)."""
+
+    def a_at(A, q, k):
+        return A[q * 4 + k] if len(a_shape) == 1 else A[q, k]
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer(a_shape, "int8", offset_factor=1),
+        B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+        C: T.Buffer((8, 2), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8, 0:2], _all(A), B[0:2, 0:8, 0:4])
+            T.writes(C[0:8, 0:2])
+            for q, i, h, k in T.grid(2, 8, 2, 2):
+                with T.sblock("update"):
+                    # the rfactor block's order of iterators: the factored half first
+                    vh = T.axis.spatial(2, h)
+                    vi = T.axis.spatial(8, i)
+                    vq = T.axis.reduce(2, q)
+                    vk = T.axis.reduce(2, k)
+                    C[vi, vh] = C[vi, vh] + T.cast(a_at(A, vq, vh * 2 + vk), "int32") * T.cast(
+                        B[vq, vi, vh * 2 + vk], "int32")
+    return desc
+
+
+def _split_impl(a_shape):
+    """Four ``smull`` + ``smlal`` + ``sadalp``, each into a register of two lanes' partial
+    sums (``C[row:row+2, 0:2]`` is ``saddlp``'s order: lane ``row`` bytes 0-1, 2-3, then lane
+    ``row + 1``)."""
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer(a_shape, "int8", offset_factor=1),
+        B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+        C: T.Buffer((8, 2), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8, 0:2], _all(A), _all(B))
+            T.writes(C[0:8, 0:2])
+            C[0, T.ramp(T.int32(0), 1, 4)] = C.vload([0, 0], "int32x4") + _smull_quads(A, B, 0)
+            C[2, T.ramp(T.int32(0), 1, 4)] = C.vload([2, 0], "int32x4") + _smull_quads(A, B, 2)
+            C[4, T.ramp(T.int32(0), 1, 4)] = C.vload([4, 0], "int32x4") + _smull_quads(A, B, 4)
+            C[6, T.ramp(T.int32(0), 1, 4)] = C.vload([6, 0], "int32x4") + _smull_quads(A, B, 6)
+    return impl
+
+
+@T.prim_func(s_tir=True)
+def _split_sum_desc(
+    R: T.Buffer((8, 2), "int32", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], R[0:8, 0:2])
+        T.writes(C[0:8])
+        for i, h in T.grid(8, 2):
+            with T.sblock("update"):
+                vh = T.axis.reduce(2, h)
+                vi = T.axis.spatial(8, i)
+                C[vi] = C[vi] + R[vi, vh]
+
+
+def _split_sum(R, row):
+    """Lanes ``row .. row+3``: ``addp`` of their partial sums (two registers)."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+        R.vload([row, 0], dtype="int32x4"), R.vload([row + 2, 0], dtype="int32x4"),
+        dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def _split_sum_impl(
+    R: T.Buffer((8, 2), "int32", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], R[0:8, 0:2])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + _split_sum(R, 0)
+        C[T.ramp(T.int32(4), 1, 4)] = C.vload([4], dtype="int32x4") + _split_sum(R, 4)
+
+
+for _shape, _suffix in (((8,), ""), ((2, 4), COLUMNS)):
+    TensorIntrin.register(NEON_8x8_SPLIT + _suffix, _split_desc(_shape), _split_impl(_shape),
+                          override=True)
+TensorIntrin.register(NEON_SPLIT_SUM, _split_sum_desc, _split_sum_impl, override=True)
 # one quad per intrinsic: an input block of one quad that is not taken in column pairs
 TensorIntrin.register(SDOT_8x4, _dot_desc(8, 4, "int8"), _halves_impl((4,), (8, 4), _sdot),
                       override=True)
@@ -219,7 +320,7 @@ def _neon_dw_8x2_impl(
 TensorIntrin.register(NEON_DW_8x2, _dw_pair_desc("int8"), _neon_dw_8x2_impl, override=True)
 
 
-# The epilogue's clamp-and-cast of 4 pixels x 8 channels (the x86 narrowing description):
+# The epilogue's clamp-and-cast of 4 (or 2) pixels x 8 channels (the x86 narrowing description):
 # saturating narrows do the clamp, int32 -> int16 (``sqxtn``, or ``sqxtun`` to unsigned) then
 # -> 8 bits (``sqxtn`` / ``uqxtn``), 12 instructions for the tile instead of a max, a min and a
 # narrowing per vector.  The symmetric int8 clamp [-127, 127] adds one ``smax`` per 16 bytes.
@@ -245,12 +346,15 @@ def _neon_narrowed(A, dtype: str, lo: int):
         return _concat(_narrow_call(second, pixel(p), dtype + "x8"),
                        _narrow_call(second, pixel(p + 1), dtype + "x8"), 8)
 
-    out = _concat(two(0), two(2), 16)
+    pixels = int(A.shape[0])  # 4, or 2 (a split-accumulator tile)
+    out = _concat(two(0), two(2), 16) if pixels == 4 else two(0)
     if dtype == "int8" and lo > -128:
-        return T.max(out, T.broadcast(T.int8(lo), 32))
+        return T.max(out, T.broadcast(T.int8(lo), 8 * pixels))
     return out
 
 
 for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
-    TensorIntrin.register(NEON_NARROW + _suffix, _narrow_desc(_dtype, _lo, _hi),
-                          _narrow_impl(_dtype, _lo, _hi, _neon_narrowed), override=True)
+    for _name, _pixels in ((NEON_NARROW, 4), (NEON_NARROW_2PX, 2)):
+        TensorIntrin.register(_name + _suffix, _narrow_desc(_dtype, _lo, _hi, _pixels),
+                              _narrow_impl(_dtype, _lo, _hi, _neon_narrowed, _pixels),
+                              override=True)

@@ -274,16 +274,16 @@ NARROW_FORMS = {("uint8", 0, 255): "_u8", ("int8", -128, 127): "_s8",
 _PERMUTE_DWORDS = [0, 4, 1, 5, 2, 6, 3, 7]
 
 
-def _narrow_desc(dtype: str, lo: int, hi: int):
+def _narrow_desc(dtype: str, lo: int, hi: int, pixels: int = 4):
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((4, 8), "int32", offset_factor=1),
-        C: T.Buffer((4, 8), dtype, offset_factor=1),
+        A: T.Buffer((pixels, 8), "int32", offset_factor=1),
+        C: T.Buffer((pixels, 8), dtype, offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(A[0:4, 0:8])
-            T.writes(C[0:4, 0:8])
-            for p in T.serial(0, 4):
+            T.reads(A[0:pixels, 0:8])
+            T.writes(C[0:pixels, 0:8])
+            for p in T.serial(0, pixels):
                 for i in T.serial(0, 8):
                     with T.sblock("narrow"):
                         vp, vi = T.axis.remap("SS", [p, i])
@@ -313,17 +313,17 @@ def _narrowed(A, dtype: str, lo: int):
     return ordered
 
 
-def _narrow_impl(dtype: str, lo: int, hi: int, narrowed=_narrowed):
-    """The narrowing of a 4 x 8 int32 tile: ``narrowed(A, dtype, lo)``, its 32 clamped 8-bit
-    lanes in memory order (AVX2's packs by default)."""
+def _narrow_impl(dtype: str, lo: int, hi: int, narrowed=_narrowed, pixels: int = 4):
+    """The narrowing of a ``pixels`` x 8 int32 tile: ``narrowed(A, dtype, lo)``, its clamped
+    8-bit lanes in memory order (AVX2's packs of 4 pixels by default)."""
     @T.prim_func(s_tir=True)
     def impl(
-        A: T.Buffer((4, 8), "int32", offset_factor=1),
-        C: T.Buffer((4, 8), dtype, offset_factor=1),
+        A: T.Buffer((pixels, 8), "int32", offset_factor=1),
+        C: T.Buffer((pixels, 8), dtype, offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(A[0:4, 0:8])
-            T.writes(C[0:4, 0:8])
+            T.reads(A[0:pixels, 0:8])
+            T.writes(C[0:pixels, 0:8])
             C.vstore([0, 0], narrowed(A, dtype, lo))
 
     return impl

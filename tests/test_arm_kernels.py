@@ -36,7 +36,8 @@ CASES = [
     (3, 16, 15, 15, 7, 2, (3, 3, 3, 3)),  # ResNet's first conv, odd window: a phantom tap
     (3, 8, 9, 9, 3, 2, (1, 1, 1, 1)),  # MobileNet's first conv
     (4, 8, 7, 7, 2, 1, (0, 0, 1, 1)),  # even window, uneven padding
-    (16, 16, 9, 9, 3, 1, (1, 1, 1, 1)),  # a block's two quads
+    (16, 16, 9, 9, 3, 1, (1, 1, 1, 1)),  # a block's two quads (odd row: 8 lanes per step)
+    (24, 16, 8, 8, 3, 1, (1, 1, 1, 1)),  # even row: split accumulators on `arm`
     (24, 16, 5, 5, 1, 1, (0, 0, 0, 0)),
     (3, 8, 6, 6, 1, 1, (0, 0, 0, 0)),  # one quad, no window to pair: one quad per intrinsic
 ]
@@ -188,9 +189,12 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
     kernels += [((16, 16) + form, _narrowing(*form, target)) for form in NARROW]
     for i, (case, (mod, (xb, packed), shape, want, *out_dtype)) in enumerate(kernels):
         lib = tvm.compile(mod, target=get_target(target).tvm())
+        asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
         if case[2:] in NARROW:  # the epilogue narrows with saturating narrows
-            asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
             assert re.search(r"\t(sq|uq)xtu?n2?\t", asm), (target, case)
+        # `arm` adds products into split accumulators (sadalp) in tiles of 2 pixels (even rows)
+        split = target == "arm" and (case in (CASES[0], CASES[4]) or case[2:] in NARROW)
+        assert ("\tsadalp\t" in asm) == split, (target, case)
         so = str(tmp_path / f"k{i}.so")
         lib.export_library(so, fcompile=cc.cross_compiler(TARGETS[target].cross_compiler))
         files = [str(tmp_path / f"k{i}_{n}.npy") for n in ("x", "w", "y")]
