@@ -18,7 +18,8 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
 * depthwise ``conv2d``: ``depthwise_nchwc`` with weights ``(C/lanes, KH, KW, lanes)``, or with
   ``pair_taps`` (a 2-deep dot: AVX2 ``vpmaddwd``, NEON ``smull`` + ``smlal``)
   ``depthwise_pairs_nchwc`` with weights
-  ``(C/lanes, KH, ceil(KW/2), lanes, 2)``: two window columns per dot step;
+  ``(C/lanes, KH, ceil(KW/g), lanes, g)``: ``g`` window columns per dot step (the spec's
+  ``tap_group``: 2, or 4 for ``sdot``);
 * elementwise ops (bias add, shifts, clip, cast, max/min, residual add): the same op on blocked
   tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``, once per
   constant: ops that share one (a requantize's two shifts) share its blocked copy, so the fused
@@ -118,14 +119,15 @@ def pack_depthwise_weight(w, lanes):
     return np.ascontiguousarray(wp.reshape(cp // lanes, lanes, kh, kw).transpose(0, 2, 3, 1))
 
 
-def pack_depthwise_pairs(w, lanes):
-    """``(C, 1, KH, KW)`` -> ``(C/lanes, KH, ceil(KW/2), lanes, 2)``: column ``2p + k`` of the
-    window at ``[.., p, :, k]``, zero for the phantom column of an odd KW and for padded C."""
+def pack_depthwise_pairs(w, lanes, group=2):
+    """``(C, 1, KH, KW)`` -> ``(C/lanes, KH, ceil(KW/group), lanes, group)``: column
+    ``group * p + k`` of the window at ``[.., p, :, k]``, zero for the phantom columns past KW
+    and for padded C."""
     c, _, kh, kw = w.shape
-    cp, kp = _round_up(c, lanes), (kw + 1) // 2
-    wp = np.zeros((cp, kh, 2 * kp), w.dtype)
+    cp, kp = _round_up(c, lanes), -(-kw // group)
+    wp = np.zeros((cp, kh, group * kp), w.dtype)
     wp[:c, :, :kw] = w[:, 0]
-    wp = wp.reshape(cp // lanes, lanes, kh, kp, 2)
+    wp = wp.reshape(cp // lanes, lanes, kh, kp, group)
     return np.ascontiguousarray(wp.transpose(0, 2, 3, 1, 4))
 
 
@@ -151,10 +153,11 @@ def _pack_const(value, block):
 
 class _Packer:
     def __init__(self, lanes, depth, unsigned_only, pair_taps=False, wide_weights=False,
-                 wide_data=False, column_pairs=False, weight_min=-128):
+                 wide_data=False, column_pairs=False, weight_min=-128, tap_group=2):
         self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
         self.pair_taps, self.wide_weights, self.wide_data = pair_taps, wide_weights, wide_data
         self.column_pairs, self.weight_min = column_pairs, weight_min
+        self.tap_group = tap_group
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
         self.consts = {}  # (constant, block) -> its blocked constant, made once
@@ -248,7 +251,7 @@ class _Packer:
             self._check_weights(w, name)
             if self.pair_taps and dilation[1] == 1 and kw > 1:
                 te_func = depthwise_pairs_nchwc
-                packed = pack_depthwise_pairs(w, self.lanes)
+                packed = pack_depthwise_pairs(w, self.lanes, self.tap_group)
                 if self.wide_data:  # widened pairs read with int16 weights from memory
                     packed = packed.astype(np.int16)
                 args = (relax.const(packed), kw, *window, self.wide_data)
@@ -419,7 +422,8 @@ def pack_module(func, spec: DotSpec, activations: str = "any"):
     kernels it calls, for the dot instruction described by ``spec``; with ``activations``
     ``'uint8'`` (the target's multiplies take uint8 only) int8 inputs are offset by +128."""
     p = _Packer(spec.lanes, spec.depth, activations == "uint8", spec.pair_taps,
-                spec.wide_weights, spec.wide_data, spec.column_pairs, spec.weight_min)
+                spec.wide_weights, spec.wide_data, spec.column_pairs, spec.weight_min,
+                spec.tap_group)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)

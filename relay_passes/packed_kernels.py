@@ -138,26 +138,29 @@ def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_valu
     ``out[n, c, y, x, b] = sum_{ky, p, k} d[n, c, y*s+ky*dl, x*s+2p+k, b] * w[c, ky, p, b, k]``.
     ``kernel`` is ``(C/b, KH, ceil(kw/2), b, 2)``; an odd ``kw`` leaves one phantom tap per row
     whose weight is zero (it reads one pad column past the window; those MACs are executed and
-    counted).  Width dilation must be 1 (the pair is two adjacent columns).
+    counted).  Width dilation must be 1 (the pair is two adjacent columns).  A kernel of
+    ``(C/b, KH, ceil(kw/4), b, 4)`` takes the columns four at a time (a 4-deep dot over one
+    channel's taps: ``sdot``), the window padded to a multiple of 4 with phantom taps.
 
     ``wide_pairs``: the padded input is first rewritten as its column pairs, widened to int16,
     ``pairs[n, c, y, j, b, k] = int16(d_pad[n, c, y, j*g + k, b])`` (``g`` = gcd(stride, 2):
     every column pair a window reads, once), so that the dot reads a pair of taps of 8
     channels as one 32-byte load, with no shuffle or widening per use."""
     n, cc, _, _, cb = (int(v) for v in data.shape)
-    cc2, kh, kp, cb2, two = (int(v) for v in kernel.shape)
-    assert (cc, cb, two) == (cc2, cb2, 2) and kp == (kw + 1) // 2, (data.shape, kernel.shape, kw)
+    cc2, kh, kp, cb2, group = (int(v) for v in kernel.shape)
+    assert ((cc, cb) == (cc2, cb2) and group in (2, 4) and kp == -(-kw // group)
+            and not (wide_pairs and group != 2)), (data.shape, kernel.shape, kw)
     assert dilation[1] == 1, dilation
     dp, oh, ow, ry, _, row, _ = _window(data, kh, kw, strides, padding, dilation, pad_value,
-                                        extra_right=2 * kp - kw)
+                                        extra_right=group * kp - kw)
     rp = te.reduce_axis((0, kp), "rp")
-    rk = te.reduce_axis((0, 2), "rk")
+    rk = te.reduce_axis((0, group), "rk")
     sw = strides[1]
     if not wide_pairs:
         return te.compute(
             (n, cc, oh, ow, cb),
             lambda b, c, y, x, cl: te.sum(
-                dp[b, c, row(y), x * sw + 2 * rp + rk, cl].astype("int32")
+                dp[b, c, row(y), x * sw + group * rp + rk, cl].astype("int32")
                 * kernel[c, ry, rp, cl, rk].astype("int32"),
                 axis=[ry, rp, rk]),
             name=DEPTHWISE_BLOCK)

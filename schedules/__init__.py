@@ -80,6 +80,10 @@ class DotIntrin:
     b_cost_far: float | None = None
     # unroll the window's columns in the conv's loop body (shared pixel loads)
     unroll_window: bool = False
+    # window columns per step of the depthwise tap form (``dw_pair``; the spec's ``tap_group``)
+    dw_taps: int = 2
+    # the depthwise register tile: at most this many pixels
+    dw_tile: int = 8
     # the target's spec (find_dot): the layout PackChannelBlocks built for these intrinsics
     spec: DotSpec | None = None
 
@@ -170,7 +174,8 @@ def _arm():
         # the pair form: one 8-byte load per pixel and channel block, sdot by element; 30 of
         # the 32 registers for the tile (LLVM keeps two for addresses of spills' sake)
         "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0,
-                          dw_pair_signed=a.NEON_DW_8x2, pair_intrin=a.SDOT_8x8_LANE,
+                          dw_pair_signed=a.SDOT_DW_8x4, dw_taps=4, dw_tile=4,
+                          pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True,
                           narrow=narrow),
@@ -206,6 +211,8 @@ def find_dot(spec: DotSpec | None) -> DotIntrin | None:
     dot = table[spec.instruction]
     checks = ((f"a {dot.lanes}x{dot.depth} block", (spec.lanes, spec.depth) != dot.block, False),
               ("tap pairs", spec.pair_taps, (dot.dw_pair or dot.dw_pair_signed) is not None),
+              (f"depthwise taps in groups of {spec.tap_group}", spec.pair_taps,
+               spec.tap_group == dot.dw_taps),
               ("int16 weights", spec.wide_weights, dot.wide_intrin is not None),
               ("int16 activations", spec.wide_data, dot.wide_data_intrin is not None),
               ("column pairs", spec.column_pairs, dot.pair_intrin_columns is not None))

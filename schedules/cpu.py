@@ -165,7 +165,8 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
     else:
         b, c, y, x, cl, ry, rx = loops
     ow = _sch.extent(sch, x)
-    t_w = tiles[0] if tiles else max(d for d in _divisors(ow) if d <= 8)
+    limit = dot.dw_tile if dot is not None else 8
+    t_w = tiles[0] if tiles else max(d for d in _divisors(ow) if d <= limit)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     if pairs:
         sch.reorder(b, c, y, x_o, ry, rp, x_i, cl, rk)

@@ -19,6 +19,9 @@ offset by -128 exactly, ``relay_passes/offset_activations.py``).  The packed lay
   In a tile of 2 pixels it accumulates into split accumulators (``NEON_8x8_SPLIT``: two int32
   partial sums per lane, ``sadalp``; 12 instructions per 64 MACs), summed once per pixel after
   the reduction (``NEON_SPLIT_SUM``, ``addp``).
+* Depthwise convs: on ``arm`` two window columns per step (``NEON_DW_8x2``: ``smull`` +
+  ``smlal``, exact for weights >= -127); on ``arm-dotprod`` four (``SDOT_DW_8x4``: each
+  channel's 4 taps gathered by ``tbl``, one ``sdot`` lane per channel).
 * Both pair forms also come for a window's column pair (suffix :data:`COLUMNS`, ``A`` int8[2, 4]):
   the first conv's input is one quad per pixel, so two adjacent pixels stand for the two quads
   (``conv2d_nchwc(..., column_pairs=kw)``).
@@ -41,6 +44,7 @@ NEON_8x8 = "f8tvm_neon_8x8_i8i8i32"
 NEON_8x8_SPLIT = "f8tvm_neon_8x8_split_i8i8i32"  # the pair form into split accumulators
 NEON_SPLIT_SUM = "f8tvm_neon_split_sum_8"  # their final sum: 8 lanes from 16 partial sums
 NEON_DW_8x2 = "f8tvm_neon_dw_8x2_i8i8i32"  # depthwise: 8 channels x 2 taps (column pairs)
+SDOT_DW_8x4 = "f8tvm_sdot_dw_8x4_i8i8i32"  # depthwise: 8 channels x 4 taps (sdot per channel)
 NEON_NARROW = "f8tvm_neon_narrow_4x8"  # + NARROW_FORMS' suffix: the clamp it implements
 NEON_NARROW_2PX = "f8tvm_neon_narrow_2x8"  # the same for a tile of 2 pixels
 COLUMNS = "_columns"  # the pair intrinsics' column-pair forms (A int8[2, 4])
@@ -318,6 +322,45 @@ def _neon_dw_8x2_impl(
 
 
 TensorIntrin.register(NEON_DW_8x2, _dw_pair_desc("int8"), _neon_dw_8x2_impl, override=True)
+
+
+# Depthwise tap quads (``depthwise_pairs_nchwc`` with groups of 4, ``arm-dotprod``):
+# ``C[i] += sum_k A[k, i] * B[i, k]``, 8 channels x 4 window columns.  The 4 columns'
+# activations are 32 contiguous bytes (4 pixels x 8 channels); two ``tbl`` put each channel's
+# 4 taps together (lanes 4i .. 4i+3), and two ``sdot`` (not by element: each lane its own
+# weights, ``B[i, 0:4]``, loop-invariant) add them: 5 instructions per 32 MACs with the loads,
+# instead of 12 in tap pairs.
+def _taps_of(A, first):
+    """Channels ``first .. first+3``, each one's 4 taps in a row (int8x16)."""
+    return T.Shuffle([A.vload([0, 0], dtype="int8x32")],
+                     [t * 8 + ch for ch in range(first, first + 4) for t in range(4)])
+
+
+def _sdot_taps(A, B, C, lane):
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+        C.vload([lane], dtype="int32x4"), _taps_of(A, lane), B.vload([lane, 0], dtype="int8x16"),
+        dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def _dw_quad_desc(
+    A: T.Buffer((4, 8), "int8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4, 0:8], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
+
+
+TensorIntrin.register(SDOT_DW_8x4, _dw_quad_desc,
+                      _halves_impl((4, 8), (8, 4), _sdot_taps), override=True)
 
 
 # The epilogue's clamp-and-cast of 4 (or 2) pixels x 8 channels (the x86 narrowing description):

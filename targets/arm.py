@@ -31,7 +31,9 @@ PRESETS = [
                     "mattr": ["+neon", "+dotprod"], "num-cores": 4},
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
-        dot=DotSpec("sdot", 8, 4, pair_taps=True, column_pairs=True, weight_min=-127),
+        # depthwise convs take window columns four at a time, one channel's taps per sdot
+        # lane; every kernel is exact for any int8 weight
+        dot=DotSpec("sdot", 8, 4, pair_taps=True, tap_group=4, column_pairs=True),
         isa="NEON dotprod",
         activations="int8",
         description="aarch64 Armv8.2-A+ with the dot product: Cortex-A55/A76 (Raspberry Pi 5)",

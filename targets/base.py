@@ -17,6 +17,9 @@ class DotSpec:
     lanes: int  # output channels per block (the instruction's output lanes)
     depth: int  # input channels reduced per lane per instruction
     pair_taps: bool = False  # depthwise convs in the tap-pair form
+    # window columns per step of that form: 2 (a 2-deep dot: vpmaddwd, smull + smlal) or 4
+    # (a 4-deep dot over one channel's taps: sdot)
+    tap_group: int = 2
     wide_weights: bool = False  # int16 weights where they pay
     wide_data: bool = False  # conv inputs copied widened to int16
     # convs on an input of one quad per channel block (the RGB image) take the window's

@@ -33,6 +33,6 @@ def blocked_macs(cm):
         else:  # depthwise
             kh, kw = n.weight.shape[2:]
             if dot.pair_taps and kw > 1 and n.attrs["dilation"][1] == 1:
-                kw = up(kw, 2)
+                kw = up(kw, dot.spec.tap_group)
             total += up(o, dot.lanes) * kh * kw * out
     return total

@@ -91,14 +91,17 @@ def _kernel(cin, cout, h, w, k, stride, pad, target=None):
 
 
 def _depthwise(c, h, w, k, stride, pad, target):
-    """A tap-pair depthwise kernel scheduled for ``target``, with -128 x -127 products in the
-    first row of the first block."""
+    """A tap-pair (``arm``) or tap-quad (``arm-dotprod``) depthwise kernel scheduled for
+    ``target``, with products of -128 and the smallest weight the target takes in the first row
+    of the first block."""
     rng = np.random.default_rng(c + h + k)
     x = rng.integers(-128, 128, (1, c, h, w)).astype("int8")
-    wt = rng.integers(-127, 128, (c, 1, k, k)).astype("int8")
+    spec = TARGETS[target].dot
+    wt = rng.integers(spec.weight_min, 128, (c, 1, k, k)).astype("int8")
     x[0, :LANES, :k + 1, :] = -128
-    wt[:LANES] = -127
-    packed = pack_depthwise_pairs(wt, LANES)
+    wt[:LANES] = spec.weight_min  # -127 for NEON's tap pairs, -128 for sdot's quads
+    packed = pack_depthwise_pairs(wt, LANES, spec.tap_group)
+    assert packed.shape[2:] == (-(-k // spec.tap_group), LANES, spec.tap_group)
     data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
     kernel = te.placeholder(packed.shape, "int8", name="kernel")
     out = depthwise_pairs_nchwc(data, kernel, k, (stride, stride), pad, (1, 1), 0)
@@ -125,9 +128,9 @@ def test_column_pairs_compute_is_exact(case):
 
 @pytest.mark.unit
 def test_packer_refuses_weights_the_neon_pair_form_cannot_sum():
-    """A weight of -128 (never F8Net's) would overflow NEON's int16 pair sums (the convs of
-    ``arm``, the depthwise tap pairs of both ARM targets): they refuse it by name; x86 takes
-    it."""
+    """A weight of -128 (never F8Net's) would overflow NEON's int16 pair sums (the convs and
+    depthwise tap pairs of ``arm``): it refuses it by name; ``arm-dotprod`` (sdot throughout)
+    and x86 take it."""
     w = np.full((8, 3, 3, 3), 5, "int8")
     w[2, 1, 0, 0] = -128
     x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "int8"))
@@ -139,9 +142,9 @@ def test_packer_refuses_weights_the_neon_pair_form_cannot_sum():
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     mod = bb.get()
-    for target in ARM_TARGETS:
-        with pytest.raises(InputError, match=r"conv 'stem'.*-128.*-127"):
-            PackChannelBlocks(TARGETS[target].dot, "int8")(mod)
+    with pytest.raises(InputError, match=r"conv 'stem'.*-128.*-127"):
+        PackChannelBlocks(TARGETS["arm"].dot, "int8")(mod)
+    PackChannelBlocks(TARGETS["arm-dotprod"].dot, "int8")(mod)
     PackChannelBlocks(TARGETS["x86"].dot, "any")(mod)
 
 
@@ -195,6 +198,10 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
         # `arm` adds products into split accumulators (sadalp) in tiles of 2 pixels (even rows)
         split = target == "arm" and (case in (CASES[0], CASES[4]) or case[2:] in NARROW)
         assert ("\tsadalp\t" in asm) == split, (target, case)
+        if len(CASES) <= i < len(CASES) + len(DW_CASES):  # depthwise: taps in pairs or quads
+            quads = target == "arm-dotprod"  # each channel's 4 taps gathered (tbl), then sdot
+            assert ("\ttbl\t" in asm and "\tsdot\t" in asm) == quads, (target, case)
+            assert ("\tsmlal\t" in asm) != quads, (target, case)
         so = str(tmp_path / f"k{i}.so")
         lib.export_library(so, fcompile=cc.cross_compiler(TARGETS[target].cross_compiler))
         files = [str(tmp_path / f"k{i}_{n}.npy") for n in ("x", "w", "y")]
