@@ -11,7 +11,12 @@ Integer formula (``u`` uint8 in [0, 255], ``W`` int8, ``b`` int32, all sums exac
 * ``s = u - 128`` as int8, emitted by the requantize epilogue itself:
   ``s = int8(clip(T - 128, lo - 128, hi - 128))`` for ``u = uint8(clip(T, lo, hi))`` (the
   subtract moved before the clip, exactly; fused into one kernel).  The clip to [-128, 127]
-  right before the cast is a saturating narrowing (``sqxtn`` on ARM);
+  right before the cast is a saturating narrowing (``sqxtn`` on ARM).  Where ``T`` is the
+  ties-to-even right shift by ``r`` of ``x`` (``v = x + c``, ``T = (v + ((v >> r) & 1)) >> r``),
+  the subtract goes into its rounding constant instead: ``T - 128`` is the same shift of
+  ``x + c - (128 << r)`` (floor shifts commute with subtracting a multiple of ``2**r``, whose
+  bit ``r`` is 0), one vector add fewer per 4 lanes; only where ``x + c - (128 << r)`` provably
+  stays in int32 (``x`` bounded from its conv's constant weights and 8-bit input);
 * conv2d: ``conv(u, W)[o] + b[o] = conv(pad(s, -128), W)[o] + (b[o] + 128 * S[o])`` with
   ``S[o] = sum_{i,kh,kw} W[o, i, kh, kw]`` (per output channel, any groups).  The zero
   padding of ``u`` is the value -128 of ``s``, so the padding becomes an explicit ``nn.pad``
@@ -40,6 +45,9 @@ from f8tvm.core.bindings import (
     with_main,
 )
 from f8tvm.core.errors import F8TVMError
+from f8tvm.core.fixedpoint import INT32_MAX
+
+from .quantize_to_integer import match_rounding_right_shift, rounding_constants
 
 R = relax.op
 OFFSET = 128  # u8 -> s8: s = u - 128
@@ -61,8 +69,11 @@ def _offset_function(func):
         if (lo is not None and hi is not None and 0 <= lo and hi <= 255
                 and expr_dtype(clip.args[0]) == "int32"):
             # the requantize epilogue: subtract, then clip to [lo, hi] - 128 (within int8)
-            t = env.get(clip.args[0], clip.args[0])
-            s = R.clip(R.subtract(t, relax.const(np.int32(OFFSET))), lo - OFFSET, hi - OFFSET)
+            t = _offset_in_rounding(clip.args[0], producers, env, bb, name)
+            if t is None:
+                t = R.subtract(env.get(clip.args[0], clip.args[0]),
+                               relax.const(np.int32(OFFSET)))
+            s = R.clip(t, lo - OFFSET, hi - OFFSET)
         else:
             s = R.subtract(R.astype(env.get(u, u), "int32"), relax.const(np.int32(OFFSET)))
         signed[u] = bb.emit(R.astype(s, "int8"), name)
@@ -109,6 +120,67 @@ def _offset_function(func):
 
     new = rebuild(func, handler)
     return relax.analysis.remove_all_unused(new)
+
+
+def _lower_bound(x, producers):
+    """A lower bound of int32 ``x`` (a NumPy array broadcasting to its shape), from the
+    bindings that make it: a conv2d / matmul of 8-bit data by constant weights, constant adds,
+    clips, left shifts by constants; None where it is not one of those."""
+    v = producers.get(x)
+    if v is None or not isinstance(v, relax.Call):
+        return None
+    op, args = v.op.name, v.args
+    if op in ("relax.nn.conv2d", "relax.matmul") and _tvm.is_const(args[1]):
+        lo, hi = {"int8": (-128, 127), "uint8": (0, 255)}.get(expr_dtype(args[0]), (None, None))
+        if lo is None:
+            return None
+        w = _tvm.const_value(args[1]).astype(np.int64)
+        least = np.where(w > 0, w * lo, w * hi)
+        if op == "relax.nn.conv2d":  # its zero padding is within [lo, hi]
+            if str(v.attrs.kernel_layout) != "OIHW" or str(v.attrs.data_layout) != "NCHW":
+                return None
+            return least.sum(axis=(1, 2, 3)).reshape(1, -1, 1, 1)
+        return least.sum(axis=-2).reshape(1, -1) if w.ndim == 2 else None
+    if op == "relax.add":
+        for a, c in (args, args[::-1]):
+            if _tvm.is_const(c):
+                b = _lower_bound(a, producers)
+                return None if b is None else b + _tvm.const_value(c).astype(np.int64)
+        return None
+    if op == "relax.maximum" and _tvm.is_const(args[1]):
+        c = _tvm.const_value(args[1]).astype(np.int64)
+        b = _lower_bound(args[0], producers)
+        return c if b is None else np.maximum(b, c)
+    if op == "relax.clip":
+        return np.int64(int_const(args[1])) if int_const(args[1]) is not None else None
+    if op == "relax.minimum" and _tvm.is_const(args[1]):
+        return _lower_bound(args[0], producers)
+    if op == "relax.left_shift" and _tvm.is_const(args[1]):
+        b = _lower_bound(args[0], producers)
+        return None if b is None else b << _tvm.const_value(args[1]).astype(np.int64)
+    return None
+
+
+def _offset_in_rounding(t, producers, env, bb, name):
+    """``T - 128`` for the requantize result ``t`` (old program), as the same ties-to-even
+    shift with the offset in its rounding constant (module doc), emitted on ``env``'s vars;
+    None when ``t`` is not such a shift or the shifted sum could leave int32."""
+    m = match_rounding_right_shift(producers.get(t), producers)
+    if m is None:
+        return None
+    x, r = m
+    bound = _lower_bound(x, producers)
+    if bound is None:
+        return None
+    rounding, parity = rounding_constants(r)
+    c = rounding - (np.int64(OFFSET) << r)
+    low = np.broadcast_arrays(bound + c, c)[0]
+    if not fits_int32(c) or np.any(low < -INT32_MAX - 1):
+        return None
+    r32 = relax.const(r.astype("int32"))
+    v = bb.emit(R.add(env.get(x, x), relax.const(c.astype("int32"))), f"{name}_rnd")
+    lsb = R.bitwise_and(R.right_shift(v, r32), relax.const(parity.astype("int32")))
+    return R.right_shift(R.add(v, lsb), r32)
 
 
 def _i32(v, name):

@@ -121,3 +121,55 @@ def test_only_int8_targets_are_offset(program):
     for name in ("arm", "arm-dotprod", "armv7"):
         assert TARGETS[name].activations == "int8"
         assert not has_unsigned_dot(offset_for_target(qmod, TARGETS[name]))
+
+
+def _requantized_pair(shift, bias, w1_scale=1):
+    """x (int8) -> conv -> + bias -> ties-to-even shift by ``shift`` (per channel) -> clip to
+    [0, 255] -> uint8 -> conv: the offset of the second conv's input meets a rounding shift."""
+    from f8tvm.passes.quantize_to_integer import emit_rounding_shift
+
+    rng = np.random.default_rng(len(shift))
+    c = len(shift)
+    w1 = (rng.integers(-127, 128, (c, 3, 3, 3)) * w1_scale).clip(-127, 127).astype("int8")
+    w2 = rng.integers(-127, 128, (4, c, 1, 1)).astype("int8")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", _tvm.TensorType((1, 3, 6, 6), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            acc = bb.emit(R.nn.conv2d(x, relax.const(w1), padding=[1, 1, 1, 1],
+                                      out_dtype="int32"), "acc")
+            y = bb.emit(R.add(acc, relax.const(np.asarray(bias, "int32").reshape(1, c, 1, 1))),
+                        "y")
+            t = emit_rounding_shift(bb, y, np.asarray(shift).reshape(1, c, 1, 1), "rq")
+            u = bb.emit(R.astype(R.clip(t, 0, 255), "uint8"), "u")
+            z = bb.emit(R.nn.conv2d(u, relax.const(w2), out_dtype="int32"), "z")
+            out = bb.emit_output(relax.Tuple([z]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _subtracts(mod):
+    return [b for b in bindings(mod["main"]) if isinstance(b.value, relax.Call)
+            and b.value.op.name == "relax.subtract"]
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("shift, bias, foldable", [
+    ([0, 1, 3, 9], [5, -7, 1000, -100000], True),  # r = 0 too: the offset is a plain add
+    ([2, 24, 4, 6], [0, 0, 0, 0], True),  # c - 2**31 still fits, with |x| < 2**19 here
+    ([2, 25, 4, 6], [0, 0, 0, 0], False),  # 128 << 25 = 2**32: the constant leaves int32
+    ([2, 24, 4, 6], [0, -9_000_000, 0, 0], False),  # x + c - 2**31 could pass -2**31
+])
+def test_offset_goes_into_the_rounding_constant_where_int32_holds(shift, bias, foldable):
+    """s = u - 128 for u = uint8(clip(RQ(x), 0, 255)): the -128 is folded into RQ's rounding
+    constant (no subtract left) where x + c - (128 << r) provably fits int32, else it stays a
+    subtract; bit-exact either way, over inputs at both ends of int8 and random ones."""
+    mod = _requantized_pair(shift, bias)
+    omod = OffsetUnsignedActivations(mod)
+    assert not has_unsigned_dot(omod)
+    assert (not _subtracts(omod)) == foldable
+    rng = np.random.default_rng(1)
+    for x in (np.full((1, 3, 6, 6), -128, "int8"), np.full((1, 3, 6, 6), 127, "int8"),
+              rng.integers(-128, 128, (1, 3, 6, 6)).astype("int8")):
+        (got,), (want,) = _run(omod, x), _run(mod, x)
+        assert np.array_equal(got, want)
