@@ -67,8 +67,9 @@ class DotIntrin:
     pair_split: str | None = None
     pair_split_columns: str | None = None
     split_sum: str | None = None
-    # the split form's register tile: at most this many accumulators (output blocks x pixels;
-    # each holds 16 partial sums); the schedule uses the split form in such tiles only
+    # the split form's default register tile: at most this many accumulators (output blocks x
+    # pixels; each holds 16 partial sums); convs whose row has no such tile width (even
+    # widths: 2) keep the 8-lane form
     split_tile: int = 0
     # registers the pair form's tile may use for accumulators, activations and one weight tile
     pair_registers: int = 0

@@ -21,6 +21,16 @@ def _divisors(n):
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def split_widths(ow: int, dot) -> list[int]:
+    """The split form's tile widths for a row of ``ow`` pixels (``dot.split_tile`` or fewer
+    that divide it, at least 2): a conv takes the split form exactly when there is one, so
+    that the choice depends on the conv alone, never on the tile (tuning samples tiles; a
+    record's tile must rebuild the program that was measured)."""
+    if dot.pair_split is None:
+        return []
+    return [d for d in _divisors(ow) if 2 <= d <= dot.split_tile]
+
+
 def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
                        wide_data: bool = False, pairs: bool = False) -> tuple[int, int]:
     """(oc_tile, ow_tile): the register tile (at most ``dot.accumulators`` vectors) with the
@@ -45,10 +55,9 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     get one pixel per tile, whose weights then stream from L2 once per pixel: it keeps the
     8-lane form's tile (measured on ResNet-18's 7-pixel rows: 6% fewer instructions at one
     pixel, but 6.5x the L1D misses)."""
-    if pairs and dot.pair_split is not None:
-        widths = [d for d in _divisors(ow) if 2 <= d <= dot.split_tile]
-        if widths:
-            return 1, max(widths)
+    widths = split_widths(ow, dot) if pairs else []
+    if widths:
+        return 1, max(widths)
     best, best_cost = (1, 1), float("inf")
     b_cost = 0.1 if wide_weights else dot.b_cost
     a_cost = dot.wide_data_a_cost if wide_data else dot.a_cost
@@ -87,9 +96,9 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     # a column pair (``column_pairs``: the input block is one quad) or a block's quads
     columns = pairs and _sch.activation_block(sch.get(conv)) == dot.depth
-    # split accumulators need twice the registers: only in a tile of at most ``split_tile``
-    # accumulators
-    split = pairs and dot.pair_split is not None and t_o * t_w <= dot.split_tile
+    # split accumulators (twice the registers: the default tile is at most ``split_tile``
+    # accumulators) on rows that have a split tile width, whatever the tile
+    split = pairs and bool(split_widths(ow, dot))
     if split:
         conv, (b, o_o, y, x_o, rc, ry, rx, o_i, x_i, rq) = _split_accumulators(
             sch, conv, (b, o_o, y, x_o, rc, ry, rx, o_i, x_i, rq, ol, rk))

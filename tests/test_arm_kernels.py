@@ -148,6 +148,25 @@ def test_packer_refuses_weights_the_neon_pair_form_cannot_sum():
     PackChannelBlocks(TARGETS["x86"].dot, "any")(mod)
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("tiles", [None, (1, 2), (1, 4), (2, 1)])
+def test_split_accumulators_depend_on_the_row_not_the_tile(tiles):
+    """`arm` takes the split form (an rfactor block) on every even row and never on an odd one,
+    whatever the register tile: tuning samples tiles, and a record's tile must rebuild the
+    program that was measured."""
+    dot = find_dot(TARGETS["arm"].dot)
+    for case, split in ((CASES[4], True), (CASES[3], False)):  # 8- and 9-pixel rows
+        x, wt = _operands(*case[:5])
+        packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
+        data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
+        kernel = te.placeholder(packed.shape, "int8", name="kernel")
+        out = conv2d_nchwc(data, kernel, (case[5],) * 2, case[6], (1, 1), 0)
+        row = int(out.shape[3])
+        use = tiles if tiles is None or row % tiles[1] == 0 else (tiles[0], 1)
+        func = default_schedule(te.create_prim_func([data, kernel, out]), dot, use)
+        assert ("conv_nchwc_rf" in func.script()) == split, (case, use)
+
+
 # the requantize epilogue's clamp-and-cast forms the saturating narrowing implements
 NARROW = [("int8", -128, 127), ("int8", -127, 127), ("uint8", 0, 255)]
 
