@@ -152,7 +152,8 @@ def _lower_bound(x, producers):
         b = _lower_bound(args[0], producers)
         return c if b is None else np.maximum(b, c)
     if op == "relax.clip":
-        return np.int64(int_const(args[1])) if int_const(args[1]) is not None else None
+        lo = int_const(args[1])
+        return None if lo is None else np.int64(lo)
     if op == "relax.minimum" and _tvm.is_const(args[1]):
         return _lower_bound(args[0], producers)
     if op == "relax.left_shift" and _tvm.is_const(args[1]):
@@ -174,8 +175,7 @@ def _offset_in_rounding(t, producers, env, bb, name):
         return None
     rounding, parity = rounding_constants(r)
     c = rounding - (np.int64(OFFSET) << r)
-    low = np.broadcast_arrays(bound + c, c)[0]
-    if not fits_int32(c) or np.any(low < -INT32_MAX - 1):
+    if not fits_int32(c) or np.any(bound + c < -INT32_MAX - 1):
         return None
     r32 = relax.const(r.astype("int32"))
     v = bb.emit(R.add(env.get(x, x), relax.const(c.astype("int32"))), f"{name}_rnd")

@@ -184,7 +184,8 @@ def _arm():
         # smlal, two quads per int16 product) keeps its products' temporaries live across
         # the tile: 4 accumulators at most (measured on ResNet-18: 1x4 beats 2x4 and 1x8 by
         # 7-8%, a whole 7-pixel row beats 1 pixel by 10%); a far block's weight tile is
-        # eight 8-byte loads instead of four paired ones.  Depthwise convs: tap pairs (both)
+        # eight 8-byte loads instead of four paired ones.  Depthwise convs: tap pairs (sdot:
+        # tap quads)
         "smull": DotIntrin("smull", None, (8, 4), 8, a.NEON_8x4, 1.0, 2.0,
                            dw_pair_signed=a.NEON_DW_8x2, pair_intrin=a.NEON_8x8,
                            pair_intrin_columns=a.NEON_8x8 + a.COLUMNS,

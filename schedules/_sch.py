@@ -78,7 +78,7 @@ def _narrowing(sch, block, dot, width):
     ``dtype(clamp(x, lo, hi))`` and ``dot`` has an intrinsic that narrows that clamp, ``width``
     pixels at a time, else None.  Kept as a block of its own (the int32 stage of the tile),
     ``x`` feeds the narrowing."""
-    if dot is None or width is None:
+    if width is None:  # no dot, or no narrowing intrinsic for the tile
         return None
     after = consumers_chain(sch, block)
     outs = [b for b in after if not sch.get_consumers(b)]

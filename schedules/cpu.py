@@ -154,9 +154,7 @@ def _sum_split(sch, block, tile):
     sch.reorder(*loops[-5:], half)
     lane = sch.get_loops(block)[-2]
     init = sch.decompose_reduction(block, lane)
-    sch.vectorize(sch.get_loops(init)[-1])
-    for lp in sch.get_loops(init)[_sch._below(sch, sch.get_loops(init), tile):-1]:
-        sch.unroll(lp)
+    _sch.vectorize_inner(sch, init, unroll_rest=True, below=tile)
     for lp in sch.get_loops(block)[_sch._below(sch, sch.get_loops(block), tile):-2]:
         sch.unroll(lp)
     return lane

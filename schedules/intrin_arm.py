@@ -61,6 +61,12 @@ def _at(A, start):
     return [start] if len(A.shape) == 1 else [start // 4, start % 4]
 
 
+def _byte(A, q, k):
+    """Byte ``k`` of quad ``q`` of ``A`` (int8[8] or int8[2, 4], see :func:`_at`), as a load a
+    description indexes with its block iterators."""
+    return A[q * 4 + k] if len(A.shape) == 1 else A[q, k]
+
+
 def _all(A):
     """The region of all of ``A`` (a reads annotation)."""
     return A[tuple(slice(0, int(n)) for n in A.shape)]
@@ -87,9 +93,6 @@ def _pair_desc(a_shape):
     pixels of an NCHW4c image (a window's column pair, ``conv2d_nchwc(column_pairs=...)``);
     ``B`` int8[2, 8, 4], the two weight tiles."""
 
-    def a_at(A, q, k):
-        return A[q * 4 + k] if len(a_shape) == 1 else A[q, k]
-
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer(a_shape, "int8", offset_factor=1),
@@ -105,8 +108,8 @@ def _pair_desc(a_shape):
                     vi = T.axis.spatial(8, i)
                     vq = T.axis.reduce(2, q)
                     vk = T.axis.reduce(4, k)
-                    C[vi] = C[vi] + T.cast(a_at(A, vq, vk), "int32") * T.cast(B[vq, vi, vk],
-                                                                            "int32")
+                    C[vi] = C[vi] + T.cast(_byte(A, vq, vk), "int32") * T.cast(B[vq, vi, vk],
+                                                                             "int32")
     return desc
 
 
@@ -200,9 +203,6 @@ def _split_desc(a_shape):
     """``C[i, h] += sum_{q<2, k<2} A[q, 2h + k] * B[q, i, 2h + k]`` (``A`` as in
     :func:`_pair_desc`; ``C`` int32[8, 2]: lane ``i``'s partial sum over bytes ``2h, 2h+1``)."""
 
-    def a_at(A, q, k):
-        return A[q * 4 + k] if len(a_shape) == 1 else A[q, k]
-
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer(a_shape, "int8", offset_factor=1),
@@ -219,7 +219,7 @@ def _split_desc(a_shape):
                     vi = T.axis.spatial(8, i)
                     vq = T.axis.reduce(2, q)
                     vk = T.axis.reduce(2, k)
-                    C[vi, vh] = C[vi, vh] + T.cast(a_at(A, vq, vh * 2 + vk), "int32") * T.cast(
+                    C[vi, vh] = C[vi, vh] + T.cast(_byte(A, vq, vh * 2 + vk), "int32") * T.cast(
                         B[vq, vi, vh * 2 + vk], "int32")
     return desc
 
@@ -343,23 +343,7 @@ def _sdot_taps(A, B, C, lane):
         dtype="int32x4")
 
 
-@T.prim_func(s_tir=True)
-def _dw_quad_desc(
-    A: T.Buffer((4, 8), "int8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4, 0:8], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
-
-
-TensorIntrin.register(SDOT_DW_8x4, _dw_quad_desc,
+TensorIntrin.register(SDOT_DW_8x4, _dw_pair_desc("int8", taps=4),
                       _halves_impl((4, 8), (8, 4), _sdot_taps), override=True)
 
 

@@ -160,8 +160,8 @@ TensorIntrin.register(AVX2_8x2_A16W16, _dot_desc(8, 2, "int16", "int16"),
 _INTERLEAVE = [j for i in range(8) for j in (i, i + 8)]
 
 
-def _pair_shape(a_dtype):
-    return (8, 2) if a_dtype == "int16" else (2, 8)
+def _pair_shape(a_dtype, taps=2):
+    return (8, taps) if a_dtype == "int16" else (taps, 8)
 
 
 def _tap(A, a_dtype, i, k):
@@ -176,20 +176,22 @@ def _tap_pair(A, a_dtype):
     return T.Cast("int16x16", T.Shuffle([A.vload([0, 0], dtype=a_dtype + "x16")], _INTERLEAVE))
 
 
-def _dw_pair_desc(a_dtype: str, b_dtype: str = "int8"):
-    sa, sb = _pair_shape(a_dtype)
+def _dw_pair_desc(a_dtype: str, b_dtype: str = "int8", taps: int = 2):
+    """``C[i] += sum_k A[k, i] * B[i, k]`` over ``taps`` window columns (2: a tap pair; 4: the
+    ARM ``sdot`` tap quads)."""
+    sa, sb = _pair_shape(a_dtype, taps)
 
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer((sa, sb), a_dtype, offset_factor=1),
-        B: T.Buffer((8, 2), b_dtype, offset_factor=1),
+        B: T.Buffer((8, taps), b_dtype, offset_factor=1),
         C: T.Buffer((8,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:sa, 0:sb], B[0:8, 0:2])
+            T.reads(C[0:8], A[0:sa, 0:sb], B[0:8, 0:taps])
             T.writes(C[0:8])
             for i in T.serial(0, 8):
-                for k in T.serial(0, 2):
+                for k in T.serial(0, taps):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(_tap(A, a_dtype, vi, vk), "int32") * T.cast(
