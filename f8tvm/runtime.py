@@ -22,10 +22,11 @@ import numpy as np
 
 from f8tvm.core.errors import InputError, UnsupportedCPUError
 from f8tvm.core.fixedpoint import qrange
-from f8tvm.targets.cpu import read_cpuinfo
+from f8tvm.targets.cpu import enable_amx, read_cpuinfo
 
-__all__ = ["Module", "RemoteBoard", "check_cpu", "check_library", "connect", "library_record",
-           "load", "missing_cpu_flags"]
+__all__ = ["Module", "RemoteBoard", "check_cpu", "check_library", "connect", "enable_amx",
+           "library_record", "load", "missing_cpu_flags"]
+
 
 
 def metadata_path(so_path: str) -> str:
@@ -158,6 +159,8 @@ class Module:
 
         self.meta = meta
         self.board = board  # RemoteBoard when the module runs over RPC, else None
+        if board is None and needs_amx(meta):
+            enable_amx()  # before its first tile instruction
         self.device = device if device is not None else tvm.cpu()
         self._tvm = tvm
         self._vm = VirtualMachine(lib, self.device)
@@ -368,6 +371,11 @@ def missing_cpu_flags(need, cpuinfo: str = "/proc/cpuinfo") -> list[str]:
         return []  # not Linux, or no x86 "flags" line: another architecture
     need, have = list(need or []), cpu.flags
     return [f for f in need if f not in have]
+
+
+def needs_amx(meta: dict) -> bool:
+    """Whether a module's target uses AMX tiles (its ``cpu_flags`` name ``amx_tile``)."""
+    return "amx_tile" in (meta.get("target", {}).get("cpu_flags") or [])
 
 
 def check_cpu(meta: dict, path: str = "the module", cpuinfo: str = "/proc/cpuinfo") -> None:

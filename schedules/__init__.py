@@ -85,6 +85,9 @@ class DotIntrin:
     dw_taps: int = 2
     # the depthwise register tile: at most this many pixels
     dw_tile: int = 8
+    # convs with whole 16-channel input blocks on AMX tiles (``cpu.schedule_conv_amx``); the
+    # others (and depthwise convs) take this entry's vector intrinsics
+    amx: bool = False
     # the target's spec (find_dot): the layout PackChannelBlocks built for these intrinsics
     spec: DotSpec | None = None
 
@@ -141,9 +144,12 @@ class DotIntrin:
 
 
 def _x86():
+    # vpdpbusd takes the broadcast and the weight tile as memory operands
+    vnni = DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0)
     return {
-        # vpdpbusd takes the broadcast and the weight tile as memory operands
-        "vpdpbusd": DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0),
+        "vpdpbusd": vnni,
+        # AMX-INT8: convs on tiles (intrin_amx), on VNNI's layout; the rest on VNNI
+        "tdpbusd": replace(vnni, instruction="tdpbusd", amx=True),
         # AVX-VNNI: the same dot on ymm registers (16 of them: 12 hold accumulators);
         # depthwise convs take window columns in pairs for AVX2's vpmaddwd, on 8-bit pairs
         "vpdpbusd.ymm": DotIntrin("vpdpbusd", x.AVXVNNI_8x4, (8, 4), 12, None, 0.5, 1.0,

@@ -12,9 +12,11 @@ come from :func:`default_conv_tiles`.
 from __future__ import annotations
 
 from f8tvm.core import _tvm
+from f8tvm.passes import packed_kernels as pk
 from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
 
 from . import _sch
+from . import intrin_amx as amx
 
 
 def _divisors(n):
@@ -84,6 +86,9 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     ``dot`` (a :class:`schedules.DotIntrin`).  ``tiles``: the (oc, ow) register tile, e.g. from
     a tuning record; default :func:`default_conv_tiles`."""
     conv = sch.get_sblock(CONV_BLOCK)
+    if amx_conv(sch.get(conv), dot):
+        schedule_conv_amx(sch, tune, tiles)
+        return
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     occ, ow = _sch.extent(sch, o), _sch.extent(sch, x)
     a_dtype, b_dtype = _sch.operand_dtypes(sch.get(conv))
@@ -128,6 +133,69 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
         sch.unroll(rx)
     sch.unroll(x_i)
     sch.unroll(o_i)
+    _sch.schedule_pad(sch, PAD_BLOCK)
+
+
+def amx_conv(block, dot) -> bool:
+    """Whether the conv ``block`` takes AMX tiles: ``dot`` has them, the activations are uint8
+    in whole 16-channel blocks (four quads: a tile row's 16 bytes per window column), the
+    weights int8, and its rows split into tiles of 2 to 16 pixels (:func:`amx_rows`).  The
+    others keep ``dot``'s vector form: thinner convs (the RGB image's), and the classifier (a
+    1x1 conv on one pixel: a 1-row tile does 1/16 of a tile's work per instruction)."""
+    if not (dot is not None and dot.amx):
+        return False
+    a_dtype, b_dtype = _sch.operand_dtypes(block)
+    ow = int(block.iter_vars[3].dom.extent)
+    return ((a_dtype, b_dtype) == ("uint8", "int8") and bool(amx_rows(ow))
+            and _sch.activation_block(block) == amx.BLOCK)
+
+
+def amx_rows(ow: int) -> list[int]:
+    """The AMX tile heights (pixels per tile) for a row of ``ow`` pixels: its divisors from 2
+    to 16 (a tile has at most 16 rows; one row would waste the tile)."""
+    return [d for d in _divisors(ow) if 2 <= d <= amx.MAX_ROWS]
+
+
+def amx_fold(kw: int, dilation: int) -> int:
+    """Window columns per AMX tile row: the whole window where its columns are adjacent and fit
+    64 bytes (a 3x3 conv: K = 48 per ``tdpbusd``), else one per step."""
+    return kw if dilation == 1 and kw <= amx.MAX_FOLD else 1
+
+
+def schedule_conv_amx(sch, tune: bool = False, tiles=None) -> None:
+    """A conv on AMX tiles (:mod:`schedules.intrin_amx`): per output block and row, tiles of
+    ``rows`` pixels, the accumulator in a tile register over the input blocks and window rows
+    (and columns, unless folded into the tile rows), stored once per tile and requantized
+    there.  ``rows``: ``tiles[-1]`` (a tuning record's), else the widest of :func:`amx_rows`;
+    tuning samples it from them (a categorical decision: a perfect-tile sample could pick 1)."""
+    conv = sch.get_sblock(CONV_BLOCK)
+    b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
+    ow, kw = _sch.extent(sch, x), _sch.extent(sch, rx)
+    stride, dilation = (int(v) for v in sch.get(conv).annotations[pk.CONV_COLUMNS])
+    choices = amx_rows(ow)
+    rows = tiles[-1] if tiles else choices[-1]
+    if rows not in choices:
+        raise ValueError(f"an AMX tile of {rows} rows does not fit a row of {ow} pixels "
+                         f"(choices: {choices})")
+    pick = sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
+                                  decision=None if tune else choices.index(rows))
+    x_o, x_i = sch.split(x, factors=[None, pick])
+    rows = _sch.extent(sch, x_i)  # the sampled one when tuning
+    fold = amx_fold(kw, dilation)
+    if fold > 1:
+        sch.reorder(b, o, y, x_o, rc, ry, x_i, ol, rx, rq, rk)
+    else:
+        sch.reorder(b, o, y, x_o, rc, ry, rx, x_i, ol, rq, rk)
+    zero, dot_step, store = amx.intrinsics(rows, fold, stride)
+    # the accumulator (a stand-in for tile register 0) and its store to the conv's output
+    out = sch.cache_write(conv, 0, "global")
+    sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
+    sch.parallel(sch.fuse(b, o, y))
+    _sch.fuse_epilogue(sch, out, x_o, None, rows)
+    init = sch.decompose_reduction(conv, rc)
+    sch.tensorize(sch.get_loops(init)[-2], zero)
+    sch.tensorize(x_i, dot_step)
+    sch.tensorize(sch.get_loops(out)[-2], store)
     _sch.schedule_pad(sch, PAD_BLOCK)
 
 

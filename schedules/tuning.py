@@ -34,6 +34,7 @@ from f8tvm.core._tvm import cc, primfuncs, region_tensor, tvm
 from f8tvm.core.bindings import copy_module
 from f8tvm.core.errors import InputError
 from f8tvm.passes.audit_multiplies import call_counts
+from f8tvm.targets.cpu import enable_amx
 
 from . import DotIntrin, cpu, default_schedule, kernel_block, kernel_kind
 
@@ -148,13 +149,21 @@ def alloc_from_host(session, device, args_info, alloc_repeat):
 
 
 def make_runner(tracker: str | None = None, device_key: str | None = None,
-                evaluator=None, timeout_sec: int = 60):
+                evaluator=None, timeout_sec: int = 60, amx: bool = False):
     """Where candidates are measured: this machine, or boards registered to an RPC tracker
-    (``host:port``) under ``device_key`` -- several boards measure in parallel."""
+    (``host:port``) under ``device_key`` -- several boards measure in parallel.  ``amx``: the
+    candidates use AMX tiles, so each local worker process first asks Linux for them
+    (:func:`f8tvm.runtime.enable_amx`; without it the first tile instruction kills the worker).
+    A board's RPC server asks for them itself when it loads an f8tvm module, not for MetaSchedule's
+    kernels: tuning AMX kernels over RPC is not supported."""
     evaluator = evaluator or ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20,
                                                        enable_cpu_cache_flush=False)
     if not tracker:
-        return ms.runner.LocalRunner(evaluator_config=evaluator)
+        return ms.runner.LocalRunner(evaluator_config=evaluator,
+                                     initializer=enable_amx if amx else None)
+    if amx:
+        raise ValueError("tuning AMX kernels over RPC is not supported (a board's server does "
+                         "not ask Linux for AMX tiles); tune on the AMX machine itself")
     if not device_key:
         raise ValueError(f"--device-key is needed with --rpc-tracker {tracker}")
     host, port = _tracker_address(tracker)
@@ -205,7 +214,7 @@ def tune(tasks, target, dot: DotIntrin, db_dir: str, trials: int, runner=None,
     another call."""
     database = open_database(db_dir, create=True)
     builder = builder or make_builder()
-    runner = runner or make_runner()
+    runner = runner or make_runner(amx=dot.amx)
     contexts = []
     for t in tasks:
         space = ms.space_generator.ScheduleFn(
@@ -271,11 +280,14 @@ def kernel_macs(prim_func) -> int:
 
 
 def _split_decisions(trace) -> list:
-    """Inner factors of the trace's SamplePerfectTile decisions, in program order."""
+    """The trace's tile decisions in program order: the inner factor of each SamplePerfectTile,
+    the value picked by each SampleCategorical (an AMX tile's rows)."""
     out = []
     for inst in trace.insts:
         if inst.kind.name == "SamplePerfectTile":
             out.append(int(trace.get_decision(inst)[-1]))
+        elif inst.kind.name == "SampleCategorical":
+            out.append(int(inst.attrs[0][int(trace.get_decision(inst))]))
     return out
 
 

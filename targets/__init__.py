@@ -18,10 +18,13 @@ TARGETS: dict[str, TargetPreset] = {p.name: p for p in [*_X86, *_ARM]}
 
 
 def host_target_name() -> str:
-    """The x86 preset that matches this CPU: ``x86-avx512`` with AVX-512 VNNI, ``x86-avxvnni``
-    with AVX-VNNI (and no AVX-512), else ``x86``."""
+    """The x86 preset that matches this CPU: ``x86-amx`` with AMX-INT8 (and AVX-512 VNNI),
+    ``x86-avx512`` with AVX-512 VNNI, ``x86-avxvnni`` with AVX-VNNI (and no AVX-512), else
+    ``x86``."""
     cpu = read_cpuinfo()
     flags = cpu.flags if cpu else frozenset()
+    if set(TARGETS["x86-amx"].cpu_flags) <= flags:
+        return "x86-amx"
     if "avx512_vnni" in flags:
         return "x86-avx512"
     return "x86-avxvnni" if "avx_vnni" in flags else "x86"

@@ -1,6 +1,6 @@
 """x86-64 presets: an AVX2 baseline (``vpmaddwd`` on 8-bit values widened to 16 bits),
-AVX-512 with VNNI (``vpdpbusd``, u8 x s8) and AVX2 with AVX-VNNI (the same ``vpdpbusd`` on ymm
-registers)."""
+AVX-512 with VNNI (``vpdpbusd``, u8 x s8), AMX-INT8 (``tdpbusd`` tiles, u8 x s8, beside AVX-512
+VNNI) and AVX2 with AVX-VNNI (the same ``vpdpbusd`` on ymm registers)."""
 
 from .base import DotSpec, TargetPreset
 
@@ -26,6 +26,18 @@ PRESETS = [
         description="x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4/5)",
         cpu_flags=("avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
                    "avx512_vnni"),
+    ),
+    TargetPreset(
+        name="x86-amx",
+        tvm_target={"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2},
+        cross_compiler=None,
+        # AVX-512 VNNI's layout: convs on whole 16-channel blocks run on AMX tiles, the rest
+        # (depthwise, the RGB image's conv) on vpdpbusd
+        dot=DotSpec("tdpbusd", 16, 4),
+        isa="AMX-INT8",
+        description="x86-64 with AMX-INT8 and AVX-512 VNNI (Sapphire Rapids and newer Xeons)",
+        cpu_flags=("avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
+                   "avx512_vnni", "amx_tile", "amx_int8"),
     ),
     TargetPreset(
         name="x86-avxvnni",

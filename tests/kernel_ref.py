@@ -14,7 +14,7 @@ def unblock(y):
     return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
 
 
-def conv(x, w, stride, pad, depthwise=False):
+def conv(x, w, stride, pad, depthwise=False, dilation=1):
     """int64 conv of NCHW ``x`` with OIHW ``w`` (``(C, 1, KH, KW)`` with ``depthwise``), zero
     padding ``(top, left, bottom, right)``."""
     n, c, h, wd = x.shape
@@ -22,13 +22,14 @@ def conv(x, w, stride, pad, depthwise=False):
     top, left, bottom, right = pad
     xp = np.zeros((n, c, h + top + bottom, wd + left + right), np.int64)
     xp[:, :, top:top + h, left:left + wd] = x
-    oh = (h + top + bottom - kh) // stride + 1
-    ow = (wd + left + right - kw) // stride + 1
+    oh = (h + top + bottom - (kh - 1) * dilation - 1) // stride + 1
+    ow = (wd + left + right - (kw - 1) * dilation - 1) // stride + 1
     out = np.zeros((n, o, oh, ow), np.int64)
     for ky in range(kh):
         for kx in range(kw):
-            rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
-            cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
+            y0, x0 = ky * dilation, kx * dilation
+            rows = slice(y0, y0 + stride * (oh - 1) + 1, stride)
+            cols = slice(x0, x0 + stride * (ow - 1) + 1, stride)
             win = xp[:, :, rows, cols]
             tap = w[:, :, ky, kx].astype(np.int64)
             if depthwise:

@@ -312,6 +312,10 @@ def test_tuning_measures_on_boards_behind_an_rpc_tracker(net, calib, tmp_path, r
 
 
 @pytest.mark.parametrize("flags,expected", [
+    ("fpu sse2 avx2 fma bmi2 avx512f avx512bw avx512dq avx512vl avx512_vnni avx_vnni amx_tile "
+     "amx_int8", "x86-amx"),
+    ("fpu sse2 avx2 fma bmi2 avx512f avx512bw avx512dq avx512vl avx512_vnni amx_tile",
+     "x86-avx512"),  # AMX without its int8 part
     ("fpu sse2 avx2 avx512f avx512_vnni avx_vnni", "x86-avx512"),
     ("fpu sse2 avx2 avx_vnni", "x86-avxvnni"),
     ("fpu sse2 avx2 avx512f", "x86"),
@@ -345,7 +349,9 @@ def test_each_preset_names_its_dot_spec_once_and_the_intrinsics_serve_it():
         find_dot(DotSpec("vpdpbusd", 16, 4, pair_taps=True))
     with pytest.raises(ValueError, match="a 8x4 block"):
         find_dot(DotSpec("sdot", 16, 4))
-    with pytest.raises(ValueError, match="no tensor intrinsic for 'tdpbusd'"):
+    with pytest.raises(ValueError, match="no tensor intrinsic for 'tdpbf16ps'"):
+        find_dot(DotSpec("tdpbf16ps", 16, 64))
+    with pytest.raises(ValueError, match="a 16x4 block"):
         find_dot(DotSpec("tdpbusd", 16, 64))
     with pytest.raises(ValueError, match="activations 'int4'"):
         replace(TARGETS["x86"], activations="int4")

@@ -130,12 +130,17 @@ def llvm_intrinsic_name(call) -> str | None:
 _DOT_INTRINSICS = ("llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.vpdpbusd.256",
                    "llvm.x86.avx2.pmadd.wd", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot",
                    "llvm.aarch64.neon.smull")  # smull: 8-bit lanes -> 16-bit products
+# AMX tile dot products (register-numbered: operands are tile registers, loaded by TILE_LOAD):
+# the 8-bit ones, and bf16's (a wide multiply wherever it appears)
+TILE_DOT_8BIT = ("llvm.x86.tdpbusd", "llvm.x86.tdpbssd", "llvm.x86.tdpbsud", "llvm.x86.tdpbuud")
+TILE_DOT_WIDE = ("llvm.x86.tdpbf16ps", "llvm.x86.tdpfp16ps")
+TILE_LOAD = "llvm.x86.tileloadd64"
 
 
 def _llvm_names(cache={}) -> dict:  # noqa: B006  (memo)
     if not cache:
-        for name in _DOT_INTRINSICS + ("llvm.x86.avx512.pmaddubs.w.512",
-                                       "llvm.x86.avx2.pmadd.ub.sw"):
+        for name in _DOT_INTRINSICS + TILE_DOT_8BIT + TILE_DOT_WIDE + (
+                TILE_LOAD, "llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx2.pmadd.ub.sw"):
             cache[int(llvm_lookup_intrinsic_id(name))] = name
     return cache
 

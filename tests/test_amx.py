@@ -1,0 +1,276 @@
+"""The ``x86-amx`` target: convs on AMX-INT8 tiles (``tdpbusd``), the rest on AVX-512 VNNI.
+
+Without an AMX CPU the schedule is tested through the tile operation's description
+(``intrin_amx.described()``: the same schedule, each tile step as plain TIR loops) -- single
+convs under every tiling on any x86 CPU, whole models where the VNNI half can run.  With one
+(``amx_int8`` in /proc/cpuinfo), the instructions themselves: the same kernels and models,
+bit-exact.  Code generation and the audit need no AMX CPU."""
+
+import contextlib
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import module_asm
+from kernel_ref import block, conv, unblock
+
+import f8tvm
+from f8tvm import runtime
+from f8tvm.core._tvm import te, tir, tvm
+from f8tvm.core.errors import UnsupportedCPUError
+from f8tvm.models import get_model
+from f8tvm.passes.audit_multiplies import audit_module
+from f8tvm.passes.pack_channel_blocks import pack_conv_weight
+from f8tvm.passes.packed_kernels import conv2d_nchwc
+from f8tvm.reference import run_reference
+from f8tvm.schedules import cpu, default_schedule, find_dot, intrin_amx, kernel_block
+from f8tvm.targets import TARGETS, get_target, host_target_name
+from f8tvm.targets.cpu import read_cpuinfo
+
+_CPU = read_cpuinfo()
+_FLAGS = _CPU.flags if _CPU is not None else frozenset()
+HAS_AMX = {"amx_tile", "amx_int8"} <= _FLAGS
+HAS_VNNI = "avx512_vnni" in _FLAGS
+needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-INT8 (amx_int8): the "
+                               "instructions are tested through their description instead")
+AMX = find_dot(TARGETS["x86-amx"].dot)
+
+# (C_in, C_out, H, W, K, stride, pad, dilation): the window folded into tile rows (3x3, stride
+# 1 and 2), one column per step (1x1; 5 columns: more than a tile row's 64 bytes; dilation 2:
+# columns apart), odd sizes, a row wider than a tile
+CASES = [
+    (32, 32, 14, 14, 3, 1, 1, 1),
+    (16, 32, 15, 15, 3, 2, 1, 1),
+    (32, 48, 9, 9, 1, 1, 0, 1),
+    (32, 16, 12, 12, 1, 2, 0, 1),
+    (16, 16, 9, 11, 5, 1, 2, 1),
+    (16, 16, 10, 10, 3, 1, 2, 2),
+    (16, 16, 6, 40, 3, 1, 1, 1),
+]
+
+
+def _conv_func(cin, cout, h, w, k, stride, pad, dilation, seed=0):
+    """A conv with F8Net's epilogue (bias, rounding shift, clamp, uint8), its inputs and the
+    NumPy result."""
+    rng = np.random.default_rng(seed + cin + cout + h + k)
+    x = rng.integers(0, 256, (1, cin, h, w)).astype("uint8")
+    x[0, :, 0, :] = 255  # the largest products
+    wt = rng.integers(-128, 128, (cout, cin, k, k)).astype("int8")
+    wt[0] = -128
+    bias = rng.integers(-2**14, 2**14, (1, cout // 16, 1, 1, 16)).astype("int32")
+    packed = pack_conv_weight(wt, 16, 16, 4)
+    data = te.placeholder(block(x, 16).shape, "uint8", name="data")
+    kernel = te.placeholder(packed.shape, "int8", name="kernel")
+    b = te.placeholder(bias.shape, "int32", name="bias")
+    acc = conv2d_nchwc(data, kernel, (stride, stride), (pad,) * 4, (dilation, dilation), 0)
+    shifted = te.compute(acc.shape, lambda n, o, y, x_, lane: (
+        acc[n, o, y, x_, lane] + b[0, o, 0, 0, lane] + 64) >> 7, name="requantize")
+    out = te.compute(acc.shape, lambda *i: tir.max(tir.min(shifted(*i), 255), 0).astype("uint8"),
+                     name="clip_cast")
+    ref = conv(x, wt, stride, (pad,) * 4, dilation=dilation)
+    want = np.clip((ref + unblock(np.broadcast_to(bias, (1, cout // 16) + ref.shape[2:] + (16,)))
+                    + 64) >> 7, 0, 255)
+    args = [block(x, 16), packed, bias, np.zeros([int(v) for v in out.shape], "uint8")]
+    return te.create_prim_func([data, kernel, b, out]), args, want, ref
+
+
+def _build(func, rows=None, described=False, target=None):
+    with intrin_amx.described() if described else contextlib.nullcontext():
+        sched = default_schedule(func, AMX, (rows,) if rows else None)
+    mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
+    return mod, tvm.compile(mod, target=target or get_target("x86-amx").tvm())
+
+
+def _run(lib, args):
+    dev = tvm.cpu()
+    tensors = [tvm.runtime.tensor(a, dev) for a in args]
+    lib["main"](*tensors)
+    return unblock(tensors[-1].numpy())
+
+
+def _asm(lib):
+    return (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
+    # any x86 CPU: the description path has no AMX instruction, built for this CPU's preset
+    func, args, want, ref = _conv_func(*case)
+    ow = ref.shape[3]
+    host = get_target(host_target_name()).tvm()
+    for rows in cpu.amx_rows(ow):
+        mod, lib = _build(func, rows, described=True, target=host)
+        assert np.array_equal(_run(lib, args), want), rows
+        assert "tdpbusd" not in _asm(lib) and "tile" not in _asm(lib)
+        report = audit_module(mod)
+        assert report.wide_multiplies == 0
+        assert report.macs_8bit == ref.size * case[0] * case[4] ** 2
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_amx_kernels_emit_tile_instructions_and_the_audit_counts_them(case):
+    # code generation and the audit need no AMX CPU; running needs one
+    func, args, want, ref = _conv_func(*case)
+    mod, lib = _build(func)
+    asm = _asm(lib)
+    for insn in ("ldtilecfg", "tilezero", "tileloadd", "tdpbusd", "tilestored"):
+        assert f"\t{insn}\t" in asm, insn
+    kernel = asm.split("main_compute_:")[1]
+    for wide in ("vpmulld", "vpmullw", "vpdpbusd"):  # the conv is on tiles only
+        assert f"\t{wide}\t" not in kernel, wide
+    # the window's columns are one tile row where they are adjacent (K = 16 per column)
+    k, dilation = case[4], case[7]
+    fold = cpu.amx_fold(k, dilation)
+    assert fold == (k if k <= 4 and dilation == 1 else 1)
+    report = audit_module(mod)
+    assert report.wide_multiplies == 0
+    assert report.macs_8bit == ref.size * case[0] * k * k
+    if HAS_AMX:
+        runtime.enable_amx()
+        assert np.array_equal(_run(lib, args), want)
+
+
+@needs_amx
+def test_kernels_of_different_tile_shapes_alternate_exactly():
+    # each tile loads its configuration only where the one in force differs: kernels of other
+    # shapes (rows, window columns) in turn
+    runtime.enable_amx()
+    built = []
+    for case, rows in ((CASES[0], 7), (CASES[2], 9), (CASES[0], 14), (CASES[1], 4)):
+        func, args, want, _ = _conv_func(*case)
+        built.append((_build(func, rows)[1], args, want))
+    for _ in range(3):
+        for lib, args, want in built:
+            assert np.array_equal(_run(lib, args), want)
+
+
+def test_the_audit_rejects_a_tile_dot_of_wide_operands():
+    from tvm.script import tirx as T
+
+    iid = T.llvm_lookup_intrinsic_id
+
+    @T.prim_func(s_tir=True)
+    def wide(A: T.Buffer((16, 16), "int32"), B: T.Buffer((16, 16), "int8")):
+        with T.sblock("root"):
+            for _i in T.serial(1):
+                with T.sblock("tile"):
+                    T.reads(A[0:16, 0:16], B[0:16, 0:16])
+                    T.writes()
+                    T.evaluate(T.call_llvm_intrin(iid("llvm.x86.tileloadd64"), T.int8(1),
+                                                  A.access_ptr("r"), T.int64(64), dtype="int32"))
+                    T.evaluate(T.call_llvm_intrin(iid("llvm.x86.tileloadd64"), T.int8(2),
+                                                  B.access_ptr("r"), T.int64(64), dtype="int32"))
+                    T.evaluate(T.call_llvm_intrin(iid("llvm.x86.tdpbusd"), T.int8(0),
+                                                  T.int8(1), T.int8(2), dtype="int32"))
+
+    report = audit_module(tvm.IRModule({"main": wide}))
+    assert report.wide_multiplies == 1 and report.macs_8bit == 0
+    assert report.violations[0]["operand_bits"][0] == "int32"
+    assert "tdpbusd" in report.violations[0]["expr"]
+
+
+def test_which_convs_take_tiles():
+    def block_of(cin, ow, a_dtype="uint8"):
+        data = te.placeholder((1, max(cin // 16, 1), 3, ow + 2, min(cin, 16)), a_dtype)
+        kernel = te.placeholder((1, max(cin // 16, 1), 3, 3, min(cin, 16) // 4, 16, 4), "int8")
+        out = conv2d_nchwc(data, kernel, (1, 1), (0, 0, 0, 0), (1, 1))
+        return kernel_block(te.create_prim_func([data, kernel, out]))[1]
+
+    assert cpu.amx_conv(block_of(32, 14), AMX)
+    assert not cpu.amx_conv(block_of(32, 14), find_dot(TARGETS["x86-avx512"].dot))
+    assert not cpu.amx_conv(block_of(4, 14), AMX)  # the RGB image's conv: one quad per pixel
+    assert not cpu.amx_conv(block_of(32, 1), AMX)  # one pixel per row
+    assert not cpu.amx_conv(block_of(32, 17), AMX)  # no tile height divides a prime row
+    assert cpu.amx_rows(56) == [2, 4, 7, 8, 14] and cpu.amx_rows(7) == [7]
+
+
+@pytest.fixture(scope="module")
+def models():
+    out = {}
+    for name in ("resnet18", "mobilenet_v2"):
+        torch.manual_seed(0)
+        model, _ = get_model(name, randomize_bn=True)
+        out[name] = model.eval()
+    return out
+
+
+SIZE = 32
+
+
+def _compile(model, described):
+    calib = [torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))]
+    with intrin_amx.described() if described else contextlib.nullcontext():
+        return f8tvm.compile(model, torch.zeros(1, 3, SIZE, SIZE), target="x86-amx",
+                             calib=calib)
+
+
+def _check_model(cm):
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        x = rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32")
+        m = cm._runtime()
+        q = m.quantize(x)
+        assert np.array_equal(m.run_int(q)[0], run_reference(cm.graph, cm.plan,
+                                                             q.astype(np.int64)))
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="x86-amx's depthwise and RGB convs are AVX-512 VNNI "
+                    "kernels: this CPU cannot run them (test_vnni_emulated runs VNNI builds)")
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_models_are_exact_through_the_description(models, name):
+    cm = _compile(models[name], described=True)
+    assert "tdpbusd" not in module_asm(cm)
+    assert cm.audit.wide_multiplies == 0
+    _check_model(cm)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_models_build_on_tiles_and_run_exact_where_the_cpu_has_amx(models, name):
+    cm = _compile(models[name], described=False)
+    asm = module_asm(cm)
+    assert asm.count("\ttdpbusd\t") >= 2 and "\tvpdpbusd\t" in asm  # tiles and VNNI beside
+    # the same program as x86-avx512's: the same MACs, every one 8-bit
+    vnni = f8tvm.compile(models[name], torch.zeros(1, 3, SIZE, SIZE), target="x86-avx512",
+                         calib=[torch.randn(2, 3, SIZE, SIZE,
+                                            generator=torch.Generator().manual_seed(1))])
+    assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit == vnni.audit.macs_8bit
+    if not HAS_AMX:
+        with pytest.raises(UnsupportedCPUError, match="amx_int8"):
+            cm.run_int(np.zeros((1, 3, SIZE, SIZE), "int8"))  # refused before it runs
+        return
+    _check_model(cm)
+
+
+def test_run_refuses_an_amx_build_on_a_cpu_without_amx(tmp_path, models, monkeypatch, capsys):
+    from f8tvm import run
+    from f8tvm.targets import cpu as cpuinfo
+
+    cm = _compile(models["resnet18"], described=False)
+    so, _ = cm.export(str(tmp_path / "m.so"))
+    fake = cpuinfo.CPUInfo("Example CPU", frozenset(TARGETS["x86-avx512"].cpu_flags), 2)
+    monkeypatch.setattr(runtime, "read_cpuinfo", lambda *a, **k: fake)
+    assert run.main([so]) == 2
+    err = capsys.readouterr().err
+    assert "amx_tile, amx_int8" in err and "x86-amx" in err
+
+
+def test_a_refused_amx_permission_is_a_clear_error(monkeypatch):
+    from f8tvm.targets import cpu as cpuinfo
+
+    monkeypatch.setattr(cpuinfo, "_amx_enabled", False)
+    monkeypatch.setattr(cpuinfo, "_SYS_ARCH_PRCTL", 1 << 20)  # no such system call: ENOSYS
+    with pytest.raises(UnsupportedCPUError, match=r"Linux refused .*ARCH_REQ_XCOMP_PERM.*errno"):
+        cpuinfo.enable_amx()
+    assert not cpuinfo._amx_enabled
+
+
+def test_the_tile_configuration_names_the_three_tiles():
+    cfg, words = intrin_amx._config_words(14, 3)
+    assert cfg[0] == 1  # palette 1
+    # accumulator: 14 rows of 64 bytes; activations: 14 rows of 48 bytes; weights 12 x 64
+    assert (cfg[16], cfg[48], cfg[18], cfg[49], cfg[20], cfg[50]) == (64, 14, 48, 14, 64, 12)
+    assert words[4] == 64 | 48 << 16 and words[12] == 14 | 14 << 8 | 12 << 16
+    with pytest.raises(ValueError, match="no AMX tile for 1 rows"):
+        intrin_amx.intrinsics(1, 3, 1)
+    assert re.fullmatch(r"f8tvm_amx_dot_m7_x3_s2", intrin_amx.intrinsics(7, 3, 2)[1])
