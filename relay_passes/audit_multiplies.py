@@ -13,10 +13,10 @@ PrimFunc (after legalization, fusion and scheduling) and classifies each ``a * b
   multiplicand operands must be 8-bit values (possibly widened); it counts one MAC per lane of
   the multiplicand.  Other multiplying LLVM intrinsics are reported as wide.
 * an AMX tile dot product (``tdpbusd``, ``schedules.intrin_amx``): its operands are tile
-  registers, so the audit reads the ``tileloadd`` that fills each in the same block: both must
-  load 8-bit buffers.  It counts the block's accumulator tile (the int32 region the block
-  writes: rows x 16) times the depth K (the weight tile's bytes / 16) MACs.  A bf16 tile dot,
-  or one whose operands the block does not load, is a wide multiply.
+  registers, so the audit reads the ``tileloadd`` calls that fill them in the same block: every
+  one must load an 8-bit buffer.  Each call counts an accumulator tile (the rows of the int32
+  region the block writes, x 16 lanes) times the depth K (the weight tile's bytes / 16) MACs.
+  A bf16 tile dot, or one whose operands the block does not load, is a wide multiply.
 
 An operand is 8-bit by its type (an int8/uint8 load, possibly cast wider) or by its value: a load
 of a kernel parameter that every call of the kernel binds to an integer constant whose values
@@ -304,44 +304,48 @@ def _audit_call(report, fname, block, d, iters, narrow) -> None:
         _violation(report, fname, block, d, bits, operands, f"{name}: {str(d)[:160]}")
 
 
-def _tile_loads(sites) -> dict:
-    """``{tile register: (dtype, elements)}`` of the ``tileloadd`` calls among ``sites`` (the
-    pointer operand is a ``tvm_access_ptr(type_annotation(dtype), data, offset, extent, rw)``)."""
-    loads = {}
+def _tile_loads(sites) -> list:
+    """The element types of the buffers the ``tileloadd`` calls among ``sites`` read (their
+    pointer operand is a ``tvm_access_ptr(type_annotation(dtype), ...)``; None for another
+    pointer)."""
+    out = []
     for e, _ in sites:
         if node_kind(e) != "Call" or _tvm.llvm_intrinsic_name(e) != _tvm.TILE_LOAD:
             continue
-        args = list(e.args)
-        tile, ptr = args[-3], args[-2]
-        if node_kind(tile) != "IntImm" or _call_name(ptr) != "tirx.tvm_access_ptr":
-            continue
-        extent = ptr.args[3]
-        loads[int(tile.value)] = (expr_dtype(ptr.args[0]),
-                                  int(extent.value) if node_kind(extent) == "IntImm" else 0)
-    return loads
+        ptr = list(e.args)[-2]
+        out.append(expr_dtype(ptr.args[0]) if _call_name(ptr) == "tirx.tvm_access_ptr"
+                   else None)
+    return out
+
+
+def _region_size(region) -> int:
+    n = 1
+    for r in region.region:
+        n *= int(r.extent)
+    return n
 
 
 def _audit_tile_dot(report, fname, block, d, iters, sites) -> None:
-    """An AMX tile dot: 8-bit if the block loads both operand tiles from 8-bit buffers; MACs:
-    the block's int32 accumulator region times the weight tile's depth."""
+    """An AMX tile dot (``tdpbusd``: u8 tile x s8 tile into int32): 8-bit if every tile the
+    block loads is read from an 8-bit buffer; MACs per call: the accumulator's rows (the int32
+    region the block writes) x 16 lanes x K, K the weight tile's bytes (the block's int8 read
+    region) / 16."""
     name = _tvm.llvm_intrinsic_name(d)
-    args = list(d.args)[-3:]
     loads = _tile_loads(sites)
-    regs = [int(a.value) if node_kind(a) == "IntImm" else None for a in args[1:]]
-    operands = [loads.get(r) for r in regs]
-    acc = [w for w in block.writes if str(_tvm.region_tensor(w).dtype) == "int32"]
-    ok = (name in _tvm.TILE_DOT_8BIT and len(acc) == 1 and None not in operands
-          and all(dt in ("int8", "uint8") and n > 0 for dt, n in operands))
-    bits = [8 if op and op[0] in ("int8", "uint8") else (op[0] if op else None)
-            for op in operands]
+
+    def regions(dtype, of):
+        return [r for r in of if str(_tvm.region_tensor(r).dtype) == dtype]
+
+    acc, weights = regions("int32", block.writes), regions("int8", block.reads)
+    ok = (name in _tvm.TILE_DOT_8BIT and len(loads) >= 2 and len(acc) == 1
+          and len(weights) == 1 and all(dt in ("int8", "uint8") for dt in loads))
     if not ok:
-        _violation(report, fname, block, d, bits, args[1:], f"{name}: {str(d)[:160]}")
+        bits = [8 if dt in ("int8", "uint8") else dt for dt in loads] or [None]
+        _violation(report, fname, block, d, bits, [d] * len(bits), f"{name}: {str(d)[:160]}")
         return
-    acc_elems = 1
-    for r in acc[0].region:
-        acc_elems *= int(r.extent)
-    depth = operands[1][1] // 16  # the weight tile: K/4 rows of 16 lanes x 4 bytes
-    report.macs_8bit += iters * acc_elems * depth
+    rows = int(acc[0].region[-2].extent)
+    depth = _region_size(weights[0]) // 16  # K/4 rows of 16 lanes x 4 bytes
+    report.macs_8bit += iters * rows * 16 * depth
     report.mac_sites += 1
 
 

@@ -23,9 +23,11 @@ DEPTHWISE_BLOCK = "depthwise_nchwc"
 PAD_BLOCK = "pad_nchwc"
 PAIR_BLOCK = "pairs_nchwc"  # the widened column pairs a depthwise conv reads (wide_pairs)
 PAD_INTERIOR = "f8tvm_pad_interior"  # the pad block's annotation: [top, h, left, w]
-# the conv block's annotation: [column stride, column dilation] of its window (schedules that
-# load several window columns of a pixel at once need them)
+# the conv block's annotations: [column stride, column dilation] and [row stride, row dilation]
+# of its window (schedules that load several window columns of a pixel, or several output rows'
+# inputs, at once need them)
 CONV_COLUMNS = "f8tvm_conv_columns"
+CONV_ROWS = "f8tvm_conv_rows"
 
 
 def _pad(data, padding, pad_value, extra_right=0, dtype=None):
@@ -113,7 +115,8 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0, wide_dat
         lambda b, o, y, x, ol: te.sum(
             read(b, y, x).astype("int32") * kernel[o, rc, ry, rx, rq, ol, rk].astype("int32"),
             axis=[rc, ry, rx, rq, rk]),
-        name=CONV_BLOCK, attrs={CONV_COLUMNS: [int(sw), int(dilation[1])]})
+        name=CONV_BLOCK, attrs={CONV_COLUMNS: [int(sw), int(dilation[1])],
+                                CONV_ROWS: [int(strides[0]), int(dilation[0])]})
 
 
 def depthwise_nchwc(data, kernel, strides, padding, dilation, pad_value=0):

@@ -138,16 +138,30 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
 
 def amx_conv(block, dot) -> bool:
     """Whether the conv ``block`` takes AMX tiles: ``dot`` has them, the activations are uint8
-    in whole 16-channel blocks (four quads: a tile row's 16 bytes per window column), the
-    weights int8, and its rows split into tiles of 2 to 16 pixels (:func:`amx_rows`).  The
-    others keep ``dot``'s vector form: thinner convs (the RGB image's), and the classifier (a
-    1x1 conv on one pixel: a 1-row tile does 1/16 of a tile's work per instruction)."""
+    in whole channel blocks of 16 (four quads: a tile row's 16 bytes per window column) or a
+    single quad (the RGB image: its 4 bytes per column, the window row folded into a tile row),
+    the weights int8, its rows split into tiles of 2 to 16 pixels (:func:`amx_rows`) and a tile
+    takes at least :data:`AMX_MIN_STEPS` tdpbusd.  The others keep ``dot``'s vector form: 1x1
+    convs of one or two input blocks, and the classifier (a 1x1 conv on one pixel: a 1-row
+    tile does 1/16 of a tile's work per instruction)."""
     if not (dot is not None and dot.amx):
         return False
     a_dtype, b_dtype = _sch.operand_dtypes(block)
-    ow = int(block.iter_vars[3].dom.extent)
+    ext = [int(iv.dom.extent) for iv in block.iter_vars]  # b o y x ol rc ry rx rq rk
+    ow, icc, kh, kw = ext[3], ext[5], ext[6], ext[7]
+    cb = _sch.activation_block(block)
+    dilation = int(block.annotations[pk.CONV_COLUMNS][1])
+    fold = amx_fold(kw, dilation, cb)
+    steps = icc * kh * (kw // fold)
     return ((a_dtype, b_dtype) == ("uint8", "int8") and bool(amx_rows(ow))
-            and _sch.activation_block(block) == amx.BLOCK)
+            and steps >= AMX_MIN_STEPS and (cb == 16 or (cb == 4 and fold == kw)))
+
+
+# the fewest tdpbusd per tile (input blocks x window rows x unfolded window columns) for which a
+# conv takes AMX tiles: measured on MobileNet-V2 (Sapphire Rapids-class Xeon, 1 thread), the
+# 1x1 convs of 1 and 2 input blocks ran 0.98-1.53x their VNNI time on tiles (a tile's zero,
+# store and epilogue outweigh one or two tdpbusd), those of 4 or more 0.5-0.9x
+AMX_MIN_STEPS = 3
 
 
 def amx_rows(ow: int) -> list[int]:
@@ -156,46 +170,69 @@ def amx_rows(ow: int) -> list[int]:
     return [d for d in _divisors(ow) if 2 <= d <= amx.MAX_ROWS]
 
 
-def amx_fold(kw: int, dilation: int) -> int:
+def amx_tiles(oh: int) -> list[int]:
+    """Accumulator tiles (output rows sharing each weight tile) for ``oh`` output rows: its
+    divisors up to 4."""
+    return [d for d in _divisors(oh) if d <= amx.MAX_TILES]
+
+
+def amx_fold(kw: int, dilation: int, block: int = 16) -> int:
     """Window columns per AMX tile row: the whole window where its columns are adjacent and fit
-    64 bytes (a 3x3 conv: K = 48 per ``tdpbusd``), else one per step."""
-    return kw if dilation == 1 and kw <= amx.MAX_FOLD else 1
+    a tile row's 64 bytes (a 3x3 conv: K = 48 per ``tdpbusd``), else one per step."""
+    return kw if dilation == 1 and kw * block <= amx.MAX_BYTES else 1
+
+
+def default_amx_tile(oh: int, ow: int) -> tuple[int, int]:
+    """(accumulator tiles, rows): the most rows sharing a weight tile, the widest tile."""
+    return max(amx_tiles(oh)), max(amx_rows(ow))
 
 
 def schedule_conv_amx(sch, tune: bool = False, tiles=None) -> None:
-    """A conv on AMX tiles (:mod:`schedules.intrin_amx`): per output block and row, tiles of
-    ``rows`` pixels, the accumulator in a tile register over the input blocks and window rows
-    (and columns, unless folded into the tile rows), stored once per tile and requantized
-    there.  ``rows``: ``tiles[-1]`` (a tuning record's), else the widest of :func:`amx_rows`;
-    tuning samples it from them (a categorical decision: a perfect-tile sample could pick 1)."""
+    """A conv on AMX tiles (:mod:`schedules.intrin_amx`): per output block, register tiles of
+    ``t`` output rows x ``rows`` pixels (``t`` accumulators sharing each weight tile), kept in
+    tile registers over the input blocks and window rows (and columns, unless folded into the
+    tile rows), stored once per register tile and requantized there.  ``tiles``: ``(t, rows)``
+    from a tuning record, else :func:`default_amx_tile`; tuning samples both from
+    :func:`amx_tiles` and :func:`amx_rows` (categorical decisions: a perfect-tile sample could
+    pick 1 row)."""
     conv = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
-    ow, kw = _sch.extent(sch, x), _sch.extent(sch, rx)
-    stride, dilation = (int(v) for v in sch.get(conv).annotations[pk.CONV_COLUMNS])
-    choices = amx_rows(ow)
-    rows = tiles[-1] if tiles else choices[-1]
-    if rows not in choices:
-        raise ValueError(f"an AMX tile of {rows} rows does not fit a row of {ow} pixels "
-                         f"(choices: {choices})")
-    pick = sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
-                                  decision=None if tune else choices.index(rows))
-    x_o, x_i = sch.split(x, factors=[None, pick])
-    rows = _sch.extent(sch, x_i)  # the sampled one when tuning
-    fold = amx_fold(kw, dilation)
+    oh, ow, kw = _sch.extent(sch, y), _sch.extent(sch, x), _sch.extent(sch, rx)
+    block = sch.get(conv)
+    stride, dilation = (int(v) for v in block.annotations[pk.CONV_COLUMNS])
+    ystride = int(sch.get(conv).annotations[pk.CONV_ROWS][0])
+    cb = _sch.activation_block(block)
+    t, rows = tuple(tiles) if tiles else default_amx_tile(oh, ow)
+    picked = []
+    for value, choices, what in ((t, amx_tiles(oh), "output rows"),
+                                 (rows, amx_rows(ow), "pixels")):
+        if value not in choices:
+            raise ValueError(f"an AMX register tile of {value} {what} does not fit this conv "
+                             f"(choices: {choices})")
+        picked.append(sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
+                                             decision=None if tune else choices.index(value)))
+    y_o, y_i = sch.split(y, factors=[None, picked[0]])
+    x_o, x_i = sch.split(x, factors=[None, picked[1]])
+    t, rows = _sch.extent(sch, y_i), _sch.extent(sch, x_i)  # the sampled ones when tuning
+    fold = amx_fold(kw, dilation, cb)
+    quads = [rq] if cb > 4 else []
+    if not quads:  # one quad: no loop of extent 1 (the intrinsic binds its quad to 0)
+        rk = sch.fuse(rq, rk)
     if fold > 1:
-        sch.reorder(b, o, y, x_o, rc, ry, x_i, ol, rx, rq, rk)
+        sch.reorder(b, o, y_o, x_o, rc, ry, y_i, x_i, ol, rx, *quads, rk)
     else:
-        sch.reorder(b, o, y, x_o, rc, ry, rx, x_i, ol, rq, rk)
-    zero, dot_step, store = amx.intrinsics(rows, fold, stride)
-    # the accumulator (a stand-in for tile register 0) and its store to the conv's output
+        sch.reorder(b, o, y_o, x_o, rc, ry, rx, y_i, x_i, ol, *quads, rk)
+    zero, dot_step, store = amx.intrinsics(amx.Tile(t, rows, fold, stride, cb, ystride))
+    # the accumulators (a stand-in for the tile registers) and their store to the conv's output
     out = sch.cache_write(conv, 0, "global")
     sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
-    sch.parallel(sch.fuse(b, o, y))
+    sch.parallel(sch.fuse(b, o, y_o))
     _sch.fuse_epilogue(sch, out, x_o, None, rows)
     init = sch.decompose_reduction(conv, rc)
-    sch.tensorize(sch.get_loops(init)[-2], zero)
-    sch.tensorize(x_i, dot_step)
-    sch.tensorize(sch.get_loops(out)[-2], store)
+    inner = 3 if t > 1 else 2  # the loops a step's intrinsic covers: [rows,] pixels, lanes
+    sch.tensorize(sch.get_loops(init)[-inner], zero)
+    sch.tensorize(y_i if t > 1 else x_i, dot_step)
+    sch.tensorize(sch.get_loops(out)[-inner], store)
     _sch.schedule_pad(sch, PAD_BLOCK)
 
 

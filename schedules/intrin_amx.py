@@ -5,27 +5,31 @@ bytes (s8, each row 16 lanes x 4 bytes) and ``C``: M rows of 16 int32: ``C[m, n]
 A[m, k] * B[k // 4, 4 n + k % 4]`` -- 8-bit x 8-bit products into int32 accumulators, like
 ``vpdpbusd``, M x 16 x K MACs per instruction (up to 16 x 16 x 64).
 
-On the channel-blocked layout (``NCHW16c`` activations, ``(O/16, I/16, KH, KW, 4, 16, 4)``
-weights, ``relay_passes.packed_kernels``) a conv maps onto it directly:
+On the channel-blocked layout (``NCHW[b]c`` activations, ``(O/16, I/b, KH, KW, b/4, 16, 4)``
+weights, ``relay_passes.packed_kernels``; ``b`` = 16, or 4 for the RGB image) a conv maps onto
+it directly:
 
-* ``A``: M output pixels of one input row, each row of the tile the 16 channels of one input
-  block at the pixel's window column -- and, for a window ``kx <= 4`` columns wide (dilation 1),
-  the ``kx`` columns of the window at once: they are adjacent in the layout, so a tile row is
-  ``16 kx`` contiguous bytes (K = 48 for a 3x3 conv), rows ``16 * stride`` bytes apart
-  (overlapping rows are fine for ``tileloadd``);
-* ``B``: the packed weights of one output block, input block and window row: ``4 kx`` rows of
-  64 bytes, contiguous as packed (no repacking);
+* ``A``: M output pixels of one input row, each row of the tile the ``b`` channels of one input
+  block at the pixel's window column -- and, for a window whose columns fit 64 bytes (dilation
+  1), all its columns at once: they are adjacent in the layout, so a tile row is ``b * kw``
+  contiguous bytes (K = 48 for a 3x3 conv on 16 channels, 28 for the 7x7 RGB stem), rows
+  ``b * stride`` bytes apart (overlapping rows are fine for ``tileloadd``);
+* ``B``: the packed weights of one output block, input block and window row: ``kw * b / 4`` rows
+  of 64 bytes, contiguous as packed (no repacking);
 * ``C``: the M pixels' 16 output channels, int32.
 
-The accumulator stays in tile register 0 over the whole reduction (input blocks, window rows),
-so a register tile is three intrinsics (:func:`intrinsics`): *zero* (load the tile configuration
-where the one in force differs, zero the accumulator), *dot* (load ``A`` into tile 1 and ``B``
-into tile 2, ``tdpbusd``) per reduction step, and *store* (store the accumulator to the int32
-buffer the epilogue reads).  The accumulator buffer the schedule names (``C``) is only a
-stand-in for tile register 0: the instructions never touch it.
+A register tile is up to 4 such accumulators (:class:`Tile`: ``tiles`` output rows, which
+share each weight tile: one ``B`` load per reduction step for all of them), kept in tile
+registers over the whole reduction (input blocks, window rows), so it is three intrinsics
+(:func:`intrinsics`): *zero* (load the tile configuration where the one in force differs, zero
+the accumulators), *dot* (load ``B``, then per accumulator its ``A`` and ``tdpbusd``) per
+reduction step, and *store* (store the accumulators to the int32 buffer the epilogue reads).
+The accumulator buffer the schedule names (``C``) is only a stand-in for the tile registers:
+the instructions never touch it.  Registers: accumulators 0-3, activations 4 and 5 (in turn, so
+one row's load need not wait for the previous row's multiply), weights 6.
 
 TVM 0.27 reaches AMX through LLVM's register-numbered intrinsics (``llvm.x86.ldtilecfg``,
-``tileloadd64``, ``tdpbusd``, ``tilestored64``, ``tilezero``, ``tilerelease``), whose register
+``sttilecfg``, ``tileloadd64``, ``tdpbusd``, ``tilestored64``, ``tilezero``), whose register
 operands must be immediates; the ``.internal`` forms that name tile values cannot be written
 in TIR (it has no ``x86_amx`` type).
 
@@ -39,15 +43,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import dataclass
 
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 LANES = 16  # output channels per tile row (one output block)
-BLOCK = 16  # input channels per block (one tile row's bytes per window column)
-MAX_ROWS = 16  # tile rows: output pixels per register tile
-MAX_FOLD = 4  # window columns per tile row: 64 bytes
-_ACC, _A, _B = 0, 1, 2  # tile registers: the accumulator, the activations, the weights
+MAX_ROWS = 16  # tile rows: output pixels per accumulator tile
+MAX_BYTES = 64  # bytes per tile row
+MAX_TILES = 4  # accumulator tiles per register tile
+_A_REGS, _B_REG = (4, 5), 6  # tile registers of the activations (in turn) and the weights
 
 _state = threading.local()
 
@@ -68,272 +74,323 @@ def is_described() -> bool:
     return getattr(_state, "described", False)
 
 
+@dataclass(frozen=True)
+class Tile:
+    """One register tile of a conv on AMX: ``tiles`` accumulators (output rows, ``ystride``
+    input rows apart) of ``rows`` pixels, ``fold`` window columns per tile row (1: one per
+    step, the window loop outside), window ``stride`` (columns), ``block`` input channels per
+    block (16, or 4: the RGB image)."""
+
+    tiles: int
+    rows: int
+    fold: int
+    stride: int
+    block: int = 16
+    ystride: int = 1
+
+    def __post_init__(self):
+        if not (1 <= self.tiles <= MAX_TILES and 2 <= self.rows <= MAX_ROWS
+                and self.block in (4, 16) and 1 <= self.fold
+                and self.block * self.fold <= MAX_BYTES and self.stride >= 1):
+            raise ValueError(f"no AMX tile for {self}")
+
+    @property
+    def quads(self) -> int:
+        return self.block // 4
+
+    @property
+    def span(self) -> int:
+        """Input columns an ``A`` tile spans: ``rows`` pixels ``stride`` apart, ``fold``
+        columns each."""
+        return (self.rows - 1) * self.stride + self.fold
+
+    def shapes(self):
+        """The (A, B, C) buffer shapes of a reduction step (no loop of extent 1: tensorize
+        matches loops, and the schedule leaves none; ``B`` keeps its quads axis)."""
+        many = (self.tiles,) if self.tiles > 1 else ()
+        a = ((((self.tiles - 1) * self.ystride + 1),) if self.tiles > 1 else ()) + (
+            self.span, self.block)
+        b = ((self.fold,) if self.fold > 1 else ()) + (self.quads, LANES, 4)
+        return a, b, many + (self.rows, LANES)
+
+    def axes(self):
+        """The step's loops, outermost first: ``(names, extents, kinds)``."""
+        names = ((["t"] if self.tiles > 1 else []) + ["m", "n"]
+                 + (["x"] if self.fold > 1 else []) + (["q"] if self.quads > 1 else []) + ["k"])
+        size = dict(t=self.tiles, m=self.rows, n=LANES, x=self.fold, q=self.quads, k=4)
+        return names, [size[a] for a in names], "".join("S" if a in "tmn" else "R"
+                                                        for a in names)
+
+    def name(self) -> str:
+        return (f"t{self.tiles}_m{self.rows}_x{self.fold}_s{self.stride}"
+                + ("" if self.block == 16 else f"_b{self.block}")
+                + ("" if self.tiles == 1 or self.ystride == 1 else f"_y{self.ystride}"))
+
+
+def _index(tile: Tile, vs):
+    """``(A, B, C)`` indices of one MAC of the step at loop values ``vs``: ``C[t, m, n] +=
+    A[t * ystride, m * stride + x, 4 q + k] * B[x, q, n, k]``."""
+    names, _, _ = tile.axes()
+    v = dict(zip(names, vs))
+    x, q, t = v.get("x", 0), v.get("q", 0), v.get("t")
+    a = (v["m"] * tile.stride + x, q * 4 + v["k"])
+    b = ((x,) if tile.fold > 1 else ()) + (q, v["n"], v["k"])
+    c = (v["m"], v["n"])
+    if t is not None:
+        a, c = (t * tile.ystride,) + a, (t,) + c
+    return a, b, c
+
+
+def _full(shape):
+    return tuple(slice(0, d) for d in shape)
+
+
+def _strides(prefix, shape):
+    """Symbolic strides: a step's buffers are windows of the kernel's (the rows of a tile's
+    accumulators are an output row apart, its activation rows an input row apart)."""
+    return [tirx.Var(f"{prefix}{i}", "int32") for i in range(len(shape))]
+
+
 def _iid(name):
     return T.llvm_lookup_intrinsic_id(name)
 
 
-def _rows_a(rows: int, fold: int, stride: int) -> int:
-    """Input columns an ``A`` tile spans: ``rows`` pixels ``stride`` apart, ``fold`` columns
-    each."""
-    return (rows - 1) * stride + fold
+# ----------------------------------------------------------------------------- zero
+def _zero_desc(tile: Tile):
+    _, _, c_shape = tile.shapes()
+    kinds = "S" * len(c_shape)
 
-
-def _zero_desc(rows: int):
     @T.prim_func(s_tir=True)
-    def desc(C: T.Buffer((rows, LANES), "int32", offset_factor=1)) -> None:
+    def desc(C: T.Buffer(c_shape, "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:rows, 0:LANES])
-            for m, n in T.grid(rows, LANES):
+            T.writes(C[_full(c_shape)])
+            for ax in T.grid(*c_shape):
                 with T.sblock("zero"):
-                    vm, vn = T.axis.remap("SS", [m, n])
-                    C[vm, vn] = 0
+                    vs = T.meta_var(T.axis.remap(kinds, ax))
+                    C[tuple(vs)] = 0
 
     return desc
 
 
-def _zero_loops(rows: int):
+def _zero_loops(tile: Tile):
+    _, _, c_shape = tile.shapes()
+    sc = _strides("sc", c_shape)
+
     @T.prim_func(s_tir=True)
-    def impl(C: T.Buffer((rows, LANES), "int32", offset_factor=1)) -> None:
+    def impl(c: T.handle) -> None:
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:rows, 0:LANES])
-            for m, n in T.grid(rows, LANES):
-                C[m, n] = 0
+            T.writes(C[_full(c_shape)])
+            for ax in T.grid(*c_shape):
+                C[tuple(ax)] = 0
 
     return impl
 
 
-def _config_words(rows: int, fold: int) -> dict:
-    """The tile configuration as 64 bytes (palette 1; bytes 16 + 2t: tile t's row bytes, byte
-    48 + t: its rows), and the 32-bit words of it that name our three tiles (0, 4, 5 and 12;
-    int32: TIR narrows 64-bit constants it takes for indices)."""
+def config_bytes(tile: Tile) -> bytes:
+    """The tile configuration (64 bytes): palette 1; bytes ``16 + 2 r``: register ``r``'s row
+    bytes, byte ``48 + r``: its rows."""
     cfg = bytearray(64)
     cfg[0] = 1
-    for tile, nrows, nbytes in ((_ACC, rows, 4 * LANES), (_A, rows, BLOCK * fold),
-                                (_B, 4 * fold, 4 * LANES)):
-        cfg[16 + 2 * tile] = nbytes
-        cfg[48 + tile] = nrows
-    words = {i: int.from_bytes(cfg[4 * i:4 * i + 4], "little", signed=True)
-             for i in (0, 4, 5, 12)}
-    return bytes(cfg), words
+    regs = [(r, tile.rows, 4 * LANES) for r in range(tile.tiles)]
+    regs += [(r, tile.rows, tile.block * tile.fold) for r in _A_REGS]
+    regs += [(_B_REG, tile.quads * tile.fold, 4 * LANES)]
+    for r, nrows, nbytes in regs:
+        cfg[16 + 2 * r] = nbytes
+        cfg[48 + r] = nrows
+    return bytes(cfg)
 
 
-def _zero_tiles(rows: int, fold: int):
-    """Zero the accumulator, after loading the tile configuration if the one in force differs.
+# the 32-bit words of a configuration that can be nonzero: palette, row bytes, rows
+CONFIG_WORDS = (0, 4, 5, 6, 7, 12, 13)
+
+
+def _zero_tiles(tile: Tile):
+    """Zero the accumulators, after loading the tile configuration if the one in force
+    differs.
 
     ``ldtilecfg`` costs about 70 ns (measured on a Sapphire Rapids-class Xeon: more than a
-    1x1 conv's whole tile), ``sttilecfg`` and a compare next to nothing; so every tile reads
-    the configuration in force and loads its own only where it differs (a thread's first tile
-    of a kernel, or after another kernel's).  The tiles stay configured after the kernel (no
-    ``tilerelease``: the next kernel's first tile would pay the reload)."""
-    cfg_bytes, words = _config_words(rows, fold)
-    w0, w4, w5, w12 = words[0], words[4], words[5], words[12]
-    nonzero = [(i, v) for i, v in enumerate(cfg_bytes) if v]
-    assert [i for i, _ in nonzero] == [0, 16, 18, 20, 48, 49, 50], nonzero
-    (_, v0), (_, c0), (_, c1), (_, c2), (_, r0), (_, r1), (_, r2) = nonzero
+    1x1 conv's whole tile), ``sttilecfg`` and a few compares next to nothing; so every tile
+    reads the configuration in force and loads its own only where it differs (a thread's first
+    tile of a kernel, or after another kernel's).  The tiles stay configured after the kernel
+    (no ``tilerelease``: the next kernel's first tile would pay the reload)."""
+    _, _, c_shape = tile.shapes()
+    sc = _strides("sc", c_shape)
+    cfg = config_bytes(tile)
+    w = [int.from_bytes(cfg[4 * i:4 * i + 4], "little", signed=True) for i in CONFIG_WORDS]
+    i0, i1, i2, i3, i4, i5, i6 = CONFIG_WORDS
+    n = tile.tiles
 
     @T.prim_func(s_tir=True)
-    def impl(C: T.Buffer((rows, LANES), "int32", offset_factor=1)) -> None:
+    def impl(c: T.handle) -> None:
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:rows, 0:LANES])
+            T.writes(C[_full(c_shape)])
             now = T.alloc_buffer((16,), "int32")
-            cfg = T.alloc_buffer((64,), "uint8")
+            want = T.alloc_buffer((16,), "int32")
             T.evaluate(T.call_llvm_intrin(_iid("llvm.x86.sttilecfg"), now.access_ptr("w"),
                                           dtype="int32"))
-            if now[0] != w0 or now[4] != w4 or now[5] != w5 or now[12] != w12:
-                for i in T.serial(64):
-                    cfg[i] = T.uint8(0)
-                cfg[0] = T.uint8(v0)
-                cfg[16] = T.uint8(c0)
-                cfg[18] = T.uint8(c1)
-                cfg[20] = T.uint8(c2)
-                cfg[48] = T.uint8(r0)
-                cfg[49] = T.uint8(r1)
-                cfg[50] = T.uint8(r2)
-                T.evaluate(T.call_llvm_intrin(_iid("llvm.x86.ldtilecfg"), cfg.access_ptr("r"),
+            if (now[i0] != w[0] or now[i1] != w[1] or now[i2] != w[2] or now[i3] != w[3]
+                    or now[i4] != w[4] or now[i5] != w[5] or now[i6] != w[6]):
+                for i in T.serial(16):
+                    want[i] = 0
+                want[i0] = w[0]
+                want[i1] = w[1]
+                want[i2] = w[2]
+                want[i3] = w[3]
+                want[i4] = w[4]
+                want[i5] = w[5]
+                want[i6] = w[6]
+                T.evaluate(T.call_llvm_intrin(_iid("llvm.x86.ldtilecfg"), want.access_ptr("r"),
                                               dtype="int32"))
-            T.evaluate(T.call_llvm_intrin(_iid("llvm.x86.tilezero"), T.int8(_ACC),
-                                          dtype="int32"))
+            for r in T.unroll(n):
+                T.evaluate(T.call_llvm_intrin(_iid("llvm.x86.tilezero"), T.Cast("int8", r),
+                                              dtype="int32"))
 
     return impl
 
 
-def _dot_desc(rows: int, fold: int, stride: int):
-    """``C[m, n] += sum_{x, q, k} A[m * stride + x, 4 q + k] * B[x, q, n, k]``: ``rows`` pixels,
-    ``fold`` window columns (1: one column per step, the window loop outside)."""
-    ra = _rows_a(rows, fold, stride)
+# ----------------------------------------------------------------------------- dot
+def _dot_desc(tile: Tile):
+    a_shape, b_shape, c_shape = tile.shapes()
+    _, extents, kinds = tile.axes()
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((ra, BLOCK), "uint8", offset_factor=1),
-        B: T.Buffer((fold, 4, LANES, 4), "int8", offset_factor=1),
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
+        A: T.Buffer(a_shape, "uint8", offset_factor=1),
+        B: T.Buffer(b_shape, "int8", offset_factor=1),
+        C: T.Buffer(c_shape, "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES], A[0:ra, 0:BLOCK], B[0:fold, 0:4, 0:LANES, 0:4])
-            T.writes(C[0:rows, 0:LANES])
-            for m, n, x, q, k in T.grid(rows, LANES, fold, 4, 4):
+            T.reads(C[_full(c_shape)], A[_full(a_shape)], B[_full(b_shape)])
+            T.writes(C[_full(c_shape)])
+            for ax in T.grid(*extents):
                 with T.sblock("update"):
-                    vm, vn, vx, vq, vk = T.axis.remap("SSRRR", [m, n, x, q, k])
-                    C[vm, vn] = C[vm, vn] + T.cast(A[vm * stride + vx, vq * 4 + vk], "int32") \
-                        * T.cast(B[vx, vq, vn, vk], "int32")
+                    vs = T.meta_var(T.axis.remap(kinds, ax))
+                    ia, ib, ic = T.meta_var(_index(tile, vs))
+                    C[ic] = C[ic] + T.cast(A[ia], "int32") * T.cast(B[ib], "int32")
 
     return desc
 
 
-def _dot_desc_one(rows: int, stride: int):
-    """:func:`_dot_desc` for one window column per step (no ``x`` loop to match)."""
-    ra = _rows_a(rows, 1, stride)
+def _dot_loops(tile: Tile):
+    a_shape, b_shape, c_shape = tile.shapes()
+    _, extents, _ = tile.axes()
+    sa, sb, sc = _strides("sa", a_shape), _strides("sb", b_shape), _strides("sc", c_shape)
 
     @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((ra, BLOCK), "uint8", offset_factor=1),
-        B: T.Buffer((4, LANES, 4), "int8", offset_factor=1),
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
-    ) -> None:
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=sa)
+        B = T.match_buffer(b, b_shape, "int8", offset_factor=1, strides=sb)
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES], A[0:ra, 0:BLOCK], B[0:4, 0:LANES, 0:4])
-            T.writes(C[0:rows, 0:LANES])
-            for m, n, q, k in T.grid(rows, LANES, 4, 4):
-                with T.sblock("update"):
-                    vm, vn, vq, vk = T.axis.remap("SSRR", [m, n, q, k])
-                    C[vm, vn] = C[vm, vn] + T.cast(A[vm * stride, vq * 4 + vk], "int32") \
-                        * T.cast(B[vq, vn, vk], "int32")
-
-    return desc
-
-
-def _dot_loops(rows: int, fold: int, stride: int):
-    ra = _rows_a(rows, fold, stride)
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((ra, BLOCK), "uint8", offset_factor=1),
-        B: T.Buffer((fold, 4, LANES, 4), "int8", offset_factor=1),
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES], A[0:ra, 0:BLOCK], B[0:fold, 0:4, 0:LANES, 0:4])
-            T.writes(C[0:rows, 0:LANES])
-            for m, n, x, q, k in T.grid(rows, LANES, fold, 4, 4):
-                C[m, n] = C[m, n] + T.cast(A[m * stride + x, q * 4 + k], "int32") \
-                    * T.cast(B[x, q, n, k], "int32")
+            T.reads(C[_full(c_shape)], A[_full(a_shape)], B[_full(b_shape)])
+            T.writes(C[_full(c_shape)])
+            for ax in T.grid(*extents):
+                ia, ib, ic = T.meta_var(_index(tile, ax))
+                C[ic] = C[ic] + T.cast(A[ia], "int32") * T.cast(B[ib], "int32")
 
     return impl
 
 
-def _dot_loops_one(rows: int, stride: int):
-    ra = _rows_a(rows, 1, stride)
+def _load(reg, ptr, stride_bytes):
+    """``tileloadd`` tile register ``reg`` from ``ptr`` (rows ``stride_bytes`` apart)."""
+    return T.call_llvm_intrin(_iid("llvm.x86.tileloadd64"), T.Cast("int8", reg), ptr,
+                              T.Cast("int64", stride_bytes), dtype="int32")
+
+
+def _tdpbusd(acc, a):
+    return T.call_llvm_intrin(_iid("llvm.x86.tdpbusd"), T.Cast("int8", acc), T.Cast("int8", a),
+                              T.int8(_B_REG), dtype="int32")
+
+
+def _dot_tiles(tile: Tile):
+    """One reduction step: ``tileloadd`` the weights (rows of 64 bytes), then per accumulator
+    its activations (rows ``block * stride`` bytes apart) and ``tdpbusd``."""
+    a_shape, b_shape, c_shape = tile.shapes()
+    sa, sb, sc = _strides("sa", a_shape), _strides("sb", b_shape), _strides("sc", c_shape)
+    n, many, ystride = tile.tiles, tile.tiles > 1, tile.ystride
+    a0, a1 = _A_REGS
+    row_bytes = tile.block * tile.stride
 
     @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((ra, BLOCK), "uint8", offset_factor=1),
-        B: T.Buffer((4, LANES, 4), "int8", offset_factor=1),
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
-    ) -> None:
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=sa)
+        B = T.match_buffer(b, b_shape, "int8", offset_factor=1, strides=sb)
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES], A[0:ra, 0:BLOCK], B[0:4, 0:LANES, 0:4])
-            T.writes(C[0:rows, 0:LANES])
-            for m, n, q, k in T.grid(rows, LANES, 4, 4):
-                C[m, n] = C[m, n] + T.cast(A[m * stride, q * 4 + k], "int32") \
-                    * T.cast(B[q, n, k], "int32")
+            T.reads(C[_full(c_shape)], A[_full(a_shape)], B[_full(b_shape)])
+            T.writes(C[_full(c_shape)])
+            T.evaluate(_load(_B_REG, B.access_ptr("r"), 4 * LANES))
+            for r in T.unroll(n):
+                T.evaluate(_load(a0 + r % 2 * (a1 - a0),
+                                 A.access_ptr("r", offset=r * ystride * A.strides[0]
+                                              if many else 0),
+                                 row_bytes))
+                T.evaluate(_tdpbusd(r, a0 + r % 2 * (a1 - a0)))
 
     return impl
 
 
-def _load(tile, buf, stride_bytes):
-    """``tileloadd`` tile register ``tile`` from ``buf`` (rows ``stride_bytes`` apart)."""
-    return T.call_llvm_intrin(_iid("llvm.x86.tileloadd64"), T.int8(tile), buf.access_ptr("r"),
-                              T.int64(stride_bytes), dtype="int32")
+# ----------------------------------------------------------------------------- store
+def _store_desc(tile: Tile):
+    _, _, c_shape = tile.shapes()
+    kinds = "S" * len(c_shape)
 
-
-def _tdpbusd():
-    return T.call_llvm_intrin(_iid("llvm.x86.tdpbusd"), T.int8(_ACC), T.int8(_A), T.int8(_B),
-                              dtype="int32")
-
-
-def _dot_tiles(rows: int, fold: int, stride: int):
-    """One reduction step: ``tileloadd`` the activations (rows ``16 * stride`` bytes apart) and
-    the weights (rows of 64 bytes), ``tdpbusd`` into the accumulator."""
-    ra = _rows_a(rows, fold, stride)
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((ra, BLOCK), "uint8", offset_factor=1),
-        B: T.Buffer((fold, 4, LANES, 4), "int8", offset_factor=1),
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES], A[0:ra, 0:BLOCK], B[0:fold, 0:4, 0:LANES, 0:4])
-            T.writes(C[0:rows, 0:LANES])
-            T.evaluate(_load(_A, A, BLOCK * stride))
-            T.evaluate(_load(_B, B, 4 * LANES))
-            T.evaluate(_tdpbusd())
-
-    @T.prim_func(s_tir=True)
-    def impl_one(
-        A: T.Buffer((ra, BLOCK), "uint8", offset_factor=1),
-        B: T.Buffer((4, LANES, 4), "int8", offset_factor=1),
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES], A[0:ra, 0:BLOCK], B[0:4, 0:LANES, 0:4])
-            T.writes(C[0:rows, 0:LANES])
-            T.evaluate(_load(_A, A, BLOCK * stride))
-            T.evaluate(_load(_B, B, 4 * LANES))
-            T.evaluate(_tdpbusd())
-
-    return impl if fold > 1 else impl_one
-
-
-def _store_desc(rows: int):
     @T.prim_func(s_tir=True)
     def desc(
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
-        D: T.Buffer((rows, LANES), "int32", offset_factor=1),
+        C: T.Buffer(c_shape, "int32", offset_factor=1),
+        D: T.Buffer(c_shape, "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES])
-            T.writes(D[0:rows, 0:LANES])
-            for m, n in T.grid(rows, LANES):
+            T.reads(C[_full(c_shape)])
+            T.writes(D[_full(c_shape)])
+            for ax in T.grid(*c_shape):
                 with T.sblock("store"):
-                    vm, vn = T.axis.remap("SS", [m, n])
-                    D[vm, vn] = C[vm, vn]
+                    vs = T.meta_var(T.axis.remap(kinds, ax))
+                    D[tuple(vs)] = C[tuple(vs)]
 
     return desc
 
 
-def _store_loops(rows: int):
+def _store_loops(tile: Tile):
+    _, _, c_shape = tile.shapes()
+    sc, sd = _strides("sc", c_shape), _strides("sd", c_shape)
+
     @T.prim_func(s_tir=True)
-    def impl(
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
-        D: T.Buffer((rows, LANES), "int32", offset_factor=1),
-    ) -> None:
+    def impl(c: T.handle, d: T.handle) -> None:
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
+        D = T.match_buffer(d, c_shape, "int32", offset_factor=1, strides=sd)
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES])
-            T.writes(D[0:rows, 0:LANES])
-            for m, n in T.grid(rows, LANES):
-                D[m, n] = C[m, n]
+            T.reads(C[_full(c_shape)])
+            T.writes(D[_full(c_shape)])
+            for ax in T.grid(*c_shape):
+                D[tuple(ax)] = C[tuple(ax)]
 
     return impl
 
 
-def _store_tiles(rows: int):
-    """``tilestored`` the accumulator into ``D`` (rows of 64 bytes)."""
+def _store_tiles(tile: Tile):
+    """``tilestored`` each accumulator into ``D`` (its rows one output pixel apart)."""
+    _, _, c_shape = tile.shapes()
+    sc, sd = _strides("sc", c_shape), _strides("sd", c_shape)
+    n, many = tile.tiles, tile.tiles > 1
 
     @T.prim_func(s_tir=True)
-    def impl(
-        C: T.Buffer((rows, LANES), "int32", offset_factor=1),
-        D: T.Buffer((rows, LANES), "int32", offset_factor=1),
-    ) -> None:
+    def impl(c: T.handle, d: T.handle) -> None:
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
+        D = T.match_buffer(d, c_shape, "int32", offset_factor=1, strides=sd)
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:LANES])
-            T.writes(D[0:rows, 0:LANES])
-            T.evaluate(T.call_llvm_intrin(_iid("llvm.x86.tilestored64"), T.int8(_ACC),
-                                          D.access_ptr("w"), T.int64(4 * LANES),
-                                          dtype="int32"))
+            T.reads(C[_full(c_shape)])
+            T.writes(D[_full(c_shape)])
+            for r in T.unroll(n):
+                T.evaluate(T.call_llvm_intrin(
+                    _iid("llvm.x86.tilestored64"), T.Cast("int8", r),
+                    D.access_ptr("w", offset=r * D.strides[0] if many else 0),
+                    T.Cast("int64", D.strides[len(c_shape) - 2] * 4), dtype="int32"))
 
     return impl
 
@@ -348,23 +405,16 @@ def _register(name, desc, impl) -> str:
     return name
 
 
-def intrinsics(rows: int, fold: int, stride: int) -> tuple[str, str, str]:
-    """The (zero, dot, store) intrinsics of a register tile of ``rows`` pixels (2 to 16),
-    ``fold`` window columns per step (at most 4; 1: one column per step) and a window
-    ``stride``: the AMX instructions, or their descriptions inside :func:`described`.
-    Registered on first use."""
-    if not (2 <= rows <= MAX_ROWS and 1 <= fold <= MAX_FOLD and stride >= 1):
-        raise ValueError(f"no AMX tile for {rows} rows, {fold} window columns, stride {stride}")
+def intrinsics(tile: Tile) -> tuple[str, str, str]:
+    """The (zero, dot, store) intrinsics of ``tile``: the AMX instructions, or their
+    descriptions inside :func:`described`.  Registered on first use."""
     real = not is_described()
-    kind = "amx" if real else "amx_described"
-    zero = _register(f"f8tvm_{kind}_zero_m{rows}_x{fold}", _zero_desc(rows),
-                     _zero_tiles(rows, fold) if real else _zero_loops(rows))
-    if fold > 1:
-        desc, loops = _dot_desc(rows, fold, stride), _dot_loops(rows, fold, stride)
-    else:
-        desc, loops = _dot_desc_one(rows, stride), _dot_loops_one(rows, stride)
-    dot = _register(f"f8tvm_{kind}_dot_m{rows}_x{fold}_s{stride}", desc,
-                    _dot_tiles(rows, fold, stride) if real else loops)
-    store = _register(f"f8tvm_{kind}_store_m{rows}", _store_desc(rows),
-                      _store_tiles(rows) if real else _store_loops(rows))
+    kind = "f8tvm_amx" if real else "f8tvm_amx_described"
+    key = tile.name()
+    zero = _register(f"{kind}_zero_{key}", _zero_desc(tile),
+                     _zero_tiles(tile) if real else _zero_loops(tile))
+    dot = _register(f"{kind}_dot_{key}", _dot_desc(tile),
+                    _dot_tiles(tile) if real else _dot_loops(tile))
+    store = _register(f"{kind}_store_{key}", _store_desc(tile),
+                      _store_tiles(tile) if real else _store_loops(tile))
     return zero, dot, store

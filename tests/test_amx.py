@@ -38,12 +38,14 @@ AMX = find_dot(TARGETS["x86-amx"].dot)
 
 # (C_in, C_out, H, W, K, stride, pad, dilation): the window folded into tile rows (3x3, stride
 # 1 and 2), one column per step (1x1; 5 columns: more than a tile row's 64 bytes; dilation 2:
-# columns apart), odd sizes, a row wider than a tile
+# columns apart), odd sizes, a row wider than a tile, the RGB stem (one quad per pixel: a 7x7
+# window row is a tile row of 28 bytes)
 CASES = [
+    (3, 32, 20, 20, 7, 2, 3, 1),
     (32, 32, 14, 14, 3, 1, 1, 1),
     (16, 32, 15, 15, 3, 2, 1, 1),
-    (32, 48, 9, 9, 1, 1, 0, 1),
-    (32, 16, 12, 12, 1, 2, 0, 1),
+    (64, 48, 9, 9, 1, 1, 0, 1),
+    (48, 16, 12, 12, 1, 2, 0, 1),
     (16, 16, 9, 11, 5, 1, 2, 1),
     (16, 16, 10, 10, 3, 1, 2, 2),
     (16, 16, 6, 40, 3, 1, 1, 1),
@@ -54,13 +56,17 @@ def _conv_func(cin, cout, h, w, k, stride, pad, dilation, seed=0):
     """A conv with F8Net's epilogue (bias, rounding shift, clamp, uint8), its inputs and the
     NumPy result."""
     rng = np.random.default_rng(seed + cin + cout + h + k)
-    x = rng.integers(0, 256, (1, cin, h, w)).astype("uint8")
-    x[0, :, 0, :] = 255  # the largest products
-    wt = rng.integers(-128, 128, (cout, cin, k, k)).astype("int8")
-    wt[0] = -128
+    cb = 16 if cin % 16 == 0 else 4  # the RGB image: one quad (a padded fourth channel)
+    x = np.zeros((1, -(-cin // cb) * cb, h, w), "uint8")
+    x[:, :cin] = rng.integers(0, 256, (1, cin, h, w))
+    x[0, :cin, 0, :] = 255  # the largest products
+    wt = np.zeros((cout, x.shape[1], k, k), "int8")
+    wt[:, :cin] = rng.integers(-128, 128, (cout, cin, k, k))
+    wt[0, :cin] = -128
     bias = rng.integers(-2**14, 2**14, (1, cout // 16, 1, 1, 16)).astype("int32")
-    packed = pack_conv_weight(wt, 16, 16, 4)
-    data = te.placeholder(block(x, 16).shape, "uint8", name="data")
+    packed = pack_conv_weight(wt, cb, 16, 4)
+    x = block(x, cb)
+    data = te.placeholder(x.shape, "uint8", name="data")
     kernel = te.placeholder(packed.shape, "int8", name="kernel")
     b = te.placeholder(bias.shape, "int32", name="bias")
     acc = conv2d_nchwc(data, kernel, (stride, stride), (pad,) * 4, (dilation, dilation), 0)
@@ -68,16 +74,24 @@ def _conv_func(cin, cout, h, w, k, stride, pad, dilation, seed=0):
         acc[n, o, y, x_, lane] + b[0, o, 0, 0, lane] + 64) >> 7, name="requantize")
     out = te.compute(acc.shape, lambda *i: tir.max(tir.min(shifted(*i), 255), 0).astype("uint8"),
                      name="clip_cast")
-    ref = conv(x, wt, stride, (pad,) * 4, dilation=dilation)
+    ref = conv(unblock(x), wt, stride, (pad,) * 4, dilation=dilation)
     want = np.clip((ref + unblock(np.broadcast_to(bias, (1, cout // 16) + ref.shape[2:] + (16,)))
                     + 64) >> 7, 0, 255)
-    args = [block(x, 16), packed, bias, np.zeros([int(v) for v in out.shape], "uint8")]
-    return te.create_prim_func([data, kernel, b, out]), args, want, ref
+    args = [x, packed, bias, np.zeros([int(v) for v in out.shape], "uint8")]
+    func = te.create_prim_func([data, kernel, b, out])
+    assert cpu.amx_conv(kernel_block(func)[1], AMX)
+    return func, args, want, ref
 
 
-def _build(func, rows=None, described=False, target=None):
+def _padded(cin):
+    """Input channels with the block's padding (the MACs executed and counted)."""
+    return cin if cin % 16 == 0 else -(-cin // 4) * 4
+
+
+def _build(func, tile=None, described=False, target=None):
+    """``tile``: (output rows, pixels) of the register tile, default ours."""
     with intrin_amx.described() if described else contextlib.nullcontext():
-        sched = default_schedule(func, AMX, (rows,) if rows else None)
+        sched = default_schedule(func, AMX, tile)
     mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
     return mod, tvm.compile(mod, target=target or get_target("x86-amx").tvm())
 
@@ -97,15 +111,16 @@ def _asm(lib):
 def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
     # any x86 CPU: the description path has no AMX instruction, built for this CPU's preset
     func, args, want, ref = _conv_func(*case)
-    ow = ref.shape[3]
+    oh, ow = ref.shape[2:]
     host = get_target(host_target_name()).tvm()
-    for rows in cpu.amx_rows(ow):
-        mod, lib = _build(func, rows, described=True, target=host)
-        assert np.array_equal(_run(lib, args), want), rows
+    tiles = [(t, rows) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)]
+    for tile in tiles:
+        mod, lib = _build(func, tile, described=True, target=host)
+        assert np.array_equal(_run(lib, args), want), tile
         assert "tdpbusd" not in _asm(lib) and "tile" not in _asm(lib)
         report = audit_module(mod)
         assert report.wide_multiplies == 0
-        assert report.macs_8bit == ref.size * case[0] * case[4] ** 2
+        assert report.macs_8bit == ref.size * _padded(case[0]) * case[4] ** 2
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
@@ -119,13 +134,13 @@ def test_amx_kernels_emit_tile_instructions_and_the_audit_counts_them(case):
     kernel = asm.split("main_compute_:")[1]
     for wide in ("vpmulld", "vpmullw", "vpdpbusd"):  # the conv is on tiles only
         assert f"\t{wide}\t" not in kernel, wide
-    # the window's columns are one tile row where they are adjacent (K = 16 per column)
-    k, dilation = case[4], case[7]
-    fold = cpu.amx_fold(k, dilation)
-    assert fold == (k if k <= 4 and dilation == 1 else 1)
+    # the window's columns are one tile row where they are adjacent (16 or 4 bytes a column)
+    k, dilation, cb = case[4], case[7], 16 if case[0] % 16 == 0 else 4
+    fold = cpu.amx_fold(k, dilation, cb)
+    assert fold == (k if k * cb <= 64 and dilation == 1 else 1)
     report = audit_module(mod)
     assert report.wide_multiplies == 0
-    assert report.macs_8bit == ref.size * case[0] * k * k
+    assert report.macs_8bit == ref.size * _padded(case[0]) * k * k
     if HAS_AMX:
         runtime.enable_amx()
         assert np.array_equal(_run(lib, args), want)
@@ -137,9 +152,11 @@ def test_kernels_of_different_tile_shapes_alternate_exactly():
     # shapes (rows, window columns) in turn
     runtime.enable_amx()
     built = []
-    for case, rows in ((CASES[0], 7), (CASES[2], 9), (CASES[0], 14), (CASES[1], 4)):
+    stem, conv3x3, strided, conv1x1 = CASES[:4]
+    for case, tile in ((conv3x3, (2, 7)), (conv1x1, (1, 9)), (conv3x3, (1, 14)),
+                       (strided, (4, 4)), (stem, (2, 5)), (strided, (2, 8))):
         func, args, want, _ = _conv_func(*case)
-        built.append((_build(func, rows)[1], args, want))
+        built.append((_build(func, tile)[1], args, want))
     for _ in range(3):
         for lib, args, want in built:
             assert np.array_equal(_run(lib, args), want)
@@ -171,17 +188,23 @@ def test_the_audit_rejects_a_tile_dot_of_wide_operands():
 
 
 def test_which_convs_take_tiles():
-    def block_of(cin, ow, a_dtype="uint8"):
-        data = te.placeholder((1, max(cin // 16, 1), 3, ow + 2, min(cin, 16)), a_dtype)
-        kernel = te.placeholder((1, max(cin // 16, 1), 3, 3, min(cin, 16) // 4, 16, 4), "int8")
+    def block_of(cin, ow, k=3, a_dtype="uint8"):
+        data = te.placeholder((1, max(cin // 16, 1), k, ow + k - 1, min(cin, 16)), a_dtype)
+        kernel = te.placeholder((1, max(cin // 16, 1), k, k, min(cin, 16) // 4, 16, 4), "int8")
         out = conv2d_nchwc(data, kernel, (1, 1), (0, 0, 0, 0), (1, 1))
         return kernel_block(te.create_prim_func([data, kernel, out]))[1]
 
     assert cpu.amx_conv(block_of(32, 14), AMX)
     assert not cpu.amx_conv(block_of(32, 14), find_dot(TARGETS["x86-avx512"].dot))
-    assert not cpu.amx_conv(block_of(4, 14), AMX)  # the RGB image's conv: one quad per pixel
+    assert not cpu.amx_conv(block_of(32, 14, a_dtype="int8"), AMX)  # tdpbusd is u8 x s8
+    assert cpu.amx_conv(block_of(4, 14), AMX)  # the RGB image's: 4 bytes x 3 columns a row
+    assert not cpu.amx_conv(block_of(4, 14, k=1), AMX)  # one 4-byte step per tile
     assert not cpu.amx_conv(block_of(32, 1), AMX)  # one pixel per row
     assert not cpu.amx_conv(block_of(32, 17), AMX)  # no tile height divides a prime row
+    # a 1x1 conv takes tiles from AMX_MIN_STEPS input blocks on
+    assert cpu.AMX_MIN_STEPS == 3
+    assert not cpu.amx_conv(block_of(32, 14, k=1), AMX)
+    assert cpu.amx_conv(block_of(48, 14, k=1), AMX)
     assert cpu.amx_rows(56) == [2, 4, 7, 8, 14] and cpu.amx_rows(7) == [7]
 
 
@@ -265,12 +288,20 @@ def test_a_refused_amx_permission_is_a_clear_error(monkeypatch):
     assert not cpuinfo._amx_enabled
 
 
-def test_the_tile_configuration_names_the_three_tiles():
-    cfg, words = intrin_amx._config_words(14, 3)
+def test_the_tile_configuration_names_every_register_it_uses():
+    cfg = intrin_amx.config_bytes(intrin_amx.Tile(2, 14, 3, 1))
     assert cfg[0] == 1  # palette 1
-    # accumulator: 14 rows of 64 bytes; activations: 14 rows of 48 bytes; weights 12 x 64
-    assert (cfg[16], cfg[48], cfg[18], cfg[49], cfg[20], cfg[50]) == (64, 14, 48, 14, 64, 12)
-    assert words[4] == 64 | 48 << 16 and words[12] == 14 | 14 << 8 | 12 << 16
-    with pytest.raises(ValueError, match="no AMX tile for 1 rows"):
-        intrin_amx.intrinsics(1, 3, 1)
-    assert re.fullmatch(r"f8tvm_amx_dot_m7_x3_s2", intrin_amx.intrinsics(7, 3, 2)[1])
+    rows = {r: (cfg[48 + r], cfg[16 + 2 * r]) for r in range(8) if cfg[48 + r]}
+    # accumulators 0-1: 14 rows of 64 bytes; activations 4, 5: 14 rows of 48 bytes (3 columns
+    # of 16 channels); weights 6: 12 rows of 64 bytes
+    assert rows == {0: (14, 64), 1: (14, 64), 4: (14, 48), 5: (14, 48), 6: (12, 64)}
+    words = [int.from_bytes(cfg[4 * i:4 * i + 4], "little") for i in range(16)]
+    assert [i for i, w in enumerate(words) if w] == [i for i in intrin_amx.CONFIG_WORDS
+                                                      if words[i]]
+    stem = intrin_amx.config_bytes(intrin_amx.Tile(1, 16, 7, 2, block=4))
+    assert (stem[48 + 4], stem[16 + 8], stem[48 + 6]) == (16, 28, 7)  # K = 7 columns x 4
+    for bad in (dict(rows=1), dict(tiles=5), dict(fold=5), dict(block=8)):
+        with pytest.raises(ValueError, match="no AMX tile"):
+            intrin_amx.Tile(**{**dict(tiles=1, rows=14, fold=3, stride=1), **bad})
+    assert re.fullmatch(r"f8tvm_amx_dot_t2_m7_x3_s2_y2",
+                        intrin_amx.intrinsics(intrin_amx.Tile(2, 7, 3, 2, ystride=2))[1])
