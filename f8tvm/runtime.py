@@ -196,8 +196,12 @@ class Module:
         if q.size and (q.min() < lo or q.max() > hi):
             raise InputError(f"input values must lie in [{lo}, {hi}] for {self.input_dtype}, "
                              f"got [{q.min()}, {q.max()}]")
-        arg = self._tvm.runtime.tensor(np.ascontiguousarray(q.astype(self.input_dtype)),
-                                       self.device)
+        return self._run_program(q)
+
+    def _run_program(self, q):
+        """:meth:`run_int` on an input already checked (``quantize``'s result)."""
+        arg = self._tvm.runtime.tensor(
+            np.ascontiguousarray(q.astype(self.input_dtype, copy=False)), self.device)
         if self.board is None:
             out = self._vm["main"](arg)
         else:
@@ -218,20 +222,26 @@ class Module:
         clamps infinities to the 8-bit range and reads NaN as 0 instead."""
         x = np.asarray(x)
         self._check(x, "float32", integer=False)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            if not allow_nonfinite:
-                n_nan = int(np.isnan(x).sum())
-                raise InputError(f"input holds {n_nan} NaN and {int(bad.sum()) - n_nan} infinite "
-                                 f"value(s) of {x.size}; pass allow_nonfinite=True to clamp "
-                                 "infinities and read NaN as 0")
-            x = np.nan_to_num(x, nan=0.0, posinf=np.inf, neginf=-np.inf)
         lo, hi = self.input_range
+        scale = np.float32(2.0**self.input_fl)
         # in float32, exactly: scaling by a power of two is exact (an overflow to inf clamps as
         # the large value would; a value pushed below float32's normal range rounds to 0 either
         # way), and rint rounds half to even
-        with np.errstate(over="ignore"):
-            q = np.multiply(x, np.float32(2.0**self.input_fl), dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = np.multiply(x, scale, dtype=np.float32)
+        # NaN and infinity survive the scaling and show in its min or max (two passes; the
+        # element-wise test only where one is not finite: a large finite value can overflow)
+        if q.size and not (np.isfinite(q.min()) and np.isfinite(q.max())):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                if not allow_nonfinite:
+                    n_nan = int(np.isnan(x).sum())
+                    raise InputError(f"input holds {n_nan} NaN and {int(bad.sum()) - n_nan} "
+                                     f"infinite value(s) of {x.size}; pass allow_nonfinite=True "
+                                     "to clamp infinities and read NaN as 0")
+                x = np.nan_to_num(x, nan=0.0, posinf=np.inf, neginf=-np.inf)
+                with np.errstate(over="ignore"):
+                    q = np.multiply(x, scale, dtype=np.float32)
         np.rint(q, out=q)
         np.clip(q, lo, hi, out=q)
         return q.astype(self.input_dtype)
@@ -244,7 +254,7 @@ class Module:
     def run(self, x, allow_nonfinite: bool = False):
         """Float input (same convention as the PyTorch model) -> float output
         (``allow_nonfinite``: see :meth:`quantize`)."""
-        acc, _ = self.run_int(self.quantize(x, allow_nonfinite))
+        acc, _ = self._run_program(self.quantize(x, allow_nonfinite))
         return self.dequantize(acc)
 
     def benchmark(self, number=10, repeat=5, warmup=2):

@@ -19,7 +19,8 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
   ``pair_taps`` (a 2-deep dot: AVX2 ``vpmaddwd``, NEON ``smull`` + ``smlal``)
   ``depthwise_pairs_nchwc`` with weights
   ``(C/lanes, KH, ceil(KW/g), lanes, g)``: ``g`` window columns per dot step (the spec's
-  ``tap_group``: 2, or 4 for ``sdot``);
+  ``tap_group``: 2, or 4 for ``sdot`` and AVX-512's ``vpdpbusd``, whose padded plane is first
+  rewritten as its column quads: ``tap_rewrite``);
 * elementwise ops (bias add, shifts, clip, cast, max/min, residual add): the same op on blocked
   tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``, once per
   constant: ops that share one (a requantize's two shifts) share its blocked copy, so the fused
@@ -41,7 +42,7 @@ several pixels, is as fast and half the bytes.  Activations widened (``wide_data
 every conv copies its padded input to int16 once (``conv2d_nchwc(..., wide_data=True)``), so an
 activation pair is a single 32-bit broadcast load for ``vpmaddwd`` instead of a broadcast
 plus a widening at each of its uses; a tap-pair depthwise conv rewrites its padded plane once
-as widened column pairs (``depthwise_pairs_nchwc(..., wide_pairs=True)``) and keeps its weights
+as widened column pairs (``depthwise_pairs_nchwc(..., rewrite=True)``) and keeps its weights
 in int16.
 
 Dot instructions that only take unsigned activations (VNNI is u8 x s8) get int8 inputs offset:
@@ -153,11 +154,12 @@ def _pack_const(value, block):
 
 class _Packer:
     def __init__(self, lanes, depth, unsigned_only, pair_taps=False, wide_weights=False,
-                 wide_data=False, column_pairs=False, weight_min=-128, tap_group=2):
+                 wide_data=False, column_pairs=False, weight_min=-128, tap_group=2,
+                 tap_rewrite=False):
         self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
         self.pair_taps, self.wide_weights, self.wide_data = pair_taps, wide_weights, wide_data
         self.column_pairs, self.weight_min = column_pairs, weight_min
-        self.tap_group = tap_group
+        self.tap_group, self.tap_rewrite = tap_group, tap_rewrite
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
         self.consts = {}  # (constant, block) -> its blocked constant, made once
@@ -254,7 +256,8 @@ class _Packer:
                 packed = pack_depthwise_pairs(w, self.lanes, self.tap_group)
                 if self.wide_data:  # widened pairs read with int16 weights from memory
                     packed = packed.astype(np.int16)
-                args = (relax.const(packed), kw, *window, self.wide_data)
+                # the plane rewritten once as its tap groups: widened pairs (AVX2), quads
+                args = (relax.const(packed), kw, *window, self.wide_data or self.tap_rewrite)
             else:
                 te_func = depthwise_nchwc
                 args = (relax.const(pack_depthwise_weight(w, self.lanes)), *window)
@@ -423,7 +426,7 @@ def pack_module(func, spec: DotSpec, activations: str = "any"):
     ``'uint8'`` (the target's multiplies take uint8 only) int8 inputs are offset by +128."""
     p = _Packer(spec.lanes, spec.depth, activations == "uint8", spec.pair_taps,
                 spec.wide_weights, spec.wide_data, spec.column_pairs, spec.weight_min,
-                spec.tap_group)
+                spec.tap_group, spec.tap_rewrite)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)

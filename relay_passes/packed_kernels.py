@@ -21,7 +21,7 @@ from f8tvm.core._tvm import te, tir
 CONV_BLOCK = "conv_nchwc"  # schedules find the kernels by these block names
 DEPTHWISE_BLOCK = "depthwise_nchwc"
 PAD_BLOCK = "pad_nchwc"
-PAIR_BLOCK = "pairs_nchwc"  # the widened column pairs a depthwise conv reads (wide_pairs)
+PAIR_BLOCK = "pairs_nchwc"  # the column groups a depthwise conv reads (rewrite)
 PAD_INTERIOR = "f8tvm_pad_interior"  # the pad block's annotation: [top, h, left, w]
 # the conv block's annotations: [column stride, column dilation] and [row stride, row dilation]
 # of its window (schedules that load several window columns of a pixel, or several output rows'
@@ -137,7 +137,7 @@ def depthwise_nchwc(data, kernel, strides, padding, dilation, pad_value=0):
 
 
 def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_value=0,
-                          wide_pairs=False):
+                          rewrite=False):
     """The depthwise conv of :func:`depthwise_nchwc` with the window's columns taken two at a
     time, so that a 2-deep dot instruction (AVX2 ``vpmaddwd``) forms two taps' products of a
     channel and adds them in one step:
@@ -148,21 +148,22 @@ def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_valu
     ``(C/b, KH, ceil(kw/4), b, 4)`` takes the columns four at a time (a 4-deep dot over one
     channel's taps: ``sdot``), the window padded to a multiple of 4 with phantom taps.
 
-    ``wide_pairs``: the padded input is first rewritten as its column pairs, widened to int16,
-    ``pairs[n, c, y, j, b, k] = int16(d_pad[n, c, y, j*g + k, b])`` (``g`` = gcd(stride, 2):
-    every column pair a window reads, once), so that the dot reads a pair of taps of 8
-    channels as one 32-byte load, with no shuffle or widening per use."""
+    ``rewrite``: the padded input is first rewritten as its column groups, ``groups[n, c, y, j,
+    b, k] = d_pad[n, c, y, j*g + k, b]`` (``g`` = gcd(stride, 2): every column group a window
+    reads, once), so that the dot reads a group of taps of a channel block as one load, with no
+    shuffle per use: pairs widened to int16 (AVX2 ``vpmaddwd``: 8 channels x 2 taps, 32 bytes),
+    quads of 8-bit values (AVX-512 ``vpdpbusd``: 16 channels x 4 taps, 64 bytes)."""
     n, cc, _, _, cb = (int(v) for v in data.shape)
     cc2, kh, kp, cb2, group = (int(v) for v in kernel.shape)
-    assert ((cc, cb) == (cc2, cb2) and group in (2, 4) and kp == -(-kw // group)
-            and not (wide_pairs and group != 2)), (data.shape, kernel.shape, kw)
+    assert ((cc, cb) == (cc2, cb2) and group in (2, 4) and kp == -(-kw // group)), (
+        data.shape, kernel.shape, kw)
     assert dilation[1] == 1, dilation
     dp, oh, ow, ry, _, row, _ = _window(data, kh, kw, strides, padding, dilation, pad_value,
                                         extra_right=group * kp - kw)
     rp = te.reduce_axis((0, kp), "rp")
     rk = te.reduce_axis((0, group), "rk")
     sw = strides[1]
-    if not wide_pairs:
+    if not rewrite:
         return te.compute(
             (n, cc, oh, ow, cb),
             lambda b, c, y, x, cl: te.sum(
@@ -172,13 +173,14 @@ def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_valu
             name=DEPTHWISE_BLOCK)
     g = 2 if sw % 2 == 0 else 1
     _, _, hp, wp, _ = (int(v) for v in dp.shape)
+    dtype = "int16" if group == 2 else dp.dtype
     pairs = te.compute(
-        (n, cc, hp, (wp - 2) // g + 1, cb, 2),
-        lambda i, c, y, j, b, k: dp[i, c, y, j * g + k, b].astype("int16"), name=PAIR_BLOCK)
+        (n, cc, hp, (wp - group) // g + 1, cb, group),
+        lambda i, c, y, j, b, k: dp[i, c, y, j * g + k, b].astype(dtype), name=PAIR_BLOCK)
     return te.compute(
         (n, cc, oh, ow, cb),
         lambda b, c, y, x, cl: te.sum(
-            pairs[b, c, row(y), x * (sw // g) + rp * (2 // g), cl, rk].astype("int32")
+            pairs[b, c, row(y), x * (sw // g) + rp * (group // g), cl, rk].astype("int32")
             * kernel[c, ry, rp, cl, rk].astype("int32"),
             axis=[ry, rp, rk]),
         name=DEPTHWISE_BLOCK)

@@ -44,7 +44,7 @@ class DotIntrin:
     wide_data_intrin: str | None = None
     wide_data_wide_intrin: str | None = None
     wide_data_a_cost: float = 0.5  # a widened pair is a broadcast load: no ALU instruction
-    # depthwise convs on widened column pairs (``depthwise_pairs_nchwc(..., wide_pairs=True)``,
+    # depthwise convs on widened column pairs (``depthwise_pairs_nchwc(..., rewrite=True)``,
     # with ``wide_data``): the dot, and the intrinsic that makes the pairs (uint8 / int8 input)
     dw_pair_wide: str | None = None
     pair_interleave: str | None = None
@@ -144,8 +144,10 @@ class DotIntrin:
 
 
 def _x86():
-    # vpdpbusd takes the broadcast and the weight tile as memory operands
-    vnni = DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0)
+    # vpdpbusd takes the broadcast and the weight tile as memory operands; depthwise convs
+    # take a channel's 4 window columns per lane, from the plane rewritten as column quads
+    vnni = DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0,
+                     dw_pair=x.VNNI_DW_16x4, dw_taps=4, pair_interleave=x.VNNI_QUADS)
     return {
         "vpdpbusd": vnni,
         # AMX-INT8: convs on tiles (intrin_amx), on VNNI's layout; the rest on VNNI

@@ -140,28 +140,22 @@ def amx_conv(block, dot) -> bool:
     """Whether the conv ``block`` takes AMX tiles: ``dot`` has them, the activations are uint8
     in whole channel blocks of 16 (four quads: a tile row's 16 bytes per window column) or a
     single quad (the RGB image: its 4 bytes per column, the window row folded into a tile row),
-    the weights int8, its rows split into tiles of 2 to 16 pixels (:func:`amx_rows`) and a tile
-    takes at least :data:`AMX_MIN_STEPS` tdpbusd.  The others keep ``dot``'s vector form: 1x1
-    convs of one or two input blocks, and the classifier (a 1x1 conv on one pixel: a 1-row
-    tile does 1/16 of a tile's work per instruction)."""
+    the weights int8 and its rows split into tiles of 2 to 16 pixels (:func:`amx_rows`).  The
+    others keep ``dot``'s vector form: the classifier (a 1x1 conv on one pixel: a 1-row tile
+    does 1/16 of a tile's work per instruction), a 1x1 conv on the RGB image (one 4-byte step
+    per tile).  Thin 1x1 convs (one or two input blocks: one or two ``tdpbusd`` per tile) run
+    faster on tiles too, given the register tile's 4 accumulators (MobileNet-V2's 1.5x the
+    VNNI kernel's time with one accumulator, 0.7-0.9x with four)."""
     if not (dot is not None and dot.amx):
         return False
     a_dtype, b_dtype = _sch.operand_dtypes(block)
     ext = [int(iv.dom.extent) for iv in block.iter_vars]  # b o y x ol rc ry rx rq rk
-    ow, icc, kh, kw = ext[3], ext[5], ext[6], ext[7]
+    ow, kw = ext[3], ext[7]
     cb = _sch.activation_block(block)
     dilation = int(block.annotations[pk.CONV_COLUMNS][1])
     fold = amx_fold(kw, dilation, cb)
-    steps = icc * kh * (kw // fold)
     return ((a_dtype, b_dtype) == ("uint8", "int8") and bool(amx_rows(ow))
-            and steps >= AMX_MIN_STEPS and (cb == 16 or (cb == 4 and fold == kw)))
-
-
-# the fewest tdpbusd per tile (input blocks x window rows x unfolded window columns) for which a
-# conv takes AMX tiles: measured on MobileNet-V2 (Sapphire Rapids-class Xeon, 1 thread), the
-# 1x1 convs of 1 and 2 input blocks ran 0.98-1.53x their VNNI time on tiles (a tile's zero,
-# store and epilogue outweigh one or two tdpbusd), those of 4 or more 0.5-0.9x
-AMX_MIN_STEPS = 3
+            and (cb == 16 or (cb == 4 and fold == kw > 1)))
 
 
 def amx_rows(ow: int) -> list[int]:
@@ -314,7 +308,7 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
 
 
 def _interleave(sch, dot, blk) -> None:
-    """The widened column pairs of a plane (``wide_pairs``): one interleave-and-widen intrinsic
+    """The widened column pairs of a plane (``rewrite``): one interleave-and-widen intrinsic
     per pair of columns."""
     a_dtype = _tvm.region_tensor(sch.get(blk).reads[0]).dtype  # the padded plane's
     sch.tensorize(sch.get_loops(blk)[-2],

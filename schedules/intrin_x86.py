@@ -3,6 +3,8 @@
 * AVX-512 VNNI ``vpdpbusd``: 16 int32 lanes, each a 4-deep u8 x s8 dot (64 MACs / instruction).
 * AVX-VNNI ``{vex} vpdpbusd``: the same on 8 int32 lanes of a ymm register (32 MACs), for the
   AVX2-class CPUs that have it without AVX-512 (Alder Lake and later cores, Zen 5 client parts).
+* AVX-512 depthwise convs: ``vpdpbusd`` with a channel's 4 window columns in each lane (the
+  plane rewritten once as column quads, ``VNNI_DW_16x4``, ``VNNI_QUADS``).
 * AVX2 ``vpmaddwd``: 8 int32 lanes, each a 2-deep dot of 8-bit values widened to 16 bits
   (16 MACs / instruction).  It is exact for any u8 x s8 input; ``vpmaddubsw`` (32 MACs) is not:
   it saturates its 16-bit pair sums (255 * 127 * 2 > 2**15), so we do not use it.
@@ -154,7 +156,7 @@ TensorIntrin.register(AVX2_8x2_A16W16, _dot_desc(8, 2, "int16", "int16"),
 # channels, two window columns.  The activations of the two columns are adjacent in the blocked
 # layout (``[k, i]``, 16 bytes); one byte shuffle interleaves them so that ``vpmaddwd`` multiplies
 # lane pair (2i, 2i+1) = channel i at both columns by its two weights ``B[i, 0:2]`` and adds them.
-# On widened pairs (``depthwise_pairs_nchwc(..., wide_pairs=True)``) the input was rewritten once
+# On widened pairs (``depthwise_pairs_nchwc(..., rewrite=True)``) the input was rewritten once
 # as int16 column pairs ``A[i, k]``, so a tap pair of 8 channels is one 32-byte load, and the
 # weights are int16 too: ``vpmaddwd``'s memory operand.
 _INTERLEAVE = [j for i in range(8) for j in (i, i + 8)]
@@ -261,6 +263,104 @@ def _pairs_impl(a_dtype: str):
 
 for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
     TensorIntrin.register(AVX2_PAIRS + _suffix, _pairs_desc(_a), _pairs_impl(_a), override=True)
+
+
+# AVX-512 depthwise tap quads (``depthwise_pairs_nchwc`` with 4-column groups, rewritten): the
+# padded plane is first rewritten as its column quads, ``Q[j][i][k]`` = column ``j + k`` of
+# channel ``i`` (one ``vpermb`` per quad: 64 bytes of 4 columns x 16 channels transposed), so
+# that one ``vpdpbusd`` lane takes a channel's 4 taps: ``C[i] += sum_k Q[i, k] * B[i, k]``, 16
+# channels x 4 window columns (a 3-column window has a zero-weight phantom fourth).
+VNNI_DW_16x4 = "f8tvm_vnni_dw_16x4_u8i8i32"
+VNNI_QUADS = "f8tvm_vnni_quads_16x4_u8"  # the quads themselves
+# a quad's 64 bytes (4 columns x 16 channels) transposed in two single-uop shuffles (LLVM's own
+# lowering of the byte shuffle is 11 unpacks and inserts, all on one port): ``vpermd`` brings
+# the 4 columns' dwords of channels 4j..4j+3 into 128-bit lane j, then ``vpshufb`` transposes
+# each lane's 4 x 4 bytes
+_LANE_DWORDS = [k * 4 + j for j in range(4) for k in range(4)]
+_LANE_BYTES = [k * 4 + i for _ in range(4) for i in range(4) for k in range(4)]
+
+
+def _dw_quads_desc():
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((16, 4), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16, 0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+def _dw_quads_impl():
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((16, 4), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16, 0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(A.vload([0, 0], dtype="uint8x64"), dtype="int8x64"),
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16")
+
+    return impl
+
+
+def _quads_desc():
+    @T.prim_func(s_tir=True)
+    def desc(
+        D: T.Buffer((4, 16), "uint8", offset_factor=1),
+        Q: T.Buffer((16, 4), "uint8", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(D[0:4, 0:16])
+            T.writes(Q[0:16, 0:4])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("quad"):
+                        vi, vk = T.axis.remap("SS", [i, k])
+                        Q[vi, vk] = D[vk, vi]
+
+    return desc
+
+
+def _quads_impl():
+    @T.prim_func(s_tir=True)
+    def impl(
+        D: T.Buffer((4, 16), "uint8", offset_factor=1),
+        Q: T.Buffer((16, 4), "uint8", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(D[0:4, 0:16])
+            T.writes(Q[0:16, 0:4])
+            Q.vstore([0, 0], T.reinterpret(T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pshuf.b.512"),
+                T.reinterpret(T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.permvar.si.512"),
+                    T.reinterpret(D.vload([0, 0], dtype="uint8x64"), dtype="int32x16"),
+                    T.Shuffle([T.ramp(T.int32(0), 1, 16)], _LANE_DWORDS), dtype="int32x16"),
+                    dtype="int8x64"),
+                T.Shuffle([T.ramp(T.int8(0), 1, 64)], _LANE_BYTES), dtype="int8x64"),
+                dtype="uint8x64"))
+
+    return impl
+
+
+TensorIntrin.register(VNNI_DW_16x4, _dw_quads_desc(), _dw_quads_impl(), override=True)
+TensorIntrin.register(VNNI_QUADS, _quads_desc(), _quads_impl(), override=True)
 
 
 # Narrowing the epilogue's result: ``C[p, i] = dtype(clamp(A[p, i], lo, hi))`` for 4 pixels x 8

@@ -18,8 +18,11 @@ class DotSpec:
     depth: int  # input channels reduced per lane per instruction
     pair_taps: bool = False  # depthwise convs in the tap-pair form
     # window columns per step of that form: 2 (a 2-deep dot: vpmaddwd, smull + smlal) or 4
-    # (a 4-deep dot over one channel's taps: sdot)
+    # (a 4-deep dot over one channel's taps: sdot, vpdpbusd)
     tap_group: int = 2
+    # the depthwise conv's padded plane rewritten once as its tap groups (each group of a
+    # channel block one load for the dot), instead of regrouped at every use
+    tap_rewrite: bool = False
     wide_weights: bool = False  # int16 weights where they pay
     wide_data: bool = False  # conv inputs copied widened to int16
     # convs on an input of one quad per channel block (the RGB image) take the window's

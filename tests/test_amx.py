@@ -201,10 +201,7 @@ def test_which_convs_take_tiles():
     assert not cpu.amx_conv(block_of(4, 14, k=1), AMX)  # one 4-byte step per tile
     assert not cpu.amx_conv(block_of(32, 1), AMX)  # one pixel per row
     assert not cpu.amx_conv(block_of(32, 17), AMX)  # no tile height divides a prime row
-    # a 1x1 conv takes tiles from AMX_MIN_STEPS input blocks on
-    assert cpu.AMX_MIN_STEPS == 3
-    assert not cpu.amx_conv(block_of(32, 14, k=1), AMX)
-    assert cpu.amx_conv(block_of(48, 14, k=1), AMX)
+    assert cpu.amx_conv(block_of(16, 14, k=1), AMX)  # a thin 1x1 conv: one tdpbusd a tile
     assert cpu.amx_rows(56) == [2, 4, 7, 8, 14] and cpu.amx_rows(7) == [7]
 
 

@@ -92,3 +92,58 @@ def test_pair_weights_layout():
             for kx in range(6):
                 want = w[c, 0, ky, kx] if kx < 5 else 0  # column 5: the phantom, weight 0
                 assert p[c // LANES, ky, kx // 2, c % LANES, kx % 2] == want
+
+
+def _has_vnni():
+    try:
+        return "avx512_vnni" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+QUAD_CASES = [  # (C, H, W, KH, KW, stride, (top, left, bottom, right))
+    (16, 9, 11, 3, 3, 1, (1, 1, 1, 1)),
+    (32, 12, 12, 3, 3, 2, (1, 1, 1, 1)),
+    (16, 10, 10, 5, 5, 1, (2, 2, 2, 2)),  # two quads a row, three phantom columns
+    (16, 13, 13, 5, 5, 2, (2, 2, 2, 2)),
+    (16, 7, 9, 3, 4, 1, (1, 2, 1, 1)),  # a whole quad: no phantom column
+    (16, 8, 8, 3, 3, 1, (0, 0, 0, 0)),  # unpadded: only the phantom column is padded
+    (16, 11, 11, 3, 3, 3, (1, 1, 1, 1)),  # odd stride > 1: quads at every column
+]
+
+
+@pytest.mark.parametrize("target", ["x86-avx512", "x86-amx"])
+@pytest.mark.parametrize("c,h,w,kh,kw,stride,pad", QUAD_CASES)
+def test_avx512_tap_quads_are_exact_and_use_vpdpbusd(c, h, w, kh, kw, stride, pad, target):
+    """AVX-512: the padded plane rewritten once as column quads (vpermd + vpshufb each), one
+    ``vpdpbusd`` lane per channel and 4 window columns.  Code generation needs no VNNI CPU;
+    running does (the emulated VNNI CPU of test_vnni_emulated runs whole models)."""
+    rng = np.random.default_rng(c + h + kw + stride)
+    x = rng.integers(0, 256, (1, c, h, w)).astype("uint8")
+    x.flat[:c] = 255  # the largest products a lane can take
+    wt = rng.integers(-128, 128, (c, 1, kh, kw)).astype("int8")
+    wt[0] = -128
+    packed = pack_depthwise_pairs(wt, 16, 4)
+    data = te.placeholder(block(x, 16).shape, "uint8", name="data")
+    kernel = te.placeholder(packed.shape, "int8", name="kernel")
+    out = depthwise_pairs_nchwc(data, kernel, kw, (stride, stride), pad, (1, 1), 0, True)
+    sched = default_schedule(te.create_prim_func([data, kernel, out]),
+                             find_dot(TARGETS[target].dot))
+    mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
+    lib = tvm.compile(mod, target=get_target(target).tvm())
+    asm = lib.mod.imports[0].inspect_source("asm") if lib.mod.imports else \
+        lib.mod.inspect_source("asm")
+    body = asm.split("main_compute_:")[1]
+    assert "\tvpdpbusd\t" in body and "\tvpshufb\t" in body and "\tvpermd\t" in body
+    for op in ("vpmulld", "vpmullw", "vpmaddwd", "vpunpcklbw", "imul"):
+        assert f"\t{op}\t" not in body, op
+    oh, ow = (int(v) for v in out.shape[2:4])
+    report = audit_module(mod)
+    assert report.wide_multiplies == 0
+    assert report.macs_8bit == c * oh * ow * kh * 4 * ((kw + 3) // 4)  # phantoms counted
+    if not _has_vnni():
+        return
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "int32"), dev)
+    lib["main"](tvm.runtime.tensor(block(x, 16), dev), tvm.runtime.tensor(packed, dev), y)
+    assert np.array_equal(unblock(y.numpy()), conv(x, wt, stride, pad, depthwise=True))

@@ -345,8 +345,10 @@ def test_each_preset_names_its_dot_spec_once_and_the_intrinsics_serve_it():
         if dot is not None:
             assert dot.spec is preset.dot
             assert (dot.lanes, dot.depth) == (preset.dot.lanes, preset.dot.depth)
-    with pytest.raises(ValueError, match="tap pairs"):
-        find_dot(DotSpec("vpdpbusd", 16, 4, pair_taps=True))
+    with pytest.raises(ValueError, match="depthwise taps in groups of 2"):
+        find_dot(DotSpec("vpdpbusd", 16, 4, pair_taps=True))  # VNNI takes quads
+    with pytest.raises(ValueError, match="depthwise taps in groups of 4"):
+        find_dot(DotSpec("smull", 8, 4, pair_taps=True, tap_group=4))  # smull takes pairs
     with pytest.raises(ValueError, match="a 8x4 block"):
         find_dot(DotSpec("sdot", 16, 4))
     with pytest.raises(ValueError, match="no tensor intrinsic for 'tdpbf16ps'"):
