@@ -186,9 +186,9 @@ def schedule_conv_amx(sch, tune: bool = False, tiles=None) -> None:
     ``t`` output rows x ``rows`` pixels (``t`` accumulators sharing each weight tile), kept in
     tile registers over the input blocks and window rows (and columns, unless folded into the
     tile rows), stored once per register tile and requantized there.  ``tiles``: ``(t, rows)``
-    from a tuning record, else :func:`default_amx_tile`; tuning samples both from
-    :func:`amx_tiles` and :func:`amx_rows` (categorical decisions: a perfect-tile sample could
-    pick 1 row)."""
+    from a tuning record, else (or if they do not fit: a record of another form)
+    :func:`default_amx_tile`; tuning samples both from :func:`amx_tiles` and :func:`amx_rows`
+    (categorical decisions: a perfect-tile sample could pick 1 row)."""
     conv = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     oh, ow, kw = _sch.extent(sch, y), _sch.extent(sch, x), _sch.extent(sch, rx)
@@ -196,13 +196,11 @@ def schedule_conv_amx(sch, tune: bool = False, tiles=None) -> None:
     stride, dilation = (int(v) for v in block.annotations[pk.CONV_COLUMNS])
     ystride = int(sch.get(conv).annotations[pk.CONV_ROWS][0])
     cb = _sch.activation_block(block)
-    t, rows = tuple(tiles) if tiles else default_amx_tile(oh, ow)
+    t, rows = default_amx_tile(oh, ow)
+    if tiles and len(tiles) == 2 and tiles[0] in amx_tiles(oh) and tiles[1] in amx_rows(ow):
+        t, rows = tiles  # else a record of another schedule (a VNNI build's): ours
     picked = []
-    for value, choices, what in ((t, amx_tiles(oh), "output rows"),
-                                 (rows, amx_rows(ow), "pixels")):
-        if value not in choices:
-            raise ValueError(f"an AMX register tile of {value} {what} does not fit this conv "
-                             f"(choices: {choices})")
+    for value, choices in ((t, amx_tiles(oh)), (rows, amx_rows(ow))):
         picked.append(sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
                                              decision=None if tune else choices.index(value)))
     y_o, y_i = sch.split(y, factors=[None, picked[0]])

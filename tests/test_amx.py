@@ -302,3 +302,48 @@ def test_the_tile_configuration_names_every_register_it_uses():
             intrin_amx.Tile(**{**dict(tiles=1, rows=14, fold=3, stride=1), **bad})
     assert re.fullmatch(r"f8tvm_amx_dot_t2_m7_x3_s2_y2",
                         intrin_amx.intrinsics(intrin_amx.Tile(2, 7, 3, 2, ystride=2))[1])
+
+
+def test_tuning_samples_the_register_tile_and_a_record_rebuilds_it():
+    # the design space: two categorical decisions (output rows, pixels) that the build replays
+    from f8tvm.core._tvm import s_tir
+    from f8tvm.schedules.tuning import _split_decisions
+
+    func, args, want, _ = _conv_func(*CASES[1])  # 14x14 3x3: rows 1/2, pixels 2/7/14
+    seen = set()
+    for seed in range(1, 13):
+        sch = s_tir.Schedule(func, seed=seed)
+        cpu.schedule_conv(sch, AMX, tune=True)
+        decisions = _split_decisions(sch.trace)
+        assert len(decisions) == 2
+        t, rows = decisions
+        assert t in cpu.amx_tiles(14) and rows in cpu.amx_rows(14)
+        seen.add((t, rows))
+    assert len(seen) > 1  # the space is explored
+    # a record's decisions rebuild the same tile; another form's (a VNNI record's 3 factors,
+    # or tiles that do not fit) fall back to ours
+    host = get_target(host_target_name()).tvm()
+    for tile in (sorted(seen)[0], (8, 8), (1, 3, 4)):
+        _, lib = _build(func, tile, described=True, target=host)
+        assert np.array_equal(_run(lib, args), want)
+
+
+@needs_amx
+@pytest.mark.tuning
+def test_tuned_amx_records_are_applied_and_exact(models, tmp_path):
+    from f8tvm import api
+    from f8tvm.schedules import dot_intrin
+    from f8tvm.schedules.tuning import extract_tasks, tune
+
+    calib = [torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))]
+    fused, preset = api.fuse(models["resnet18"], torch.zeros(1, 3, SIZE, SIZE), "x86-amx", calib)
+    dot = dot_intrin(preset.dot)
+    tasks = [t for t in extract_tasks(fused)
+             if t.kind == "conv" and cpu.amx_conv(kernel_block(t.mod["main"])[1], dot)][:2]
+    assert tasks
+    db = str(tmp_path / "db")
+    tune(tasks, preset.tvm(), dot, db, trials=2)  # the runner's workers ask for AMX first
+    cm = f8tvm.compile(models["resnet18"], torch.zeros(1, 3, SIZE, SIZE), target="x86-amx",
+                       calib=calib, tuning_db=db)
+    assert cm.extra_meta["tuning"]["exact"] == len(tasks)
+    _check_model(cm)
