@@ -45,9 +45,10 @@ import contextlib
 import threading
 from dataclasses import dataclass
 
-from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+from f8tvm.core._tvm import tir
 
 LANES = 16  # output channels per tile row (one output block)
 MAX_ROWS = 16  # tile rows: output pixels per accumulator tile
@@ -148,7 +149,7 @@ def _full(shape):
 def _strides(prefix, shape):
     """Symbolic strides: a step's buffers are windows of the kernel's (the rows of a tile's
     accumulators are an output row apart, its activation rows an input row apart)."""
-    return [tirx.Var(f"{prefix}{i}", "int32") for i in range(len(shape))]
+    return [tir.Var(f"{prefix}{i}", "int32") for i in range(len(shape))]
 
 
 def _iid(name):
