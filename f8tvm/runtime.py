@@ -28,7 +28,6 @@ __all__ = ["Module", "RemoteBoard", "check_cpu", "check_library", "connect", "en
            "library_record", "load", "missing_cpu_flags"]
 
 
-
 def metadata_path(so_path: str) -> str:
     """The ``.json`` that sits beside a module's ``.so``."""
     return os.path.splitext(so_path)[0] + ".json"

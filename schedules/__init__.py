@@ -44,8 +44,9 @@ class DotIntrin:
     wide_data_intrin: str | None = None
     wide_data_wide_intrin: str | None = None
     wide_data_a_cost: float = 0.5  # a widened pair is a broadcast load: no ALU instruction
-    # depthwise convs on widened column pairs (``depthwise_pairs_nchwc(..., rewrite=True)``,
-    # with ``wide_data``): the dot, and the intrinsic that makes the pairs (uint8 / int8 input)
+    # depthwise convs on a plane rewritten as its column groups (``depthwise_pairs_nchwc(...,
+    # rewrite=True)``): the dot on AVX2's widened pairs (with ``wide_data``), and the intrinsic
+    # that makes the groups (uint8 / int8 input: AVX2's pairs, AVX-512's quads)
     dw_pair_wide: str | None = None
     pair_interleave: str | None = None
     pair_interleave_signed: str | None = None

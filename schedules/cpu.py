@@ -194,7 +194,7 @@ def schedule_conv_amx(sch, tune: bool = False, tiles=None) -> None:
     oh, ow, kw = _sch.extent(sch, y), _sch.extent(sch, x), _sch.extent(sch, rx)
     block = sch.get(conv)
     stride, dilation = (int(v) for v in block.annotations[pk.CONV_COLUMNS])
-    ystride = int(sch.get(conv).annotations[pk.CONV_ROWS][0])
+    ystride = int(block.annotations[pk.CONV_ROWS][0])
     cb = _sch.activation_block(block)
     t, rows = default_amx_tile(oh, ow)
     if tiles and len(tiles) == 2 and tiles[0] in amx_tiles(oh) and tiles[1] in amx_rows(ow):

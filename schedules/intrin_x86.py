@@ -162,13 +162,20 @@ TensorIntrin.register(AVX2_8x2_A16W16, _dot_desc(8, 2, "int16", "int16"),
 _INTERLEAVE = [j for i in range(8) for j in (i, i + 8)]
 
 
-def _pair_shape(a_dtype, taps=2):
-    return (8, taps) if a_dtype == "int16" else (taps, 8)
+def _grouped(a_dtype, grouped=None) -> bool:
+    """Whether a tap group's activations come channel by channel (``[i, k]``: a plane
+    rewritten as its column groups, by default the widened int16 pairs) or column by column
+    (``[k, i]``: adjacent columns of the blocked layout)."""
+    return a_dtype == "int16" if grouped is None else grouped
 
 
-def _tap(A, a_dtype, i, k):
-    """Channel ``i`` at column ``k`` of a tap pair ``A`` (its layout: :func:`_pair_shape`)."""
-    return A[i, k] if a_dtype == "int16" else A[k, i]
+def _pair_shape(a_dtype, taps=2, lanes=8, grouped=None):
+    return (lanes, taps) if _grouped(a_dtype, grouped) else (taps, lanes)
+
+
+def _tap(A, grouped, i, k):
+    """Channel ``i`` at column ``k`` of a tap group ``A`` (its layout: :func:`_pair_shape`)."""
+    return A[i, k] if grouped else A[k, i]
 
 
 def _tap_pair(A, a_dtype):
@@ -178,25 +185,28 @@ def _tap_pair(A, a_dtype):
     return T.Cast("int16x16", T.Shuffle([A.vload([0, 0], dtype=a_dtype + "x16")], _INTERLEAVE))
 
 
-def _dw_pair_desc(a_dtype: str, b_dtype: str = "int8", taps: int = 2):
+def _dw_pair_desc(a_dtype: str, b_dtype: str = "int8", taps: int = 2, lanes: int = 8,
+                  grouped=None):
     """``C[i] += sum_k A[k, i] * B[i, k]`` over ``taps`` window columns (2: a tap pair; 4: the
-    ARM ``sdot`` tap quads)."""
-    sa, sb = _pair_shape(a_dtype, taps)
+    ARM ``sdot`` and AVX-512 ``vpdpbusd`` tap quads) of ``lanes`` channels; ``A[i, k]`` where
+    the plane was rewritten as its column groups (:func:`_grouped`)."""
+    grouped = _grouped(a_dtype, grouped)
+    sa, sb = _pair_shape(a_dtype, taps, lanes, grouped)
 
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer((sa, sb), a_dtype, offset_factor=1),
-        B: T.Buffer((8, taps), b_dtype, offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1),
+        B: T.Buffer((lanes, taps), b_dtype, offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:sa, 0:sb], B[0:8, 0:taps])
-            T.writes(C[0:8])
-            for i in T.serial(0, 8):
+            T.reads(C[0:lanes], A[0:sa, 0:sb], B[0:lanes, 0:taps])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
                 for k in T.serial(0, taps):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(_tap(A, a_dtype, vi, vk), "int32") * T.cast(
+                        C[vi] = C[vi] + T.cast(_tap(A, grouped, vi, vk), "int32") * T.cast(
                             B[vi, vk], "int32")
 
     return desc
@@ -227,22 +237,29 @@ TensorIntrin.register(AVX2_DW_8x2_WIDE, _dw_pair_desc("int16", "int16"),
                       _dw_pair_impl("int16", "int16"), override=True)
 
 
+def _as(value, from_dtype, dtype):
+    """``value`` (of ``from_dtype``) cast to ``dtype``; as it is where the types agree (the
+    rewrite then copies)."""
+    return value if from_dtype == dtype else T.Cast(dtype, value)
+
+
 # The pairs themselves: ``P[i, k] = int16(D[k, i])`` for two adjacent columns ``D`` (16 bytes:
-# column 0's 8 channels, then column 1's) -- one byte shuffle and one widening per pair.
-def _pairs_desc(a_dtype: str):
+# column 0's 8 channels, then column 1's) -- one byte shuffle and one widening per pair.  With
+# ``taps`` and ``lanes`` the same transposition makes AVX-512's quads (4 x 16, no widening).
+def _pairs_desc(a_dtype: str, p_dtype: str = "int16", taps: int = 2, lanes: int = 8):
     @T.prim_func(s_tir=True)
     def desc(
-        D: T.Buffer((2, 8), a_dtype, offset_factor=1),
-        P: T.Buffer((8, 2), "int16", offset_factor=1),
+        D: T.Buffer((taps, lanes), a_dtype, offset_factor=1),
+        P: T.Buffer((lanes, taps), p_dtype, offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(D[0:2, 0:8])
-            T.writes(P[0:8, 0:2])
-            for i in T.serial(0, 8):
-                for k in T.serial(0, 2):
+            T.reads(D[0:taps, 0:lanes])
+            T.writes(P[0:lanes, 0:taps])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, taps):
                     with T.sblock("pair"):
                         vi, vk = T.axis.remap("SS", [i, k])
-                        P[vi, vk] = T.Cast("int16", D[vk, vi])
+                        P[vi, vk] = _as(D[vk, vi], a_dtype, p_dtype)
 
     return desc
 
@@ -267,7 +284,7 @@ for _a, _suffix in (("uint8", ""), ("int8", "_s8")):
 
 # AVX-512 depthwise tap quads (``depthwise_pairs_nchwc`` with 4-column groups, rewritten): the
 # padded plane is first rewritten as its column quads, ``Q[j][i][k]`` = column ``j + k`` of
-# channel ``i`` (one ``vpermb`` per quad: 64 bytes of 4 columns x 16 channels transposed), so
+# channel ``i`` (64 bytes of 4 columns x 16 channels transposed, see below), so
 # that one ``vpdpbusd`` lane takes a channel's 4 taps: ``C[i] += sum_k Q[i, k] * B[i, k]``, 16
 # channels x 4 window columns (a 3-column window has a zero-weight phantom fourth).
 VNNI_DW_16x4 = "f8tvm_vnni_dw_16x4_u8i8i32"
@@ -278,25 +295,6 @@ VNNI_QUADS = "f8tvm_vnni_quads_16x4_u8"  # the quads themselves
 # each lane's 4 x 4 bytes
 _LANE_DWORDS = [k * 4 + j for j in range(4) for k in range(4)]
 _LANE_BYTES = [k * 4 + i for _ in range(4) for i in range(4) for k in range(4)]
-
-
-def _dw_quads_desc():
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((16, 4), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:16, 0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    return desc
 
 
 def _dw_quads_impl():
@@ -317,24 +315,6 @@ def _dw_quads_impl():
                 dtype="int32x16")
 
     return impl
-
-
-def _quads_desc():
-    @T.prim_func(s_tir=True)
-    def desc(
-        D: T.Buffer((4, 16), "uint8", offset_factor=1),
-        Q: T.Buffer((16, 4), "uint8", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(D[0:4, 0:16])
-            T.writes(Q[0:16, 0:4])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("quad"):
-                        vi, vk = T.axis.remap("SS", [i, k])
-                        Q[vi, vk] = D[vk, vi]
-
-    return desc
 
 
 def _quads_impl():
@@ -359,8 +339,10 @@ def _quads_impl():
     return impl
 
 
-TensorIntrin.register(VNNI_DW_16x4, _dw_quads_desc(), _dw_quads_impl(), override=True)
-TensorIntrin.register(VNNI_QUADS, _quads_desc(), _quads_impl(), override=True)
+TensorIntrin.register(VNNI_DW_16x4, _dw_pair_desc("uint8", taps=4, lanes=16, grouped=True),
+                      _dw_quads_impl(), override=True)
+TensorIntrin.register(VNNI_QUADS, _pairs_desc("uint8", "uint8", taps=4, lanes=16),
+                      _quads_impl(), override=True)
 
 
 # Narrowing the epilogue's result: ``C[p, i] = dtype(clamp(A[p, i], lo, hi))`` for 4 pixels x 8

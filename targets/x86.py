@@ -4,6 +4,12 @@ VNNI) and AVX2 with AVX-VNNI (the same ``vpdpbusd`` on ymm registers)."""
 
 from .base import DotSpec, TargetPreset
 
+# what both AVX-512 presets need of the CPU, and their depthwise form: a channel's 4 window
+# columns per vpdpbusd lane (tap quads), the padded plane rewritten once as its column quads
+_AVX512_FLAGS = ("avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
+                 "avx512_vnni")
+_TAP_QUADS = dict(pair_taps=True, tap_group=4, tap_rewrite=True)
+
 PRESETS = [
     TargetPreset(
         name="x86",
@@ -21,13 +27,10 @@ PRESETS = [
         name="x86-avx512",
         tvm_target={"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2},
         cross_compiler=None,
-        # depthwise convs: a channel's 4 window columns per vpdpbusd lane (tap quads), the
-        # padded plane rewritten once as its column quads
-        dot=DotSpec("vpdpbusd", 16, 4, pair_taps=True, tap_group=4, tap_rewrite=True),
+        dot=DotSpec("vpdpbusd", 16, 4, **_TAP_QUADS),
         isa="AVX-512 VNNI",
         description="x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4/5)",
-        cpu_flags=("avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
-                   "avx512_vnni"),
+        cpu_flags=_AVX512_FLAGS,
     ),
     TargetPreset(
         name="x86-amx",
@@ -37,13 +40,12 @@ PRESETS = [
         tvm_target={"kind": "llvm", "mcpu": "sapphirerapids", "mattr": ["-avx512vbmi"],
                     "num-cores": 2},
         cross_compiler=None,
-        # AVX-512 VNNI's layout: convs on whole 16-channel blocks run on AMX tiles, the rest
-        # (depthwise, the RGB image's conv) on vpdpbusd
-        dot=DotSpec("tdpbusd", 16, 4, pair_taps=True, tap_group=4, tap_rewrite=True),
+        # AVX-512 VNNI's layout: convs run on AMX tiles, depthwise convs and the classifier on
+        # vpdpbusd
+        dot=DotSpec("tdpbusd", 16, 4, **_TAP_QUADS),
         isa="AMX-INT8",
         description="x86-64 with AMX-INT8 and AVX-512 VNNI (Sapphire Rapids and newer Xeons)",
-        cpu_flags=("avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
-                   "avx512_vnni", "amx_tile", "amx_int8"),
+        cpu_flags=(*_AVX512_FLAGS, "amx_tile", "amx_int8"),
     ),
     TargetPreset(
         name="x86-avxvnni",

@@ -218,11 +218,14 @@ def models():
 SIZE = 32
 
 
-def _compile(model, described):
-    calib = [torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))]
+def _calib():
+    return [torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))]
+
+
+def _compile(model, described, target="x86-amx"):
     with intrin_amx.described() if described else contextlib.nullcontext():
-        return f8tvm.compile(model, torch.zeros(1, 3, SIZE, SIZE), target="x86-amx",
-                             calib=calib)
+        return f8tvm.compile(model, torch.zeros(1, 3, SIZE, SIZE), target=target,
+                             calib=_calib())
 
 
 def _check_model(cm):
@@ -251,9 +254,7 @@ def test_models_build_on_tiles_and_run_exact_where_the_cpu_has_amx(models, name)
     asm = module_asm(cm)
     assert asm.count("\ttdpbusd\t") >= 2 and "\tvpdpbusd\t" in asm  # tiles and VNNI beside
     # the same program as x86-avx512's: the same MACs, every one 8-bit
-    vnni = f8tvm.compile(models[name], torch.zeros(1, 3, SIZE, SIZE), target="x86-avx512",
-                         calib=[torch.randn(2, 3, SIZE, SIZE,
-                                            generator=torch.Generator().manual_seed(1))])
+    vnni = _compile(models[name], described=False, target="x86-avx512")
     assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit == vnni.audit.macs_8bit
     if not HAS_AMX:
         with pytest.raises(UnsupportedCPUError, match="amx_int8"):
@@ -335,7 +336,7 @@ def test_tuned_amx_records_are_applied_and_exact(models, tmp_path):
     from f8tvm.schedules import dot_intrin
     from f8tvm.schedules.tuning import extract_tasks, tune
 
-    calib = [torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))]
+    calib = _calib()
     fused, preset = api.fuse(models["resnet18"], torch.zeros(1, 3, SIZE, SIZE), "x86-amx", calib)
     dot = dot_intrin(preset.dot)
     tasks = [t for t in extract_tasks(fused)
