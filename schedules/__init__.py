@@ -148,7 +148,11 @@ def _x86():
     # vpdpbusd takes the broadcast and the weight tile as memory operands; depthwise convs
     # take a channel's 4 window columns per lane, from the plane rewritten as column quads
     vnni = DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0,
-                     dw_pair=x.VNNI_DW_16x4, dw_taps=4, pair_interleave=x.VNNI_QUADS)
+                     dw_pair=x.VNNI_DW_16x4, dw_taps=4, pair_interleave=x.VNNI_QUADS,
+                     narrow=tuple((form, x.AVX512_NARROW + suffix)
+                                  for form, suffix in x.NARROW_FORMS.items()),
+                     narrow_2px=tuple((form, x.AVX512_NARROW_2PX + suffix)
+                                      for form, suffix in x.NARROW_FORMS.items()))
     return {
         "vpdpbusd": vnni,
         # AMX-INT8: convs on tiles (intrin_amx), on VNNI's layout; the rest on VNNI

@@ -115,6 +115,7 @@ def fuse_epilogue(sch, block, loop, dot=None, pixels=0):
     width = dot.narrow_width(pixels) if dot is not None else None
     narrowing = _narrowing(sch, block, dot, width)
     keep, intrin = narrowing or (None, None)
+    kept = None
     for blk in inline_epilogue(sch, block, keep):
         try:
             sch.reverse_compute_at(blk, loop, preserve_unit_loops=True)
@@ -122,18 +123,27 @@ def fuse_epilogue(sch, block, loop, dot=None, pixels=0):
             _schedule_root_block(sch, blk)
             continue
         loops = sch.get_loops(blk)
-        if intrin is not None and sch.get(blk).name_hint != keep and len(loops) >= 2 \
-                and extent(sch, loops[-1]) == 8 and extent(sch, loops[-2]) % width == 0:
-            _tensorize_narrowing(sch, blk, loop, intrin, width)
+        if sch.get(blk).name_hint == keep:
+            kept = blk  # placed with the narrowing (below), or vectorized on its own
+        elif intrin is not None and kept is not None and len(loops) >= 2 \
+                and extent(sch, loops[-1]) == dot.lanes and extent(sch, loops[-2]) % width == 0:
+            _tensorize_narrowing(sch, blk, loop, intrin, width, kept)
+            kept = None
         else:
             vectorize_inner(sch, blk, unroll_rest=True, below=loop)
+    if kept is not None:
+        vectorize_inner(sch, kept, unroll_rest=True, below=loop)
 
 
-def _tensorize_narrowing(sch, blk, below, intrin, width):
+def _tensorize_narrowing(sch, blk, below, intrin, width, kept):
     """The output block's (pixel, lane) loops, ``width`` pixels per narrowing intrinsic; the
-    loops between ``below`` and them unrolled."""
+    loops between ``below`` and them unrolled.  ``kept`` (the int32 stage the narrowing reads)
+    is computed right before each narrowing, ``width`` pixels at a time: its vectors stay in
+    registers (computed for the whole tile first, they would go through the stack)."""
     px = sch.get_loops(blk)[-2]
-    sch.split(px, [extent(sch, px) // width, width])
+    px_o, _ = sch.split(px, [extent(sch, px) // width, width])
+    sch.compute_at(kept, px_o, preserve_unit_loops=True)
+    vectorize_inner(sch, kept, unroll_rest=True, below=below)
     loops = sch.get_loops(blk)
     for lp in loops[_below(sch, loops, below):-2]:
         sch.unroll(lp)

@@ -4,7 +4,7 @@ conv: register tile of ``oc_tile`` x ``ow_tile`` accumulators (vectors of int32 
 over input-channel groups of the dot depth innermost, the target's dot-product instruction via
 tensorization (:data:`schedules.DOT`), the requantize epilogue
 computed at the register tile (so no int32 tensor reaches memory; narrowed to 8 bits four pixels
-at a time where the target has the intrinsic), parallel over output rows.
+at a time, or two, where the target has the intrinsic), parallel over output rows.
 The two tile sizes are the decisions tuning explores (``sample_perfect_tile``); without tuning they
 come from :func:`default_conv_tiles`.
 """
@@ -87,7 +87,7 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     a tuning record; default :func:`default_conv_tiles`."""
     conv = sch.get_sblock(CONV_BLOCK)
     if amx_conv(sch.get(conv), dot):
-        schedule_conv_amx(sch, tune, tiles)
+        schedule_conv_amx(sch, dot, tune, tiles)
         return
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     occ, ow = _sch.extent(sch, o), _sch.extent(sch, x)
@@ -181,11 +181,12 @@ def default_amx_tile(oh: int, ow: int) -> tuple[int, int]:
     return max(amx_tiles(oh)), max(amx_rows(ow))
 
 
-def schedule_conv_amx(sch, tune: bool = False, tiles=None) -> None:
+def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     """A conv on AMX tiles (:mod:`schedules.intrin_amx`): per output block, register tiles of
     ``t`` output rows x ``rows`` pixels (``t`` accumulators sharing each weight tile), kept in
     tile registers over the input blocks and window rows (and columns, unless folded into the
-    tile rows), stored once per register tile and requantized there.  ``tiles``: ``(t, rows)``
+    tile rows), stored once per register tile and requantized there (narrowed with ``dot``'s
+    packs where the tile's rows allow: :func:`_sch.fuse_epilogue`).  ``tiles``: ``(t, rows)``
     from a tuning record, else (or if they do not fit: a record of another form)
     :func:`default_amx_tile`; tuning samples both from :func:`amx_tiles` and :func:`amx_rows`
     (categorical decisions: a perfect-tile sample could pick 1 row)."""
@@ -219,7 +220,7 @@ def schedule_conv_amx(sch, tune: bool = False, tiles=None) -> None:
     out = sch.cache_write(conv, 0, "global")
     sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
     sch.parallel(sch.fuse(b, o, y_o))
-    _sch.fuse_epilogue(sch, out, x_o, None, rows)
+    _sch.fuse_epilogue(sch, out, x_o, dot, rows)
     init = sch.decompose_reduction(conv, rc)
     inner = 3 if t > 1 else 2  # the loops a step's intrinsic covers: [rows,] pixels, lanes
     sch.tensorize(sch.get_loops(init)[-inner], zero)

@@ -356,19 +356,25 @@ AVX2_NARROW = "f8tvm_avx2_narrow_4x8"  # + "_u8" (clamp [0, 255]) / "_s8" ([-128
 NARROW_FORMS = {("uint8", 0, 255): "_u8", ("int8", -128, 127): "_s8",
                 ("int8", -127, 127): "_s8sym"}
 _PERMUTE_DWORDS = [0, 4, 1, 5, 2, 6, 3, 7]
+# the same for 4 pixels x 16 channels on AVX-512 (ZMM packs work in four 128-bit lanes): one
+# ``vpmovusdb`` (``vpmovsdb``) per vector, each 2 micro-ops, and a ``vpmaxsd`` for the unsigned
+# clamp's low edge, become three packs and a ``vpermd`` per 4 vectors
+AVX512_NARROW = "f8tvm_avx512_narrow_4x16"  # + NARROW_FORMS' suffix
+AVX512_NARROW_2PX = "f8tvm_avx512_narrow_2x16"  # the same for 2 pixels (half the packs' result)
+_PERMUTE_DWORDS_512 = [4 * (j % 4) + j // 4 for j in range(16)]
 
 
-def _narrow_desc(dtype: str, lo: int, hi: int, pixels: int = 4):
+def _narrow_desc(dtype: str, lo: int, hi: int, pixels: int = 4, lanes: int = 8):
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((pixels, 8), "int32", offset_factor=1),
-        C: T.Buffer((pixels, 8), dtype, offset_factor=1),
+        A: T.Buffer((pixels, lanes), "int32", offset_factor=1),
+        C: T.Buffer((pixels, lanes), dtype, offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(A[0:pixels, 0:8])
-            T.writes(C[0:pixels, 0:8])
+            T.reads(A[0:pixels, 0:lanes])
+            T.writes(C[0:pixels, 0:lanes])
             for p in T.serial(0, pixels):
-                for i in T.serial(0, 8):
+                for i in T.serial(0, lanes):
                     with T.sblock("narrow"):
                         vp, vi = T.axis.remap("SS", [p, i])
                         C[vp, vi] = T.Cast(dtype, T.max(T.min(A[vp, vi], hi), lo))
@@ -397,17 +403,49 @@ def _narrowed(A, dtype: str, lo: int):
     return ordered
 
 
-def _narrow_impl(dtype: str, lo: int, hi: int, narrowed=_narrowed, pixels: int = 4):
-    """The narrowing of a ``pixels`` x 8 int32 tile: ``narrowed(A, dtype, lo)``, its clamped
-    8-bit lanes in memory order (AVX2's packs of 4 pixels by default)."""
+def _narrowed512(A, dtype: str, lo: int):
+    """:func:`_narrowed` for 4 pixels x 16 channels (AVX-512): the same packs on zmm registers,
+    each 128-bit lane holding pixel 0's 4 channels of that lane, then pixel 1's, ...; one
+    ``vpermd`` puts the 16 dwords back in pixel order."""
+    words = [_pack("llvm.x86.avx512.packssdw.512", A.vload([2 * j, 0], "int32x16"),
+                   A.vload([2 * j + 1, 0], "int32x16"), "int16x32") for j in range(2)]
+    by_lane = _pack("llvm.x86.avx512.packuswb.512" if dtype == "uint8"
+                    else "llvm.x86.avx512.packsswb.512", words[0], words[1], "int8x64")
+    ordered = T.reinterpret(
+        _pack("llvm.x86.avx512.permvar.si.512", T.reinterpret(by_lane, dtype="int32x16"),
+              T.Shuffle([T.ramp(T.int32(0), 1, 16)], _PERMUTE_DWORDS_512), "int32x16"),
+        dtype=dtype + "x64")
+    if dtype == "int8" and lo > -128:
+        return T.max(ordered, T.broadcast(T.int8(lo), 64))
+    return ordered
+
+
+def _narrowed512_2px(A, dtype: str, lo: int):
+    """:func:`_narrowed512` for 2 pixels: one pack per step, the result's low half."""
+    words = _pack("llvm.x86.avx512.packssdw.512", A.vload([0, 0], "int32x16"),
+                  A.vload([1, 0], "int32x16"), "int16x32")
+    by_lane = _pack("llvm.x86.avx512.packuswb.512" if dtype == "uint8"
+                    else "llvm.x86.avx512.packsswb.512", words, words, "int8x64")
+    dwords = _pack("llvm.x86.avx512.permvar.si.512", T.reinterpret(by_lane, dtype="int32x16"),
+                   T.Shuffle([T.ramp(T.int32(0), 1, 16)], _PERMUTE_DWORDS_512), "int32x16")
+    ordered = T.reinterpret(T.Shuffle([dwords], list(range(8))), dtype=dtype + "x32")
+    if dtype == "int8" and lo > -128:
+        return T.max(ordered, T.broadcast(T.int8(lo), 32))
+    return ordered
+
+
+def _narrow_impl(dtype: str, lo: int, hi: int, narrowed=_narrowed, pixels: int = 4,
+                 lanes: int = 8):
+    """The narrowing of a ``pixels`` x ``lanes`` int32 tile: ``narrowed(A, dtype, lo)``, its
+    clamped 8-bit lanes in memory order (AVX2's packs of 4 pixels by default)."""
     @T.prim_func(s_tir=True)
     def impl(
-        A: T.Buffer((pixels, 8), "int32", offset_factor=1),
-        C: T.Buffer((pixels, 8), dtype, offset_factor=1),
+        A: T.Buffer((pixels, lanes), "int32", offset_factor=1),
+        C: T.Buffer((pixels, lanes), dtype, offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(A[0:pixels, 0:8])
-            T.writes(C[0:pixels, 0:8])
+            T.reads(A[0:pixels, 0:lanes])
+            T.writes(C[0:pixels, 0:lanes])
             C.vstore([0, 0], narrowed(A, dtype, lo))
 
     return impl
@@ -416,3 +454,9 @@ def _narrow_impl(dtype: str, lo: int, hi: int, narrowed=_narrowed, pixels: int =
 for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
     TensorIntrin.register(AVX2_NARROW + _suffix, _narrow_desc(_dtype, _lo, _hi),
                           _narrow_impl(_dtype, _lo, _hi), override=True)
+    TensorIntrin.register(AVX512_NARROW + _suffix, _narrow_desc(_dtype, _lo, _hi, lanes=16),
+                          _narrow_impl(_dtype, _lo, _hi, _narrowed512, lanes=16), override=True)
+    TensorIntrin.register(AVX512_NARROW_2PX + _suffix,
+                          _narrow_desc(_dtype, _lo, _hi, pixels=2, lanes=16),
+                          _narrow_impl(_dtype, _lo, _hi, _narrowed512_2px, pixels=2, lanes=16),
+                          override=True)

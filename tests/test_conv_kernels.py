@@ -1,7 +1,8 @@
 """The x86 (AVX2 ``vpmaddwd``) conv kernel, ``conv2d_nchwc`` with our default schedule, alone:
 bit-exact against an int64 NumPy conv for 8-bit and widened (int16) activations and weights,
 multiplies with ``vpmaddwd`` only, broadcasts widened activation pairs straight from memory, and
-the audit counts its MACs; the epilogue's clamp-and-cast narrows 4 pixels at a time where it can."""
+the audit counts its MACs; the epilogue's clamp-and-cast narrows 4 pixels at a time where it can
+(AVX-512 and AMX tiles: 4 or 2), checked on every x86 target."""
 
 import re
 
@@ -68,39 +69,67 @@ def test_conv_kernel_is_exact_and_uses_vpmaddwd(cin, cout, h, w, k, stride, pad,
         assert report.macs_8bit == cout * cin * oh * ow * k * k
 
 
+# (target, tile width, the narrowing's pixels: None where it narrows vector by vector)
+NARROW_TILES = [("x86", 8, 4), ("x86", 7, None),
+                ("x86-avx512", 8, 4), ("x86-avx512", 6, 2), ("x86-avx512", 7, None),
+                ("x86-amx", 8, 4), ("x86-amx", 6, 2), ("x86-amx", 7, None)]
+
+
+def _cpu_has(flags) -> bool:
+    try:
+        info = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+    return all(f in info for f in flags)
+
+
 @pytest.mark.parametrize("dtype,lo,hi", [("uint8", 0, 255), ("int8", -128, 127),
                                          ("int8", -127, 127)])
-@pytest.mark.parametrize("width", [8, 7])
-def test_narrowing_epilogue_is_exact(dtype, lo, hi, width):
-    # conv -> shift -> clamp -> cast: with a tile 4 pixels wide (width 8) the int32 result is
-    # narrowed 4 pixels at a time (packs + vpermd); width 7 keeps the vector-by-vector path
+@pytest.mark.parametrize("target,width,narrow", NARROW_TILES)
+def test_narrowing_epilogue_is_exact(dtype, lo, hi, target, width, narrow):
+    # conv -> shift -> clamp -> cast: with a tile 4 (AVX-512: or 2) pixels wide the int32
+    # result is narrowed that many pixels at a time (packs + vpermd), each group computed right
+    # before its narrowing; width 7 keeps the vector-by-vector path.  x86-amx: the conv on AMX
+    # tiles (uint8 input of 16 channels), its epilogue from the stored tile
     from f8tvm.core._tvm import tir
 
-    cin, cout = 16, 16
+    preset = TARGETS[target]
+    dot = find_dot(preset.dot)
+    lanes, depth = dot.lanes, dot.depth
+    cin, cout = 16, 2 * lanes
     rng = np.random.default_rng(width)
     x = rng.integers(0, 256, (1, cin, 3, width)).astype("uint8")
     wt = rng.integers(-128, 128, (cout, cin, 1, 1)).astype("int8")
     wt[:3] = 127  # channels driven past the top of the range, and past the bottom:
     wt[3:6] = -128
-    packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
-    data = te.placeholder(block(x).shape, "uint8", name="data")
+    cb = 16 if target != "x86" else lanes  # the AVX-512 layout: 16-channel input blocks
+    packed = pack_conv_weight(wt, cb, lanes, depth)
+    data = te.placeholder(block(x, cb).shape, "uint8", name="data")
     kernel = te.placeholder(packed.shape, "int8", name="kernel")
-    acc = conv2d_nchwc(data, kernel, (1, 1), (0, 0, 0, 0), (1, 1), 0, True)
+    acc = conv2d_nchwc(data, kernel, (1, 1), (0, 0, 0, 0), (1, 1), 0, target == "x86")
     shifted = te.compute(acc.shape, lambda *i: acc(*i) >> 7, name="shifted")
     clamped = te.compute(acc.shape, lambda *i: tir.max(tir.min(shifted(*i), hi), lo),
                          name="clamped")
     out = te.compute(acc.shape, lambda *i: clamped(*i).astype(dtype), name="out")
-    func = default_schedule(te.create_prim_func([data, kernel, out]), find_dot(TARGETS["x86"].dot))
-    assert ("llvm.x86.avx2.permd" in func.script()) == (width % 4 == 0)
+    func = default_schedule(te.create_prim_func([data, kernel, out]), dot)
+    permute = "llvm.x86.avx2.permd" if lanes == 8 else "llvm.x86.avx512.permvar.si.512"
+    assert (permute in func.script()) == (narrow is not None)
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    lib = tvm.compile(mod, target=get_target("x86").tvm())
+    lib = tvm.compile(mod, target=get_target(target).tvm())
+    body = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+    if narrow is not None:
+        assert "vpermd" in body and ("vpackuswb" if dtype == "uint8" else "vpacksswb") in body
+        assert "vpmovusdb" not in body and "vpmovsdb" not in body
+    assert ("\ttdpbusd\t" in body) == (target == "x86-amx")
+    assert audit_module(mod).wide_multiplies == 0
+    if not _cpu_has(preset.cpu_flags):
+        return  # code checked; the emulated VNNI CPU (test_vnni_emulated) runs whole models
+    if "amx_tile" in preset.cpu_flags:
+        from f8tvm.targets.cpu import enable_amx
+        enable_amx()
     dev = tvm.cpu()
     y = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], dtype), dev)
-    lib["main"](tvm.runtime.tensor(block(x), dev), tvm.runtime.tensor(packed, dev), y)
+    lib["main"](tvm.runtime.tensor(block(x, cb), dev), tvm.runtime.tensor(packed, dev), y)
     want = np.clip(conv(x, wt, 1, (0, 0, 0, 0)) >> 7, lo, hi)
     assert want.min() == lo and want.max() == hi  # both clamp edges are exercised
     assert np.array_equal(unblock(y.numpy()), want)
-    if width % 4 == 0:
-        body = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
-        assert "vpermd" in body and ("vpackuswb" if dtype == "uint8" else "vpacksswb") in body
-    assert audit_module(mod).wide_multiplies == 0
