@@ -295,3 +295,8 @@ def operand_dtypes(block) -> tuple[str, str]:
 def activation_block(block) -> int:
     """The channel block of the activation a packed kernel block reads (its innermost axis)."""
     return int(region_tensor(_operand_loads(block)[0]).shape[-1])
+
+
+def activation_shape(block) -> tuple[int, ...]:
+    """The shape of the activation a packed kernel block reads (``(N, C/b, H, W, b)``)."""
+    return tuple(int(d) for d in region_tensor(_operand_loads(block)[0]).shape)

@@ -140,22 +140,40 @@ def amx_conv(block, dot) -> bool:
     """Whether the conv ``block`` takes AMX tiles: ``dot`` has them, the activations are uint8
     in whole channel blocks of 16 (four quads: a tile row's 16 bytes per window column) or a
     single quad (the RGB image: its 4 bytes per column, the window row folded into a tile row),
-    the weights int8 and its rows split into tiles of 2 to 16 pixels (:func:`amx_rows`).  The
-    others keep ``dot``'s vector form: the classifier (a 1x1 conv on one pixel: a 1-row tile
-    does 1/16 of a tile's work per instruction), a 1x1 conv on the RGB image (one 4-byte step
-    per tile).  Thin 1x1 convs (one or two input blocks: one or two ``tdpbusd`` per tile) run
-    faster on tiles too, given the register tile's 4 accumulators (MobileNet-V2's 1.5x the
-    VNNI kernel's time with one accumulator, 0.7-0.9x with four)."""
+    the weights int8 and its rows split into tiles of 2 to 16 pixels (:func:`amx_rows`); or
+    the classifier (a 1x1 conv on one pixel, :func:`amx_dense`).  The others keep ``dot``'s
+    vector form: a 1x1 conv on the RGB image (one 4-byte step per tile).  Thin 1x1 convs (one
+    or two input blocks: one or two ``tdpbusd`` per tile) run faster on tiles too, given the
+    register tile's 4 accumulators (MobileNet-V2's 1.5x the VNNI kernel's time with one
+    accumulator, 0.7-0.9x with four)."""
     if not (dot is not None and dot.amx):
         return False
     a_dtype, b_dtype = _sch.operand_dtypes(block)
+    if (a_dtype, b_dtype) != ("uint8", "int8"):
+        return False
+    if amx_dense(block):
+        return True
     ext = [int(iv.dom.extent) for iv in block.iter_vars]  # b o y x ol rc ry rx rq rk
     ow, kw = ext[3], ext[7]
     cb = _sch.activation_block(block)
     dilation = int(block.annotations[pk.CONV_COLUMNS][1])
     fold = amx_fold(kw, dilation, cb)
-    return ((a_dtype, b_dtype) == ("uint8", "int8") and bool(amx_rows(ow))
-            and (cb == 16 or (cb == 4 and fold == kw > 1)))
+    return bool(amx_rows(ow)) and (cb == 16 or (cb == 4 and fold == kw > 1))
+
+
+def amx_dense(block) -> int:
+    """Input blocks per tile row when the conv ``block`` is a classifier on AMX (a 1x1 conv on
+    one pixel of whole 16-channel blocks, 2 or 4 of which divide its input), else 0.
+
+    Its tile is one row: the pixel's input blocks, adjacent in the layout, 64 bytes of them
+    per ``tdpbusd`` (K = 64; their weights are adjacent too: 16 rows of 64 bytes), one
+    accumulator per output block.  1 x 16 x 64 MACs per instruction, 1/16 of a tile's; the
+    kernel streams its weights once either way (0.5 MB on ResNet-18)."""
+    ext = [int(iv.dom.extent) for iv in block.iter_vars]  # b o y x ol rc ry rx rq rk
+    shape = _sch.activation_shape(block)  # (1, C/16, 1, 1, 16): the blocks 16 bytes apart
+    if ext[2:4] != [1, 1] or ext[6:8] != [1, 1] or shape[2:] != (1, 1, 16):
+        return 0  # (a strided 1x1 conv down to one pixel reads blocks H * W * 16 bytes apart)
+    return next((f for f in (4, 2) if ext[5] % f == 0), 0)
 
 
 def amx_rows(ow: int) -> list[int]:
@@ -191,6 +209,9 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     :func:`default_amx_tile`; tuning samples both from :func:`amx_tiles` and :func:`amx_rows`
     (categorical decisions: a perfect-tile sample could pick 1 row)."""
     conv = sch.get_sblock(CONV_BLOCK)
+    if amx_dense(sch.get(conv)):
+        _schedule_dense_amx(sch, conv, dot)
+        return
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     oh, ow, kw = _sch.extent(sch, y), _sch.extent(sch, x), _sch.extent(sch, rx)
     block = sch.get(conv)
@@ -227,6 +248,24 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     sch.tensorize(y_i if t > 1 else x_i, dot_step)
     sch.tensorize(sch.get_loops(out)[-inner], store)
     _sch.schedule_pad(sch, PAD_BLOCK)
+
+
+def _schedule_dense_amx(sch, conv, dot) -> None:
+    """The classifier on AMX (:func:`amx_dense`): per output block (in parallel) one
+    accumulator over the input blocks, ``fold`` of them per ``tdpbusd``; no tuning decisions."""
+    b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
+    fold = amx_dense(sch.get(conv))
+    rc_o, rc_i = sch.split(rc, factors=[None, fold])
+    sch.reorder(b, o, y, x, rc_o, ry, rx, ol, rc_i, rq, rk)
+    zero, dot_step, store = amx.intrinsics(amx.Tile(1, 1, fold, 1))
+    out = sch.cache_write(conv, 0, "global")
+    sch.reverse_compute_at(out, x, preserve_unit_loops=True)
+    sch.parallel(sch.fuse(b, o))
+    _sch.fuse_epilogue(sch, out, x, dot, 1)
+    init = sch.decompose_reduction(conv, rc_o)
+    sch.tensorize(sch.get_loops(init)[-1], zero)
+    sch.tensorize(ol, dot_step)
+    sch.tensorize(sch.get_loops(out)[-1], store)
 
 
 def _split_accumulators(sch, conv, loops):

@@ -80,7 +80,11 @@ class Tile:
     """One register tile of a conv on AMX: ``tiles`` accumulators (output rows, ``ystride``
     input rows apart) of ``rows`` pixels, ``fold`` window columns per tile row (1: one per
     step, the window loop outside), window ``stride`` (columns), ``block`` input channels per
-    block (16, or 4: the RGB image)."""
+    block (16, or 4: the RGB image).
+
+    One row (the classifier, a 1x1 conv on one pixel): ``fold`` input blocks per tile row
+    instead (they are adjacent in the layout, as a window's columns are, and so are their
+    weights), one accumulator."""
 
     tiles: int
     rows: int
@@ -90,7 +94,8 @@ class Tile:
     ystride: int = 1
 
     def __post_init__(self):
-        if not (1 <= self.tiles <= MAX_TILES and 2 <= self.rows <= MAX_ROWS
+        one = self.rows == 1 and self.tiles == 1 and self.fold > 1  # no unit axis
+        if not (1 <= self.tiles <= MAX_TILES and (2 <= self.rows <= MAX_ROWS or one)
                 and self.block in (4, 16) and 1 <= self.fold
                 and self.block * self.fold <= MAX_BYTES and self.stride >= 1):
             raise ValueError(f"no AMX tile for {self}")
@@ -109,6 +114,9 @@ class Tile:
         """The (A, B, C) buffer shapes of a reduction step (no loop of extent 1: tensorize
         matches loops, and the schedule leaves none; ``B`` keeps its quads axis)."""
         many = (self.tiles,) if self.tiles > 1 else ()
+        if self.rows == 1:  # the input blocks' axis is the layout's, the pixel's (1, 1) after it
+            return ((self.fold, 1, 1, self.block), (self.fold, 1, 1, self.quads, LANES, 4),
+                    (LANES,))
         a = ((((self.tiles - 1) * self.ystride + 1),) if self.tiles > 1 else ()) + (
             self.span, self.block)
         b = ((self.fold,) if self.fold > 1 else ()) + (self.quads, LANES, 4)
@@ -116,7 +124,7 @@ class Tile:
 
     def axes(self):
         """The step's loops, outermost first: ``(names, extents, kinds)``."""
-        names = ((["t"] if self.tiles > 1 else []) + ["m", "n"]
+        names = ((["t"] if self.tiles > 1 else []) + (["m"] if self.rows > 1 else []) + ["n"]
                  + (["x"] if self.fold > 1 else []) + (["q"] if self.quads > 1 else []) + ["k"])
         size = dict(t=self.tiles, m=self.rows, n=LANES, x=self.fold, q=self.quads, k=4)
         return names, [size[a] for a in names], "".join("S" if a in "tmn" else "R"
@@ -134,12 +142,19 @@ def _index(tile: Tile, vs):
     names, _, _ = tile.axes()
     v = dict(zip(names, vs))
     x, q, t = v.get("x", 0), v.get("q", 0), v.get("t")
+    if tile.rows == 1:  # A[x, 0, 0, 4 q + k] * B[x, 0, 0, q, n, k]: x an input block
+        return (x, 0, 0, q * 4 + v["k"]), (x, 0, 0, q, v["n"], v["k"]), (v["n"],)
     a = (v["m"] * tile.stride + x, q * 4 + v["k"])
     b = ((x,) if tile.fold > 1 else ()) + (q, v["n"], v["k"])
     c = (v["m"], v["n"])
     if t is not None:
         a, c = (t * tile.ystride,) + a, (t,) + c
     return a, b, c
+
+
+def _axes(ax) -> list:
+    """The loop variables of ``T.grid(...)`` as a list (one extent: a single variable)."""
+    return [ax] if isinstance(ax, tir.Var) else list(ax)
 
 
 def _full(shape):
@@ -168,8 +183,8 @@ def _zero_desc(tile: Tile):
             T.writes(C[_full(c_shape)])
             for ax in T.grid(*c_shape):
                 with T.sblock("zero"):
-                    vs = T.meta_var(T.axis.remap(kinds, ax))
-                    C[tuple(vs)] = 0
+                    vs = T.meta_var(T.axis.remap(kinds, _axes(ax)))
+                    C[tuple(_axes(vs))] = 0
 
     return desc
 
@@ -185,7 +200,7 @@ def _zero_loops(tile: Tile):
             T.reads()
             T.writes(C[_full(c_shape)])
             for ax in T.grid(*c_shape):
-                C[tuple(ax)] = 0
+                C[tuple(_axes(ax))] = 0
 
     return impl
 
@@ -270,7 +285,7 @@ def _dot_desc(tile: Tile):
             T.writes(C[_full(c_shape)])
             for ax in T.grid(*extents):
                 with T.sblock("update"):
-                    vs = T.meta_var(T.axis.remap(kinds, ax))
+                    vs = T.meta_var(T.axis.remap(kinds, _axes(ax)))
                     ia, ib, ic = T.meta_var(_index(tile, vs))
                     C[ic] = C[ic] + T.cast(A[ia], "int32") * T.cast(B[ib], "int32")
 
@@ -351,8 +366,8 @@ def _store_desc(tile: Tile):
             T.writes(D[_full(c_shape)])
             for ax in T.grid(*c_shape):
                 with T.sblock("store"):
-                    vs = T.meta_var(T.axis.remap(kinds, ax))
-                    D[tuple(vs)] = C[tuple(vs)]
+                    vs = T.meta_var(T.axis.remap(kinds, _axes(ax)))
+                    D[tuple(_axes(vs))] = C[tuple(_axes(vs))]
 
     return desc
 
@@ -369,9 +384,14 @@ def _store_loops(tile: Tile):
             T.reads(C[_full(c_shape)])
             T.writes(D[_full(c_shape)])
             for ax in T.grid(*c_shape):
-                D[tuple(ax)] = C[tuple(ax)]
+                D[tuple(_axes(ax))] = C[tuple(_axes(ax))]
 
     return impl
+
+
+def _row_bytes(D, axis):
+    """Bytes between the rows of an int32 tile stored to ``D`` (its pixels' ``axis``)."""
+    return D.strides[axis] * 4 if axis >= 0 else 4 * LANES
 
 
 def _store_tiles(tile: Tile):
@@ -379,6 +399,7 @@ def _store_tiles(tile: Tile):
     _, _, c_shape = tile.shapes()
     sc, sd = _strides("sc", c_shape), _strides("sd", c_shape)
     n, many = tile.tiles, tile.tiles > 1
+    pixels = len(c_shape) - 2  # D's axis of the rows (none for one row: any stride will do)
 
     @T.prim_func(s_tir=True)
     def impl(c: T.handle, d: T.handle) -> None:
@@ -391,7 +412,7 @@ def _store_tiles(tile: Tile):
                 T.evaluate(T.call_llvm_intrin(
                     _iid("llvm.x86.tilestored64"), T.Cast("int8", r),
                     D.access_ptr("w", offset=r * D.strides[0] if many else 0),
-                    T.Cast("int64", D.strides[len(c_shape) - 2] * 4), dtype="int32"))
+                    T.Cast("int64", _row_bytes(D, pixels)), dtype="int32"))
 
     return impl
 

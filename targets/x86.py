@@ -40,8 +40,8 @@ PRESETS = [
         tvm_target={"kind": "llvm", "mcpu": "sapphirerapids", "mattr": ["-avx512vbmi"],
                     "num-cores": 2},
         cross_compiler=None,
-        # AVX-512 VNNI's layout: convs run on AMX tiles, depthwise convs and the classifier on
-        # vpdpbusd
+        # AVX-512 VNNI's layout: convs (the classifier too) run on AMX tiles, depthwise convs
+        # on vpdpbusd
         dot=DotSpec("tdpbusd", 16, 4, **_TAP_QUADS),
         isa="AMX-INT8",
         description="x86-64 with AMX-INT8 and AVX-512 VNNI (Sapphire Rapids and newer Xeons)",

@@ -39,7 +39,7 @@ AMX = find_dot(TARGETS["x86-amx"].dot)
 # (C_in, C_out, H, W, K, stride, pad, dilation): the window folded into tile rows (3x3, stride
 # 1 and 2), one column per step (1x1; 5 columns: more than a tile row's 64 bytes; dilation 2:
 # columns apart), odd sizes, a row wider than a tile, the RGB stem (one quad per pixel: a 7x7
-# window row is a tile row of 28 bytes)
+# window row is a tile row of 28 bytes), the classifier (a one-row tile of input blocks)
 CASES = [
     (3, 32, 20, 20, 7, 2, 3, 1),
     (32, 32, 14, 14, 3, 1, 1, 1),
@@ -49,6 +49,8 @@ CASES = [
     (16, 16, 9, 11, 5, 1, 2, 1),
     (16, 16, 10, 10, 3, 1, 2, 2),
     (16, 16, 6, 40, 3, 1, 1, 1),
+    (512, 48, 1, 1, 1, 1, 0, 1),  # the classifier: one pixel, 4 input blocks a tile row
+    (96, 32, 1, 1, 1, 1, 0, 1),  # 6 input blocks: 2 a tile row
 ]
 
 
@@ -113,8 +115,8 @@ def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
     func, args, want, ref = _conv_func(*case)
     oh, ow = ref.shape[2:]
     host = get_target(host_target_name()).tvm()
-    tiles = [(t, rows) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)]
-    for tile in tiles:
+    tiles = [(t, rows) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)] or [None]
+    for tile in tiles:  # None: the classifier's one tile form
         mod, lib = _build(func, tile, described=True, target=host)
         assert np.array_equal(_run(lib, args), want), tile
         assert "tdpbusd" not in _asm(lib) and "tile" not in _asm(lib)
@@ -134,10 +136,16 @@ def test_amx_kernels_emit_tile_instructions_and_the_audit_counts_them(case):
     kernel = asm.split("main_compute_:")[1]
     for wide in ("vpmulld", "vpmullw", "vpdpbusd"):  # the conv is on tiles only
         assert f"\t{wide}\t" not in kernel, wide
-    # the window's columns are one tile row where they are adjacent (16 or 4 bytes a column)
+    # the window's columns are one tile row where they are adjacent (16 or 4 bytes a column);
+    # the classifier's input blocks are, 4 (or 2) of them
     k, dilation, cb = case[4], case[7], 16 if case[0] % 16 == 0 else 4
     fold = cpu.amx_fold(k, dilation, cb)
     assert fold == (k if k * cb <= 64 and dilation == 1 else 1)
+    dense = cpu.amx_dense(kernel_block(func)[1])
+    assert dense == (0 if case[2] > 1 else 4 if case[0] % 64 == 0 else 2)
+    if dense:  # a one-row tile: the configuration's rows of the accumulator and activations
+        cfg = intrin_amx.config_bytes(intrin_amx.Tile(1, 1, dense, 1))
+        assert cfg[48] == cfg[52] == 1 and cfg[54] == 4 * dense and cfg[24] == 16 * dense
     report = audit_module(mod)
     assert report.wide_multiplies == 0
     assert report.macs_8bit == ref.size * _padded(case[0]) * k * k
@@ -200,6 +208,17 @@ def test_which_convs_take_tiles():
     assert cpu.amx_conv(block_of(4, 14), AMX)  # the RGB image's: 4 bytes x 3 columns a row
     assert not cpu.amx_conv(block_of(4, 14, k=1), AMX)  # one 4-byte step per tile
     assert not cpu.amx_conv(block_of(32, 1), AMX)  # one pixel per row
+    assert cpu.amx_conv(block_of(64, 1, k=1), AMX)  # the classifier: 4 blocks a tile row
+    assert cpu.amx_conv(block_of(32, 1, k=1), AMX)  # 2 blocks
+    assert not cpu.amx_conv(block_of(16, 1, k=1), AMX)  # one block: K = 16 for one row
+
+    # a stride-2 1x1 conv down to one pixel (ResNet-18's last downsample at 32x32): its input
+    # blocks are 2 x 2 x 16 bytes apart, not one tile row
+    data = te.placeholder((1, 4, 2, 2, 16), "uint8")
+    kernel = te.placeholder((1, 4, 1, 1, 4, 16, 4), "int8")
+    strided = kernel_block(te.create_prim_func(
+        [data, kernel, conv2d_nchwc(data, kernel, (2, 2), (0, 0, 0, 0), (1, 1))]))[1]
+    assert cpu.amx_dense(strided) == 0 and not cpu.amx_conv(strided, AMX)
     assert not cpu.amx_conv(block_of(32, 17), AMX)  # no tile height divides a prime row
     assert cpu.amx_conv(block_of(16, 14, k=1), AMX)  # a thin 1x1 conv: one tdpbusd a tile
     assert cpu.amx_rows(56) == [2, 4, 7, 8, 14] and cpu.amx_rows(7) == [7]
@@ -298,9 +317,12 @@ def test_the_tile_configuration_names_every_register_it_uses():
                                                       if words[i]]
     stem = intrin_amx.config_bytes(intrin_amx.Tile(1, 16, 7, 2, block=4))
     assert (stem[48 + 4], stem[16 + 8], stem[48 + 6]) == (16, 28, 7)  # K = 7 columns x 4
-    for bad in (dict(rows=1), dict(tiles=5), dict(fold=5), dict(block=8)):
+    # one row only for the classifier's form: one accumulator, several input blocks a row
+    for bad in (dict(rows=1, fold=1), dict(rows=1, tiles=2), dict(tiles=5), dict(fold=5),
+                dict(block=8)):
         with pytest.raises(ValueError, match="no AMX tile"):
             intrin_amx.Tile(**{**dict(tiles=1, rows=14, fold=3, stride=1), **bad})
+    assert intrin_amx.Tile(1, 1, 4, 1).shapes() == ((4, 1, 1, 16), (4, 1, 1, 4, 16, 4), (16,))
     assert re.fullmatch(r"f8tvm_amx_dot_t2_m7_x3_s2_y2",
                         intrin_amx.intrinsics(intrin_amx.Tile(2, 7, 3, 2, ystride=2))[1])
 
