@@ -320,10 +320,14 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
     sch.parallel(plane)
     _sch.fuse_epilogue(sch, dw, x_o, dot, _sch.extent(sch, x_i))
     # the tap-pair form reads one padded plane per channel block: pad it there, from cache (and
-    # make its widened column pairs there too)
+    # make its column groups there too, a band of rows at a time)
     widened = _sch._block_or_none(sch, PAIR_BLOCK) if pairs else None
     if widened is not None:
-        sch.compute_at(widened, plane, preserve_unit_loops=True)
+        # a band of output rows at a time (``depthwise_pairs_nchwc``'s bands): its groups right
+        # before its rows, from the plane's padded copy
+        bands = int(_tvm.region_tensor(sch.get(widened).writes[0]).shape[2])
+        at = sch.split(y, [bands, None])[0] if bands > 1 else plane
+        sch.compute_at(widened, at, preserve_unit_loops=True)
     pad_done = pairs and _sch.compute_pad_at(sch, PAD_BLOCK, plane)
     if widened is not None:
         _interleave(sch, dot, widened)

@@ -147,3 +147,56 @@ def test_avx512_tap_quads_are_exact_and_use_vpdpbusd(c, h, w, kh, kw, stride, pa
     y = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "int32"), dev)
     lib["main"](tvm.runtime.tensor(block(x, 16), dev), tvm.runtime.tensor(packed, dev), y)
     assert np.array_equal(unblock(y.numpy()), conv(x, wt, stride, pad, depthwise=True))
+
+
+# (target, C, H, W, KH, KW, stride, pad, band): the column groups made a band of output rows
+# at a time (1, 2, 3 rows, the whole plane), strides 1 and 2, a 5-row window
+BAND_CASES = [
+    ("x86", 8, 12, 11, 3, 3, 1, (1, 1, 1, 1), 1),
+    ("x86", 8, 12, 12, 3, 3, 2, (1, 1, 1, 1), 2),
+    ("x86", 8, 12, 10, 5, 5, 1, (2, 2, 2, 2), 3),
+    ("x86-avx512", 16, 12, 11, 3, 3, 1, (1, 1, 1, 1), 2),
+    ("x86-avx512", 32, 12, 12, 3, 3, 2, (1, 1, 1, 1), 3),
+    ("x86-avx512", 16, 12, 12, 5, 5, 2, (2, 2, 2, 2), 1),
+    ("x86-avx512", 16, 12, 11, 3, 3, 1, (1, 1, 1, 1), 12),
+]
+
+
+@pytest.mark.parametrize("target,c,h,w,kh,kw,stride,pad,band", BAND_CASES)
+def test_rewritten_groups_in_bands_are_exact(target, c, h, w, kh, kw, stride, pad, band):
+    """The rewritten column groups (AVX2's widened pairs, AVX-512's quads), a band of ``band``
+    output rows at a time: each band's groups are made right before its rows (a buffer of one
+    band), the bands' halo rows rewritten twice."""
+    quads = target != "x86"
+    lanes = 16 if quads else LANES
+    rng = np.random.default_rng(c + h + kw + stride + band)
+    x = rng.integers(0, 256, (1, c, h, w)).astype("uint8")
+    x.flat[:c] = 255
+    wt = rng.integers(-128, 128, (c, 1, kh, kw)).astype("int8")
+    wt[0] = -128
+    packed = pack_depthwise_pairs(wt, lanes, 4 if quads else 2)
+    if not quads:
+        packed = packed.astype("int16")
+    data = te.placeholder(block(x, lanes).shape, "uint8", name="data")
+    kernel = te.placeholder(packed.shape, str(packed.dtype), name="kernel")
+    out = depthwise_pairs_nchwc(data, kernel, kw, (stride, stride), pad, (1, 1), 0, True, band)
+    oh = int(out.shape[2])
+    func = te.create_prim_func([data, kernel, out])
+    sched = default_schedule(func, find_dot(TARGETS[target].dot))
+    bands = []
+
+    def visit(node):
+        if type(node).__name__ == "SBlock" and node.name_hint == "root":
+            bands.extend(int(d) for b in node.alloc_buffers if b.name == "pairs_nchwc"
+                         for d in b.shape[2:4])
+
+    post_order_visit(sched.body, visit)
+    assert bands == [oh // band, (band - 1) * stride + kh]  # the groups' buffer: by band
+    mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
+    lib = tvm.compile(mod, target=get_target(target).tvm())
+    if quads and not _has_vnni():
+        return
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "int32"), dev)
+    lib["main"](tvm.runtime.tensor(block(x, lanes), dev), tvm.runtime.tensor(packed, dev), y)
+    assert np.array_equal(unblock(y.numpy()), conv(x, wt, stride, pad, depthwise=True))
