@@ -387,51 +387,43 @@ def _pack(name, a, b, dtype):
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), a, b, dtype=dtype)
 
 
-def _narrowed(A, dtype: str, lo: int):
-    """The 4 x 8 int32 tile ``A`` as 32 clamped 8-bit lanes in memory order (one expression: a
-    local name in the intrinsic would become a local buffer)."""
-    words = [_pack("llvm.x86.avx2.packssdw", A.vload([2 * j, 0], "int32x8"),
-                   A.vload([2 * j + 1, 0], "int32x8"), "int16x16") for j in range(2)]
-    by_lane = _pack("llvm.x86.avx2.packuswb" if dtype == "uint8" else "llvm.x86.avx2.packsswb",
-                    words[0], words[1], "int8x32")
-    ordered = T.reinterpret(
-        _pack("llvm.x86.avx2.permd", T.reinterpret(by_lane, dtype="int32x8"),
-              T.Shuffle([T.ramp(T.int32(0), 1, 8)], _PERMUTE_DWORDS), "int32x8"),
-        dtype=dtype + "x32")
-    if dtype == "int8" and lo > -128:
-        return T.max(ordered, T.broadcast(T.int8(lo), 32))
-    return ordered
+_PACKS = {  # lanes -> (int32 -> int16 pack, int16 -> 8-bit pack ("u"/"s"), dword permute)
+    8: ("llvm.x86.avx2.packssdw", "llvm.x86.avx2.pack{}swb", "llvm.x86.avx2.permd"),
+    16: ("llvm.x86.avx512.packssdw.512", "llvm.x86.avx512.pack{}swb.512",
+         "llvm.x86.avx512.permvar.si.512"),
+}
 
 
-def _narrowed512(A, dtype: str, lo: int):
-    """:func:`_narrowed` for 4 pixels x 16 channels (AVX-512): the same packs on zmm registers,
-    each 128-bit lane holding pixel 0's 4 channels of that lane, then pixel 1's, ...; one
-    ``vpermd`` puts the 16 dwords back in pixel order."""
-    words = [_pack("llvm.x86.avx512.packssdw.512", A.vload([2 * j, 0], "int32x16"),
-                   A.vload([2 * j + 1, 0], "int32x16"), "int16x32") for j in range(2)]
-    by_lane = _pack("llvm.x86.avx512.packuswb.512" if dtype == "uint8"
-                    else "llvm.x86.avx512.packsswb.512", words[0], words[1], "int8x64")
-    ordered = T.reinterpret(
-        _pack("llvm.x86.avx512.permvar.si.512", T.reinterpret(by_lane, dtype="int32x16"),
-              T.Shuffle([T.ramp(T.int32(0), 1, 16)], _PERMUTE_DWORDS_512), "int32x16"),
-        dtype=dtype + "x64")
-    if dtype == "int8" and lo > -128:
-        return T.max(ordered, T.broadcast(T.int8(lo), 64))
-    return ordered
+def _narrowed_by(lanes: int, pixels: int = 4):
+    """``narrowed(A, dtype, lo)``: the ``pixels`` x ``lanes`` int32 tile ``A`` as its clamped
+    8-bit lanes in memory order, one expression (a local name in the intrinsic would become a
+    local buffer).  Two pixels per int32 -> int16 pack, the two packs' results (for 2 pixels:
+    the one, twice) packed to 8 bits, then one dword permute puts each 128-bit lane's dwords
+    back in pixel order; 2 pixels keep the low half."""
+    ssdw, swb, permute = _PACKS[lanes]
+    order = _PERMUTE_DWORDS if lanes == 8 else _PERMUTE_DWORDS_512
+    out = pixels * lanes  # bytes
+
+    def narrowed(A, dtype: str, lo: int):
+        words = [_pack(ssdw, A.vload([2 * j, 0], f"int32x{lanes}"),
+                       A.vload([2 * j + 1, 0], f"int32x{lanes}"), f"int16x{2 * lanes}")
+                 for j in range(pixels // 2)]
+        words = words * (2 // len(words))
+        by_lane = _pack(swb.format("u" if dtype == "uint8" else "s"), words[0], words[1],
+                        f"int8x{4 * lanes}")
+        dwords = _pack(permute, T.reinterpret(by_lane, dtype=f"int32x{lanes}"),
+                       T.Shuffle([T.ramp(T.int32(0), 1, lanes)], order), f"int32x{lanes}")
+        if out < 4 * lanes:
+            dwords = T.Shuffle([dwords], list(range(out // 4)))
+        ordered = T.reinterpret(dwords, dtype=f"{dtype}x{out}")
+        if dtype == "int8" and lo > -128:
+            return T.max(ordered, T.broadcast(T.int8(lo), out))
+        return ordered
+
+    return narrowed
 
 
-def _narrowed512_2px(A, dtype: str, lo: int):
-    """:func:`_narrowed512` for 2 pixels: one pack per step, the result's low half."""
-    words = _pack("llvm.x86.avx512.packssdw.512", A.vload([0, 0], "int32x16"),
-                  A.vload([1, 0], "int32x16"), "int16x32")
-    by_lane = _pack("llvm.x86.avx512.packuswb.512" if dtype == "uint8"
-                    else "llvm.x86.avx512.packsswb.512", words, words, "int8x64")
-    dwords = _pack("llvm.x86.avx512.permvar.si.512", T.reinterpret(by_lane, dtype="int32x16"),
-                   T.Shuffle([T.ramp(T.int32(0), 1, 16)], _PERMUTE_DWORDS_512), "int32x16")
-    ordered = T.reinterpret(T.Shuffle([dwords], list(range(8))), dtype=dtype + "x32")
-    if dtype == "int8" and lo > -128:
-        return T.max(ordered, T.broadcast(T.int8(lo), 32))
-    return ordered
+_narrowed = _narrowed_by(8)  # AVX2: 4 pixels x 8 channels
 
 
 def _narrow_impl(dtype: str, lo: int, hi: int, narrowed=_narrowed, pixels: int = 4,
@@ -454,9 +446,9 @@ def _narrow_impl(dtype: str, lo: int, hi: int, narrowed=_narrowed, pixels: int =
 for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
     TensorIntrin.register(AVX2_NARROW + _suffix, _narrow_desc(_dtype, _lo, _hi),
                           _narrow_impl(_dtype, _lo, _hi), override=True)
-    TensorIntrin.register(AVX512_NARROW + _suffix, _narrow_desc(_dtype, _lo, _hi, lanes=16),
-                          _narrow_impl(_dtype, _lo, _hi, _narrowed512, lanes=16), override=True)
-    TensorIntrin.register(AVX512_NARROW_2PX + _suffix,
-                          _narrow_desc(_dtype, _lo, _hi, pixels=2, lanes=16),
-                          _narrow_impl(_dtype, _lo, _hi, _narrowed512_2px, pixels=2, lanes=16),
-                          override=True)
+    for _name, _pixels in ((AVX512_NARROW, 4), (AVX512_NARROW_2PX, 2)):
+        TensorIntrin.register(_name + _suffix,
+                              _narrow_desc(_dtype, _lo, _hi, pixels=_pixels, lanes=16),
+                              _narrow_impl(_dtype, _lo, _hi, _narrowed_by(16, _pixels),
+                                           pixels=_pixels, lanes=16),
+                              override=True)
