@@ -144,15 +144,19 @@ class DotIntrin:
         return name
 
 
+def _narrow(name: str) -> tuple:
+    """``DotIntrin.narrow``'s entries for the narrowing intrinsics registered as ``name`` + a
+    clamp's suffix (``intrin_x86.NARROW_FORMS``)."""
+    return tuple((form, name + suffix) for form, suffix in x.NARROW_FORMS.items())
+
+
 def _x86():
     # vpdpbusd takes the broadcast and the weight tile as memory operands; depthwise convs
     # take a channel's 4 window columns per lane, from the plane rewritten as column quads
     vnni = DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0,
                      dw_pair=x.VNNI_DW_16x4, dw_taps=4, pair_interleave=x.VNNI_QUADS,
-                     narrow=tuple((form, x.AVX512_NARROW + suffix)
-                                  for form, suffix in x.NARROW_FORMS.items()),
-                     narrow_2px=tuple((form, x.AVX512_NARROW_2PX + suffix)
-                                      for form, suffix in x.NARROW_FORMS.items()))
+                     narrow=_narrow(x.AVX512_NARROW),
+                     narrow_2px=_narrow(x.AVX512_NARROW_2PX))
     return {
         "vpdpbusd": vnni,
         # AMX-INT8: convs on tiles (intrin_amx), on VNNI's layout; the rest on VNNI
@@ -161,8 +165,7 @@ def _x86():
         # depthwise convs take window columns in pairs for AVX2's vpmaddwd, on 8-bit pairs
         "vpdpbusd.ymm": DotIntrin("vpdpbusd", x.AVXVNNI_8x4, (8, 4), 12, None, 0.5, 1.0,
                                   x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
-                                  narrow=tuple((form, x.AVX2_NARROW + suffix)
-                                               for form, suffix in x.NARROW_FORMS.items())),
+                                  narrow=_narrow(x.AVX2_NARROW)),
         # AVX2: vpbroadcastw + vpmovzxbw per 8-bit activation pair (a widened pair: one
         # broadcast load), vpmovsxbw per int8 weight tile
         "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, (8, 2), 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
@@ -173,15 +176,13 @@ def _x86():
                               dw_pair_wide=x.AVX2_DW_8x2_WIDE,
                               pair_interleave=x.AVX2_PAIRS,
                               pair_interleave_signed=x.AVX2_PAIRS + "_s8",
-                              narrow=tuple((form, x.AVX2_NARROW + suffix)
-                                           for form, suffix in x.NARROW_FORMS.items())),
+                              narrow=_narrow(x.AVX2_NARROW)),
     }
 
 
 def _arm():
-    narrow = tuple((form, a.NEON_NARROW + suffix) for form, suffix in x.NARROW_FORMS.items())
-    narrow_2px = tuple((form, a.NEON_NARROW_2PX + suffix)
-                       for form, suffix in x.NARROW_FORMS.items())
+    narrow = _narrow(a.NEON_NARROW)
+    narrow_2px = _narrow(a.NEON_NARROW_2PX)
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators

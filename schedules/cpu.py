@@ -209,8 +209,9 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     :func:`default_amx_tile`; tuning samples both from :func:`amx_tiles` and :func:`amx_rows`
     (categorical decisions: a perfect-tile sample could pick 1 row)."""
     conv = sch.get_sblock(CONV_BLOCK)
-    if amx_dense(sch.get(conv)):
-        _schedule_dense_amx(sch, conv, dot)
+    dense = amx_dense(sch.get(conv))  # the classifier: input blocks per tile row
+    if dense:
+        _schedule_dense_amx(sch, conv, dot, dense)
         return
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     oh, ow, kw = _sch.extent(sch, y), _sch.extent(sch, x), _sch.extent(sch, rx)
@@ -250,11 +251,10 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     _sch.schedule_pad(sch, PAD_BLOCK)
 
 
-def _schedule_dense_amx(sch, conv, dot) -> None:
+def _schedule_dense_amx(sch, conv, dot, fold: int) -> None:
     """The classifier on AMX (:func:`amx_dense`): per output block (in parallel) one
     accumulator over the input blocks, ``fold`` of them per ``tdpbusd``; no tuning decisions."""
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
-    fold = amx_dense(sch.get(conv))
     rc_o, rc_i = sch.split(rc, factors=[None, fold])
     sch.reorder(b, o, y, x, rc_o, ry, rx, ol, rc_i, rq, rk)
     zero, dot_step, store = amx.intrinsics(amx.Tile(1, 1, fold, 1))
