@@ -17,12 +17,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from f8tvm.core import __version__, bounds
+from f8tvm.core import __version__, _tvm, bounds
 from f8tvm.core._tvm import TVM_VERSION, cc
 from f8tvm.core.errors import InputError
 from f8tvm.core.graph import Graph
 from f8tvm.core.plan import DEFAULT_SCHEME, FixedPointPlan, PlanSource, compact
 from f8tvm.passes.requantize_multiplier import MULTIPLIER
+from f8tvm.schedules import boundary
 from f8tvm.targets import get_target
 
 from . import pipeline
@@ -66,6 +67,8 @@ class CompiledModel:
     audit: object  # AuditReport
     int_mod: object  # integer Relax module (before lowering)
     extra_meta: dict = field(default_factory=dict)
+    # the float boundary's kernel in the library (f8tvm.schedules.boundary), or None
+    input_kernel: str | None = None
     _module: object = None
     _overflow: dict | None = None  # the .json's overflow entry, made once (a walk of the graph)
 
@@ -80,7 +83,8 @@ class CompiledModel:
                         cpu_flags=list(self.target.cpu_flags)),
             input=dict(name="q_in", shape=list(inp.shape),
                        dtype="int8" if self.plan.input_signed else "uint8",
-                       fl=int(self.plan.input_fl), signed=bool(self.plan.input_signed)),
+                       fl=int(self.plan.input_fl), signed=bool(self.plan.input_signed),
+                       **({"kernel": self.input_kernel} if self.input_kernel else {})),
             output=dict(shape=list(self.graph[self.graph.output].shape), dtype="int32",
                         fl=compact(fl_out), eta=float(eta_out)),
             plan=self.plan.to_json(self.graph),
@@ -255,5 +259,8 @@ def compile(model, example_input=None, target="host", calib=None,  # noqa: A001
             note="comparison build: requantizes with int32 x int32 -> int64 fixed-point "
                  "multiplies (bit-exact with the shift build); NOT an 8-bit-only program, see "
                  "audit.wide_multiplies")
+    kernel = boundary.QUANTIZE_INPUT
+    has_kernel = _tvm.has_function(b.ir["lower"], kernel)
     return CompiledModel(b.graph, b.plan, b.executable, preset, b.report, b.ir["integer"],
-                         extra_meta=dict(tuning=b.tuning, **extra, **source.metadata()))
+                         extra_meta=dict(tuning=b.tuning, **extra, **source.metadata()),
+                         input_kernel=kernel if has_kernel else None)

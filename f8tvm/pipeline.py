@@ -14,7 +14,8 @@ pack       PackChannelBlocks (the blocked layout of the target's dot instruction
            [RequantizeWithMultiplier: the comparison build], FoldConstantAdds
 fuse       the CPU backend's legalization and fusion: unscheduled fused kernels       Relax+TIR
            (what tuning works on)
-schedule   a schedule per kernel: a tuning database's record, else ours               Relax+TIR
+schedule   a schedule per kernel: a tuning database's record, else ours; beside the    Relax+TIR
+           program, the float input's quantize kernel (``run`` calls it, ``main`` not)
 lower      the VM lowering, then AuditMultiplies on the kernels (a wide multiply      Relax+TIR
            fails the build)
 codegen    LLVM for the target preset: a VM executable                               assembly
@@ -46,7 +47,7 @@ from f8tvm.passes.offset_activations import offset_for_target
 from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.passes.requantize_multiplier import RequantizeWithMultiplier
-from f8tvm.schedules import find_dot
+from f8tvm.schedules import boundary, find_dot
 from f8tvm.schedules.tuning import apply_database
 from f8tvm.targets import TargetPreset
 
@@ -167,8 +168,21 @@ def _fuse(b: Build):
 
 
 def _schedule(b: Build):
-    b.ir["schedule"] = schedule(b.ir["fuse"], b.target, b.tuning_db,
-                                lambda i, n: b.progress("schedule", i, n), b.tuning)
+    scheduled = schedule(b.ir["fuse"], b.target, b.tuning_db,
+                         lambda i, n: b.progress("schedule", i, n), b.tuning)
+    if b.graph is not None and b.plan is not None:  # a build from a model, not from its IR
+        scheduled = with_input_kernel(scheduled, b.graph[b.graph.input].shape, b.plan)
+    b.ir["schedule"] = scheduled
+
+
+def with_input_kernel(scheduled, shape, plan: FixedPointPlan):
+    """``scheduled`` with the float boundary's kernel beside the program
+    (:mod:`f8tvm.schedules.boundary`: the runtime quantizes a float input with it; ``main``
+    does not call it)."""
+    func = boundary.quantize_input(shape, int(plan.input_fl), bool(plan.input_signed))
+    if func is None:
+        return scheduled
+    return _tvm.with_function(scheduled, boundary.QUANTIZE_INPUT, func)
 
 
 def _lower(b: Build):

@@ -88,6 +88,17 @@ def primfuncs(mod: IRModule):
     return [(gv.name_hint, f) for gv, f in mod.functions_items() if isinstance(f, tir.PrimFunc)]
 
 
+def with_function(mod: IRModule, name: str, func) -> IRModule:
+    """A copy of ``mod`` with ``func`` added as ``name`` (``mod`` itself is left as it was)."""
+    out = mod.clone()
+    out[name] = func
+    return out
+
+
+def has_function(mod: IRModule, name: str) -> bool:
+    return any(gv.name_hint == name for gv in mod.get_global_vars())
+
+
 def node_kind(node) -> str:
     """Class name of an IR node ('Mul', 'BufferLoad', 'SBlock', ...): stable across the renames
     of the modules that define them."""

@@ -1,0 +1,151 @@
+"""The float boundary's kernel (``schedules/boundary.py``): the library quantizes a float input
+exactly as the NumPy path does, multiplies nothing, and ``run`` uses it only where it may."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_small_net
+
+import f8tvm
+from f8tvm import runtime
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import tvm
+from f8tvm.passes.audit_multiplies import audit_module
+from f8tvm.schedules import boundary
+from f8tvm.targets import get_target
+
+SIZE = 16
+
+
+def reference(x, fl, signed):
+    """rint(x * 2**fl), ties to even, clamped: in float64, where the product is exact."""
+    lo, hi = (-127, 127) if signed else (0, 255)
+    return np.clip(np.rint(x.astype(np.float64) * 2.0**fl), lo, hi)
+
+
+def hard_values(shape, fl, rng):
+    """Every tie of the 8-bit range and its neighbours, zeros, subnormals, huge values, and
+    random magnitudes from 2**-40 to 2**12; in an array 4 bytes off any alignment."""
+    n = int(np.prod(shape))
+    ties = np.ldexp(np.arange(-520, 521, dtype=np.float32) / 2, -fl).astype(np.float32)
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            1e-45,
+            -1e-45,
+            1e-40,
+            -1e-39,
+            3e38,
+            -3e38,
+            1e20,
+            -1e20,
+            np.ldexp(0.5, -fl),
+            -np.ldexp(0.5, -fl),
+        ],
+        np.float32,
+    )
+    values = np.concatenate(
+        [
+            ties,
+            np.nextafter(ties, np.float32(np.inf)),
+            np.nextafter(ties, np.float32(-np.inf)),
+            special,
+        ]
+    )
+    rand = (rng.standard_normal(n) * np.exp2(rng.integers(-40, 12, n))).astype(np.float32)
+    rand[: values.size] = values
+    buf = np.empty(n + 1, np.float32)
+    x = buf[1:].reshape(shape)
+    x[...] = rand[rng.permutation(n)].reshape(shape)
+    return x
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("fl", [-3, 0, 5, 12])
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_kernel_quantizes_as_numpy_does(fl, signed):
+    import tvm_ffi
+
+    shape = (1, 3, 40, 36)
+    func = boundary.quantize_input(shape, fl, signed)
+    lib = tvm.compile(tvm.IRModule({boundary.QUANTIZE_INPUT: func}), target=get_target("x86").tvm())
+    kernel = lib.mod.get_function(boundary.QUANTIZE_INPUT)
+    x = hard_values(shape, fl, np.random.default_rng(fl + 10 + 100 * signed))
+    assert x.ctypes.data % 64 != 0  # the kernel must not assume an aligned input
+    q = tvm.runtime.empty(shape, "int8" if signed else "uint8")
+    kernel(tvm_ffi.from_dlpack(x, require_alignment=0), q)
+    want = reference(x, fl, signed)
+    got = q.numpy()
+    bad = np.flatnonzero(got.ravel() != want.ravel())
+    assert bad.size == 0, (
+        f"{bad.size} values differ, e.g. x={x.ravel()[bad[:4]]}: "
+        f"{got.ravel()[bad[:4]]} != {want.ravel()[bad[:4]]}"
+    )
+
+
+@pytest.mark.unit
+def test_the_kernel_multiplies_nothing():
+    func = boundary.quantize_input((1, 3, 8, 8), 5, True)
+    report = audit_module(tvm.IRModule({boundary.QUANTIZE_INPUT: func}))
+    assert report.functions == 1
+    assert report.wide_multiplies == 0 and report.macs_8bit == 0
+    # scaling by 2**fl is an addition to the exponent field, not a multiply
+    muls = []
+    _tvm.post_order_visit(
+        func.body,
+        lambda n: (
+            muls.append(n)
+            if _tvm.node_kind(n) == "Mul" and _tvm.expr_dtype(n).startswith("float")
+            else None
+        ),
+    )
+    assert not muls
+    assert boundary.quantize_input((1, 3, 8, 8), boundary.MAX_FL + 1, True) is None
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    torch.manual_seed(0)
+    cm = f8tvm.compile(
+        make_small_net(),
+        torch.zeros(1, 3, SIZE, SIZE),
+        target="x86",
+        calib=[torch.randn(2, 3, SIZE, SIZE)],
+    )
+    so, meta = cm.export(str(tmp_path_factory.mktemp("small") / "small.so"))
+    return cm, so, meta
+
+
+def numpy_path(m, x):
+    acc, _ = m.run_int(m.quantize(x))
+    return m.dequantize(acc)
+
+
+@pytest.mark.host
+def test_run_uses_the_librarys_kernel_with_the_same_result(small, monkeypatch):
+    cm, so, meta_path = small
+    meta = json.load(open(meta_path))
+    assert meta["input"]["kernel"] == boundary.QUANTIZE_INPUT
+    m = runtime.load(so)
+    rng = np.random.default_rng(1)
+    calls = []
+    real = m._quantize_on_device
+    monkeypatch.setattr(m, "_quantize_on_device", lambda x: calls.append(r := real(x)) or r)
+    shape = (1, 3, SIZE, SIZE)
+    x = (rng.standard_normal(shape) * 2).astype(np.float32)
+    fortran = np.asfortranarray(x)
+    huge = x.copy()
+    huge[0, 0, :, :] = 3e38  # finite, but their sum overflows: the exact NumPy path
+    for inp, kernel in ((x, True), (fortran, True), (huge, False)):
+        calls.clear()
+        assert np.array_equal(m.run(inp), numpy_path(m, inp))
+        assert calls == [kernel]
+    assert np.array_equal(cm.run(x), m.run(x))
+    # a .json written before the kernel existed: the NumPy path, the same result
+    old = dict(meta, input={k: v for k, v in meta["input"].items() if k != "kernel"})
+    legacy = runtime.Module(tvm.runtime.load_module(so), old)
+    assert legacy._quantize_kernel is None
+    assert np.array_equal(legacy.run(x), m.run(x))
