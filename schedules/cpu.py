@@ -34,7 +34,8 @@ def split_widths(ow: int, dot) -> list[int]:
 
 
 def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
-                       wide_data: bool = False, pairs: bool = False) -> tuple[int, int]:
+                       wide_data: bool = False, pairs: bool = False,
+                       depth: int = 0) -> tuple[int, int]:
     """(oc_tile, ow_tile): the register tile (at most ``dot.accumulators`` vectors) with the
     fewest operand instructions per dot instruction: an activation broadcast is shared by the
     ``oc_tile`` weight tiles, a weight tile by the ``ow_tile`` pixels.  A widened (int16)
@@ -56,7 +57,10 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     row, at least 2): 12 instructions per step instead of 16, and no spills.  An odd row would
     get one pixel per tile, whose weights then stream from L2 once per pixel: it keeps the
     8-lane form's tile (measured on ResNet-18's 7-pixel rows: 6% fewer instructions at one
-    pixel, but 6.5x the L1D misses)."""
+    pixel, but 6.5x the L1D misses).
+
+    ``depth``: the reduction's bytes (input channels x window taps); a reduction of at most
+    ``dot.short_depth`` takes at most ``dot.short_accumulators`` accumulators."""
     widths = split_widths(ow, dot) if pairs else []
     if widths:
         return 1, max(widths)
@@ -65,9 +69,12 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     a_cost = dot.wide_data_a_cost if wide_data else dot.a_cost
     if pairs:
         a_cost /= 2
+    limit = dot.accumulators
+    if dot.short_accumulators and 0 < depth <= dot.short_depth:
+        limit = min(limit, dot.short_accumulators)
     for t_w in _divisors(ow):
         for t_o in _divisors(occ):
-            if t_o * t_w > dot.accumulators or t_w > 16 or (wide_weights and t_o > 8):
+            if t_o * t_w > limit or t_w > 16 or (wide_weights and t_o > 8):
                 continue
             if pairs and dot.pair_registers and 2 * t_o * t_w + t_w + 2 > dot.pair_registers:
                 continue
@@ -95,8 +102,11 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     # the pair form takes both quads of an 8-channel block (int8 activations and weights)
     pairs = (dot.pair_intrin is not None and _sch.extent(sch, rq) == 2
              and a_dtype == b_dtype == "int8")
+    depth = 1  # the reduction's bytes: input blocks x window x the block's quads x 4
+    for loop in (rc, ry, rx, rq, rk):
+        depth *= _sch.extent(sch, loop)
     t_o, t_w = tiles or default_conv_tiles(occ, ow, dot, b_dtype == "int16", a_dtype == "int16",
-                                           pairs)
+                                           pairs, depth)
     o_o, o_i = _sch.tile(sch, o, t_o, tune, max_inner=8)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     # a column pair (``column_pairs``: the input block is one quad) or a block's quads

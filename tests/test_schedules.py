@@ -357,3 +357,25 @@ def test_each_preset_names_its_dot_spec_once_and_the_intrinsics_serve_it():
         find_dot(DotSpec("tdpbusd", 16, 64))
     with pytest.raises(ValueError, match="activations 'int4'"):
         replace(TARGETS["x86"], activations="int4")
+
+
+@pytest.mark.unit
+def test_short_reductions_take_a_smaller_register_tile():
+    """AVX-512's tile of 24 accumulators spills in its epilogue; a conv whose reduction is at
+    most ``short_depth`` bytes deep (the thin 1x1 convs of the depthwise nets) takes at most
+    12, a deeper one (ResNet-18's 3x3 convs past its first stage) all 24; the other targets
+    have no such limit."""
+    from f8tvm.schedules.cpu import default_conv_tiles
+
+    vnni = find_dot(get_target("x86-avx512").dot)
+    assert vnni.short_accumulators == 12 and vnni.short_depth == 1024
+    wide = default_conv_tiles(9, 56, vnni)
+    assert wide[0] * wide[1] == 24  # e.g. MobileNet-V2's 24->144 expand conv on 56x56
+    for depth in (32, 1024):
+        t_o, t_w = default_conv_tiles(9, 56, vnni, depth=depth)
+        assert t_o * t_w <= 12 and 56 % t_w == 0 and 9 % t_o == 0
+    assert default_conv_tiles(9, 56, vnni, depth=1025) == wide
+    assert default_conv_tiles(8, 28, vnni, depth=128 * 9) == default_conv_tiles(8, 28, vnni)
+    avx2 = find_dot(get_target("x86").dot)
+    assert avx2.short_accumulators == 0
+    assert default_conv_tiles(8, 56, avx2, depth=32) == default_conv_tiles(8, 56, avx2)

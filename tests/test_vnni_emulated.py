@@ -123,7 +123,10 @@ def test_vnni_conv_tiles_are_exact_on_emulated_cpu(vnni_build, tmp_path):
             continue
         args = _random_args(func, rng)
         _, occ, _, ow, _ = args[-1].shape  # output blocks and columns (NCHWc output)
-        tiles = {(1, 1), default_conv_tiles(occ, ow, dot),
+        # the reduction's bytes: the weights' (icb, kh, kw, quads, ..., 4) axes
+        depth = int(np.prod(args[1].shape[1:5])) * args[1].shape[-1]
+        tiles = {(1, 1), default_conv_tiles(occ, ow, dot), default_conv_tiles(occ, ow, dot,
+                                                                             depth=depth),
                  (_widest(occ, 4), _widest(ow, 4)), (1, _widest(ow, 16))}
         ref = [tvm.runtime.tensor(a) for a in args]
         tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
