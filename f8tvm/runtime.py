@@ -291,7 +291,7 @@ class Module:
             # finite values that overflows, which only sends them down the exact NumPy path
             if not np.isfinite(x.sum(dtype=np.float32)):
                 return False
-        import tvm_ffi  # TVM's runtime package: a zero-copy view of the NumPy array
+        import tvm_ffi  # lazy: TVM's runtime, out of the module's start as tvm is (zero-copy view)
 
         view = tvm_ffi.from_dlpack(np.ascontiguousarray(x), require_alignment=0)
         self._quantize_kernel(view, self._q_in)
