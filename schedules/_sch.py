@@ -6,6 +6,15 @@ from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit, region_tens
 from f8tvm.passes.packed_kernels import PAD_INTERIOR
 
 
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def widest_divisor(n: int, cap: int) -> int:
+    """The largest divisor of ``n`` that is at most ``cap`` (a loop's widest even split)."""
+    return max(d for d in divisors(n) if d <= cap)
+
+
 def extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 

@@ -21,6 +21,8 @@ from f8tvm.core import _tvm
 from f8tvm.core._tvm import te, tir
 from f8tvm.core.fixedpoint import qrange
 
+from . import _sch
+
 QUANTIZE_INPUT = "f8tvm_quantize_input"  # the kernel's symbol in the library
 
 # |fl| beyond this leaves float32's normal range in the constants below: no kernel (NumPy then)
@@ -55,8 +57,7 @@ def quantize_input(shape, fl: int, signed: bool):
     loops = sch.get_loops(sch.get_sblock("quantize"))
     if len(loops) > 1:
         sch.parallel(sch.fuse(*loops[:-1]))
-    width = int(shape[-1])
-    lanes = max(d for d in range(1, min(width, 32) + 1) if width % d == 0)
+    lanes = _sch.widest_divisor(int(shape[-1]), 32)
     if lanes >= 4:
         sch.vectorize(sch.split(loops[-1], [None, lanes])[1])
     return sch.mod["main"].with_attr("global_symbol", QUANTIZE_INPUT)

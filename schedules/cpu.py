@@ -17,10 +17,7 @@ from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, 
 
 from . import _sch
 from . import intrin_amx as amx
-
-
-def _divisors(n):
-    return [d for d in range(1, n + 1) if n % d == 0]
+from ._sch import divisors as _divisors
 
 
 def split_widths(ow: int, dot) -> list[int]:
@@ -320,7 +317,7 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         b, c, y, x, cl, ry, rx = loops
     ow = _sch.extent(sch, x)
     limit = dot.dw_tile if dot is not None else 8
-    t_w = tiles[0] if tiles else max(d for d in _divisors(ow) if d <= limit)
+    t_w = tiles[0] if tiles else _sch.widest_divisor(ow, limit)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     if pairs:
         sch.reorder(b, c, y, x_o, ry, rp, x_i, cl, rk)
