@@ -154,6 +154,7 @@ class Module:
     def __init__(self, lib, meta: dict, device=None, board=None):
         # lazy: importing TVM takes seconds; the CLI's checks and the CPU check run without it
         import tvm
+        import tvm_ffi  # lazy: as above (TVM's runtime: zero-copy views of NumPy arrays)
         from tvm.runtime.vm import VirtualMachine  # lazy: as above
 
         self.meta = meta
@@ -176,6 +177,7 @@ class Module:
         # it: one pass instead of NumPy's six).  So one Module runs one call at a time, as
         # TVM's VM does.
         self._q_in = self._quantize_kernel = None
+        self._view = tvm_ffi.from_dlpack
         if board is None and self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
             self._q_in = tvm.runtime.empty(self.input_shape, self.input_dtype, self.device)
             if inp.get("kernel"):
@@ -291,10 +293,8 @@ class Module:
             # finite values that overflows, which only sends them down the exact NumPy path
             if not np.isfinite(x.sum(dtype=np.float32)):
                 return False
-        import tvm_ffi  # lazy: TVM's runtime, out of the module's start as tvm is (zero-copy view)
-
-        view = tvm_ffi.from_dlpack(np.ascontiguousarray(x), require_alignment=0)
-        self._quantize_kernel(view, self._q_in)
+        self._quantize_kernel(self._view(np.ascontiguousarray(x), require_alignment=0),
+                              self._q_in)
         return True
 
     def benchmark(self, number=10, repeat=5, warmup=2):
