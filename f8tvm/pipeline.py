@@ -11,9 +11,10 @@ integer    the plan (from the build's plan source: calibration, QAT, an F8Net   
            and QuantizeToInteger + ClipAfterRequantize, and on targets
            whose dot product wants int8 data OffsetUnsignedActivations
 pack       PackChannelBlocks (the blocked layout of the target's dot instruction),    Relax
-           [RequantizeWithMultiplier: the comparison build], FoldConstantAdds
+           [RequantizeWithMultiplier: the comparison build], FoldConstantAdds,
+           [ParityByTest: targets with a vector bit test]
 fuse       the CPU backend's legalization and fusion: unscheduled fused kernels       Relax+TIR
-           (what tuning works on)
+           (what tuning works on), each conv's bias add in its accumulators' init
 schedule   a schedule per kernel: a tuning database's record, else ours; beside the    Relax+TIR
            program, the float input's quantize kernel (``run`` calls it, ``main`` not)
 lower      the VM lowering, then AuditMultiplies on the kernels (a wide multiply      Relax+TIR
@@ -45,9 +46,10 @@ from f8tvm.passes.clip_after_requantize import ClipAfterRequantize
 from f8tvm.passes.fold_constant_adds import FoldConstantAdds
 from f8tvm.passes.offset_activations import offset_for_target
 from f8tvm.passes.pack_channel_blocks import PackChannelBlocks
+from f8tvm.passes.parity_by_test import ParityByTest
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.passes.requantize_multiplier import RequantizeWithMultiplier
-from f8tvm.schedules import boundary, find_dot
+from f8tvm.schedules import bias, boundary, find_dot
 from f8tvm.schedules.tuning import apply_database
 from f8tvm.targets import TargetPreset
 
@@ -76,19 +78,24 @@ def integer(float_mod, graph, plan: FixedPointPlan, target: TargetPreset):
 def pack(int_mod, target: TargetPreset, requantize: str = "shift", info: dict | None = None):
     """Phase ``pack``: blocked channel layout for the target's dot-product instruction (if
     any); ``requantize="multiplier"``: the comparison build's fixed-point multiplier requantize
-    (``info``, a dict, receives its count under ``rewritten``); last, the constant adds folded
-    (bias + rounding offset: one add per output vector)."""
+    (``info``, a dict, receives its count under ``rewritten``); then the constant adds folded
+    (bias + rounding offset: one add per output vector); last, on targets with a vector bit
+    test, the rounding's parity bit read by it."""
     packed = int_mod
     if target.dot is not None:
         packed = PackChannelBlocks(target.dot, target.activations)(int_mod)
     if requantize == "multiplier":
         packed = RequantizeWithMultiplier(info)(packed)
-    return FoldConstantAdds()(packed)
+    packed = FoldConstantAdds()(packed)
+    if target.parity_test:
+        packed = ParityByTest()(packed)
+    return packed
 
 
 def fuse(packed, target: TargetPreset):
-    """Phase ``fuse``: legalized and fused, kernels not yet scheduled."""
-    return _tvm.fuse_relax(packed, target.tvm())
+    """Phase ``fuse``: legalized and fused, kernels not yet scheduled; a conv's bias add moved
+    into its accumulators' init (:mod:`f8tvm.schedules.bias`)."""
+    return bias.fold_biases(_tvm.fuse_relax(packed, target.tvm()), find_dot(target.dot))
 
 
 def schedule(fused, target: TargetPreset, tuning_db: str | None = None,

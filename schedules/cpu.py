@@ -85,6 +85,22 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     return best
 
 
+def pair_form(block, dot) -> bool:
+    """Whether the conv ``block`` takes ``dot``'s pair form: both quads of an 8-channel block
+    per step (int8 activations and weights)."""
+    rq = int(block.iter_vars[8].dom.extent)  # b o y x ol rc ry rx rq rk
+    return (dot.pair_intrin is not None and rq == 2
+            and _sch.operand_dtypes(block) == ("int8", "int8"))
+
+
+def split_form(block, dot) -> bool:
+    """Whether the conv ``block`` takes split accumulators (twice the registers: the default
+    tile is at most ``split_tile`` accumulators): the pair form on a row that has a split tile
+    width, whatever the tile.  Its schedule factors the reduction (``rfactor``)."""
+    ow = int(block.iter_vars[3].dom.extent)
+    return pair_form(block, dot) and bool(split_widths(ow, dot))
+
+
 def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     """Schedule the fused PrimFunc in ``sch`` that holds a ``conv_nchwc`` block, tensorized with
     ``dot`` (a :class:`schedules.DotIntrin`).  ``tiles``: the (oc, ow) register tile, e.g. from
@@ -96,9 +112,8 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     occ, ow = _sch.extent(sch, o), _sch.extent(sch, x)
     a_dtype, b_dtype = _sch.operand_dtypes(sch.get(conv))
-    # the pair form takes both quads of an 8-channel block (int8 activations and weights)
-    pairs = (dot.pair_intrin is not None and _sch.extent(sch, rq) == 2
-             and a_dtype == b_dtype == "int8")
+    pairs = pair_form(sch.get(conv), dot)
+    split = split_form(sch.get(conv), dot)
     depth = 1  # the reduction's bytes: input blocks x window x the block's quads x 4
     for loop in (rc, ry, rx, rq, rk):
         depth *= _sch.extent(sch, loop)
@@ -108,9 +123,6 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     # a column pair (``column_pairs``: the input block is one quad) or a block's quads
     columns = pairs and _sch.activation_block(sch.get(conv)) == dot.depth
-    # split accumulators (twice the registers: the default tile is at most ``split_tile``
-    # accumulators) on rows that have a split tile width, whatever the tile
-    split = pairs and bool(split_widths(ow, dot))
     if split:
         conv, (b, o_o, y, x_o, rc, ry, rx, o_i, x_i, rq) = _split_accumulators(
             sch, conv, (b, o_o, y, x_o, rc, ry, rx, o_i, x_i, rq, ol, rk))

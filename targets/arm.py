@@ -23,6 +23,7 @@ PRESETS = [
         dot=DotSpec("smull", 8, 4, pair_taps=True, column_pairs=True, weight_min=-127),
         isa="NEON",
         activations="int8",
+        parity_test=True,
         description="aarch64 (Armv8-A) with NEON: Cortex-A53/A72 (Raspberry Pi 3/4)",
     ),
     TargetPreset(
@@ -36,6 +37,7 @@ PRESETS = [
         dot=DotSpec("sdot", 8, 4, pair_taps=True, tap_group=4, column_pairs=True),
         isa="NEON dotprod",
         activations="int8",
+        parity_test=True,
         description="aarch64 Armv8.2-A+ with the dot product: Cortex-A55/A76 (Raspberry Pi 5)",
     ),
     TargetPreset(

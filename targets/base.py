@@ -55,6 +55,9 @@ class TargetPreset:
     # Linux /proc/cpuinfo flags the generated code needs; the runtime checks them when it loads
     # a module on this machine (instead of dying on an illegal instruction)
     cpu_flags: tuple = ()
+    # the ties-to-even shift's parity bit read by a vector bit test (relay_passes/
+    # parity_by_test.py): AArch64's cmtst makes it one instruction shorter; on x86 it is not
+    parity_test: bool = False
 
     def __post_init__(self):
         if self.activations not in ACTIVATIONS:

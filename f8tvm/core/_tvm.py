@@ -166,6 +166,30 @@ def region_tensor(region):
     return region.source if hasattr(region, "source") else region.buffer
 
 
+def map_blocks(func, fn):
+    """``func`` with every block ``b`` of its body replaced by ``fn(b)`` (innermost first; ``fn``
+    returns ``b`` itself to keep it)."""
+    return func.with_body(tvm_ffi.structural_map(func.body, (s_tir.SBlock, fn)))
+
+
+def block_with(block, **fields):
+    """A copy of the TIR block ``block`` with ``fields`` (``reads``, ``body``, ``init``, ...)
+    replaced."""
+    args = {name: getattr(block, name) for name in (
+        "iter_vars", "reads", "writes", "name_hint", "body", "init", "alloc_buffers",
+        "match_buffers", "annotations")}
+    args.update(fields)
+    return s_tir.SBlock(**args)
+
+
+def load_source(expr):
+    """The buffer a TIR load reads, or None when ``expr`` is not a load (0.27: a ``TensorLoad``
+    with ``.source``; older: a ``BufferLoad`` with ``.buffer``)."""
+    if node_kind(expr) not in ("BufferLoad", "TensorLoad"):
+        return None
+    return expr.source if hasattr(expr, "source") else expr.buffer
+
+
 def schedule_of(prim_func):
     """A TIR schedule over one PrimFunc (0.27: ``tvm.s_tir.Schedule``)."""
     return s_tir.Schedule(prim_func)

@@ -1,0 +1,176 @@
+"""The requantize epilogue's shorter forms: the bias in the accumulators' init
+(``schedules/bias.py``) and the rounding's parity bit read by a bit test
+(``relay_passes/parity_by_test.py``)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_small_net, relax_main, run_relax
+
+from f8tvm import api, pipeline
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import relax, tvm
+from f8tvm.core.bindings import bindings, is_call
+from f8tvm.core.fixedpoint import rq_reference
+from f8tvm.passes.parity_by_test import parity_by_test
+from f8tvm.passes.quantize_to_integer import emit_rounding_shift
+from f8tvm.schedules import cpu, find_dot, kernel_block
+from f8tvm.targets import get_target
+
+R = relax.op
+SIZE = 16
+
+
+def _ops(func):
+    return [b.value.op.name for b in bindings(func) if isinstance(b.value, relax.Call)]
+
+
+def _module(func):
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def _parity_program(shift, parity):
+    def body(bb, x):
+        s = bb.emit(R.right_shift(x, relax.const(shift)), "s")
+        return bb.emit(R.bitwise_and(s, relax.const(parity)), "lsb")
+    return body
+
+
+def _int32_values(rng, n):
+    """Every bit pattern class: random over all of int32, both ends, zero, single bits."""
+    singles = np.array([1 << k for k in range(31)] + [-(1 << k) for k in range(32)], np.int64)
+    ends = np.array([0, -1, 1, 2**31 - 1, -(2**31), -(2**31) + 1], np.int64)
+    return np.concatenate([rng.integers(-(2**31), 2**31, n), singles, ends]).astype("int32")
+
+
+@pytest.mark.host
+def test_parity_bit_by_test_equals_the_shifted_bit_for_every_shift():
+    # one channel per shift 0..31, parity 1 except on two channels (0: the bit is never added)
+    c = 32
+    shift = np.arange(c, dtype="int32").reshape(1, c, 1, 1)
+    parity = np.ones((1, c, 1, 1), "int32")
+    parity[0, [0, 7], 0, 0] = 0
+    values = _int32_values(np.random.default_rng(0), 2000)
+    x = np.broadcast_to(values.reshape(1, 1, -1, 1), (1, c, values.size, 1)).copy()
+    mod = relax_main(x.shape, "int32", _parity_program(shift, parity))
+    stats = {}
+    out = parity_by_test(mod["main"], stats)
+    assert stats["rewritten"] == 1
+    ops = _ops(out)
+    assert "relax.right_shift" not in ops and "relax.not_equal" in ops
+    want = (x.astype(np.int64) >> shift) & parity
+    for m in (mod, _module(out)):
+        assert np.array_equal(run_relax(m, x)[0], want)
+
+
+@pytest.mark.host
+def test_rounding_shift_with_the_test_stays_ties_to_even():
+    shifts = np.array([0, 1, 2, 5, 9, 12, 20]).reshape(1, 7, 1, 1)
+    window = np.arange(-4 << 12, 4 << 12)  # ties and their neighbours for every shift <= 12
+    top = np.arange(2**31 - 2**20, 2**31 - 2**19)  # u = T + 2**(r-1) - 1 stays in int32
+    values = np.concatenate([window, top, -(2**31) + np.arange(2**12)])
+    t = np.broadcast_to(values.reshape(1, 1, -1, 1), (1, 7, values.size, 1)).astype("int32")
+    mod = relax_main(t.shape, "int32", lambda bb, x: emit_rounding_shift(bb, x, shifts, "rq"))
+    stats = {}
+    out = parity_by_test(mod["main"], stats)
+    assert stats["rewritten"] == 1
+    assert np.array_equal(run_relax(_module(out), t)[0], rq_reference(t, shifts, clamp=False))
+
+
+def test_parity_left_alone_unless_the_mask_is_a_bit():
+    for parity, shift in ((2, 3), (3, 1), (1, 32), (1, -1)):
+        mod = relax_main((1, 2, 2, 2), "int32", _parity_program(
+            np.array(shift, "int32"), np.array(parity, "int32")))
+        stats = {}
+        out = parity_by_test(mod["main"], stats)
+        assert stats["rewritten"] == 0 and out.same_as(mod["main"]), (parity, shift)
+
+
+@pytest.fixture(scope="module")
+def net_and_calib():
+    torch.manual_seed(0)
+    calib = [np.random.default_rng(0).standard_normal((4, 3, SIZE, SIZE)).astype("float32")]
+    return make_small_net(), calib
+
+
+def _parity_shifts(func):
+    """Bindings of ``func`` that take a parity bit by shift and mask (``(u >> r) & p``)."""
+    producers = {b.var: b.value for b in bindings(func)}
+    return [b for b in bindings(func) if is_call(b.value, "relax.bitwise_and")
+            and is_call(producers.get(b.value.args[0]), "relax.right_shift")]
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("target,tested", [("arm-dotprod", True), ("arm", True),
+                                           ("x86-avx512", False), ("x86", False)])
+def test_pack_reads_the_parity_by_test_only_where_the_target_says(net_and_calib, target,
+                                                                   tested):
+    from f8tvm.api import plan_source
+
+    net, calib = net_and_calib
+    source = plan_source(net, torch.zeros(1, 3, SIZE, SIZE), calib)
+    preset = get_target(target)
+    assert preset.parity_test == tested
+    b = pipeline.Build(preset, source.model, source.example_input, source.plan_for)
+    pipeline.run(b, until="fuse")
+    shifted = _parity_shifts(b.ir["pack"]["main"])
+    tests = [n for n in _ops(b.ir["pack"]["main"]) if n == "relax.not_equal"]
+    requantizing = [n for n, _ in _tvm.primfuncs(b.ir["fuse"]) if "right_shift" in n]
+    assert requantizing
+    if tested:  # every requantize reads its parity bit by a test, in every fused kernel
+        assert not shifted and tests
+        assert all("not_equal" in n for n in requantizing), requantizing
+    else:
+        assert shifted and not tests
+
+
+def _init_value(func):
+    kind, block = kernel_block(func)
+    if block is None or block.init is None:
+        return kind, None, None
+    return kind, block, block.init.value
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("target", ["x86-avx512", "x86", "arm-dotprod", "arm", "x86-amx"])
+def test_bias_moves_into_the_accumulator_init(net_and_calib, target):
+    net, calib = net_and_calib
+    fused, preset = api.fuse(net, torch.zeros(1, 3, SIZE, SIZE), target, calib)
+    dot = find_dot(preset.dot)
+    folded = kept = 0
+    for name, func in _tvm.primfuncs(fused):
+        kind, block, init = _init_value(func)
+        if block is None:
+            continue
+        zero = _tvm.node_kind(init) == "IntImm" and int(init.value) == 0
+        must_keep = not dot.bias_init or (
+            kind == "conv" and (cpu.amx_conv(block, dot) or cpu.split_form(block, dot)))
+        if zero:
+            kept += 1
+            continue
+        assert not must_keep, name  # rfactor / a zeroed AMX tile need an init of zero
+        folded += 1
+        # the init reads a per-channel parameter of the kernel; the add after it is a copy
+        assert _tvm.load_source(init) is not None, name
+        sch = _tvm.schedule_of(func)
+        (after,) = sch.get_consumers(sch.get_sblock(block.name_hint))
+        assert _tvm.load_source(sch.get(after).body.value) is not None, name
+    if target == "arm":  # smull's kernels keep the add (they measured longer without it)
+        assert folded == 0 and kept >= 1
+    else:
+        assert folded >= 1, target
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("target", ["x86-avx512", "x86"])
+def test_folded_kernels_run_bit_exact(net_and_calib, target):
+    from f8tvm.reference import quantize_input, run_reference
+
+    if target == "x86-avx512" and "avx512_vnni" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AVX-512 VNNI (the emulated tests cover it)")
+    net, calib = net_and_calib
+    cm = api.compile(net, torch.zeros(1, 3, SIZE, SIZE), target=target, calib=calib)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        q = quantize_input(rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32"), cm.plan)
+        assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
