@@ -379,3 +379,48 @@ def test_short_reductions_take_a_smaller_register_tile():
     avx2 = find_dot(get_target("x86").dot)
     assert avx2.short_accumulators == 0
     assert default_conv_tiles(8, 56, avx2, depth=32) == default_conv_tiles(8, 56, avx2)
+
+
+def _pad_vectors(func):
+    """(bytes, channel block) of every vector loop of a padding copy in a scheduled kernel."""
+    from f8tvm.passes.packed_kernels import PAD_BLOCK
+
+    out = []
+
+    def visit(n):
+        if _tvm.node_kind(n) != "For" or int(n.kind) != int(tvm.tirx.ForKind.VECTORIZED):
+            return
+        stores = []
+        _tvm.post_order_visit(n.body, lambda m: stores.append(m)
+                              if _tvm.node_kind(m) == "SBlock"
+                              and m.name_hint.startswith(PAD_BLOCK) else None)
+        if stores:
+            buf = stores[0].body.buffer
+            bits = int(str(buf.dtype).lstrip("int").lstrip("uint") or 8)
+            out.append((int(n.extent) * bits // 8, int(buf.shape[-1]) * bits // 8))
+
+    _tvm.post_order_visit(func.body, visit)
+    return out
+
+
+@pytest.mark.parametrize("target", ["x86", "x86-avx512", "arm-dotprod"])
+def test_padding_copies_a_row_in_wide_vectors(calib, target):
+    # the interior of a padded row is one copy over its columns and channels together, in
+    # vectors of up to 256 bytes, not one channel block (8 or 16 bytes) at a time
+    from f8tvm.schedules import default_schedule, find_dot, kernel_kind
+
+    torch.manual_seed(1)
+    fused, preset = api.fuse(_ResidualNet().eval(), torch.randn(1, 3, SIZE, SIZE), target, calib)
+    dot = find_dot(preset.dot)
+    padded = 0
+    for _, f in fused.functions_items():
+        if not isinstance(f, tvm.tirx.PrimFunc) or kernel_kind(f) == "other":
+            continue
+        vectors = _pad_vectors(default_schedule(f, dot))
+        if not vectors:
+            continue
+        padded += 1
+        widest, block = max(vectors)
+        assert widest > block and widest <= 256, vectors
+        assert all(b % blk == 0 for b, blk in vectors), vectors
+    assert padded >= 2  # the stem's and conv1's 3x3 windows
