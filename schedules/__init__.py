@@ -203,11 +203,11 @@ def _arm():
         # the pair form: one 8-byte load per pixel and channel block, sdot by element; 30 of
         # the 32 registers for the tile (LLVM keeps two for addresses of spills' sake)
         "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0,
-                          dw_pair_signed=a.SDOT_DW_8x4, dw_taps=4, dw_tile=4,
+                          dw_pair_signed=a.SDOT_DW_8x4, dw_taps=4, dw_tile=2,
                           pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True,
-                          narrow=narrow),
+                          narrow=narrow, narrow_2px=narrow_2px),
         # smull + saddlp + addp: temporaries need registers too.  The pair form (smull +
         # smlal, two quads per int16 product) keeps its products' temporaries live across
         # the tile: 4 accumulators at most (measured on ResNet-18: 1x4 beats 2x4 and 1x8 by
