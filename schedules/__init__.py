@@ -91,6 +91,9 @@ class DotIntrin:
     bias_init: bool = True
     # unroll the window's columns in the conv's loop body (shared pixel loads)
     unroll_window: bool = False
+    # and its rows (at most 3 of them): one loop step per input block instead of one per
+    # window row (ResNet-18's 3x3 convs on sdot: 3.5-6% fewer instructions)
+    unroll_rows: bool = False
     # window columns per step of the depthwise tap form (``dw_pair``; the spec's ``tap_group``)
     dw_taps: int = 2
     # the depthwise register tile: at most this many pixels
@@ -206,7 +209,7 @@ def _arm():
                           dw_pair_signed=a.SDOT_DW_8x4, dw_taps=4, dw_tile=2,
                           pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
-                          pair_registers=30, b_cost_far=2.0, unroll_window=True,
+                          pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,
                           narrow=narrow, narrow_2px=narrow_2px),
         # smull + saddlp + addp: temporaries need registers too.  The pair form (smull +
         # smlal, two quads per int16 product) keeps its products' temporaries live across

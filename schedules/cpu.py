@@ -150,6 +150,9 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
         # tap s + k and tap k of the next pixel) load them once; LLVM unrolls only the
         # small tiles by itself
         sch.unroll(rx)
+        if dot.unroll_rows and _sch.extent(sch, ry) <= 3:
+            # a 7x7 window's rows unrolled made ResNet-18's first conv 17% longer (spills)
+            sch.unroll(ry)
     sch.unroll(x_i)
     sch.unroll(o_i)
     _sch.schedule_pad(sch, PAD_BLOCK)
