@@ -86,6 +86,8 @@ def fold_bias(func, dot):
     if operand is None:
         return func
     bias, picks = operand
+    if picks is not None and not any(p.same_as(bias) for p in func.params):
+        return func  # computed inside the kernel, perhaps after the reduction: not an init
     init_idx = list(kernel.init.indices)
     if picks is None:
         value = bias

@@ -88,9 +88,10 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
 def pair_form(block, dot) -> bool:
     """Whether the conv ``block`` takes ``dot``'s pair form: both quads of an 8-channel block
     per step (int8 activations and weights)."""
+    if dot.pair_intrin is None:
+        return False
     rq = int(block.iter_vars[8].dom.extent)  # b o y x ol rc ry rx rq rk
-    return (dot.pair_intrin is not None and rq == 2
-            and _sch.operand_dtypes(block) == ("int8", "int8"))
+    return rq == 2 and _sch.operand_dtypes(block) == ("int8", "int8")
 
 
 def split_form(block, dot) -> bool:

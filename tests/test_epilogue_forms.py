@@ -174,3 +174,64 @@ def test_folded_kernels_run_bit_exact(net_and_calib, target):
     for _ in range(3):
         q = quantize_input(rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32"), cm.plan)
         assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))
+
+
+def _kernel_with_side_add(side_is_param: bool):
+    """A conv block and an add after it of either a kernel input (``R``) or a value the kernel
+    computes after the conv (``R << 1``)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def kernel(A: T.Buffer((1, 1, 3, 3, 8), "int8"), W: T.Buffer((1, 1, 1, 1, 2, 8, 4), "int8"),
+               R: T.Buffer((1, 1, 3, 3, 8), "int32"), Out: T.Buffer((1, 1, 3, 3, 8), "int32")):
+        acc = T.sblock_alloc_buffer((1, 1, 3, 3, 8), "int32")
+        side = T.sblock_alloc_buffer((1, 1, 3, 3, 8), "int32")
+        for b, o, y, x, ol, rc, ry, rx, rq, rk in T.grid(1, 1, 3, 3, 8, 1, 1, 1, 2, 4):
+            with T.sblock("conv_nchwc"):
+                v_b, v_o, v_y, v_x, v_ol, v_rc, v_ry, v_rx, v_rq, v_rk = T.axis.remap(
+                    "SSSSSRRRRR", [b, o, y, x, ol, rc, ry, rx, rq, rk])
+                with T.init():
+                    acc[v_b, v_o, v_y, v_x, v_ol] = 0
+                acc[v_b, v_o, v_y, v_x, v_ol] = acc[v_b, v_o, v_y, v_x, v_ol] + T.Cast(
+                    "int32", A[v_b, v_rc, v_y + v_ry, v_x + v_rx, v_rq * 4 + v_rk]) * T.Cast(
+                    "int32", W[v_o, v_rc, v_ry, v_rx, v_rq, v_ol, v_rk])
+        for i0, i1, i2, i3, i4 in T.grid(1, 1, 3, 3, 8):
+            with T.sblock("side"):
+                v0, v1, v2, v3, v4 = T.axis.remap("SSSSS", [i0, i1, i2, i3, i4])
+                side[v0, v1, v2, v3, v4] = R[v0, v1, v2, v3, v4] << 1
+        for i0, i1, i2, i3, i4 in T.grid(1, 1, 3, 3, 8):
+            with T.sblock("T_add"):
+                v0, v1, v2, v3, v4 = T.axis.remap("SSSSS", [i0, i1, i2, i3, i4])
+                Out[v0, v1, v2, v3, v4] = acc[v0, v1, v2, v3, v4] + (
+                    R[v0, v1, v2, v3, v4] if side_is_param else side[v0, v1, v2, v3, v4])
+
+    return kernel
+
+
+@pytest.mark.host
+def test_bias_init_takes_only_kernel_inputs_and_keeps_the_sum():
+    from f8tvm.schedules.bias import fold_bias
+
+    dot = find_dot(get_target("x86-avx512").dot)
+    inner = _kernel_with_side_add(side_is_param=False)
+    assert fold_bias(inner, dot).same_as(inner)  # computed after the conv: no init can read it
+    func = _kernel_with_side_add(side_is_param=True)
+    folded = fold_bias(func, dot)
+    assert not folded.same_as(func)
+    _, block, init = _init_value(folded)
+    assert _tvm.load_source(init).same_as(func.params[2])
+    rng = np.random.default_rng(1)
+    args = [rng.integers(-128, 128, (1, 1, 3, 3, 8)).astype("int8"),
+            rng.integers(-127, 128, (1, 1, 1, 1, 2, 8, 4)).astype("int8"),
+            rng.integers(-(2**20), 2**20, (1, 1, 3, 3, 8)).astype("int32")]
+    outs = []
+    for f in (func, folded):
+        lib = tvm.compile(f.with_attr("global_symbol", "main"), target="llvm")
+        out = tvm.runtime.tensor(np.zeros((1, 1, 3, 3, 8), "int32"))
+        lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+        outs.append(out.numpy())
+    a, w, r = (x.astype(np.int64) for x in args)
+    taps = w[0, 0, 0, 0].transpose(1, 0, 2)  # [out lane, quad, byte]
+    want = np.stack([np.einsum("qk,oqk->o", a.reshape(9, 2, 4)[p], taps) for p in range(9)])
+    want = want.reshape(1, 1, 3, 3, 8) + r
+    assert np.array_equal(outs[0], want) and np.array_equal(outs[1], want)
