@@ -266,16 +266,23 @@ def dot_intrin(spec: DotSpec) -> DotIntrin:
     return find_dot(spec)
 
 
-def kernel_block(prim_func):
-    """``(kind, block)`` of the packed kernel block a fused PrimFunc holds: kind 'conv' or
+def kernel_sblock(sch):
+    """``(kind, block RV)`` of the packed kernel block in ``sch``'s PrimFunc: kind 'conv' or
     'depthwise', or ``('other', None)``."""
-    sch = schedule_of(prim_func)
     for name, kind in ((CONV_BLOCK, "conv"), (DEPTHWISE_BLOCK, "depthwise")):
         try:
-            return kind, sch.get(sch.get_sblock(name))
+            return kind, sch.get_sblock(name)
         except Exception:  # no such block in this kernel
             continue
     return "other", None
+
+
+def kernel_block(prim_func):
+    """``(kind, block)`` of the packed kernel block a fused PrimFunc holds (see
+    :func:`kernel_sblock`)."""
+    sch = schedule_of(prim_func)
+    kind, rv = kernel_sblock(sch)
+    return kind, (sch.get(rv) if rv is not None else None)
 
 
 def kernel_kind(prim_func) -> str:

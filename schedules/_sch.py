@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit, region_tensor
+from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit, region_tensor, tvm
 from f8tvm.passes.packed_kernels import PAD_INTERIOR
 
 
@@ -227,8 +227,7 @@ def _split_at(sch, loop, sizes):
 
 
 def _dtype_bytes(sch, blk) -> int:
-    bits = int("".join(ch for ch in expr_dtype(sch.get(blk).body.value) if ch.isdigit()))
-    return bits // 8
+    return tvm.runtime.DataType(expr_dtype(sch.get(blk).body.value)).bits // 8
 
 
 def schedule_pad(sch, name):

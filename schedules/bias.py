@@ -15,25 +15,15 @@ from __future__ import annotations
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import load_source, node_kind, tir
-from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK
 
-from . import cpu
-
-
-def _kernel(sch):
-    """(kind, block RV) of the conv or depthwise block of ``sch``'s PrimFunc, else None."""
-    for name, kind in ((CONV_BLOCK, "conv"), (DEPTHWISE_BLOCK, "depthwise")):
-        try:
-            return kind, sch.get_sblock(name)
-        except Exception:  # no such block in this kernel
-            continue
-    return None
+from . import cpu, kernel_sblock
 
 
 def _bias_operand(add, acc):
-    """``(bias, indices)`` when the block ``add`` computes ``acc[i] + bias[j]`` (either order),
-    ``bias`` an int32 buffer indexed by some of the store's iterators (the others at 0) or a
-    constant (``indices`` None); else None."""
+    """``(acc_load, bias, indices)`` when the block ``add`` computes ``acc[i] + bias[j]`` (either
+    order), ``bias`` an int32 buffer indexed by some of the store's iterators (the others at 0:
+    ``indices`` gives, per index of ``bias``, the store's index position or None) or a constant
+    (``indices`` None); else None."""
     store = add.body
     if node_kind(store) != "BufferStore" or node_kind(store.value) != "Add":
         return None
@@ -45,7 +35,7 @@ def _bias_operand(add, acc):
                 and len(a.indices) == len(idx)):
             continue
         if node_kind(b) == "IntImm":
-            return b, None
+            return a, b, None
         bias = load_source(b)
         if bias is None or str(bias.dtype) != "int32":
             return None
@@ -58,7 +48,7 @@ def _bias_operand(add, acc):
             if not pos:
                 return None
             picks.append(pos[0])
-        return bias, picks
+        return a, bias, picks
     return None
 
 
@@ -68,10 +58,9 @@ def fold_bias(func, dot):
     if dot is None or not dot.bias_init:
         return func
     sch = _tvm.schedule_of(func)
-    found = _kernel(sch)
-    if found is None:
+    kind, kblock = kernel_sblock(sch)
+    if kblock is None:
         return func
-    kind, kblock = found
     kernel = sch.get(kblock)
     if kernel.init is None or node_kind(kernel.init) != "BufferStore":
         return func
@@ -85,7 +74,7 @@ def fold_bias(func, dot):
     operand = _bias_operand(add, acc)
     if operand is None:
         return func
-    bias, picks = operand
+    acc_load, bias, picks = operand
     if picks is not None and not any(p.same_as(bias) for p in func.params):
         return func  # computed inside the kernel, perhaps after the reduction: not an init
     init_idx = list(kernel.init.indices)
@@ -96,8 +85,6 @@ def fold_bias(func, dot):
         value = tir.BufferLoad(bias, [zero if p is None else init_idx[p] for p in picks])
     kname, aname = kernel.name_hint, add.name_hint
     store = add.body
-    acc_load = next(v for v in (store.value.a, store.value.b)
-                    if load_source(v) is not None and load_source(v).same_as(acc))
 
     def rewrite(block):
         if block.name_hint == kname:

@@ -396,8 +396,8 @@ def _pad_vectors(func):
                               and m.name_hint.startswith(PAD_BLOCK) else None)
         if stores:
             buf = stores[0].body.buffer
-            bits = int(str(buf.dtype).lstrip("int").lstrip("uint") or 8)
-            out.append((int(n.extent) * bits // 8, int(buf.shape[-1]) * bits // 8))
+            size = tvm.runtime.DataType(str(buf.dtype)).bits // 8
+            out.append((int(n.extent) * size, int(buf.shape[-1]) * size))
 
     _tvm.post_order_visit(func.body, visit)
     return out
