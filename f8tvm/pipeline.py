@@ -34,7 +34,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from f8tvm.core import _tvm
+from f8tvm import mcu
+from f8tvm.core import __version__, _tvm
 from f8tvm.core.bounds import fit_int32
 from f8tvm.core.errors import InputError
 from f8tvm.core.graph import extract_graph
@@ -50,6 +51,7 @@ from f8tvm.passes.parity_by_test import ParityByTest
 from f8tvm.passes.quantize_to_integer import QuantizeToInteger
 from f8tvm.passes.requantize_multiplier import RequantizeWithMultiplier
 from f8tvm.schedules import bias, boundary, find_dot
+from f8tvm.schedules import mcu as mcu_schedules
 from f8tvm.schedules.tuning import apply_database
 from f8tvm.targets import TargetPreset
 
@@ -101,7 +103,10 @@ def fuse(packed, target: TargetPreset):
 def schedule(fused, target: TargetPreset, tuning_db: str | None = None,
              progress: Callable | None = None, info: dict | None = None):
     """Phase ``schedule``: every kernel scheduled (a record of ``tuning_db`` where it has one,
-    our default schedules elsewhere); ``info`` (a dict) receives what was tuned."""
+    our default schedules elsewhere); ``info`` (a dict) receives what was tuned.  On a
+    microcontroller: scalar kernels without intermediates (:mod:`f8tvm.schedules.mcu`)."""
+    if target.mcu is not None:
+        return mcu_schedules.schedule_module(fused)
     tvm_target = target.tvm()
     with tvm_target:
         scheduled, tuned = apply_database(fused, tvm_target, find_dot(target.dot),
@@ -115,12 +120,16 @@ def lower(scheduled, target: TargetPreset, strict: bool = True):
     """Phase ``lower``: the VM lowering, then the audit of every kernel.  Returns (lowered,
     report).  ``strict``: a wide multiply fails the build (:class:`AuditError`); without it the
     report only records it (the ``requantize="multiplier"`` comparison build)."""
-    lowered = _tvm.finish_lowering(scheduled, target.tvm())
+    # a microcontroller's program stays kernels called in order (f8tvm.mcu writes the calls)
+    lowered = scheduled if target.mcu else _tvm.finish_lowering(scheduled, target.tvm())
     return lowered, (check_module if strict else audit_module)(lowered)
 
 
-def codegen(lowered, target: TargetPreset):
-    """Phase ``codegen``: LLVM for the target; a VM executable."""
+def codegen(lowered, target: TargetPreset, input_fl: int = 0, name: str = "model"):
+    """Phase ``codegen``: LLVM for the target; a VM executable.  On a microcontroller: the C
+    program (:class:`f8tvm.mcu.CProgram`; ``input_fl`` and ``name`` go into its header)."""
+    if target.mcu is not None:
+        return mcu.emit(lowered, target, name, input_fl, __version__)
     return _tvm.compile_relax_lowered(lowered, target.tvm())
 
 
@@ -145,6 +154,7 @@ class Build:
     executable: object = None
     tuning: dict = field(default_factory=dict)  # what the tuning database tuned
     requantize_info: dict = field(default_factory=dict)
+    name: str = "model"  # the model's name (a microcontroller build's C header names it)
 
 
 def _import(b: Build):
@@ -177,7 +187,8 @@ def _fuse(b: Build):
 def _schedule(b: Build):
     scheduled = schedule(b.ir["fuse"], b.target, b.tuning_db,
                          lambda i, n: b.progress("schedule", i, n), b.tuning)
-    if b.graph is not None and b.plan is not None:  # a build from a model, not from its IR
+    if b.graph is not None and b.plan is not None and b.target.mcu is None:
+        # a build from a model, not from its IR (a microcontroller's input is already 8-bit)
         scheduled = with_input_kernel(scheduled, b.graph[b.graph.input].shape, b.plan)
     b.ir["schedule"] = scheduled
 
@@ -197,7 +208,8 @@ def _lower(b: Build):
 
 
 def _codegen(b: Build):
-    b.executable = codegen(b.ir["lower"], b.target)
+    fl = int(b.plan.input_fl) if b.plan is not None else 0
+    b.executable = codegen(b.ir["lower"], b.target, fl, b.name)
 
 
 @dataclass(frozen=True)
@@ -232,7 +244,10 @@ def run(build: Build, *, start: str | None = None, until: str | None = None,
 
 def _dump(build: Build, index: int, name: str, folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
-    if name == "codegen":
+    if name == "codegen" and build.target.mcu is not None:
+        text = build.executable.files["kernels.c"] + build.executable.files["model.c"]
+        path = os.path.join(folder, f"{index + 1}_{name}.c")
+    elif name == "codegen":
         text = build.executable.mod.imports[0].inspect_source("asm")
         path = os.path.join(folder, f"{index + 1}_{name}.s")
     else:

@@ -2,7 +2,8 @@
 
 Each preset names its TVM target (a JSON dict, TVM 0.27 style), the cross compiler used to link
 the ``.so`` (None = the host's) and the dot-product instruction it relies on (whose packed
-layout :class:`DotSpec` describes).
+layout :class:`DotSpec` describes); a microcontroller preset (``targets/mcu.py``) builds C
+sources instead (:class:`McuSpec`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from f8tvm.core.errors import InputError
 
 from .arm import PRESETS as _ARM
-from .base import DotSpec, TargetPreset
+from .base import DotSpec, McuSpec, TargetPreset
 from .cpu import CPUInfo, read_cpuinfo
+from .mcu import PRESETS as _MCU
 from .x86 import PRESETS as _X86
 
-TARGETS: dict[str, TargetPreset] = {p.name: p for p in [*_X86, *_ARM]}
+TARGETS: dict[str, TargetPreset] = {p.name: p for p in [*_X86, *_ARM, *_MCU]}
 
 
 def host_target_name() -> str:
@@ -38,5 +40,5 @@ def get_target(name: str) -> TargetPreset:
     return TARGETS[name]
 
 
-__all__ = ["TARGETS", "CPUInfo", "DotSpec", "TargetPreset", "get_target", "host_target_name",
-           "read_cpuinfo"]
+__all__ = ["TARGETS", "CPUInfo", "DotSpec", "McuSpec", "TargetPreset", "get_target",
+           "host_target_name", "read_cpuinfo"]

@@ -34,6 +34,28 @@ class DotSpec:
     weight_min: int = -128
 
 
+@dataclass(frozen=True)
+class McuSpec:
+    """A bare-metal microcontroller target: no operating system, no TVM runtime.  The build is
+    C sources (plain C-ABI kernels, a generated ``model.c`` over one static arena, the weights as
+    ``const`` arrays) for the cross compiler ``cflags`` name; ``products`` says how the 8-bit x
+    8-bit products are computed: ``"multiply"`` (the core's 32-bit multiply on 8-bit operands)
+    or ``"table"`` (exact quarter squares from a table: for cores without any multiplier)."""
+
+    cflags: tuple  # the cross compiler's architecture flags
+    products: str  # "multiply" or "table"
+    # the emulator that runs a build (f8tvm.mcu): "qemu-riscv32" (user mode) or "unicorn-thumb"
+    emulator: str
+    # QEMU's -cpu for it (RV32I: the M extension off, so a multiply instruction traps)
+    qemu_cpu: str | None = None
+    # what the products may not call: library multiplies (checked in the linked image)
+    forbidden_symbols: tuple = ("__mulsi3", "__muldi3", "__aeabi_lmul")
+    ram_kb: int = 0  # the default --ram limit (KiB; 0: none)
+
+
+PRODUCTS = ("multiply", "table")
+
+
 # the 8-bit activations a target's multiplies take (TargetPreset.activations)
 ACTIVATIONS = ("uint8", "int8", "any")
 
@@ -58,11 +80,16 @@ class TargetPreset:
     # the ties-to-even shift's parity bit read by a vector bit test (relay_passes/
     # parity_by_test.py): AArch64's cmtst makes it one instruction shorter; on x86 it is not
     parity_test: bool = False
+    # a microcontroller: C sources over a static arena instead of a .so (f8tvm.mcu)
+    mcu: McuSpec | None = None
 
     def __post_init__(self):
         if self.activations not in ACTIVATIONS:
             raise ValueError(f"target {self.name}: activations {self.activations!r} is not one "
                              f"of {', '.join(ACTIVATIONS)}")
+        if self.mcu is not None and self.mcu.products not in PRODUCTS:
+            raise ValueError(f"target {self.name}: products {self.mcu.products!r} is not one of "
+                             f"{', '.join(PRODUCTS)}")
 
     @property
     def dot_instruction(self) -> str | None:

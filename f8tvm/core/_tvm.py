@@ -193,3 +193,55 @@ def load_source(expr):
 def schedule_of(prim_func):
     """A TIR schedule over one PrimFunc (0.27: ``tvm.s_tir.Schedule``)."""
     return s_tir.Schedule(prim_func)
+
+
+def map_exprs(func, node_type, fn):
+    """``func`` with every expression node of ``node_type`` (e.g. ``tir.Mul``) ``e`` replaced
+    by ``fn(e)`` (innermost first)."""
+    return func.with_body(tvm_ffi.structural_map(func.body, (node_type, fn)))
+
+
+def same_expr(a, b) -> bool:
+    """Structural equality of two TIR expressions."""
+    return bool(tvm_ffi.structural_equal(a, b))
+
+
+def compacted_allocations(func) -> list:
+    """``(buffer name, elements)`` of every buffer ``func``'s blocks allocate, each shrunk to
+    the region its users touch (what the lowering will allocate)."""
+    mod = tvm.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(),
+        s_tir.transform.CompactBufferAllocation()])(IRModule({"main": func}))
+    out = []
+
+    def visit(n):
+        if node_kind(n) == "SBlock":
+            for buf in n.alloc_buffers:
+                size = 1
+                for d in buf.shape:
+                    size *= int(d)
+                out.append((buf.name, size))
+
+    post_order_visit(mod["main"].body, visit)
+    return out
+
+
+def plain_c_function(func, symbol: str):
+    """``func`` as a plain C-ABI function ``void symbol(T0 *p0, ...)``: each buffer parameter
+    becomes a typed pointer (no packed API, no runtime), indices narrowed to int32."""
+    params = list(func.params)
+    ptrs = [tir.Var(p.name, tvm.ir.PointerType(tvm.ir.PrimType(str(p.ty.dtype))))
+            for p in params]
+    body = tir.SeqStmt([tir.DeclBuffer(p, data=q) for p, q in zip(params, ptrs, strict=True)]
+                       + [func.body])
+    out = tir.PrimFunc(ptrs, body, attrs=func.attrs)
+    out = out.with_attr("global_symbol", symbol).with_attr("calling_conv", 1)
+    return tir.transform.ForceNarrowIndexToInt32()(IRModule({symbol: out}))[symbol]
+
+
+def c_source(funcs: dict) -> str:
+    """C source of the plain C-ABI functions ``funcs`` (symbol -> PrimFunc from
+    :func:`plain_c_function`), from TVM's C code generator."""
+    lib = tir.build(IRModule(funcs), target=Target({"kind": "c"}))
+    return lib.inspect_source()

@@ -1,0 +1,121 @@
+"""Compile, link and inspect a microcontroller build with the target's cross compiler.
+
+The image checks are what the build promises, read from the machine code rather than trusted:
+no library multiply (``__mulsi3``, ``__muldi3``, ``__aeabi_lmul``) linked into the default build,
+and the sizes a summary reports (flash: code + constants; SRAM: the arena and other data).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from f8tvm.core.errors import AuditError, ToolchainError
+
+# the build's C flags besides the target's architecture flags
+CFLAGS = ("-O2", "-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunction-sections",
+          "-fdata-sections", "-Wall", "-Wno-unused-variable", "-Wno-unused-function")
+
+
+def tool(target, name: str) -> str:
+    """The cross toolchain's ``name`` (``gcc``, ``nm``, ``size``, ``objdump``), found on PATH."""
+    prefix = target.cross_compiler.rsplit("-", 1)[0]
+    path = shutil.which(f"{prefix}-{name}")
+    if path is None:
+        raise ToolchainError(f"target {target.name!r} needs {prefix}-{name}, which is not on "
+                             f"PATH; install it with: apt-get install {target.compiler_package}")
+    return path
+
+
+def _run(cmd: list, what: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ToolchainError(f"{what} failed ({' '.join(cmd[:1])} exit {proc.returncode}):\n"
+                             f"{proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def compile_c(target, source: str, obj: str, defines: dict | None = None,
+              include: str | None = None) -> str:
+    """``source`` compiled to the object ``obj`` for ``target``; ``defines``: ``-D`` macros."""
+    cmd = [tool(target, "gcc"), *target.mcu.cflags, *CFLAGS, "-c", source, "-o", obj]
+    cmd += [f"-D{k}={v}" for k, v in (defines or {}).items()]
+    if include:
+        cmd.append(f"-I{include}")
+    _run(cmd, f"compiling {os.path.basename(source)}")
+    return obj
+
+
+def link(target, objects: list, elf: str, extra_flags: tuple = ()) -> str:
+    """A static, freestanding executable of ``objects`` (libgcc last: what it supplies is what
+    the code asked for, checked by :func:`check_image`)."""
+    cmd = [tool(target, "gcc"), *target.mcu.cflags, "-nostdlib", "-nostartfiles", "-static",
+           "-Wl,--gc-sections", *extra_flags, *objects, "-lgcc", "-o", elf]
+    _run(cmd, f"linking {os.path.basename(elf)}")
+    return elf
+
+
+@dataclass(frozen=True)
+class Sizes:
+    text: int  # code and read-only data (the weights): flash
+    data: int  # initialized data: flash and SRAM
+    bss: int  # zeroed data (the arena): SRAM
+
+    @property
+    def flash(self) -> int:
+        return self.text + self.data
+
+    @property
+    def sram(self) -> int:
+        return self.data + self.bss
+
+
+def sizes(target, path: str) -> Sizes:
+    """Berkeley sizes of an object or image (``size``)."""
+    out = _run([tool(target, "size"), path], "size").splitlines()
+    text, data, bss = (int(v) for v in out[1].split()[:3])
+    return Sizes(text, data, bss)
+
+
+def defined_symbols(target, path: str) -> set:
+    out = _run([tool(target, "nm"), path], "nm")
+    return {ln.split()[-1] for ln in out.splitlines() if len(ln.split()) == 3}
+
+
+def library_multiplies(target, path: str) -> list:
+    """The library multiplies (``McuSpec.forbidden_symbols``) linked into the image ``path``."""
+    return sorted(defined_symbols(target, path) & set(target.mcu.forbidden_symbols))
+
+
+def check_image(target, path: str) -> None:
+    """Raise :class:`AuditError` if the image calls a library multiply."""
+    found = library_multiplies(target, path)
+    if found:
+        raise AuditError(f"{os.path.basename(path)} links {', '.join(found)}: a library "
+                         "multiply, which the 8-bit-only build must not need")
+
+
+# 32-bit Thumb-2 encodings ARMv6-M has (everything else is ARMv7-M or later)
+_V6M_WIDE = {"bl", "mrs", "msr", "dmb", "dsb", "isb", "udf"}
+_INSN = re.compile(r"^\s*[0-9a-f]+:\s+((?:[0-9a-f]{4} ?){1,2})\s+([a-z][\w.]*)")
+
+
+def thumb_v6m_violations(target, path: str) -> list:
+    """Instructions of ``path`` (an ARM object or image) outside ARMv6-M: a 32-bit encoding
+    other than ``bl``/``mrs``/``msr``/barriers, e.g. ``smull``.  ``(address, text)`` pairs.
+
+    Unicorn runs ARMv7-M instructions even as a Cortex-M0, so the ISA is checked statically on
+    the disassembly (for ARMv7-M, so that a wide instruction shows as itself)."""
+    out = _run([tool(target, "objdump"), "-d", "-M", "force-thumb", path], "objdump")
+    bad = []
+    for line in out.splitlines():
+        m = _INSN.match(line)
+        if not m:
+            continue
+        words = m.group(1).split()
+        if len(words) == 2 and m.group(2).split(".")[0] not in _V6M_WIDE:
+            bad.append((line.split(":")[0].strip(), line.split("\t", 2)[-1].strip()))
+    return bad

@@ -1,0 +1,56 @@
+"""Microcontroller presets: bare-metal cores without a wide multiplier.
+
+A build for one of them is C (``f8tvm.mcu``): plain C-ABI kernels from TVM's C code generator, a
+generated ``model.c`` that calls them in order over one static arena, and the weights as
+``const`` arrays, compiled by the preset's cross compiler.  There is no TVM runtime on the device.
+
+* ``cortex-m0plus`` (ARMv6-M): ``muls`` (32 x 32 -> 32) but no ``smull``/``umull``; the 8-bit
+  products use ``muls``, and nothing needs a 64-bit product.
+* ``rv32i``: no multiply instruction at all; every 8-bit product is an exact table lookup
+  (quarter squares: ``a*b = S[a+b] - S[a-b]``, ``S[i] = floor(i*i/4)``), which only an
+  8-bit-only program can afford (the table has 640 entries).
+* ``rv32im``: the same core with the M extension, for comparison (``mul`` on 8-bit operands).
+"""
+
+from .base import McuSpec, TargetPreset
+
+_C = {"kind": "c"}  # TVM's C code generator; the cross compiler does the rest
+
+PRESETS = [
+    TargetPreset(
+        name="cortex-m0plus",
+        tvm_target=_C,
+        cross_compiler="arm-none-eabi-gcc",
+        compiler_package="gcc-arm-none-eabi",
+        dot=None,
+        isa="ARMv6-M (muls, no long multiply)",
+        activations="any",
+        description="Arm Cortex-M0+ / M0 microcontrollers (bare metal, C sources)",
+        mcu=McuSpec(cflags=("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"),
+                    products="multiply", emulator="unicorn-thumb"),
+    ),
+    TargetPreset(
+        name="rv32i",
+        tvm_target=_C,
+        cross_compiler="riscv64-unknown-elf-gcc",
+        compiler_package="gcc-riscv64-unknown-elf",
+        dot=None,
+        isa="RV32I (no multiply instruction)",
+        activations="any",
+        description="RISC-V RV32I microcontrollers without the M extension (bare metal)",
+        mcu=McuSpec(cflags=("-march=rv32i", "-mabi=ilp32"), products="table",
+                    emulator="qemu-riscv32", qemu_cpu="rv32,m=false"),
+    ),
+    TargetPreset(
+        name="rv32im",
+        tvm_target=_C,
+        cross_compiler="riscv64-unknown-elf-gcc",
+        compiler_package="gcc-riscv64-unknown-elf",
+        dot=None,
+        isa="RV32IM (mul on 8-bit operands)",
+        activations="any",
+        description="RISC-V RV32IM microcontrollers (bare metal; for comparison with rv32i)",
+        mcu=McuSpec(cflags=("-march=rv32im", "-mabi=ilp32"), products="multiply",
+                    emulator="qemu-riscv32", qemu_cpu="rv32"),
+    ),
+]
