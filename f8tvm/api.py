@@ -207,7 +207,7 @@ def fuse(model, example_input=None, target="host", calib=None, scheme=DEFAULT_SC
 
 def compile(model, example_input=None, target="host", calib=None,  # noqa: A001
             scheme=DEFAULT_SCHEME, progress=None, debug_dump=None, plan=None, tuning_db=None,
-            requantize="shift"):
+            requantize="shift", name="model"):
     """Compile a PyTorch CNN into an F8Net integer-only module.
 
     Parameters
@@ -239,17 +239,28 @@ def compile(model, example_input=None, target="host", calib=None,  # noqa: A001
         requantizes through an int32 fixed-point multiplier (int64 product, gemmlowp/TFLite
         style; ``relay_passes/requantize_multiplier.py``), bit-exact with the shift build but
         **not** 8-bit only: its audit records the wide requantize multiplies instead of failing,
-        and the metadata's ``requantize`` entry says so.
+        and the metadata's ``requantize`` entry says so.  Microcontroller targets take
+        ``"shift"`` only (their comparison requantizes are variants of the C build).
+    name : str
+        The model's name, for the headers of a microcontroller build's C sources.
+
+    Returns a :class:`CompiledModel`; on a microcontroller target (``targets/mcu.py``) an
+    :class:`f8tvm.mcu.model.McuModel`, whose ``export(folder)`` writes C sources and whose
+    ``run_int`` runs on the target's emulator.
     """
     if requantize not in REQUANTIZE_MODES:
         raise InputError(f"requantize must be one of {', '.join(REQUANTIZE_MODES)}, "
                          f"got {requantize!r}")
     preset = get_target(target)
+    if preset.mcu is not None and requantize != "shift":
+        raise InputError(f"requantize={requantize!r}: on microcontroller targets the comparison "
+                         "requantizes are variants of the same C build (kernels.c: "
+                         "F8_REQUANTIZE=1 int64 multiplier, 2 int32 multiply)")
     preset.check_toolchain()  # fail before the minutes of work, not at export
     source = plan_source(model, example_input, calib, scheme, plan)
     b = pipeline.Build(preset, source.model, source.example_input, source.plan_for,
                        requantize=requantize, tuning_db=tuning_db,
-                       progress=progress or (lambda *a: None))
+                       progress=progress or (lambda *a: None), name=name)
     pipeline.run(b, dump=debug_dump)
     extra = {}
     if requantize == "multiplier":
@@ -259,6 +270,11 @@ def compile(model, example_input=None, target="host", calib=None,  # noqa: A001
             note="comparison build: requantizes with int32 x int32 -> int64 fixed-point "
                  "multiplies (bit-exact with the shift build); NOT an 8-bit-only program, see "
                  "audit.wide_multiplies")
+    if preset.mcu is not None:  # C sources, not a .so (f8tvm.mcu)
+        from .mcu.model import McuModel
+
+        return McuModel(b.graph, b.plan, b.executable, preset, b.report, b.ir["integer"],
+                        extra_meta=dict(**source.metadata()))
     kernel = boundary.QUANTIZE_INPUT
     has_kernel = _tvm.has_function(b.ir["lower"], kernel)
     return CompiledModel(b.graph, b.plan, b.executable, preset, b.report, b.ir["integer"],

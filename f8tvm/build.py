@@ -7,6 +7,7 @@ The CLI only parses and validates, then takes one build path: the plan source it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -45,6 +46,7 @@ class BuildArgs:
     f8net_avgpool: str = "official"
     tuning_db: str | None = None
     qat_checkpoint: str | None = None
+    ram_kb: int | None = None  # microcontroller targets: the SRAM the build may take
 
     def display(self) -> None:
         print("f8tvm build plan:")
@@ -84,7 +86,17 @@ def parse_args(argv=None) -> BuildArgs:
     p.add_argument("--qat-checkpoint", metavar="PATH",
                    help="a checkpoint written by f8tvm.qat.save (--model names its zoo "
                         "architecture); its trained formats replace calibration")
+    p.add_argument("--ram", type=int, metavar="KIB",
+                   help="microcontroller targets: refuse a build whose SRAM (arena and data) "
+                        "exceeds this many KiB")
     a = p.parse_args(argv)
+    mcu = TARGETS[a.target].mcu if a.target in TARGETS else None
+    if a.ram is not None and mcu is None:
+        p.error("--ram applies to microcontroller targets only (cortex-m0plus, rv32i, rv32im)")
+    if a.ram is not None and a.ram < 1:
+        p.error(f"--ram must be >= 1 KiB, got {a.ram}")
+    if mcu is not None and a.tuning_db:
+        p.error("--tuning-db: microcontroller kernels are not tuned")
     if a.qat_checkpoint:
         _check_qat_args(p, a, zoo)
     if a.f8net_checkpoint:
@@ -125,7 +137,7 @@ def parse_args(argv=None) -> BuildArgs:
     return BuildArgs(a.model, a.target, a.output_dir, a.weights, a.input_size or 0, scheme,
                      calib, calib_count, a.seed or 0, a.debug_dump, a.f8net_checkpoint,
                      a.f8net_config or "conventional", a.f8net_avgpool or f8net.DEFAULT_AVGPOOL,
-                     a.tuning_db, a.qat_checkpoint)
+                     a.tuning_db, a.qat_checkpoint, a.ram)
 
 
 # flags that choose the calibration: a trained checkpoint (QAT or F8Net) has decided them
@@ -225,7 +237,13 @@ def summary_table(cm, files) -> str:
     lines.append(f"layers: {len(rows)}   8-bit MACs: {a.macs_8bit:,}   shifts: {a.shifts:,}   "
                  f"wide multiplies: {a.wide_multiplies}")
     t = cm.extra_meta.get("tuning") or {}
-    if t.get("database"):
+    if cm.target.mcu is not None:
+        fp = json.load(open(os.path.join(os.path.dirname(files[0]), "model.json")))["footprint"]
+        lines.append(f"microcontroller build ({cm.target.isa}): flash {fp['flash_bytes']:,} B "
+                     f"(weights {fp['weight_bytes']:,} B), SRAM {fp['sram_bytes']:,} B (arena "
+                     f"{fp['arena_bytes']:,} B); no library multiply in the linked image")
+        lines.append(f"build it: make -C {os.path.dirname(files[0])} (libf8model.a + model.h)")
+    elif t.get("database"):
         lines.append(f"kernels: {t['tuned']}/{t['tunable']} tuned from {t['database']} "
                      f"({t['exact']} exact, {t['by_anchor']} by anchor)")
     else:
@@ -300,12 +318,15 @@ def build(args: BuildArgs):
         source, extra = calibration_source(args)
     progress = _Progress()
     cm = api.compile(source, target=args.target, progress=progress,
-                     debug_dump=args.debug_dump, tuning_db=args.tuning_db)
+                     debug_dump=args.debug_dump, tuning_db=args.tuning_db, name=args.model)
     progress.close()
     cm.extra_meta.update(extra)
     if checkpoint:
         cm.extra_meta["qat"]["checkpoint"] = checkpoint
     stem = f"{args.model}-{cm.target.name}"
+    if cm.target.mcu is not None:  # a folder of C sources
+        ram = args.ram_kb * 1024 if args.ram_kb else None
+        return cm, cm.export(os.path.join(args.output_dir, stem), ram_limit=ram)
     return cm, cm.export(os.path.join(args.output_dir, f"{stem}.so"))
 
 

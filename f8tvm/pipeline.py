@@ -129,7 +129,7 @@ def codegen(lowered, target: TargetPreset, input_fl: int = 0, name: str = "model
     """Phase ``codegen``: LLVM for the target; a VM executable.  On a microcontroller: the C
     program (:class:`f8tvm.mcu.CProgram`; ``input_fl`` and ``name`` go into its header)."""
     if target.mcu is not None:
-        return mcu.emit(lowered, target, name, input_fl, __version__)
+        return mcu.emit_c(lowered, target, name, input_fl, __version__)
     return _tvm.compile_relax_lowered(lowered, target.tvm())
 
 

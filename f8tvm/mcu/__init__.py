@@ -7,6 +7,6 @@ C (:mod:`f8tvm.mcu.emit`) instead of a ``.so``.  :mod:`f8tvm.mcu.toolchain` comp
 it with the target's cross compiler and checks the image; :mod:`f8tvm.mcu.emulate` runs it.
 """
 
-from .emit import CProgram, emit
+from .emit import CProgram, emit_c
 
-__all__ = ["CProgram", "emit"]
+__all__ = ["CProgram", "emit_c"]

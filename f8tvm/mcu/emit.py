@@ -204,7 +204,7 @@ static inline int32_t f8_round_shift(int32_t u, int32_t r) {{
 {body}"""
 
 
-def emit(scheduled, target, model_name: str, input_fl: int, version: str) -> CProgram:
+def emit_c(scheduled, target, model_name: str, input_fl: int, version: str) -> CProgram:
     """The C program of ``scheduled`` (the MCU schedule phase's module) for ``target``."""
     symbols, body = kernel_sources(scheduled)
     main = scheduled["main"]

@@ -1,4 +1,5 @@
-"""Run a microcontroller build on an emulator: the RV32 cores under QEMU's user mode.
+"""Run a microcontroller build on an emulator: the RV32 cores under QEMU's user mode, the
+Cortex-M0+ on Unicorn (:mod:`f8tvm.mcu.cycles`, after a static check of its instruction set).
 
 The image is the model's objects linked with a small harness of ours (no C library): it reads one
 input (``F8_INPUT_BYTES``) at a time from standard input, runs ``f8_model_run`` and writes the
@@ -16,7 +17,7 @@ import numpy as np
 
 from f8tvm.core.errors import InputError, ToolchainError
 
-from . import toolchain
+from . import cycles, toolchain
 
 QEMU_PACKAGE = "qemu-user-static"
 
@@ -82,6 +83,8 @@ def qemu_binary(target) -> str:
 def build_image(target, folder: str, elf: str, defines: dict | None = None) -> str:
     """The emulator image of the C build in ``folder`` (``model.c``, ``kernels.c``,
     ``model.h``), linked with the harness; ``defines``: ``-D`` macros (``F8_PRODUCTS``)."""
+    if target.mcu.emulator != "qemu-riscv32":
+        return cycles.build_image(target, folder, elf, defines)
     work = os.path.dirname(os.path.abspath(elf))
     harness = os.path.join(work, "f8_harness.c")
     with open(harness, "w") as f:
@@ -99,6 +102,9 @@ def run_image(target, elf: str, inputs: np.ndarray, output_elements: int,
               timeout: float = 600) -> np.ndarray:
     """Run the image on every input of ``inputs`` (N x F8_INPUT_BYTES as int8/uint8):
     the int32 outputs, N x ``output_elements``."""
+    if target.mcu.emulator != "qemu-riscv32":
+        runner = cycles.Runner(target, elf, int(inputs[0].nbytes), output_elements)
+        return np.stack([runner.run(q)[0] for q in inputs])
     data = np.ascontiguousarray(inputs).tobytes()
     cmd = [qemu_binary(target), "-cpu", target.mcu.qemu_cpu, elf]
     proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout)

@@ -8,7 +8,6 @@ and the sizes a summary reports (flash: code + constants; SRAM: the arena and ot
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ def tool(target, name: str) -> str:
     return path
 
 
-def _run(cmd: list, what: str) -> str:
+def run_tool(cmd: list, what: str) -> str:
+    """Run a toolchain command; its standard output, or :class:`ToolchainError` with its
+    messages."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ToolchainError(f"{what} failed ({' '.join(cmd[:1])} exit {proc.returncode}):\n"
@@ -45,7 +46,7 @@ def compile_c(target, source: str, obj: str, defines: dict | None = None,
     cmd += [f"-D{k}={v}" for k, v in (defines or {}).items()]
     if include:
         cmd.append(f"-I{include}")
-    _run(cmd, f"compiling {os.path.basename(source)}")
+    run_tool(cmd, f"compiling {os.path.basename(source)}")
     return obj
 
 
@@ -54,7 +55,7 @@ def link(target, objects: list, elf: str, extra_flags: tuple = ()) -> str:
     the code asked for, checked by :func:`check_image`)."""
     cmd = [tool(target, "gcc"), *target.mcu.cflags, "-nostdlib", "-nostartfiles", "-static",
            "-Wl,--gc-sections", *extra_flags, *objects, "-lgcc", "-o", elf]
-    _run(cmd, f"linking {os.path.basename(elf)}")
+    run_tool(cmd, f"linking {os.path.basename(elf)}")
     return elf
 
 
@@ -75,13 +76,13 @@ class Sizes:
 
 def sizes(target, path: str) -> Sizes:
     """Berkeley sizes of an object or image (``size``)."""
-    out = _run([tool(target, "size"), path], "size").splitlines()
+    out = run_tool([tool(target, "size"), path], "size").splitlines()
     text, data, bss = (int(v) for v in out[1].split()[:3])
     return Sizes(text, data, bss)
 
 
 def defined_symbols(target, path: str) -> set:
-    out = _run([tool(target, "nm"), path], "nm")
+    out = run_tool([tool(target, "nm"), path], "nm")
     return {ln.split()[-1] for ln in out.splitlines() if len(ln.split()) == 3}
 
 
@@ -100,7 +101,25 @@ def check_image(target, path: str) -> None:
 
 # 32-bit Thumb-2 encodings ARMv6-M has (everything else is ARMv7-M or later)
 _V6M_WIDE = {"bl", "mrs", "msr", "dmb", "dsb", "isb", "udf"}
-_INSN = re.compile(r"^\s*[0-9a-f]+:\s+((?:[0-9a-f]{4} ?){1,2})\s+([a-z][\w.]*)")
+
+
+def instructions(objdump_text: str):
+    """``(address, bytes, mnemonic, operands)`` of each instruction an ``objdump -d`` listing
+    shows (its lines are ``address:<TAB>encoding<TAB>mnemonic<TAB>operands``; data words such
+    as literal pools, ``.word``, are skipped)."""
+    for line in objdump_text.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3 or not parts[0].strip().endswith(":"):
+            continue
+        try:
+            addr = int(parts[0].strip()[:-1], 16)
+        except ValueError:
+            continue
+        mnemonic = parts[2].strip()
+        if not mnemonic or mnemonic.startswith("."):
+            continue
+        size = sum(len(w) for w in parts[1].split()) // 2
+        yield addr, size, mnemonic, parts[3].strip() if len(parts) > 3 else ""
 
 
 def thumb_v6m_violations(target, path: str) -> list:
@@ -109,13 +128,7 @@ def thumb_v6m_violations(target, path: str) -> list:
 
     Unicorn runs ARMv7-M instructions even as a Cortex-M0, so the ISA is checked statically on
     the disassembly (for ARMv7-M, so that a wide instruction shows as itself)."""
-    out = _run([tool(target, "objdump"), "-d", "-M", "force-thumb", path], "objdump")
-    bad = []
-    for line in out.splitlines():
-        m = _INSN.match(line)
-        if not m:
-            continue
-        words = m.group(1).split()
-        if len(words) == 2 and m.group(2).split(".")[0] not in _V6M_WIDE:
-            bad.append((line.split(":")[0].strip(), line.split("\t", 2)[-1].strip()))
-    return bad
+    out = run_tool([tool(target, "objdump"), "-d", "-M", "force-thumb", path], "objdump")
+    return [(f"{addr:#x}", f"{mnemonic} {operands}".strip())
+            for addr, size, mnemonic, operands in instructions(out)
+            if size == 4 and mnemonic.split(".")[0] not in _V6M_WIDE]

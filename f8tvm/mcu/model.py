@@ -1,0 +1,184 @@
+"""The result of compiling for a microcontroller: C sources to export, and emulator runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from f8tvm.api import CompiledModel, check_output_dir
+from f8tvm.core.errors import InputError
+
+from . import emulate, toolchain
+
+METADATA = "model.json"
+
+
+@dataclass
+class Footprint:
+    """What the library (``model.o`` + ``kernels.o``) takes on the device, in bytes."""
+
+    flash: int  # code + weights + tables
+    sram: int  # the arena + other data
+    arena: int
+    weights: int
+
+    def to_json(self) -> dict:
+        return dict(flash_bytes=self.flash, sram_bytes=self.sram, arena_bytes=self.arena,
+                    weight_bytes=self.weights)
+
+
+class McuModel(CompiledModel):
+    """:func:`f8tvm.compile` on a microcontroller target: ``program`` (the
+    :class:`~f8tvm.mcu.emit.CProgram`) is exported as a folder and runs on the target's
+    emulator."""
+
+    @property
+    def program(self):
+        return self.executable
+
+    def metadata(self) -> dict:
+        meta = super().metadata()
+        meta["target"] = dict(name=self.target.name, isa=self.target.isa,
+                              cross_compiler=self.target.cross_compiler,
+                              cflags=list(self.target.mcu.cflags),
+                              products=self.target.mcu.products)
+        meta["input"].pop("kernel", None)
+        meta["files"] = sorted(self.program.files)
+        return meta
+
+    def footprint(self, work: str | None = None) -> Footprint:
+        """Sizes of the compiled library (compiles it in ``work``, a temporary folder by
+        default)."""
+        own = work is None
+        work = work or tempfile.mkdtemp(prefix="f8tvm-mcu-")
+        try:
+            self._write_sources(work)
+            total = [0, 0, 0]
+            for src in ("model.c", "kernels.c"):
+                obj = toolchain.compile_c(self.target, os.path.join(work, src),
+                                          os.path.join(work, src[:-2] + ".o"), include=work)
+                s = toolchain.sizes(self.target, obj)
+                total = [total[0] + s.text, total[1] + s.data, total[2] + s.bss]
+            sizes = toolchain.Sizes(*total)
+            return Footprint(sizes.flash, sizes.sram, self.program.arena_bytes,
+                             self.program.weight_bytes)
+        finally:
+            if own:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _write_sources(self, folder: str) -> None:
+        for name, text in self.program.files.items():
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
+
+    def export(self, path: str, ram_limit: int | None = None) -> tuple[str, ...]:
+        """Write the folder ``path`` (sources, ``model.h``, ``Makefile``, ``model.json``)
+        atomically; ``ram_limit`` (bytes): refuse, writing nothing, a build whose SRAM exceeds
+        it.  The image the emulator runs is linked and checked first: no library multiply."""
+        path = os.path.abspath(path.rstrip(os.sep))
+        parent = os.path.dirname(path)
+        check_output_dir(parent, need_bytes=16 * 2**20)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".f8tvm-", dir=parent)
+        try:
+            fp = self.footprint(tmp)
+            if ram_limit is not None and fp.sram > ram_limit:
+                raise InputError(
+                    f"{self.target.name} build needs {fp.sram:,} bytes of SRAM (arena "
+                    f"{fp.arena:,}), more than --ram {ram_limit // 1024} KiB = {ram_limit:,} "
+                    "bytes; nothing was written")
+            image = emulate.build_image(self.target, tmp, os.path.join(tmp, "emulator.elf"))
+            toolchain.check_image(self.target, image)
+            meta = dict(self.metadata(), footprint=fp.to_json())
+            with open(os.path.join(tmp, METADATA), "w") as f:
+                json.dump(meta, f, indent=1)
+            for junk in os.listdir(tmp):  # objects and the image are rebuilt where needed
+                if junk.endswith((".o", ".elf")) or junk.startswith("f8_harness"):
+                    os.remove(os.path.join(tmp, junk))
+            os.chmod(tmp, 0o755)  # mkdtemp's 0700 is for the temporary folder only
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return tuple(os.path.join(path, f) for f in [*sorted(self.program.files), METADATA])
+
+    def run_int(self, q):
+        """The integer logits of the 8-bit input ``q`` (the graph's input shape, or a batch
+        of such inputs stacked on a new first axis), computed on the target's emulator."""
+        q = np.asarray(q)
+        inp = self.program.input
+        single = q.shape == tuple(inp.shape)
+        batch = q[None] if single else q
+        if tuple(batch.shape[1:]) != tuple(inp.shape):
+            raise InputError(f"input shape {q.shape}: expected {tuple(inp.shape)} or a stack "
+                             "of those")
+        out = run_folder_inputs(self.target, self._write_tmp(), batch.astype(inp.dtype),
+                                int(np.prod(self.program.output.shape)), cleanup=True)
+        shape = tuple(self.program.output.shape)
+        return out.reshape(shape) if single else out.reshape((len(batch), *shape))
+
+    def _write_tmp(self) -> str:
+        work = tempfile.mkdtemp(prefix="f8tvm-mcu-")
+        self._write_sources(work)
+        return work
+
+    def run(self, x, allow_nonfinite: bool = False):
+        raise InputError("a microcontroller build takes 8-bit input: quantize it (value * "
+                         "2^input_fl, rounded, clipped) and call run_int")
+
+
+def run_folder_inputs(target, folder: str, inputs: np.ndarray, out_elements: int,
+                      defines: dict | None = None, cleanup: bool = False) -> np.ndarray:
+    """Build the emulator image of the sources in ``folder`` and run ``inputs`` on it."""
+    try:
+        elf = emulate.build_image(target, folder, os.path.join(folder, "emulator.elf"),
+                                  defines)
+        return emulate.run_image(target, elf, inputs, out_elements)
+    finally:
+        if cleanup:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_folder(folder: str) -> dict:
+    """The metadata of an exported microcontroller build (``model.json``)."""
+    path = os.path.join(folder, METADATA)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder} is not a microcontroller build: no {METADATA}")
+    with open(path) as f:
+        meta = json.load(f)
+    missing = [n for n in meta.get("files", []) if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}")
+    return meta
+
+
+def run_folder(folder: str, q: np.ndarray, count: bool = False):
+    """Run the exported build in ``folder`` on the 8-bit input ``q`` on its target's emulator:
+    ``(int32 logits, counts or None)``; ``count``: on Unicorn, with instruction (and
+    Cortex-M0+ cycle) counts per kernel."""
+    from f8tvm.targets import get_target
+
+    from . import cycles
+
+    meta = load_folder(folder)
+    target = get_target(meta["target"]["name"])
+    if target.mcu is None:
+        raise InputError(f"{folder} was built for {target.name}, not a microcontroller")
+    work = tempfile.mkdtemp(prefix="f8tvm-mcu-")
+    try:
+        for name in meta["files"]:
+            shutil.copy(os.path.join(folder, name), work)
+        n_out = int(np.prod(meta["output"]["shape"]))
+        q = np.asarray(q, meta["input"]["dtype"]).reshape(meta["input"]["shape"])
+        if not count:
+            return run_folder_inputs(target, work, q[None], n_out)[0], None
+        elf = cycles.build_image(target, work, os.path.join(work, "count.elf"))
+        return cycles.Runner(target, elf, q.nbytes, n_out).run(q)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

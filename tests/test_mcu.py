@@ -1,0 +1,318 @@
+"""Microcontroller targets (rv32i, rv32im, cortex-m0plus): C builds over a static arena, run on
+emulators bit-exact with the NumPy reference; no library multiply in the default images."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_small_net
+
+from f8tvm import pipeline
+from f8tvm.api import plan_source
+from f8tvm.core import _tvm
+from f8tvm.core.errors import AuditError, InputError, UnsupportedOpError
+from f8tvm.mcu import emit, emulate, toolchain
+from f8tvm.reference import run_reference
+from f8tvm.targets import TARGETS
+
+RV = TARGETS["rv32i"]
+M0 = TARGETS["cortex-m0plus"]
+HAVE_RV = shutil.which(RV.cross_compiler) is not None and (
+    shutil.which("qemu-riscv32-static") or shutil.which("qemu-riscv32"))
+HAVE_M0 = shutil.which(M0.cross_compiler) is not None
+try:
+    import unicorn  # noqa: F401
+    HAVE_UNICORN = True
+except ImportError:
+    HAVE_UNICORN = False
+needs_rv = pytest.mark.skipif(not HAVE_RV, reason="needs riscv64-unknown-elf-gcc "
+                              "(gcc-riscv64-unknown-elf) and qemu-riscv32 (qemu-user-static)")
+needs_m0 = pytest.mark.skipif(not (HAVE_M0 and HAVE_UNICORN), reason="needs arm-none-eabi-gcc "
+                              "(gcc-arm-none-eabi) and unicorn (the [test] extra)")
+SHAPE = (1, 3, 12, 12)
+
+
+# ----------------------------------------------------------------------------- unit
+@pytest.mark.unit
+def test_arena_shares_bytes_only_between_tensors_not_live_together():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 12))
+        sizes = [int(s) for s in rng.integers(1, 500, n)]
+        first = sorted(int(f) for f in rng.integers(0, 20, n))
+        last = [f + int(rng.integers(0, 6)) for f in first]
+        offsets, total = emit.plan_arena(sizes, first, last)
+        for i in range(n):
+            assert offsets[i] % emit.ALIGN == 0 and offsets[i] + sizes[i] <= total
+            for j in range(i):
+                live_together = not (last[i] < first[j] or last[j] < first[i])
+                apart = offsets[i] + sizes[i] <= offsets[j] or offsets[j] + sizes[j] <= offsets[i]
+                assert apart or not live_together, (i, j)
+    # a chain a -> b -> c: a and c share bytes
+    offsets, total = emit.plan_arena([64, 64, 64], [0, 1, 2], [1, 2, 3])
+    assert offsets[0] == offsets[2] and total == 128
+
+
+def _host_cc():
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("needs a host C compiler")
+    return cc
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("products", [0, 1])
+@pytest.mark.parametrize("requantize", [0, 1, 2])
+def test_c_products_and_requantize_are_exact(tmp_path, products, requantize):
+    """The generated C's f8_mul8 (table or multiply) over every pair of 8-bit values, and its
+    f8_round_shift (shift, int64 multiplier, int32 multiply) against NumPy's ties-to-even
+    rounding, compiled with the host's C compiler."""
+    src = tmp_path / "t.c"
+    src.write_text(emit.kernels_c("", "table") + r"""
+#include <stdio.h>
+int main(void) {
+  long bad = 0;
+  for (int a = -128; a <= 255; ++a)
+    for (int b = -128; b <= 255; ++b)
+      if (f8_mul8(a, b) != a * b) ++bad;
+  printf("%ld\n", bad);
+  int32_t t; int r;
+  while (scanf("%d %d", &t, &r) == 2) printf("%d\n", f8_round_shift(t + (1 << (r - 1)) - 1, r));
+  return 0;
+}
+""")
+    exe = tmp_path / "t"
+    subprocess.run([_host_cc(), "-O2", f"-DF8_PRODUCTS={products}",
+                    f"-DF8_REQUANTIZE={requantize}", str(src), "-o", str(exe)], check=True)
+    rng = np.random.default_rng(requantize)
+    r = rng.integers(1, 20, 3000)
+    t = rng.integers(-(2**24), 2**24, 3000)
+    t[:20] = (np.arange(20) - 10) * (1 << 4) + (1 << 3)  # ties
+    r[:20] = 4
+    stdin = "".join(f"{a} {b}\n" for a, b in zip(t, r, strict=True))
+    out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "0"  # no pair's product differs
+    want = np.round(t / 2.0 ** r).astype(np.int64)  # numpy rounds half to even
+    assert [int(v) for v in out[1:]] == want.tolist()
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(not HAVE_M0, reason="needs arm-none-eabi-gcc (gcc-arm-none-eabi)")
+def test_isa_check_finds_a_long_multiply(tmp_path):
+    """The static ARMv6-M check: silent on M0+ code, names smull in Cortex-M3 code."""
+    src = tmp_path / "m.c"
+    src.write_text("long long f(int a, int b) { return (long long)a * b; }\n")
+    gcc = toolchain.tool(M0, "gcc")
+    for cpu, expect in (("cortex-m0plus", False), ("cortex-m3", True)):
+        obj = tmp_path / f"{cpu}.o"
+        subprocess.run([gcc, f"-mcpu={cpu}", "-mthumb", "-O2", "-c", str(src), "-o", str(obj)],
+                       check=True)
+        bad = toolchain.thumb_v6m_violations(M0, str(obj))
+        assert bool(bad) == expect, bad
+        if expect:
+            assert any(text.startswith("smull") for _, text in bad)
+
+
+# ----------------------------------------------------------------------------- builds
+def _build(target, net=None):
+    torch.manual_seed(0)
+    net = net or make_small_net()
+    src = plan_source(net, torch.randn(*SHAPE))
+    b = pipeline.Build(target, src.model, src.example_input, src.plan_for)
+    return pipeline.run(b)
+
+
+@pytest.fixture(scope="module")
+def small_rv():
+    if not HAVE_RV:
+        pytest.skip("needs the RISC-V cross compiler and qemu-riscv32")
+    return _build(RV)
+
+
+def _inputs(b, n=3, seed=0):
+    lo, hi = (-127, 127) if b.plan.input_signed else (0, 255)
+    return np.random.default_rng(seed).integers(lo, hi + 1, size=(n, *SHAPE)).astype(
+        "int8" if b.plan.input_signed else "uint8")
+
+
+def _reference(b, qs):
+    return np.stack([run_reference(b.graph, b.plan, q) for q in qs]).reshape(len(qs), -1)
+
+
+def _write(b, folder):
+    os.makedirs(folder, exist_ok=True)
+    for name, text in b.executable.files.items():
+        (folder / name).write_text(text)
+    return str(folder)
+
+
+def test_kernels_allocate_nothing_and_products_are_calls(small_rv):
+    """Structure of the scheduled kernels: no intermediate bigger than one element; every
+    8-bit product of the audit is an f8_mul8 call in the C, every rounding an f8_round_shift."""
+    from f8tvm.schedules import mcu
+
+    scheduled = small_rv.ir["schedule"]
+    for name, func in _tvm.primfuncs(scheduled):
+        assert all(size <= 1 for _, size in _tvm.compacted_allocations(func)), name
+    c = small_rv.executable.files["kernels.c"]
+    body = c[c.index("TVM_DLL void"):]  # the kernels, after our preamble
+    calls = re.findall(r"f8_mul8\((?!int32_t, int32_t\))", body)  # not the prototypes
+    assert len(calls) == small_rv.report.mac_sites
+    # what multiplies remain is index arithmetic: by a constant (shift-and-add on RV32I)
+    products = re.findall(r"([\w\]\)]+) \* ([\w\(\[]+)", body)
+    assert products and all(a.isdigit() or b.isdigit() for a, b in products), products
+    assert "f8_round_shift(" in body and "TVM" not in body.replace("TVM_DLL", "")
+    # a rounding shift is rewritten only in its exact ties-to-even form
+    from f8tvm.core._tvm import tir
+    u, r = tir.Var("u", "int32"), tir.Var("r", "int32")
+    x = tir.Var("x", "int32")
+    good = (u + ((u >> r) & 1)) >> r
+    bad = (u + ((x >> r) & 1)) >> r
+    for expr, rewritten in ((good, True), (bad, False)):
+        f = tir.PrimFunc([u, r, x], tir.Evaluate(expr))
+        out = str(mcu.requantize_as_calls(f).body)
+        assert (mcu.ROUND_SHIFT in out) == rewritten
+
+
+@needs_rv
+def test_rv32i_bit_exact_under_qemu_without_multiplier(small_rv, tmp_path):
+    """RV32I with the M extension off (a mul would trap): bit-exact with the reference; the
+    default image has no library multiply, the multiply variant needs __mulsi3 (the check
+    can fail) and is bit-exact too."""
+    folder = _write(small_rv, tmp_path / "src")
+    qs = _inputs(small_rv, 4)
+    want = _reference(small_rv, qs)
+    elf = emulate.build_image(RV, folder, str(tmp_path / "m.elf"))
+    assert toolchain.library_multiplies(RV, elf) == []
+    toolchain.check_image(RV, elf)
+    assert (emulate.run_image(RV, elf, qs, want.shape[1]) == want).all()
+    lib = emulate.build_image(RV, folder, str(tmp_path / "lib.elf"), {"F8_PRODUCTS": 0})
+    assert "__mulsi3" in toolchain.library_multiplies(RV, lib)
+    with pytest.raises(AuditError, match="__mulsi3"):
+        toolchain.check_image(RV, lib)
+    assert (emulate.run_image(RV, lib, qs, want.shape[1]) == want).all()
+
+
+@needs_rv
+@pytest.mark.skipif(not HAVE_UNICORN, reason="needs unicorn (the [test] extra)")
+def test_requantize_variants_bit_exact_and_counted(small_rv, tmp_path):
+    """The comparison requantizes (int64 multiplier, int32 multiply) give the same logits; the
+    counter attributes every instruction to a kernel and repeats exactly."""
+    from f8tvm.mcu import cycles
+
+    folder = _write(small_rv, tmp_path / "src")
+    q = _inputs(small_rv, 1)
+    want = _reference(small_rv, q)[0]
+    totals = {}
+    for rq in (0, 1, 2):
+        elf = cycles.build_image(RV, folder, str(tmp_path / f"c{rq}.elf"), {"F8_REQUANTIZE": rq})
+        runner = cycles.Runner(RV, elf, q[0].nbytes, want.size)
+        out, counts = runner.run(q[0])
+        assert (out == want).all()
+        again = runner.run(q[0])[1]
+        assert again.instructions == counts.instructions
+        assert sum(n for n, _ in counts.by_function.values()) == counts.instructions
+        kernels = {c.symbol for c in small_rv.executable.calls}
+        assert kernels <= set(counts.by_function)
+        totals[rq] = counts.instructions
+        if rq == 1:
+            assert "__muldi3" in toolchain.library_multiplies(RV, elf)
+    assert totals[1] > totals[0] and totals[2] > totals[0]
+
+
+@needs_m0
+def test_cortex_m0plus_bit_exact_on_unicorn_with_cycles(tmp_path):
+    from f8tvm.mcu import cycles
+
+    b = _build(M0)
+    folder = _write(b, tmp_path / "src")
+    qs = _inputs(b, 2, seed=1)
+    want = _reference(b, qs)
+    elf = cycles.build_image(M0, folder, str(tmp_path / "m0.elf"))
+    assert toolchain.thumb_v6m_violations(M0, elf) == []
+    assert toolchain.library_multiplies(M0, elf) == []
+    runner = cycles.Runner(M0, elf, qs[0].nbytes, want.shape[1])
+    for q, w in zip(qs, want, strict=True):
+        out, counts = runner.run(q)
+        assert (out == w).all()
+    # loads/stores and branches take 2+ cycles: more cycles than instructions
+    assert counts.instructions < counts.cycles < 3 * counts.instructions
+    mul64 = cycles.build_image(M0, folder, str(tmp_path / "mul64.elf"), {"F8_REQUANTIZE": 1})
+    assert "__aeabi_lmul" in toolchain.library_multiplies(M0, mul64)
+
+
+@needs_rv
+def test_export_folder_ram_limit_and_makefile(tmp_path):
+    """export writes the folder (its Makefile builds the library with nothing from TVM); a RAM
+    limit below the arena refuses and writes nothing."""
+    from f8tvm.api import compile as f8compile
+
+    torch.manual_seed(0)
+    cm = f8compile(make_small_net(), torch.randn(*SHAPE), target="rv32i", name="small")
+    fp = cm.footprint()
+    assert fp.arena == cm.program.arena_bytes > 0 and fp.sram >= fp.arena
+    assert fp.flash > fp.weights > 0
+    out = tmp_path / "small-rv32i"
+    with pytest.raises(InputError, match="SRAM"):
+        cm.export(str(out), ram_limit=fp.sram - 1)
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".f8tvm")]
+    files = cm.export(str(out), ram_limit=fp.sram)
+    assert {os.path.basename(f) for f in files} == {"kernels.c", "model.c", "model.h",
+                                                    "Makefile", "model.json"}
+    assert "small for rv32i" in (out / "model.h").read_text()
+    subprocess.run(["make", "-s", "-C", str(out)], check=True, capture_output=True)
+    lib = out / "libf8model.a"
+    assert lib.exists()
+    syms = subprocess.run([toolchain.tool(RV, "nm"), str(lib)], capture_output=True,
+                          text=True, check=True).stdout
+    assert " T f8_model_run" in syms and "TVM" not in syms
+    # and the exported build runs: f8tvm.run's path
+    from f8tvm.mcu.model import run_folder
+
+    lo = -127 if cm.plan.input_signed else 0
+    q = np.random.default_rng(5).integers(lo, 128, size=SHAPE)
+    logits, _ = run_folder(str(out), q)
+    assert (logits == run_reference(cm.graph, cm.plan, q).reshape(-1)).all()
+    assert (cm.run_int(q.astype(cm.program.input.dtype)).reshape(-1) == logits).all()
+
+
+@pytest.mark.unit
+def test_mcu_targets_refuse_the_multiplier_build():
+    from f8tvm.api import compile as f8compile
+
+    with pytest.raises(InputError, match="F8_REQUANTIZE"):
+        f8compile(make_small_net(), torch.randn(*SHAPE), target="rv32i",
+                  requantize="multiplier")
+
+
+def test_unfoldable_intermediate_is_named():
+    """A kernel that would need scratch memory is refused with its name."""
+    from f8tvm.schedules import mcu
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def two_reductions(a: T.Buffer((64, 8), "int32"), out: T.Buffer((1,), "int32")):
+        s = T.sblock_alloc_buffer((64,), "int32")
+        for i, j in T.grid(64, 8):
+            with T.sblock("rowsum"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                with T.init():
+                    s[vi] = 0
+                s[vi] = s[vi] + a[vi, vj]
+        for i in range(64):
+            with T.sblock("total"):
+                vi = T.axis.remap("R", [i])
+                with T.init():
+                    out[0] = 0
+                out[0] = out[0] + s[vi]
+
+    with pytest.raises(UnsupportedOpError, match="kernel sums.*intermediate s"):
+        mcu.scalar_schedule(two_reductions, "sums")
+    assert mcu.MAX_LOCAL < 64
