@@ -294,8 +294,9 @@ def test_mcu_targets_refuse_the_multiplier_build():
 
 def test_unfoldable_intermediate_is_named():
     """A kernel that would need scratch memory is refused with its name."""
-    from f8tvm.schedules import mcu
     from tvm.script import tirx as T
+
+    from f8tvm.schedules import mcu
 
     @T.prim_func(s_tir=True)
     def two_reductions(a: T.Buffer((64, 8), "int32"), out: T.Buffer((1,), "int32")):
