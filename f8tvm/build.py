@@ -297,13 +297,26 @@ def f8net_source(args: BuildArgs):
 def calibration_source(args: BuildArgs):
     """A zoo model calibrated on ``--calib`` images, and the ``.json`` entries it adds."""
     model, spec = get_model(args.model, weights=args.weights, seed=args.seed)
+    if not spec.images:  # features, not images: calibrated on seeded normal samples
+        if args.input_size:
+            raise F8TVMError(f"--input-size: {args.model} takes inputs of shape "
+                             f"{spec.input_shape}")
+        if args.calib not in ("auto", "random"):
+            raise F8TVMError(f"--calib {args.calib}: {args.model} takes {spec.input_shape} "
+                             "features, not images; calibrate with --calib random")
+        shape = spec.example_shape()
+        rng = np.random.default_rng(args.seed)
+        calib = [rng.standard_normal(shape).astype(np.float32)
+                 for _ in range(args.calib_count)]
+        print(f"  calibration: {args.calib_count} random inputs {shape}, scheme {args.scheme}")
+        return Calibration(model, torch.zeros(shape), calib, args.scheme), dict(model=args.model)
     size = args.input_size or spec.input_size
     calib, what = calibration_images(args.calib, args.calib_count, size, spec.preprocess,
                                      args.seed)
     print(f"  calibration: {what}, scheme {args.scheme}")
     extra = dict(model=args.model, preprocess=dict(mean=list(spec.preprocess.mean),
                                                    std=list(spec.preprocess.std), size=size))
-    return Calibration(model, torch.zeros(1, 3, size, size), calib, args.scheme), extra
+    return Calibration(model, torch.zeros(spec.example_shape(size)), calib, args.scheme), extra
 
 
 def build(args: BuildArgs):

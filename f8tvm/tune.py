@@ -79,12 +79,12 @@ def main(argv=None) -> int:
             raise F8TVMError(f"target {target_name}: no tunable kernels yet (its dot "
                              f"instruction {preset.dot_instruction!r} has no f8tvm schedule)")
         model, spec = get_model(a.model, seed=a.seed)
-        size = a.input_size or spec.input_size
+        shape = spec.example_shape(a.input_size)
         rng = np.random.default_rng(a.seed)
         # kernels do not depend on the calibration data (the build matches them by anchor)
-        calib = [rng.standard_normal((1, 3, size, size)).astype("float32")]
+        calib = [rng.standard_normal(shape).astype("float32")]
         t0 = time.time()
-        fused, _ = api.fuse(model, torch.zeros(1, 3, size, size), target_name, calib)
+        fused, _ = api.fuse(model, torch.zeros(shape), target_name, calib)
         tasks = extract_tasks(fused)
         tasks.sort(key=lambda t: -kernel_macs(t.mod["main"]) * t.weight)
         if a.max_kernels:

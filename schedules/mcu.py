@@ -28,6 +28,8 @@ from f8tvm.core.errors import UnsupportedOpError
 
 MUL8 = "f8_mul8"  # the product function the generated C defines
 ROUND_SHIFT = "f8_round_shift"  # the requantize's rounding shift, ditto
+UNROLL_TAPS = 3  # reduction loops this short are unrolled (a 3x3 window's rows and columns)
+UNROLL_INNER = 4  # the innermost long reduction loop is unrolled by this factor
 MAX_LOCAL = 16  # elements a kernel may keep in a local array (registers / a few stack words)
 
 
@@ -67,6 +69,16 @@ def scalar_schedule(func, name: str = "kernel"):
             sch.reverse_compute_at(consumers[0], loops[spatial - 1])
         if len(loops) > spatial:
             sch.decompose_reduction(rv, loops[spatial])
+            for i, loop in enumerate(loops[spatial:]):
+                extent = _tvm.loop_extent(sch, loop)
+                if extent is None:
+                    continue
+                if extent <= UNROLL_TAPS:  # a small window's taps: constant offsets and tests
+                    sch.unroll(loop)
+                elif i == len(loops) - spatial - 1 and extent % UNROLL_INNER == 0:
+                    # the innermost long reduction (a 1x1 conv's channels): 4 products per
+                    # loop step
+                    sch.unroll(sch.split(loop, [None, UNROLL_INNER])[1])
     _check_no_scratch(sch.mod["main"], name)
     return sch.mod["main"]
 

