@@ -67,9 +67,13 @@ def scalar_schedule(func, name: str = "kernel"):
         consumers = sch.get_consumers(rv)
         if len(consumers) == 1 and spatial > 0 and not _is_reduction(sch, consumers[0]):
             sch.reverse_compute_at(consumers[0], loops[spatial - 1])
+        # only sums are unrolled: TVM's C code generator declares a maximum's let-bound
+        # operand once for all unrolled copies (a max pool read its first tap's running
+        # maximum for every tap: wrong results, found by the emulator tests)
+        is_sum = node_kind(getattr(block.body, "value", None)) == "Add"
         if len(loops) > spatial:
             sch.decompose_reduction(rv, loops[spatial])
-            for i, loop in enumerate(loops[spatial:]):
+            for i, loop in enumerate(loops[spatial:] if is_sum else []):
                 extent = _tvm.loop_extent(sch, loop)
                 if extent is None:
                     continue

@@ -164,7 +164,8 @@ def test_kernels_allocate_nothing_and_products_are_calls(small_rv):
     c = small_rv.executable.files["kernels.c"]
     body = c[c.index("TVM_DLL void"):]  # the kernels, after our preamble
     calls = re.findall(r"f8_mul8\((?!int32_t, int32_t\))", body)  # not the prototypes
-    assert len(calls) == small_rv.report.mac_sites
+    # (each product site of the audit, unrolled over a small window's taps)
+    assert len(calls) >= small_rv.report.mac_sites > 0
     # what multiplies remain is index arithmetic: by a constant (shift-and-add on RV32I)
     products = re.findall(r"([\w\]\)]+) \* ([\w\(\[]+)", body)
     assert products and all(a.isdigit() or b.isdigit() for a, b in products), products
