@@ -281,7 +281,11 @@ def test_export_folder_ram_limit_and_makefile(tmp_path):
     q = np.random.default_rng(5).integers(lo, 128, size=SHAPE)
     logits, _ = run_folder(str(out), q)
     assert (logits == run_reference(cm.graph, cm.plan, q).reshape(-1)).all()
-    assert (cm.run_int(q.astype(cm.program.input.dtype)).reshape(-1) == logits).all()
+    out, fl = cm.run_int(q.astype(cm.program.input.dtype))
+    assert (out.reshape(-1) == logits).all()
+    assert np.array_equal(fl, cm.plan.output_format(cm.graph)[0])
+    many = cm.run_int_many(np.stack([q, q]).astype(cm.program.input.dtype))
+    assert many.shape == (2, 1, 10) and (many == out).all()
 
 
 @pytest.mark.unit
@@ -318,3 +322,21 @@ def test_unfoldable_intermediate_is_named():
     with pytest.raises(UnsupportedOpError, match="kernel sums.*intermediate s"):
         mcu.scalar_schedule(two_reductions, "sums")
     assert mcu.MAX_LOCAL < 64
+
+
+@needs_rv
+def test_fashion_mnist_cnn_on_rv32i_same_logits_as_the_x86_build():
+    """The Fashion-MNIST CNN of tools/mcu_fashion (untrained here: bit-exactness does not
+    need training) on real test images: the RV32I build's logits equal the x86 build's and the
+    reference's; the accuracy run with training is the tool's (README)."""
+    from f8tvm import data
+    from tools import mcu_fashion
+
+    try:
+        data.fashion_mnist("test")
+    except data.DataNotFoundError as err:
+        pytest.skip(str(err))
+    row = mcu_fashion.run("rv32i", epochs=0, images=64, log=lambda m: None)
+    assert row["bit_exact_with_host"] and row["bit_exact_with_reference_first_200"]
+    assert row["same_predictions"] == 64
+    assert row["footprint"]["sram_bytes"] < 16 * 1024  # fits a small MCU

@@ -109,19 +109,26 @@ class McuModel(CompiledModel):
         return tuple(os.path.join(path, f) for f in [*sorted(self.program.files), METADATA])
 
     def run_int(self, q):
-        """The integer logits of the 8-bit input ``q`` (the graph's input shape, or a batch
-        of such inputs stacked on a new first axis), computed on the target's emulator."""
-        q = np.asarray(q)
+        """Run the integer program on the 8-bit input ``q`` (the model's input shape) on the
+        target's emulator; returns ``(int32 output, output FL)``, as
+        :meth:`CompiledModel.run_int` does."""
+        out = self.run_int_many(np.asarray(q)[None])[0]
+        return out, self.plan.output_format(self.graph)[0]
+
+    def run_int_many(self, qs):
+        """The int32 outputs of a stack of 8-bit inputs (N x the input shape), in one emulator
+        run."""
+        qs = np.asarray(qs)
         inp = self.program.input
-        single = q.shape == tuple(inp.shape)
-        batch = q[None] if single else q
-        if tuple(batch.shape[1:]) != tuple(inp.shape):
-            raise InputError(f"input shape {q.shape}: expected {tuple(inp.shape)} or a stack "
-                             "of those")
-        out = run_folder_inputs(self.target, self._write_tmp(), batch.astype(inp.dtype),
+        if tuple(qs.shape[1:]) != tuple(inp.shape):
+            raise InputError(f"inputs of shape {qs.shape}: expected N x {tuple(inp.shape)}")
+        lo, hi = (-128, 127) if inp.dtype == "int8" else (0, 255)
+        if qs.size and (qs.min() < lo or qs.max() > hi):
+            raise InputError(f"input values must lie in [{lo}, {hi}] for {inp.dtype}, got "
+                             f"[{qs.min()}, {qs.max()}]")
+        out = run_folder_inputs(self.target, self._write_tmp(), qs.astype(inp.dtype),
                                 int(np.prod(self.program.output.shape)), cleanup=True)
-        shape = tuple(self.program.output.shape)
-        return out.reshape(shape) if single else out.reshape((len(batch), *shape))
+        return out.reshape((len(qs), *self.program.output.shape))
 
     def _write_tmp(self) -> str:
         work = tempfile.mkdtemp(prefix="f8tvm-mcu-")
