@@ -271,6 +271,7 @@ def compile(model, example_input=None, target="host", calib=None,  # noqa: A001
                  "multiplies (bit-exact with the shift build); NOT an 8-bit-only program, see "
                  "audit.wide_multiplies")
     if preset.mcu is not None:  # C sources, not a .so (f8tvm.mcu)
+        # lazy: f8tvm.mcu.model derives from CompiledModel, defined here
         from .mcu.model import McuModel
 
         return McuModel(b.graph, b.plan, b.executable, preset, b.report, b.ir["integer"],

@@ -34,7 +34,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from f8tvm import mcu
 from f8tvm.core import __version__, _tvm
 from f8tvm.core.bounds import fit_int32
 from f8tvm.core.errors import InputError
@@ -42,6 +41,7 @@ from f8tvm.core.graph import extract_graph
 from f8tvm.core.plan import FixedPointPlan
 from f8tvm.frontend.torch_import import fold as fold_float
 from f8tvm.frontend.torch_import import import_torch
+from f8tvm.mcu import emit
 from f8tvm.passes.audit_multiplies import audit_module, check_module
 from f8tvm.passes.clip_after_requantize import ClipAfterRequantize
 from f8tvm.passes.fold_constant_adds import FoldConstantAdds
@@ -129,7 +129,7 @@ def codegen(lowered, target: TargetPreset, input_fl: int = 0, name: str = "model
     """Phase ``codegen``: LLVM for the target; a VM executable.  On a microcontroller: the C
     program (:class:`f8tvm.mcu.CProgram`; ``input_fl`` and ``name`` go into its header)."""
     if target.mcu is not None:
-        return mcu.emit_c(lowered, target, name, input_fl, __version__)
+        return emit.emit_c(lowered, target, name, input_fl, __version__)
     return _tvm.compile_relax_lowered(lowered, target.tvm())
 
 

@@ -16,6 +16,13 @@ from .base import McuSpec, TargetPreset
 
 _C = {"kind": "c"}  # TVM's C code generator; the cross compiler does the rest
 
+# the C flags of every microcontroller build besides the core's architecture flags (the
+# generated Makefile and f8tvm.mcu.toolchain use them): no library loops for memset-like
+# loops (there may be no C library), a section per function and object (the linker drops what
+# the firmware does not call)
+CFLAGS = ("-O2", "-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunction-sections",
+          "-fdata-sections", "-Wall", "-Wno-unused-variable", "-Wno-unused-function")
+
 PRESETS = [
     TargetPreset(
         name="cortex-m0plus",

@@ -22,7 +22,8 @@ if ROOT not in sys.path:
 TIERS = {
     "unit": "no build: pure Python, NumPy, torch and Relax rewrites (a TVM build fails the test)",
     "host": "builds with TVM and runs on this CPU (small inputs)",
-    "emulated": "runs on an emulator: the aarch64 board (qemu-user) or Bochs's VNNI CPU",
+    "emulated": "runs on an emulator: the aarch64 board (qemu-user), Bochs's VNNI CPU, or the "
+                "microcontroller emulators (qemu-riscv32, Unicorn)",
     "optin": "heavy: 224x224 models, real tuning, the full benchmark; runs only when -m names it",
 }
 # the tier of a test file's tests when a test names none
@@ -32,7 +33,8 @@ FILE_TIERS = {
                      "test_models.py", "test_accuracy_table.py", "test_f8net_import.py",
                      "test_qat.py", "test_offset_activations.py", "test_clip_after_requantize.py"],
                     "unit"),
-    **dict.fromkeys(["test_vnni_emulated.py", "test_arm.py", "test_arm_tuning.py"], "emulated"),
+    **dict.fromkeys(["test_vnni_emulated.py", "test_arm.py", "test_arm_tuning.py", "test_mcu.py"],
+                    "emulated"),
     "test_full_size.py": "optin",
 }
 

@@ -21,8 +21,9 @@ LAYERS = [
     ("schedules", ["f8tvm.schedules"]),
     ("deciders", ["f8tvm.calibrate", "f8tvm.qat", "f8tvm.frontend.f8net", "f8tvm.fakequant",
                   "f8tvm.reference", "f8tvm.data"]),
-    ("pipeline", ["f8tvm.pipeline"]),
-    ("top", ["f8tvm.api", "f8tvm.build", "f8tvm.tune", "f8tvm.run", "f8tvm.runtime", "f8tvm"]),
+    ("pipeline", ["f8tvm.pipeline", "f8tvm.mcu.emit"]),
+    ("top", ["f8tvm.api", "f8tvm.build", "f8tvm.tune", "f8tvm.run", "f8tvm.runtime", "f8tvm",
+             "f8tvm.mcu"]),
     ("tools", ["tools"]),
 ]
 # what the deployment runtime (a board: TVM's runtime and NumPy, no compiler, no torch) may reach

@@ -250,7 +250,7 @@ def test_cortex_m0plus_bit_exact_on_unicorn_with_cycles(tmp_path):
 
 
 @needs_rv
-def test_export_folder_ram_limit_and_makefile(tmp_path):
+def test_export_folder_ram_limit_and_makefile(tmp_path, capsys):
     """export writes the folder (its Makefile builds the library with nothing from TVM); a RAM
     limit below the arena refuses and writes nothing."""
     from f8tvm.api import compile as f8compile
@@ -275,12 +275,21 @@ def test_export_folder_ram_limit_and_makefile(tmp_path):
                           text=True, check=True).stdout
     assert " T f8_model_run" in syms and "TVM" not in syms
     # and the exported build runs: f8tvm.run's path
-    from f8tvm.mcu.model import run_folder
+    from f8tvm.mcu.runner import run_folder
 
     lo = -127 if cm.plan.input_signed else 0
     q = np.random.default_rng(5).integers(lo, 128, size=SHAPE)
     logits, _ = run_folder(str(out), q)
     assert (logits == run_reference(cm.graph, cm.plan, q).reshape(-1)).all()
+    from f8tvm.mcu import run as mcu_run  # the CLI on the folder, with counts
+
+    assert mcu_run.main([str(out), "--count", "--top", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-3 (" in printed and re.search(r"one inference: [\d,]+ instructions", printed)
+    from f8tvm import run as so_run  # the .so runner points a folder to it
+
+    assert so_run.main([str(out)]) == 2
+    assert "python -m f8tvm.mcu.run" in capsys.readouterr().err
     out, fl = cm.run_int(q.astype(cm.program.input.dtype))
     assert (out.reshape(-1) == logits).all()
     assert np.array_equal(fl, cm.plan.output_format(cm.graph)[0])
@@ -297,6 +306,7 @@ def test_mcu_targets_refuse_the_multiplier_build():
                   requantize="multiplier")
 
 
+@pytest.mark.host
 def test_unfoldable_intermediate_is_named():
     """A kernel that would need scratch memory is refused with its name."""
     from tvm.script import tirx as T

@@ -101,8 +101,8 @@ def measure(model_name: str, target_name: str, seed: int = 0) -> dict:
 
 
 def table(rows: list) -> str:
-    lines = ["| model | target | MACs | variant | instructions | M0+ cycles | vs f8tvm | "
-             "library multiplies |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | target | MACs | variant | instructions | M0+ cycles | vs f8tvm | code | "
+             "library multiplies |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = r["variants"]["f8tvm"]
         key = "cycles" if base["cycles"] else "instructions"
@@ -111,7 +111,8 @@ def table(rows: list) -> str:
             cyc = f"{v['cycles'] / 1e6:.2f} M" if v["cycles"] else "-"
             libs = ", ".join(v["library_multiplies"]) or "none"
             lines.append(f"| {r['model']} | {r['target']} | {r['macs'] / 1e6:.2f} M | {name} | "
-                         f"{v['instructions'] / 1e6:.2f} M | {cyc} | {ratio:.2f}x | {libs} |")
+                         f"{v['instructions'] / 1e6:.2f} M | {cyc} | {ratio:.2f}x | "
+                         f"{v['code_bytes'] / 1024:.1f} KiB | {libs} |")
     return "\n".join(lines)
 
 
@@ -119,7 +120,7 @@ def plot(rows: list, path: str) -> None:
     import matplotlib  # lazy: the [bench] extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after choosing the backend
 
     fig, axes = plt.subplots(len(rows), 1, figsize=(11, 3.2 * len(rows)), squeeze=False)
     for ax, r in zip(axes[:, 0], rows, strict=True):
@@ -145,7 +146,16 @@ def main(argv=None) -> int:
     p.add_argument("--targets", nargs="+", default=["cortex-m0plus", "rv32i"])
     p.add_argument("--output", default="mcu-cycles.json")
     p.add_argument("--plot")
+    p.add_argument("--table", metavar="JSON", help="print the table (and --plot) of an earlier "
+                                                   "run's JSON instead of measuring")
     a = p.parse_args(argv)
+    if a.table:
+        with open(a.table) as f:
+            rows = json.load(f)["rows"]
+        print(table(rows))
+        if a.plot:
+            plot(rows, a.plot)
+        return 0
     rows = [measure(m, t) for m in a.models for t in a.targets]
     text = table(rows)
     print(text)

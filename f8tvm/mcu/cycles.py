@@ -18,6 +18,7 @@ first (:func:`f8tvm.mcu.toolchain.thumb_v6m_violations`).
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ class Runner:
 
     def __init__(self, target, elf: str, input_bytes: int, output_elements: int):
         try:
-            import unicorn
+            import unicorn  # lazy: an optional package (the [mcu] and [test] extras)
         except ImportError:
             raise ToolchainError("running a microcontroller image needs Unicorn: pip install "
                                  "'unicorn>=2.1,<2.2' (the [test] extra has it)") from None
@@ -216,8 +217,6 @@ class Runner:
         return uc
 
     def _function(self, addr: int) -> str | None:
-        import bisect
-
         i = bisect.bisect_right(self.starts, addr) - 1
         if i >= 0 and addr < self.ranges[i][1]:
             return self.ranges[i][2]

@@ -26,8 +26,7 @@ from f8tvm.core._tvm import relax
 from f8tvm.core.bindings import bindings
 from f8tvm.core.errors import UnsupportedOpError
 from f8tvm.schedules import mcu as mcu_schedules
-
-from .toolchain import CFLAGS
+from f8tvm.targets.mcu import CFLAGS
 
 ALIGN = 8  # arena offsets (bytes)
 KERNEL_PREFIX = "f8k_"

@@ -13,10 +13,7 @@ import subprocess
 from dataclasses import dataclass
 
 from f8tvm.core.errors import AuditError, ToolchainError
-
-# the build's C flags besides the target's architecture flags
-CFLAGS = ("-O2", "-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunction-sections",
-          "-fdata-sections", "-Wall", "-Wno-unused-variable", "-Wno-unused-function")
+from f8tvm.targets.mcu import CFLAGS
 
 
 def tool(target, name: str) -> str:
