@@ -50,7 +50,6 @@ class McuSpec:
     qemu_cpu: str | None = None
     # what the products may not call: library multiplies (checked in the linked image)
     forbidden_symbols: tuple = ("__mulsi3", "__muldi3", "__aeabi_lmul")
-    ram_kb: int = 0  # the default --ram limit (KiB; 0: none)
 
 
 PRODUCTS = ("multiply", "table")

@@ -23,6 +23,17 @@ _C = {"kind": "c"}  # TVM's C code generator; the cross compiler does the rest
 CFLAGS = ("-O2", "-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunction-sections",
           "-fdata-sections", "-Wall", "-Wno-unused-variable", "-Wno-unused-function")
 
+
+
+def _rv32(name, march, isa, products, qemu_cpu, description) -> TargetPreset:
+    return TargetPreset(
+        name=name, tvm_target=_C, cross_compiler="riscv64-unknown-elf-gcc",
+        compiler_package="gcc-riscv64-unknown-elf", dot=None, isa=isa, activations="any",
+        description=description,
+        mcu=McuSpec(cflags=(f"-march={march}", "-mabi=ilp32"), products=products,
+                    emulator="qemu-riscv32", qemu_cpu=qemu_cpu))
+
+
 PRESETS = [
     TargetPreset(
         name="cortex-m0plus",
@@ -36,28 +47,9 @@ PRESETS = [
         mcu=McuSpec(cflags=("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"),
                     products="multiply", emulator="unicorn-thumb"),
     ),
-    TargetPreset(
-        name="rv32i",
-        tvm_target=_C,
-        cross_compiler="riscv64-unknown-elf-gcc",
-        compiler_package="gcc-riscv64-unknown-elf",
-        dot=None,
-        isa="RV32I (no multiply instruction)",
-        activations="any",
-        description="RISC-V RV32I microcontrollers without the M extension (bare metal)",
-        mcu=McuSpec(cflags=("-march=rv32i", "-mabi=ilp32"), products="table",
-                    emulator="qemu-riscv32", qemu_cpu="rv32,m=false"),
-    ),
-    TargetPreset(
-        name="rv32im",
-        tvm_target=_C,
-        cross_compiler="riscv64-unknown-elf-gcc",
-        compiler_package="gcc-riscv64-unknown-elf",
-        dot=None,
-        isa="RV32IM (mul on 8-bit operands)",
-        activations="any",
-        description="RISC-V RV32IM microcontrollers (bare metal; for comparison with rv32i)",
-        mcu=McuSpec(cflags=("-march=rv32im", "-mabi=ilp32"), products="multiply",
-                    emulator="qemu-riscv32", qemu_cpu="rv32"),
-    ),
+    # RV32I: the M extension off, so QEMU traps a multiply instruction
+    _rv32("rv32i", "rv32i", "RV32I (no multiply instruction)", "table", "rv32,m=false",
+          "RISC-V RV32I microcontrollers without the M extension (bare metal)"),
+    _rv32("rv32im", "rv32im", "RV32IM (mul on 8-bit operands)", "multiply", "rv32",
+          "RISC-V RV32IM microcontrollers (bare metal; for comparison with rv32i)"),
 ]

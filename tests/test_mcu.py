@@ -350,3 +350,20 @@ def test_fashion_mnist_cnn_on_rv32i_same_logits_as_the_x86_build():
     assert row["bit_exact_with_host"] and row["bit_exact_with_reference_first_200"]
     assert row["same_predictions"] == 64
     assert row["footprint"]["sram_bytes"] < 16 * 1024  # fits a small MCU
+
+
+@needs_rv
+def test_build_cli_refuses_a_build_over_its_ram(tmp_path, capsys):
+    """python -m f8tvm.build --ram: a limit below the build's SRAM names both and writes
+    nothing; --ram on a non-microcontroller target is a usage error."""
+    from f8tvm import build
+
+    args = ["--model", "ds_cnn", "--target", "rv32i", "--output-dir", str(tmp_path),
+            "--calib", "random", "--calib-count", "1"]
+    assert build.main([*args, "--ram", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "SRAM" in err and "--ram 8 KiB = 8,192 bytes" in err
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(SystemExit):
+        build.main(["--model", "resnet18", "--target", "x86", "--ram", "64"])
+    assert "--ram applies to microcontroller targets" in capsys.readouterr().err
