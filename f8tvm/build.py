@@ -241,7 +241,8 @@ def summary_table(cm, files) -> str:
         fp = json.load(open(os.path.join(os.path.dirname(files[0]), "model.json")))["footprint"]
         lines.append(f"microcontroller build ({cm.target.isa}): flash {fp['flash_bytes']:,} B "
                      f"(weights {fp['weight_bytes']:,} B), SRAM {fp['sram_bytes']:,} B (arena "
-                     f"{fp['arena_bytes']:,} B); no library multiply in the linked image")
+                     f"{fp['arena_bytes']:,} B, stack {fp['stack_bytes']:,} B); no library "
+                     "multiply in the linked image")
         lines.append(f"build it: make -C {os.path.dirname(files[0])} (libf8model.a + model.h)")
     elif t.get("database"):
         lines.append(f"kernels: {t['tuned']}/{t['tunable']} tuned from {t['database']} "

@@ -25,6 +25,23 @@ CFLAGS = ("-O2", "-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunc
 
 
 
+# the memory map of the emulators (and the exported folder's f8tvm.ld, a starting point for a
+# firmware's own): flash at 0, SRAM at 0x20000000, 16 MiB each
+LINKER_SCRIPT = """\
+/* f8tvm: the emulators' memory map (flash at 0, SRAM at 0x20000000); size MEMORY to your part */
+MEMORY { FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 16M
+         RAM (rwx) : ORIGIN = 0x20000000, LENGTH = 16M }
+ENTRY(f8_model_run)
+SECTIONS {
+  .text : { *(.text*) } > FLASH
+  .rodata : { *(.rodata*) *(.srodata*) } > FLASH
+  .data : { *(.data*) *(.sdata*) } > RAM AT > FLASH
+  .bss (NOLOAD) : { *(.bss*) *(.sbss*) *(COMMON) } > RAM
+  /DISCARD/ : { *(.ARM.exidx*) *(.ARM.extab*) *(.comment) }
+}
+"""
+
+
 def _rv32(name, march, isa, products, qemu_cpu, description) -> TargetPreset:
     return TargetPreset(
         name=name, tvm_target=_C, cross_compiler="riscv64-unknown-elf-gcc",

@@ -1,7 +1,8 @@
 """Run a microcontroller image on Unicorn and count its work: instructions, and Cortex-M0+ cycles
 from the core's instruction timings.
 
-The image is the model's objects linked at a fixed layout (:data:`LINKER_SCRIPT`: flash at 0,
+The image is the model's objects linked at a fixed layout (``targets/mcu.py``'s
+``LINKER_SCRIPT``, which the exported folder holds as ``f8tvm.ld``: flash at 0,
 SRAM at ``0x20000000``) with buffers for one input and one output; the runner calls
 ``f8_model_run(in, out)`` directly, with a return address that stops the emulator.  A block hook
 adds up each executed block's instructions (from the image's disassembly) and attributes them to
@@ -26,25 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from f8tvm.core.errors import AuditError, ToolchainError
+from f8tvm.targets.mcu import LINKER_SCRIPT
 
 from . import toolchain
 
 FLASH, RAM, SIZE = 0x00000000, 0x20000000, 16 * 2**20
 STOP = 0x3F000000  # the return address: a mapped page whose first instruction ends the run
 
-LINKER_SCRIPT = """\
-/* f8tvm: the emulator's memory map (flash at 0, SRAM at 0x20000000); a firmware uses its own */
-MEMORY { FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 16M
-         RAM (rwx) : ORIGIN = 0x20000000, LENGTH = 16M }
-ENTRY(f8_model_run)
-SECTIONS {
-  .text : { *(.text*) } > FLASH
-  .rodata : { *(.rodata*) *(.srodata*) } > FLASH
-  .data : { *(.data*) *(.sdata*) } > RAM AT > FLASH
-  .bss (NOLOAD) : { *(.bss*) *(.sbss*) *(COMMON) } > RAM
-  /DISCARD/ : { *(.ARM.exidx*) *(.ARM.extab*) *(.comment) }
-}
-"""
 
 BUFFERS_C = """\
 #include <stdint.h>

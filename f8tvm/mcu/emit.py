@@ -11,7 +11,8 @@ Output: a :class:`CProgram`, the text of its files and the facts a summary repor
   same time share bytes), and ``int f8_model_run(const int8_t *in, int32_t *out)``, which calls
   the kernels in order;
 * ``model.h``: its prototype and the input/output facts (shape, fractional length);
-* ``Makefile``: the cross compiler line that builds ``libf8model.a``.
+* ``Makefile``: the cross compiler line that builds ``libf8model.a``;
+* ``f8tvm.ld``: the memory map the emulators link with (flash at 0, SRAM at ``0x20000000``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from f8tvm.core._tvm import relax
 from f8tvm.core.bindings import bindings
 from f8tvm.core.errors import UnsupportedOpError
 from f8tvm.schedules import mcu as mcu_schedules
-from f8tvm.targets.mcu import CFLAGS
+from f8tvm.targets.mcu import CFLAGS, LINKER_SCRIPT
 
 ALIGN = 8  # arena offsets (bytes)
 KERNEL_PREFIX = "f8k_"
@@ -279,6 +280,7 @@ def emit_c(scheduled, target, model_name: str, input_fl: int, version: str) -> C
         "model.h": _model_h(model_name, target, input_t, output_t, input_fl, arena, version),
         "model.c": _model_c(model_name, target, consts, calls, body, ctype(in_dtype), version),
         "Makefile": _makefile(target),
+        "f8tvm.ld": LINKER_SCRIPT,
     }
     return CProgram(files, arena, weight_bytes, input_t, output_t, calls,
                     sorted(set(symbols.values())))

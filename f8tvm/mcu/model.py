@@ -22,13 +22,14 @@ class Footprint:
     """What the library (``model.o`` + ``kernels.o``) takes on the device, in bytes."""
 
     flash: int  # code + weights + tables
-    sram: int  # the arena + other data
+    sram: int  # the arena + other data + the deepest stack of one inference
     arena: int
     weights: int
+    stack: int  # f8_model_run's frame + the largest kernel frame (GCC's -fstack-usage)
 
     def to_json(self) -> dict:
         return dict(flash_bytes=self.flash, sram_bytes=self.sram, arena_bytes=self.arena,
-                    weight_bytes=self.weights)
+                    weight_bytes=self.weights, stack_bytes=self.stack)
 
 
 class McuModel(CompiledModel):
@@ -58,14 +59,19 @@ class McuModel(CompiledModel):
         try:
             self._write_sources(work)
             total = [0, 0, 0]
+            frames = {}
             for src in ("model.c", "kernels.c"):
                 obj = toolchain.compile_c(self.target, os.path.join(work, src),
-                                          os.path.join(work, src[:-2] + ".o"), include=work)
+                                          os.path.join(work, src[:-2] + ".o"), include=work,
+                                          extra=("-fstack-usage",))
                 s = toolchain.sizes(self.target, obj)
                 total = [total[0] + s.text, total[1] + s.data, total[2] + s.bss]
+                frames.update(toolchain.stack_frames(obj[:-2] + ".su"))
+            kernels = [b for name, b in frames.items() if name.startswith("f8k_")]
+            stack = frames.get("f8_model_run", 0) + max(kernels, default=0)
             sizes = toolchain.Sizes(*total)
-            return Footprint(sizes.flash, sizes.sram, self.program.arena_bytes,
-                             self.program.weight_bytes)
+            return Footprint(sizes.flash, sizes.sram + stack, self.program.arena_bytes,
+                             self.program.weight_bytes, stack)
         finally:
             if own:
                 shutil.rmtree(work, ignore_errors=True)
@@ -89,15 +95,15 @@ class McuModel(CompiledModel):
             if ram_limit is not None and fp.sram > ram_limit:
                 raise InputError(
                     f"{self.target.name} build needs {fp.sram:,} bytes of SRAM (arena "
-                    f"{fp.arena:,}), more than --ram {ram_limit // 1024} KiB = {ram_limit:,} "
-                    "bytes; nothing was written")
+                    f"{fp.arena:,}, stack {fp.stack:,}), more than --ram {ram_limit // 1024} "
+                    f"KiB = {ram_limit:,} bytes; nothing was written")
             image = emulate.build_image(self.target, tmp, os.path.join(tmp, "emulator.elf"))
             toolchain.check_image(self.target, image)
             meta = dict(self.metadata(), footprint=fp.to_json())
             with open(os.path.join(tmp, METADATA), "w") as f:
                 json.dump(meta, f, indent=1)
             for junk in os.listdir(tmp):  # objects and the image are rebuilt where needed
-                if junk.endswith((".o", ".elf")) or junk.startswith("f8_harness"):
+                if junk.endswith((".o", ".su", ".elf")) or junk.startswith("f8_harness"):
                     os.remove(os.path.join(tmp, junk))
             os.chmod(tmp, 0o755)  # mkdtemp's 0700 is for the temporary folder only
             if os.path.isdir(path):

@@ -37,9 +37,9 @@ def run_tool(cmd: list, what: str) -> str:
 
 
 def compile_c(target, source: str, obj: str, defines: dict | None = None,
-              include: str | None = None) -> str:
+              include: str | None = None, extra: tuple = ()) -> str:
     """``source`` compiled to the object ``obj`` for ``target``; ``defines``: ``-D`` macros."""
-    cmd = [tool(target, "gcc"), *target.mcu.cflags, *CFLAGS, "-c", source, "-o", obj]
+    cmd = [tool(target, "gcc"), *target.mcu.cflags, *CFLAGS, *extra, "-c", source, "-o", obj]
     cmd += [f"-D{k}={v}" for k, v in (defines or {}).items()]
     if include:
         cmd.append(f"-I{include}")
@@ -54,6 +54,18 @@ def link(target, objects: list, elf: str, extra_flags: tuple = ()) -> str:
            "-Wl,--gc-sections", *extra_flags, *objects, "-lgcc", "-o", elf]
     run_tool(cmd, f"linking {os.path.basename(elf)}")
     return elf
+
+
+def stack_frames(su_path: str) -> dict:
+    """``{function: bytes}`` from GCC's ``-fstack-usage`` file (``file:line:col:name<TAB>bytes
+    <TAB>static``); a function whose frame is not static counts as what GCC could bound."""
+    frames = {}
+    with open(su_path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) >= 2 and parts[1].isdigit():
+                frames[parts[0].rsplit(":", 1)[-1]] = int(parts[1])
+    return frames
 
 
 @dataclass(frozen=True)
