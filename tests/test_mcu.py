@@ -16,7 +16,7 @@ from conftest import make_small_net
 from f8tvm import pipeline
 from f8tvm.api import plan_source
 from f8tvm.core import _tvm
-from f8tvm.core.errors import AuditError, InputError, UnsupportedOpError
+from f8tvm.core.errors import AuditError, InputError, ToolchainError, UnsupportedOpError
 from f8tvm.mcu import emit, emulate, toolchain
 from f8tvm.reference import run_reference
 from f8tvm.targets import TARGETS
@@ -368,3 +368,60 @@ def test_build_cli_refuses_a_build_over_its_ram(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build.main(["--model", "resnet18", "--target", "x86", "--ram", "64"])
     assert "--ram applies to microcontroller targets" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_m0plus_cycle_table():
+    """The Cortex-M0+ timings the cycle model uses (TRM, single-cycle multiplier)."""
+    from f8tvm.mcu.cycles import m0plus_cycles
+
+    cases = {("adds", "r0, r1, r2"): (1, False), ("muls", "r1, r0"): (1, False),
+             ("ldrb", "r0, [r3, #0]"): (2, False), ("str", "r1, [sp, #12]"): (2, False),
+             ("push", "{r4, r5, r6, r7, lr}"): (6, False),
+             ("pop", "{r4, r5, r6, r7, pc}"): (8, False),
+             ("pop", "{r4-r7}"): (5, False), ("stmia", "r6!, {r2}"): (2, False),
+             ("b.n", "54 <f>"): (2, False), ("bne.n", "54 <f>"): (1, True),
+             ("bl", "0 <__aeabi_lmul>"): (3, False), ("bx", "lr"): (2, False)}
+    for (mnemonic, operands), want in cases.items():
+        assert m0plus_cycles(mnemonic, operands) == want, mnemonic
+
+
+@pytest.mark.skipif(not (HAVE_M0 and shutil.which("qemu-system-arm")),
+                    reason="needs arm-none-eabi-gcc and qemu-system-arm (the micro:bit machine)")
+def test_small_model_on_the_microbit_machine(tmp_path):
+    """A Cortex-M0+ build boots on QEMU's micro:bit (a Cortex-M0 that refuses ARMv7-M
+    instructions, 16 KiB of SRAM) and prints the reference's logits; the same image with one
+    kernel compiled for Cortex-M3 (its products may use wider instructions) would be refused
+    by the static check first, and the machine itself faults on an ARMv7-M instruction."""
+    from f8tvm.mcu import microbit
+
+    torch.manual_seed(0)  # at 8x8: the micro:bit's 16 KiB hold arena and stack
+    net = make_small_net()
+    src = plan_source(net, torch.randn(1, 3, 8, 8))
+    b = pipeline.run(pipeline.Build(M0, src.model, src.example_input, src.plan_for))
+    folder = tmp_path / "src"
+    os.makedirs(folder)
+    for name, text in b.executable.files.items():
+        (folder / name).write_text(text)
+    lo = -127 if b.plan.input_signed else 0
+    q = np.random.default_rng(3).integers(lo, 128, size=(1, 3, 8, 8)).astype(
+        b.executable.input.dtype)
+    elf = microbit.build_image(M0, str(folder), q, str(tmp_path / "mb.elf"))
+    assert toolchain.thumb_v6m_violations(M0, elf) == []
+    got = microbit.run(M0, elf, 10)
+    assert (got == run_reference(b.graph, b.plan, q).reshape(-1)).all()
+    # an ARMv7-M instruction (sdiv) in the reset path: the Cortex-M0 faults, no result
+    startup = tmp_path / "f8_startup.c"
+    startup.write_text(startup.read_text().replace(
+        "  f8_model_run(f8_input, f8_out);",
+        "  volatile int32_t n = 7; f8_out[0] = n / (int32_t)f8_data_end;\n"
+        "  f8_model_run(f8_input, f8_out);"))
+    bad = tmp_path / "bad.elf"
+    objs = [str(tmp_path / "model.mb.o"), str(tmp_path / "kernels.mb.o")]
+    objs.append(toolchain.compile_c(M0, str(startup), str(tmp_path / "bad.o"),
+                                    include=str(folder),
+                                    extra=(f"-I{tmp_path}", "-mcpu=cortex-m3")))
+    toolchain.link(M0, objs, str(bad), (f"-T{tmp_path / 'f8_microbit.ld'}",))
+    assert any(t.startswith("sdiv") for _, t in toolchain.thumb_v6m_violations(M0, str(bad)))
+    with pytest.raises(ToolchainError, match="printed no result"):
+        microbit.run(M0, str(bad), 10, timeout=20)

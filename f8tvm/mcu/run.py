@@ -3,7 +3,8 @@
 The float input (an image, or a seeded random tensor) is quantized here as the ``.so`` runtime
 does (ties to even, clamped); the folder's sources are compiled and run under QEMU (RV32) or
 Unicorn (Cortex-M0+); ``--count`` counts the inference's instructions (and Cortex-M0+ cycles) per
-kernel.  Needs the target's cross compiler and emulator, not TVM.
+kernel; ``--machine microbit`` boots a Cortex-M0+ build on QEMU's BBC micro:bit.  Needs the
+target's cross compiler and emulator, not TVM.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--count", action="store_true",
                    help="count instructions (Cortex-M0+: cycles) per kernel (on Unicorn)")
+    p.add_argument("--machine", choices=["microbit"],
+                   help="cortex-m0plus builds: boot on QEMU's BBC micro:bit (a Cortex-M0, "
+                        "16 KiB SRAM) instead of Unicorn")
     a = p.parse_args(argv)
     if a.top < 1:
         p.error(f"--top must be >= 1, got {a.top}")
@@ -46,7 +50,7 @@ def main(argv=None) -> int:
         else:
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         q = fix_quant(x, inp["fl"], inp["signed"])  # as the .so runtime does: ties to even
-        logits, counts = run_folder(a.module, q, count=a.count)
+        logits, counts = run_folder(a.module, q, count=a.count, machine=a.machine)
     except (FileNotFoundError, ValueError, F8TVMError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
