@@ -30,7 +30,7 @@ LAYERS = [
 RUNTIME = {"f8tvm.runtime", "f8tvm.run"}
 DEPLOYED = {"f8tvm", "f8tvm.runtime", "f8tvm.run", "f8tvm.data", "f8tvm.core",
             "f8tvm.core.errors", "f8tvm.core.fixedpoint", "f8tvm.targets", "f8tvm.targets.base",
-            "f8tvm.targets.cpu", "f8tvm.targets.x86", "f8tvm.targets.arm"}
+            "f8tvm.targets.cpu", "f8tvm.targets.x86", "f8tvm.targets.arm", "f8tvm.targets.mcu"}
 
 
 def _modules():

@@ -62,7 +62,8 @@ RUNTIME_FILES = (
     ("f8tvm", ("__init__.py", "runtime.py", "run.py", "data.py"), "f8tvm"),
     ("f8tvm/core", ("__init__.py", "errors.py", "fixedpoint.py"), "f8tvm/core"),
     # the target presets (pure Python): the runtime reads the CPU's flags with f8tvm.targets.cpu
-    ("targets", ("__init__.py", "base.py", "cpu.py", "x86.py", "arm.py"), "f8tvm/targets"),
+    ("targets", ("__init__.py", "base.py", "cpu.py", "x86.py", "arm.py", "mcu.py"),
+     "f8tvm/targets"),
 )
 # this emulated board's RPC server (a tool of ours, beside the runtime on the board)
 SERVER = "board_server.py"
