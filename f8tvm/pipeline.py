@@ -22,6 +22,11 @@ lower      the VM lowering, then AuditMultiplies on the kernels (a wide multiply
 codegen    LLVM for the target preset: a VM executable                               assembly
 =========  =========================================================================  ==========
 
+On a microcontroller target (``targets/mcu.py``) the last three differ: ``schedule`` gives every
+kernel scalar loops that allocate nothing (:mod:`f8tvm.schedules.mcu`), ``lower`` audits them
+without the VM lowering, and ``codegen`` writes C (:mod:`f8tvm.mcu.emit`; dumped as
+``8_codegen.c``).
+
 A :class:`Build` carries the inputs and what each phase made; ``run(build, start=, until=)``
 runs a slice of the list, so :func:`f8tvm.compile` runs it all, tuning stops after ``fuse``,
 the emulated x86 CPU reroutes the kernels after ``schedule``, and ``--debug-dump DIR`` writes
@@ -127,7 +132,7 @@ def lower(scheduled, target: TargetPreset, strict: bool = True):
 
 def codegen(lowered, target: TargetPreset, input_fl: int = 0, name: str = "model"):
     """Phase ``codegen``: LLVM for the target; a VM executable.  On a microcontroller: the C
-    program (:class:`f8tvm.mcu.CProgram`; ``input_fl`` and ``name`` go into its header)."""
+    program (:class:`f8tvm.mcu.emit.CProgram`; ``input_fl`` and ``name`` go into its header)."""
     if target.mcu is not None:
         return emit.emit_c(lowered, target, name, input_fl, __version__)
     return _tvm.compile_relax_lowered(lowered, target.tvm())
