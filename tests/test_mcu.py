@@ -3,6 +3,7 @@ emulators bit-exact with the NumPy reference; no library multiply in the default
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -425,3 +426,27 @@ def test_small_model_on_the_microbit_machine(tmp_path):
     assert any(t.startswith("sdiv") for _, t in toolchain.thumb_v6m_violations(M0, str(bad)))
     with pytest.raises(ToolchainError, match="printed no result"):
         microbit.run(M0, str(bad), 10, timeout=20)
+
+
+@needs_rv
+@pytest.mark.parametrize("name", ["resnet8", "ds_cnn", "mobilenet_v1_025"])
+def test_zoo_microcontroller_models_bit_exact_on_rv32i(name, tmp_path):
+    """The MLPerf Tiny architectures (random weights) built for RV32I run under QEMU with the M
+    extension off, bit-exact with the NumPy reference; no library multiply in the image."""
+    from f8tvm.api import compile as f8compile
+    from f8tvm.models import get_model
+
+    model, spec = get_model(name, seed=0)
+    shape = spec.example_shape()
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+    cm = f8compile(model, torch.zeros(shape), target="rv32i", calib=calib, name=name)
+    assert cm.audit.wide_multiplies == 0 and cm.audit.macs_8bit > 10**6
+    lo, hi = (-127, 127) if cm.plan.input_signed else (0, 255)
+    qs = rng.integers(lo, hi + 1, size=(2, *shape)).astype(cm.program.input.dtype)
+    got = cm.run_int_many(qs).reshape(2, -1)
+    want = np.stack([run_reference(cm.graph, cm.plan, q).reshape(-1) for q in qs])
+    assert (got == want).all()
+    cm.export(str(tmp_path / name))  # links the image and refuses a library multiply in it
+    meta = json.loads((tmp_path / name / "model.json").read_text())
+    assert meta["footprint"]["arena_bytes"] == cm.program.arena_bytes
