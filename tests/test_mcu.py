@@ -450,3 +450,20 @@ def test_zoo_microcontroller_models_bit_exact_on_rv32i(name, tmp_path):
     cm.export(str(tmp_path / name))  # links the image and refuses a library multiply in it
     meta = json.loads((tmp_path / name / "model.json").read_text())
     assert meta["footprint"]["arena_bytes"] == cm.program.arena_bytes
+
+
+@needs_rv
+def test_rv32im_uses_its_multiplier(tmp_path):
+    """rv32im, the comparison target: the products are mul instructions (no table, no library
+    multiply), bit-exact under QEMU with the M extension."""
+    rvm = TARGETS["rv32im"]
+    b = _build(rvm)
+    assert "#define F8_PRODUCTS 0" in b.executable.files["kernels.c"]
+    folder = _write(b, tmp_path / "src")
+    qs = _inputs(b, 2, seed=4)
+    want = _reference(b, qs)
+    elf = emulate.build_image(rvm, folder, str(tmp_path / "im.elf"))
+    assert toolchain.library_multiplies(rvm, elf) == []
+    dis = toolchain.run_tool([toolchain.tool(rvm, "objdump"), "-d", elf], "objdump")
+    assert any(m == "mul" for _, _, m, _ in toolchain.instructions(dis))
+    assert (emulate.run_image(rvm, elf, qs, want.shape[1]) == want).all()
