@@ -418,7 +418,8 @@ def test_small_model_on_the_microbit_machine(tmp_path):
         "  volatile int32_t n = 7; f8_out[0] = n / (int32_t)f8_data_end;\n"
         "  f8_model_run(f8_input, f8_out);"))
     bad = tmp_path / "bad.elf"
-    objs = [str(tmp_path / "model.mb.o"), str(tmp_path / "kernels.mb.o")]
+    objs = [str(tmp_path / "model.o"), str(tmp_path / "kernels.o"),
+            str(tmp_path / "f8_freestanding.o")]
     objs.append(toolchain.compile_c(M0, str(startup), str(tmp_path / "bad.o"),
                                     include=str(folder),
                                     extra=(f"-I{tmp_path}", "-mcpu=cortex-m3")))
@@ -467,3 +468,16 @@ def test_rv32im_uses_its_multiplier(tmp_path):
     dis = toolchain.run_tool([toolchain.tool(rvm, "objdump"), "-d", elf], "objdump")
     assert any(m == "mul" for _, _, m, _ in toolchain.instructions(dis))
     assert (emulate.run_image(rvm, elf, qs, want.shape[1]) == want).all()
+
+
+@needs_m0
+def test_cortex_m0plus_export_holds_only_the_build(tmp_path):
+    """The emulator image is linked and checked in a scratch folder: none of its harness
+    files (buffers, the emulator's linker script, objects) end up in the exported folder."""
+    from f8tvm.api import compile as f8compile
+
+    torch.manual_seed(0)
+    cm = f8compile(make_small_net(), torch.randn(1, 3, 8, 8), target="cortex-m0plus")
+    cm.export(str(tmp_path / "m0"))
+    assert sorted(os.listdir(tmp_path / "m0")) == ["Makefile", "f8tvm.ld", "kernels.c",
+                                                    "model.c", "model.h", "model.json"]

@@ -40,29 +40,15 @@ BUFFERS_C = """\
 #include "model.h"
 uint8_t f8_in[F8_INPUT_BYTES] __attribute__((aligned(8)));
 int32_t f8_out[F8_OUTPUT_ELEMENTS];
-void *memset(void *d, int c, unsigned long n) {
-  uint8_t *p = d; while (n--) *p++ = (uint8_t)c; return d;
-}
-void *memcpy(void *d, const void *s, unsigned long n) {
-  uint8_t *p = d; const uint8_t *q = s; while (n--) *p++ = *q++; return d;
-}
 """
 
 
-def build_image(target, folder: str, elf: str, defines: dict | None = None) -> str:
+def build_image(target, folder: str, elf: str, defines: dict | None = None,
+                objects: list | None = None) -> str:
     """The Unicorn image of the C build in ``folder``."""
-    work = os.path.dirname(os.path.abspath(elf))
-    with open(os.path.join(work, "f8_buffers.c"), "w") as f:
-        f.write(BUFFERS_C)
-    script = os.path.join(work, "f8_emulator.ld")
-    with open(script, "w") as f:
-        f.write(LINKER_SCRIPT)
-    objs = [toolchain.compile_c(target, os.path.join(folder, s) if s != "f8_buffers.c"
-                                else os.path.join(work, s),
-                                os.path.join(work, s[:-2] + ".o"), defines, include=folder)
-            for s in ("model.c", "kernels.c", "f8_buffers.c")]
-    return toolchain.link(target, objs, elf, (f"-T{script}", "-Wl,--no-relax", "-Wl,-u,f8_in",
-                                              "-Wl,-u,f8_out"))
+    return toolchain.build_image(
+        target, folder, elf, {"f8_buffers.c": BUFFERS_C, "f8_emulator.ld": LINKER_SCRIPT},
+        defines, ("-Wl,--no-relax", "-Wl,-u,f8_in", "-Wl,-u,f8_out"), objects)
 
 
 # ----------------------------------------------------------------------------- disassembly

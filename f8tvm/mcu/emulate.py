@@ -40,12 +40,6 @@ static int32_t f8_out[F8_OUTPUT_ELEMENTS];
 
 static void f8_exit(long code) { for (;;) f8_syscall(93, code, 0, 0); }
 
-void *memset(void *d, int c, unsigned long n) {
-  uint8_t *p = d; while (n--) *p++ = (uint8_t)c; return d;
-}
-void *memcpy(void *d, const void *s, unsigned long n) {
-  uint8_t *p = d; const uint8_t *q = s; while (n--) *p++ = *q++; return d;
-}
 
 void _start(void) {
   for (;;) {
@@ -80,22 +74,16 @@ def qemu_binary(target) -> str:
                          f"apt-get install {QEMU_PACKAGE}")
 
 
-def build_image(target, folder: str, elf: str, defines: dict | None = None) -> str:
+def build_image(target, folder: str, elf: str, defines: dict | None = None,
+                objects: list | None = None) -> str:
     """The emulator image of the C build in ``folder`` (``model.c``, ``kernels.c``,
-    ``model.h``), linked with the harness; ``defines``: ``-D`` macros (``F8_PRODUCTS``)."""
+    ``model.h``), linked with the harness; ``defines``: ``-D`` macros (``F8_PRODUCTS``);
+    ``objects``: the folder's objects, already compiled."""
     if target.mcu.emulator != "qemu-riscv32":
-        return cycles.build_image(target, folder, elf, defines)
-    work = os.path.dirname(os.path.abspath(elf))
-    harness = os.path.join(work, "f8_harness.c")
-    with open(harness, "w") as f:
-        f.write(RV32_HARNESS)
-    objs = []
-    for src in ("model.c", "kernels.c", harness):
-        path = src if os.path.isabs(src) else os.path.join(folder, src)
-        obj = os.path.join(work, os.path.basename(src)[:-2] + ".o")
-        objs.append(toolchain.compile_c(target, path, obj, defines, include=folder))
+        return cycles.build_image(target, folder, elf, defines, objects)
     # no linker relaxation: nothing sets up gp, so gp-relative accesses must not appear
-    return toolchain.link(target, objs, elf, ("-Wl,--no-relax",))
+    return toolchain.build_image(target, folder, elf, {"f8_harness.c": RV32_HARNESS}, defines,
+                                 ("-Wl,--no-relax",), objects)
 
 
 def run_image(target, elf: str, inputs: np.ndarray, output_elements: int,

@@ -66,12 +66,6 @@ static void f8_print_int(int32_t v) {
   f8_semihost(0x04, p);  /* SYS_WRITE0 */
 }
 
-void *memset(void *d, int c, unsigned long n) {
-  uint8_t *p = d; while (n--) *p++ = (uint8_t)c; return d;
-}
-void *memcpy(void *d, const void *s, unsigned long n) {
-  uint8_t *p = d; const uint8_t *q = s; while (n--) *p++ = *q++; return d;
-}
 
 void f8_reset(void) {
   uint32_t *src = &f8_data_load, *dst = &f8_data_start;
@@ -99,23 +93,11 @@ def build_image(target, folder: str, q: np.ndarray, elf: str) -> str:
     """The micro:bit image of the C build in ``folder`` with the input ``q`` in flash."""
     if target.mcu.emulator != "unicorn-thumb":
         raise InputError(f"the micro:bit runs Cortex-M0+ builds, not {target.name}")
-    work = os.path.dirname(os.path.abspath(elf))
     ctype = "int8_t" if q.dtype == np.int8 else "uint8_t"
     values = ", ".join(str(int(v)) for v in q.reshape(-1))
-    with open(os.path.join(work, "f8_input.h"), "w") as f:
-        f.write(f"#include <stdint.h>\nstatic const {ctype} f8_input[] = {{{values}}};\n")
-    with open(os.path.join(work, "f8_startup.c"), "w") as f:
-        f.write(STARTUP_C)
-    script = os.path.join(work, "f8_microbit.ld")
-    with open(script, "w") as f:
-        f.write(LINKER_SCRIPT)
-    objs = []
-    for src in (os.path.join(folder, "model.c"), os.path.join(folder, "kernels.c"),
-                os.path.join(work, "f8_startup.c")):
-        obj = os.path.join(work, os.path.basename(src)[:-2] + ".mb.o")
-        objs.append(toolchain.compile_c(target, src, obj, include=folder,
-                                        extra=(f"-I{work}",)))
-    toolchain.link(target, objs, elf, (f"-T{script}",))
+    toolchain.build_image(target, folder, elf, {
+        "f8_input.h": f"#include <stdint.h>\nstatic const {ctype} f8_input[] = {{{values}}};\n",
+        "f8_startup.c": STARTUP_C, "f8_microbit.ld": LINKER_SCRIPT})
     used = toolchain.sizes(target, elf)
     if used.data + used.bss > RAM_BYTES - 1024:  # leave the stack 1 KiB
         raise InputError(f"the model needs {used.data + used.bss:,} bytes of SRAM beside its "

@@ -51,30 +51,31 @@ class McuModel(CompiledModel):
         meta["files"] = sorted(self.program.files)
         return meta
 
-    def footprint(self, work: str | None = None) -> Footprint:
-        """Sizes of the compiled library (compiles it in ``work``, a temporary folder by
-        default)."""
-        own = work is None
-        work = work or tempfile.mkdtemp(prefix="f8tvm-mcu-")
+    def footprint(self) -> Footprint:
+        """Sizes of the compiled library (compiled in a temporary folder)."""
+        work = tempfile.mkdtemp(prefix="f8tvm-mcu-")
         try:
             self._write_sources(work)
-            total = [0, 0, 0]
-            frames = {}
-            for src in ("model.c", "kernels.c"):
-                obj = toolchain.compile_c(self.target, os.path.join(work, src),
-                                          os.path.join(work, src[:-2] + ".o"), include=work,
-                                          extra=("-fstack-usage",))
-                s = toolchain.sizes(self.target, obj)
-                total = [total[0] + s.text, total[1] + s.data, total[2] + s.bss]
-                frames.update(toolchain.stack_frames(obj[:-2] + ".su"))
-            kernels = [b for name, b in frames.items() if name.startswith("f8k_")]
-            stack = frames.get("f8_model_run", 0) + max(kernels, default=0)
-            sizes = toolchain.Sizes(*total)
-            return Footprint(sizes.flash, sizes.sram + stack, self.program.arena_bytes,
-                             self.program.weight_bytes, stack)
+            return self._measure(self._objects(work, work))
         finally:
-            if own:
-                shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _objects(self, folder: str, work: str) -> list:
+        """The library's objects (with GCC's stack usage files beside them)."""
+        return toolchain.model_objects(self.target, folder, work, extra=("-fstack-usage",))
+
+    def _measure(self, objects: list) -> Footprint:
+        total = [0, 0, 0]
+        frames = {}
+        for obj in objects:
+            s = toolchain.sizes(self.target, obj)
+            total = [total[0] + s.text, total[1] + s.data, total[2] + s.bss]
+            frames.update(toolchain.stack_frames(obj[:-2] + ".su"))
+        kernels = [b for name, b in frames.items() if name.startswith("f8k_")]
+        stack = frames.get("f8_model_run", 0) + max(kernels, default=0)
+        sizes = toolchain.Sizes(*total)
+        return Footprint(sizes.flash, sizes.sram + stack, self.program.arena_bytes,
+                         self.program.weight_bytes, stack)
 
     def _write_sources(self, folder: str) -> None:
         for name, text in self.program.files.items():
@@ -91,20 +92,22 @@ class McuModel(CompiledModel):
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".f8tvm-", dir=parent)
         try:
-            fp = self.footprint(tmp)
+            self._write_sources(tmp)
+            scratch = tempfile.mkdtemp(dir=tmp)  # objects and the image: not exported
+            objects = self._objects(tmp, scratch)
+            fp = self._measure(objects)
             if ram_limit is not None and fp.sram > ram_limit:
                 raise InputError(
                     f"{self.target.name} build needs {fp.sram:,} bytes of SRAM (arena "
                     f"{fp.arena:,}, stack {fp.stack:,}), more than --ram {ram_limit // 1024} "
                     f"KiB = {ram_limit:,} bytes; nothing was written")
-            image = emulate.build_image(self.target, tmp, os.path.join(tmp, "emulator.elf"))
+            image = emulate.build_image(self.target, tmp, os.path.join(scratch, "emulator.elf"),
+                                        objects=objects)
             toolchain.check_image(self.target, image)
+            shutil.rmtree(scratch)
             meta = dict(self.metadata(), footprint=fp.to_json())
             with open(os.path.join(tmp, METADATA), "w") as f:
                 json.dump(meta, f, indent=1)
-            for junk in os.listdir(tmp):  # objects and the image are rebuilt where needed
-                if junk.endswith((".o", ".su", ".elf")) or junk.startswith("f8_harness"):
-                    os.remove(os.path.join(tmp, junk))
             os.chmod(tmp, 0o755)  # mkdtemp's 0700 is for the temporary folder only
             if os.path.isdir(path):
                 shutil.rmtree(path)

@@ -35,13 +35,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.top < 1:
         p.error(f"--top must be >= 1, got {a.top}")
-    a.module = a.folder
     try:
-        meta = load_folder(a.module)
+        meta = load_folder(a.folder)
         inp = meta["input"]
         shape = inp["shape"]
         if a.input and (len(shape) != 4 or shape[1] != 3):
-            raise F8TVMError(f"--input: {meta.get('model', a.module)} takes input of shape "
+            raise F8TVMError(f"--input: {meta.get('model', a.folder)} takes input of shape "
                              f"{shape}, not an RGB image")
         if a.input:
             pre = meta.get("preprocess")
@@ -50,12 +49,12 @@ def main(argv=None) -> int:
         else:
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         q = fix_quant(x, inp["fl"], inp["signed"])  # as the .so runtime does: ties to even
-        logits, counts = run_folder(a.module, q, count=a.count, machine=a.machine)
+        logits, counts = run_folder(a.folder, q, count=a.count, machine=a.machine)
     except (FileNotFoundError, ValueError, F8TVMError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     order = np.argsort(-logits)[: a.top]
-    print(f"top-{a.top} ({meta.get('model', a.module)}, {meta['target']['name']} on its "
+    print(f"top-{a.top} ({meta.get('model', a.folder)}, {meta['target']['name']} on its "
           "emulator; integer logits):")
     for rank, k in enumerate(order, 1):
         print(f"  {rank}. class {k:4d}  logit {int(logits[k])}")

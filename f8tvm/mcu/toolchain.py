@@ -68,6 +68,49 @@ def stack_frames(su_path: str) -> dict:
     return frames
 
 
+MODEL_SOURCES = ("model.c", "kernels.c")  # the exported folder's C files
+
+# what GCC may call on its own in freestanding code (block copies and fills); every emulator
+# harness links them, since there is no C library
+FREESTANDING_C = r"""
+#include <stdint.h>
+void *memset(void *d, int c, unsigned long n) {
+  uint8_t *p = d; while (n--) *p++ = (uint8_t)c; return d;
+}
+void *memcpy(void *d, const void *s, unsigned long n) {
+  uint8_t *p = d; const uint8_t *q = s; while (n--) *p++ = *q++; return d;
+}
+"""
+
+
+def model_objects(target, folder: str, work: str, defines: dict | None = None,
+                  extra: tuple = ()) -> list:
+    """The objects of the exported folder's C files, compiled into ``work``."""
+    return [compile_c(target, os.path.join(folder, src), os.path.join(work, src[:-2] + ".o"),
+                      defines, include=folder, extra=extra) for src in MODEL_SOURCES]
+
+
+def build_image(target, folder: str, elf: str, harness: dict, defines: dict | None = None,
+                link_flags: tuple = (), objects: list | None = None) -> str:
+    """An image of the C build in ``folder`` and an emulator's ``harness`` (``{file name:
+    text}``, written beside ``elf``: ``.c`` files compiled with the freestanding shims, ``.ld``
+    the linker script, others included).  ``objects``: the folder's objects, already compiled
+    (else compiled here with ``defines``)."""
+    work = os.path.dirname(os.path.abspath(elf))
+    harness = {**harness, "f8_freestanding.c": FREESTANDING_C}
+    for name, text in harness.items():
+        with open(os.path.join(work, name), "w") as f:
+            f.write(text)
+    if objects is None:
+        objects = model_objects(target, folder, work, defines)
+    objs = list(objects) + [
+        compile_c(target, os.path.join(work, name), os.path.join(work, name[:-2] + ".o"),
+                  defines, include=folder, extra=(f"-I{work}",))
+        for name in harness if name.endswith(".c")]
+    scripts = [f"-T{os.path.join(work, name)}" for name in harness if name.endswith(".ld")]
+    return link(target, objs, elf, (*scripts, *link_flags))
+
+
 @dataclass(frozen=True)
 class Sizes:
     text: int  # code and read-only data (the weights): flash
