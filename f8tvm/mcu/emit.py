@@ -41,7 +41,6 @@ _CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "i
 
 @dataclass
 class Tensor:
-    name: str  # C expression of its address
     dtype: str
     shape: tuple
     nbytes: int
@@ -63,8 +62,7 @@ class CProgram:
     weight_bytes: int
     input: Tensor
     output: Tensor
-    calls: list = field(default_factory=list)
-    kernels: list = field(default_factory=list)  # kernel symbols
+    calls: list = field(default_factory=list)  # KernelCall, in order
 
 
 def ctype(dtype: str) -> str:
@@ -220,8 +218,7 @@ def emit_c(scheduled, target, model_name: str, input_fl: int, version: str) -> C
         raise UnsupportedOpError(f"a microcontroller build returns one tensor, the model "
                                  f"returns {len(ret_fields)}")
     final = ret_fields[0]
-    # the tensor a binding defines: its out_ty; tuples of outputs are not supported
-    defs, uses = {}, {}
+    defs, last_use = {}, {}  # binding index where each tensor is made, and last read
     for i, b in enumerate(bs):
         v = b.value
         if isinstance(v, relax.Tuple):  # the returned tuple
@@ -233,13 +230,13 @@ def emit_c(scheduled, target, model_name: str, input_fl: int, version: str) -> C
         defs[b.var] = i
         for a in _call_args(v):
             if isinstance(a, relax.Var):
-                uses[a] = max(uses.get(a, i), i)
+                last_use[a] = i
     if not (isinstance(final, relax.Var) and final in defs):
         raise UnsupportedOpError("the model's output is not computed by a kernel")
     inter = [v for v in defs if not v.same_as(final)]
     sizes = [_nbytes(*_shape_dtype(v)) for v in inter]
     offsets, arena = plan_arena(sizes, [defs[v] for v in inter],
-                                [uses.get(v, defs[v]) for v in inter])
+                                [last_use.get(v, defs[v]) for v in inter])
     where = {}
     for v, off in zip(inter, offsets, strict=True):
         where[v] = f"(f8_arena + {off})"
@@ -271,8 +268,8 @@ def emit_c(scheduled, target, model_name: str, input_fl: int, version: str) -> C
             args.append(f"({ctype(dtype)} *){expr}")
         calls.append(KernelCall(symbols[gv.name_hint], args, _tvm.var_name(b.var)))
     weight_bytes = sum(int(c.nbytes) for _, c in consts)
-    input_t = Tensor("in", in_dtype, in_shape, _nbytes(in_shape, in_dtype))
-    output_t = Tensor("out", out_dtype, out_shape, _nbytes(out_shape, out_dtype))
+    input_t = Tensor(in_dtype, in_shape, _nbytes(in_shape, in_dtype))
+    output_t = Tensor(out_dtype, out_shape, _nbytes(out_shape, out_dtype))
     if out_dtype != "int32":
         raise UnsupportedOpError(f"the model's output is {out_dtype}; f8_model_run writes int32")
     files = {
@@ -282,8 +279,7 @@ def emit_c(scheduled, target, model_name: str, input_fl: int, version: str) -> C
         "Makefile": _makefile(target),
         "f8tvm.ld": LINKER_SCRIPT,
     }
-    return CProgram(files, arena, weight_bytes, input_t, output_t, calls,
-                    sorted(set(symbols.values())))
+    return CProgram(files, arena, weight_bytes, input_t, output_t, calls)
 
 
 def _call_args(call) -> list:
