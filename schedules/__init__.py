@@ -72,6 +72,12 @@ class DotIntrin:
     # pixels; each holds 16 partial sums); convs whose row has no such tile width (even
     # widths: 2) keep the 8-lane form
     split_tile: int = 0
+    # a row with no such width (an odd one: 7 pixels) takes the split form in tiles of one
+    # pixel and ``split_odd_blocks`` output blocks when their weights (blocks x 8 x the
+    # reduction's bytes) fit in this many bytes, read again for every pixel from L1; 0: it
+    # keeps the 8-lane form
+    split_odd_bytes: int = 0
+    split_odd_blocks: int = 1
     # registers the pair form's tile may use for accumulators, activations and one weight tile
     pair_registers: int = 0
     # or instead: at most this many accumulators (output blocks x pixels) in the pair form's
@@ -211,7 +217,10 @@ def _arm():
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,
                           narrow=narrow, narrow_2px=narrow_2px),
-        # smull + saddlp + addp: temporaries need registers too.  The pair form (smull +
+        # smull + saddlp + addp: temporaries need registers too.  Odd rows (7 pixels) of
+        # convs whose weights are small (at most 16 KiB for two output blocks: the 1x1 convs
+        # of MobileNet-V2 and EfficientNet-Lite0, not ResNet-18's 3x3) take the split form
+        # one pixel at a time: MobileNet-V2 108.8 -> 107.8 M instructions.  The pair form (smull +
         # smlal, two quads per int16 product) keeps its products' temporaries live across
         # the tile: 4 accumulators at most (measured on ResNet-18: 1x4 beats 2x4 and 1x8 by
         # 7-8%, a whole 7-pixel row beats 1 pixel by 10%); a far block's weight tile is
@@ -225,6 +234,7 @@ def _arm():
                            pair_split=a.NEON_8x8_SPLIT,
                            pair_split_columns=a.NEON_8x8_SPLIT + a.COLUMNS,
                            split_sum=a.NEON_SPLIT_SUM, split_tile=2, pair_tile=4,
+                           split_odd_bytes=16384, split_odd_blocks=2,
                            b_cost_far=4.0, narrow=narrow, narrow_2px=narrow_2px,
                            bias_init=False),
     }

@@ -20,13 +20,30 @@ from . import intrin_amx as amx
 from ._sch import divisors as _divisors
 
 
-def split_widths(ow: int, dot) -> list[int]:
+def odd_split_blocks(ow: int, depth: int, dot) -> int:
+    """Output blocks per tile of the split form on a row of ``ow`` pixels that has no split
+    width (``dot.split_odd_bytes``), for a reduction of ``depth`` bytes (input channels x
+    window taps); 0 when the row keeps the 8-lane form."""
+    if dot.pair_split is None or not dot.split_odd_bytes:
+        return 0
+    if any(2 <= d <= dot.split_tile for d in _divisors(ow)):
+        return 0
+    for t in (dot.split_odd_blocks, 1):
+        if t * 8 * depth <= dot.split_odd_bytes:
+            return t
+    return 0
+
+
+def split_widths(ow: int, dot, depth: int = 0) -> list[int]:
     """The split form's tile widths for a row of ``ow`` pixels (``dot.split_tile`` or fewer
-    that divide it, at least 2): a conv takes the split form exactly when there is one, so
-    that the choice depends on the conv alone, never on the tile (tuning samples tiles; a
-    record's tile must rebuild the program that was measured)."""
+    that divide it, at least 2; or ``[1]``: :func:`odd_split_blocks` for a reduction of
+    ``depth`` bytes): a conv takes the split form exactly when there is one, so that the
+    choice depends on the conv alone, never on the tile (tuning samples tiles; a record's tile
+    must rebuild the program that was measured)."""
     if dot.pair_split is None:
         return []
+    if depth and odd_split_blocks(ow, depth, dot):
+        return [1]
     return [d for d in _divisors(ow) if 2 <= d <= dot.split_tile]
 
 
@@ -58,7 +75,10 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
 
     ``depth``: the reduction's bytes (input channels x window taps); a reduction of at most
     ``dot.short_depth`` takes at most ``dot.short_accumulators`` accumulators."""
-    widths = split_widths(ow, dot) if pairs else []
+    widths = split_widths(ow, dot, depth) if pairs else []
+    if widths == [1]:  # an odd row: one pixel, output blocks that divide the conv's
+        t = odd_split_blocks(ow, depth, dot)
+        return (t if occ % t == 0 else 1), 1
     if widths:
         return 1, max(widths)
     best, best_cost = (1, 1), float("inf")
@@ -98,8 +118,9 @@ def split_form(block, dot) -> bool:
     """Whether the conv ``block`` takes split accumulators (twice the registers: the default
     tile is at most ``split_tile`` accumulators): the pair form on a row that has a split tile
     width, whatever the tile.  Its schedule factors the reduction (``rfactor``)."""
-    ow = int(block.iter_vars[3].dom.extent)
-    return pair_form(block, dot) and bool(split_widths(ow, dot))
+    ext = [int(iv.dom.extent) for iv in block.iter_vars]  # b o y x ol rc ry rx rq rk
+    depth = ext[5] * ext[6] * ext[7] * ext[8] * ext[9]
+    return pair_form(block, dot) and bool(split_widths(ext[3], dot, depth))
 
 
 def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
@@ -133,11 +154,19 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     else:
         sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)
     sch.parallel(sch.fuse(b, o_o, y))  # before tensorize: parallel needs a plain reduction block
+    first = rc  # the reduction's outermost loop
+    if split and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1 \
+            and _sch.extent(sch, rc) % 2 == 0 and _sch.extent(sch, rc) > 2:
+        # a 1x1 conv's input blocks two per loop step: its loop overhead (4 instructions per
+        # step) is a tenth of a step of the split form (MobileNet-V2 on arm: 110.3 -> 108.8 M
+        # instructions; the 8-lane form's 7-pixel tiles got longer with it: they spill)
+        first, rc_i = sch.split(rc, [None, 2])
+        sch.unroll(rc_i)
     if split:
         lanes = _sum_split(sch, last, x_o)
     # epilogue (bias, requantize, residual, clip, cast) at the register tile
     _sch.fuse_epilogue(sch, last if split else conv, x_o, dot, _sch.extent(sch, x_i))
-    init = sch.decompose_reduction(conv, rc)
+    init = sch.decompose_reduction(conv, first)
     _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
     if split:
         sch.tensorize(lanes, dot.split_sum)

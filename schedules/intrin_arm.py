@@ -79,6 +79,13 @@ def _quad(A, copies, start=0):
                          dtype=f"int8x{4 * copies}")
 
 
+def _quad_lane(A, q):
+    """Quad ``q`` of the 8 activation bytes twice (int8x8), taken from the register they were
+    loaded into (``dup`` by element): one load per pixel and block."""
+    quads = T.reinterpret(A.vload(_at(A, 0), "int8x8"), dtype="int32x2")
+    return T.reinterpret(T.Shuffle([quads], [q, q]), dtype="int8x8")
+
+
 def _sdot(A, B, C, lane):
     """``sdot``: lanes ``lane .. lane+3`` of ``C`` plus their 4-deep dots with the quad."""
     return T.call_llvm_pure_intrin(
@@ -177,7 +184,7 @@ def _smull_quads(A, B, row):
     def product(q):
         return T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-            _quad(A, 2, 4 * q), B.vload([q, row, 0], dtype="int8x8"), dtype="int16x8")
+            _quad_lane(A, q), B.vload([q, row, 0], dtype="int8x8"), dtype="int16x8")
 
     return T.call_llvm_pure_intrin(
         T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),

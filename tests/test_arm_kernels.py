@@ -36,11 +36,15 @@ CASES = [
     (3, 16, 15, 15, 7, 2, (3, 3, 3, 3)),  # ResNet's first conv, odd window: a phantom tap
     (3, 8, 9, 9, 3, 2, (1, 1, 1, 1)),  # MobileNet's first conv
     (4, 8, 7, 7, 2, 1, (0, 0, 1, 1)),  # even window, uneven padding
-    (16, 16, 9, 9, 3, 1, (1, 1, 1, 1)),  # a block's two quads (odd row: 8 lanes per step)
+    (16, 16, 9, 9, 3, 1, (1, 1, 1, 1)),  # a block's two quads (odd row, small weights: split)
     (24, 16, 8, 8, 3, 1, (1, 1, 1, 1)),  # even row: split accumulators on `arm`
     (24, 16, 5, 5, 1, 1, (0, 0, 0, 0)),
     (3, 8, 6, 6, 1, 1, (0, 0, 0, 0)),  # one quad, no window to pair: one quad per intrinsic
+    (256, 8, 5, 5, 3, 1, (1, 1, 1, 1)),  # odd row, 18 KiB of weights a block: 8 lanes a step
 ]
+# the cases `arm` schedules in split accumulators: every pair form (two quads a step) on an
+# even row, and on an odd row where a tile's weights are small enough to re-read per pixel
+SPLIT = [CASES[i] for i in range(6)]
 # depthwise, tap pairs: (C, H, W, K, stride, pad)
 DW_CASES = [
     (16, 9, 11, 3, 1, (1, 1, 1, 1)),
@@ -151,11 +155,12 @@ def test_packer_refuses_weights_the_neon_pair_form_cannot_sum():
 @pytest.mark.unit
 @pytest.mark.parametrize("tiles", [None, (1, 2), (1, 4), (2, 1)])
 def test_split_accumulators_depend_on_the_row_not_the_tile(tiles):
-    """`arm` takes the split form (an rfactor block) on every even row and never on an odd one,
-    whatever the register tile: tuning samples tiles, and a record's tile must rebuild the
-    program that was measured."""
+    """`arm` takes the split form (an rfactor block) on every even row, on an odd row only
+    where two output blocks' weights fit 16 KiB, whatever the register tile: tuning samples
+    tiles, and a record's tile must rebuild the program that was measured."""
     dot = find_dot(TARGETS["arm"].dot)
-    for case, split in ((CASES[4], True), (CASES[3], False)):  # 8- and 9-pixel rows
+    # 8-pixel rows; 9-pixel rows, 2.3 KiB and 18 KiB of weights a block
+    for case, split in ((CASES[4], True), (CASES[3], True), (CASES[7], False)):
         x, wt = _operands(*case[:5])
         packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
         data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
@@ -214,8 +219,9 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
         asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
         if case[2:] in NARROW:  # the epilogue narrows with saturating narrows
             assert re.search(r"\t(sq|uq)xtu?n2?\t", asm), (target, case)
-        # `arm` adds products into split accumulators (sadalp) in tiles of 2 pixels (even rows)
-        split = target == "arm" and (case in (CASES[0], CASES[4]) or case[2:] in NARROW)
+        # `arm` adds products into split accumulators (sadalp): tiles of 2 pixels on even
+        # rows, of 1 pixel on odd rows with small weights
+        split = target == "arm" and (case in SPLIT or case[2:] in NARROW)
         assert ("\tsadalp\t" in asm) == split, (target, case)
         if len(CASES) <= i < len(CASES) + len(DW_CASES):  # depthwise: taps in pairs or quads
             quads = target == "arm-dotprod"  # each channel's 4 taps gathered (tbl), then sdot
