@@ -21,9 +21,10 @@ from ._sch import divisors as _divisors
 
 
 def odd_split_blocks(ow: int, depth: int, dot) -> int:
-    """Output blocks per tile of the split form on a row of ``ow`` pixels that has no split
-    width (``dot.split_odd_bytes``), for a reduction of ``depth`` bytes (input channels x
-    window taps); 0 when the row keeps the 8-lane form."""
+    """Output blocks per one-pixel tile of the split form on a row of ``ow`` pixels that has no
+    split width, for a reduction of ``depth`` bytes (input channels x window taps): the most,
+    up to ``dot.split_odd_blocks``, whose weights fit ``dot.split_odd_bytes``; 0 (none fits, or
+    the row has a split width) when the row keeps the 8-lane form."""
     if dot.pair_split is None or not dot.split_odd_bytes:
         return 0
     if any(2 <= d <= dot.split_tile for d in _divisors(ow)):
@@ -68,10 +69,12 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
 
     With split accumulators (``dot.pair_split``): a row of an even width takes the split
     form's widest tile of one output block (``dot.split_tile`` pixels, or fewer that divide the
-    row, at least 2): 12 instructions per step instead of 16, and no spills.  An odd row would
-    get one pixel per tile, whose weights then stream from L2 once per pixel: it keeps the
-    8-lane form's tile (measured on ResNet-18's 7-pixel rows: 6% fewer instructions at one
-    pixel, but 6.5x the L1D misses).
+    row, at least 2): 12 instructions per step instead of 16, and no spills.  An odd row gets
+    one pixel per tile, whose weights are then read again for every pixel: only where
+    ``dot.split_odd_blocks`` output blocks' weights fit ``dot.split_odd_bytes``
+    (:func:`odd_split_blocks`, ``depth`` bytes per lane); else it keeps the 8-lane form's tile
+    (ResNet-18's 7-pixel rows, 36 KiB of weights per block: one pixel at a time measured 4%
+    fewer instructions but 2.9x the modelled L1D misses of a Cortex-A55-class cache).
 
     ``depth``: the reduction's bytes (input channels x window taps); a reduction of at most
     ``dot.short_depth`` takes at most ``dot.short_accumulators`` accumulators."""
@@ -117,7 +120,8 @@ def pair_form(block, dot) -> bool:
 def split_form(block, dot) -> bool:
     """Whether the conv ``block`` takes split accumulators (twice the registers: the default
     tile is at most ``split_tile`` accumulators): the pair form on a row that has a split tile
-    width, whatever the tile.  Its schedule factors the reduction (``rfactor``)."""
+    width (:func:`split_widths`), whatever the tile.  Its schedule factors the reduction
+    (``rfactor``)."""
     ext = [int(iv.dom.extent) for iv in block.iter_vars]  # b o y x ol rc ry rx rq rk
     depth = ext[5] * ext[6] * ext[7] * ext[8] * ext[9]
     return pair_form(block, dot) and bool(split_widths(ext[3], dot, depth))
