@@ -50,6 +50,9 @@ class AuditReport:
     wide_multiplies: int = 0
     violations: list = field(default_factory=list)
     functions: int = 0
+    # kernel (PrimFunc) name -> its 8-bit MACs over all its calls, for the kernels that have
+    # any (per-kernel instruction counts are read against these: ``tools/arm_count``)
+    kernel_macs: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -273,6 +276,7 @@ def audit_module(mod) -> AuditReport:
 
         _tvm.post_order_visit(func.body, collect)
         narrow = _narrow_test(func, narrow_params.get(fname, set()), blocks)
+        before = report.macs_8bit
         for block in blocks:
             if block.name_hint == "root":
                 continue
@@ -288,6 +292,8 @@ def audit_module(mod) -> AuditReport:
                     _audit_tile_dot(report, fname, block, e, iters, sites)
                 else:
                     _audit_call(report, fname, block, e, iters, narrow)
+        if report.macs_8bit > before:
+            report.kernel_macs[fname] = report.macs_8bit - before
     return report
 
 

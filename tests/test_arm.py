@@ -335,6 +335,11 @@ def test_instruction_counts_bracket_the_inferences(builds, board):
     for model in arm_count.CACHE_MODELS:
         parts = sum(k["caches"][model]["l1d"] for k in split.values())
         assert abs(parts - a["caches"][model]["l1d"]) < 1
+    # each kernel beside its 8-bit MACs (the build's audit, by name): they add up to the
+    # module's, every conv has some, and none runs fewer instructions than one sdot per 16
+    assert sum(k["macs"] for k in split.values()) == cm.audit.macs_8bit
+    assert all(k["macs"] > 0 for name, k in split.items() if "conv2d_nchwc" in name)
+    assert all(k["per_16_macs"] >= 1.0 for k in split.values() if k["macs"])
     # without dotprod the same program is not runnable: sdot is an illegal instruction there
     with pytest.raises(RuntimeError, match="counting .* failed"):
         arm_count.count(so, 3, cpu="cortex-a72", board=board, caches=False)

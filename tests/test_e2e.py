@@ -90,6 +90,11 @@ def test_metadata_and_audit(built):
     assert meta["tvm_version"].startswith("0.27") and meta["f8tvm_version"]
     # the kernels execute the model's MACs plus those of channels padded to the dot block
     assert meta["audit"]["macs_8bit"] == blocked_macs(cm)
+    # kernel by kernel: every kernel with products, named as in the module, adding up
+    per_kernel = meta["audit"]["kernel_macs"]
+    assert sum(per_kernel.values()) == meta["audit"]["macs_8bit"]
+    assert all(v > 0 for v in per_kernel.values())
+    assert any("conv2d" in k for k in per_kernel)
 
 
 def test_runtime_rejects_bad_input(built):

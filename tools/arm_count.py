@@ -19,7 +19,9 @@ and without touching the host's packages:
 adds up the instructions of every executed block, runs the cache models of :data:`CACHE_MODELS`
 on every data access and block fetch, and writes its running totals when the guest makes a
 marker syscall, so start-up, model load and a warm-up inference fall outside the count.  With
-``kernels`` the totals are kept per kernel of the ``.so`` (the board passes its load address).
+``kernels`` the totals are kept per kernel of the ``.so`` (the board passes its load address),
+each beside its 8-bit MACs from the build's audit (the ``.json``) and the instructions per 16
+MACs (16: one ``sdot``'s work; ``smull`` + ``smlal`` + ``sadalp`` are 3 per 16).
 One thread (``TVM_NUM_THREADS=1``, ORT's one intra-op thread): the counter is shared by all
 threads.
 
@@ -264,7 +266,32 @@ def count(module: str, runs: int = 3, cpu: str = "max", board: EmulatedBoard | N
                                f"{(r.stdout + r.stderr)[-3000:]}")
         with open(out) as f:
             marks = _parse_marks(f.read())
-    return _per_inference(marks, runs, cpu, names, caches)
+    res = _per_inference(marks, runs, cpu, names, caches)
+    if kernels:
+        _add_macs(res["kernels"], module)
+    return res
+
+
+def _add_macs(kernels: list[dict], module: str) -> None:
+    """Each kernel's 8-bit MACs per inference (``macs``, 0 for one without products) from
+    the audit in the module's ``.json``, and its instructions per 16 MACs (``per_16_macs``,
+    None without MACs).  A module whose ``.json`` predates per-kernel MACs gets neither."""
+    meta = os.path.splitext(module)[0] + ".json"
+    try:
+        with open(meta) as f:
+            macs = json.load(f)["audit"]["kernel_macs"]
+    except (OSError, KeyError, ValueError):
+        return
+    for k in kernels:
+        k["macs"] = int(macs.get(k["kernel"], 0))
+        k["per_16_macs"] = 16 * k["instructions"] / k["macs"] if k["macs"] else None
+
+
+def _per_16(k: dict) -> str:
+    """A kernel's MACs and instructions per 16 MACs, as printed beside its count."""
+    if k.get("per_16_macs") is None:
+        return f"{'':>11}{'':>8}"
+    return f"{k['macs'] / 1e6:>7.1f} MMAC{k['per_16_macs']:>6.2f}/16"
 
 
 def _parse_marks(text: str) -> dict:
@@ -516,9 +543,10 @@ def print_table(rows: list[dict]) -> None:
               f"{c['l2_latency']} + L2 misses x {c['memory_latency']}")
     for r in rows:
         if r.get("kernels"):
-            print(f"\n{r['model']} {r['system']}: the kernels with the most instructions")
+            print(f"\n{r['model']} {r['system']}: the kernels with the most instructions "
+                  "(M instructions, 8-bit MACs, instructions per 16 MACs)")
             for k in r["kernels"][:5]:
-                print(f"  {k['instructions'] / 1e6:8.2f} M  {k['kernel'][:80]}")
+                print(f"  {k['instructions'] / 1e6:8.2f} M {_per_16(k)}  {k['kernel'][:80]}")
 
 
 def main(argv=None) -> int:
@@ -561,7 +589,7 @@ def main(argv=None) -> int:
               f"M cycles")
     for k in res.get("kernels", []):
         c = k["caches"]
-        print(f"  {k['instructions'] / 1e6:9.3f} M  " + "  ".join(
+        print(f"  {k['instructions'] / 1e6:9.3f} M {_per_16(k)}  " + "  ".join(
             f"{m} L1D {c[m]['l1d'] / 1e3:7.1f} K L2 {c[m]['l2'] / 1e3:7.1f} K" for m in c)
             + f"  {k['kernel']}")
     return 0
