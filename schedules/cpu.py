@@ -20,14 +20,12 @@ from . import intrin_amx as amx
 from ._sch import divisors as _divisors
 
 
-def odd_split_blocks(ow: int, depth: int, dot) -> int:
-    """Output blocks per one-pixel tile of the split form on a row of ``ow`` pixels that has no
-    split width, for a reduction of ``depth`` bytes (input channels x window taps): the most,
-    up to ``dot.split_odd_blocks``, whose weights fit ``dot.split_odd_bytes``; 0 (none fits, or
-    the row has a split width) when the row keeps the 8-lane form."""
+def odd_split_blocks(depth: int, dot) -> int:
+    """Output blocks per one-pixel tile of the split form on a row that has no split width,
+    for a reduction of ``depth`` bytes (input channels x window taps): the most, up to
+    ``dot.split_odd_blocks``, whose weights fit ``dot.split_odd_bytes``; 0 when none fits (the
+    row keeps the 8-lane form)."""
     if dot.pair_split is None or not dot.split_odd_bytes:
-        return 0
-    if any(2 <= d <= dot.split_tile for d in _divisors(ow)):
         return 0
     for t in (dot.split_odd_blocks, 1):
         if t * 8 * depth <= dot.split_odd_bytes:
@@ -43,9 +41,10 @@ def split_widths(ow: int, dot, depth: int = 0) -> list[int]:
     must rebuild the program that was measured)."""
     if dot.pair_split is None:
         return []
-    if depth and odd_split_blocks(ow, depth, dot):
+    widths = [d for d in _divisors(ow) if 2 <= d <= dot.split_tile]
+    if not widths and depth and odd_split_blocks(depth, dot):
         return [1]
-    return [d for d in _divisors(ow) if 2 <= d <= dot.split_tile]
+    return widths
 
 
 def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
@@ -80,7 +79,7 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     ``dot.short_depth`` takes at most ``dot.short_accumulators`` accumulators."""
     widths = split_widths(ow, dot, depth) if pairs else []
     if widths == [1]:  # an odd row: one pixel, output blocks that divide the conv's
-        t = odd_split_blocks(ow, depth, dot)
+        t = odd_split_blocks(depth, dot)
         return (t if occ % t == 0 else 1), 1
     if widths:
         return 1, max(widths)

@@ -44,7 +44,7 @@ CASES = [
 ]
 # the cases `arm` schedules in split accumulators: every pair form (two quads a step) on an
 # even row, and on an odd row where a tile's weights are small enough to re-read per pixel
-SPLIT = [CASES[i] for i in range(6)]
+SPLIT = CASES[:6]
 # depthwise, tap pairs: (C, H, W, K, stride, pad)
 DW_CASES = [
     (16, 9, 11, 3, 1, (1, 1, 1, 1)),
