@@ -75,6 +75,7 @@ def kernel_times(model_name: str, target: str, size: int | None = None, number: 
     fused = dict(_tvm.primfuncs(b.ir["fuse"]))  # the kinds are read before scheduling
     dot = find_dot(preset.dot)
     calls = call_counts(scheduled)
+    macs = audit_module(scheduled).kernel_macs  # per kernel, over all its calls
     dev = tvm.cpu()
     rows = []
     for name, func in _tvm.primfuncs(scheduled):
@@ -86,9 +87,8 @@ def kernel_times(model_name: str, target: str, size: int | None = None, number: 
         timer = rt.time_evaluator(name, dev, number=number, repeat=repeat)
         ms = float(np.median(timer(*args).results)) * 1e3
         n = calls.get(name, 1)
-        macs = audit_module(one).macs_8bit
         rows.append(dict(name=name, kind=kind, calls=n, ms_per_call=ms, ms=ms * n,
-                         macs=int(macs) * n))
+                         macs=int(macs.get(name, 0))))
     rows.sort(key=lambda r: -r["ms"])
     total = sum(r["ms"] for r in rows)
     kinds: dict = {}
