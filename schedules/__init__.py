@@ -55,6 +55,8 @@ class DotIntrin:
     narrow: tuple = ()
     # the same for 2 pixels (tiles of 2 pixels: the split accumulators')
     narrow_2px: tuple = ()
+    # and for 1 pixel (tiles of an odd width: 7 of a 14- or 7-pixel row)
+    narrow_1px: tuple = ()
     # two quads of one channel block per intrinsic, the activations loaded once for both and
     # each quad taken by element (int8 activations); None: one quad per intrinsic
     pair_intrin: str | None = None
@@ -78,6 +80,9 @@ class DotIntrin:
     # keeps the 8-lane form
     split_odd_bytes: int = 0
     split_odd_blocks: int = 1
+    # where they do not fit, the odd row still takes the split form, its reduction in chunks
+    # of input blocks whose weights do (``cpu.odd_split_chunk``); False: the 8-lane form
+    split_odd_chunks: bool = False
     # registers the pair form's tile may use for accumulators, activations and one weight tile
     pair_registers: int = 0
     # or instead: at most this many accumulators (output blocks x pixels) in the pair form's
@@ -135,12 +140,15 @@ class DotIntrin:
             return 4
         if self.narrow_2px and pixels % 2 == 0:
             return 2
+        if self.narrow_1px:
+            return 1
         return None
 
     def narrow_for(self, dtype: str, lo: int, hi: int, pixels: int = 4) -> str | None:
         """The narrowing intrinsic of ``pixels`` for a ``dtype(clamp(x, lo, hi))`` epilogue, if
         there is one."""
-        return dict(self.narrow if pixels == 4 else self.narrow_2px).get((dtype, lo, hi))
+        forms = {4: self.narrow, 2: self.narrow_2px, 1: self.narrow_1px}[pixels]
+        return dict(forms).get((dtype, lo, hi))
 
     def intrin_for(self, block, depthwise: bool = False) -> str:
         """The intrinsic matching the activation (and weight) dtypes read by ``block`` (a conv
@@ -206,6 +214,7 @@ def _x86():
 def _arm():
     narrow = _narrow(a.NEON_NARROW)
     narrow_2px = _narrow(a.NEON_NARROW_2PX)
+    narrow_1px = _narrow(a.NEON_NARROW_1PX)
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators
@@ -216,7 +225,7 @@ def _arm():
                           pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,
-                          narrow=narrow, narrow_2px=narrow_2px),
+                          narrow=narrow, narrow_2px=narrow_2px, narrow_1px=narrow_1px),
         # smull + saddlp + addp: temporaries need registers too.  Odd rows (7 pixels) of
         # convs whose weights are small (at most 16 KiB for two output blocks: the 1x1 convs
         # of MobileNet-V2 and EfficientNet-Lite0, not ResNet-18's 3x3) take the split form
@@ -234,9 +243,9 @@ def _arm():
                            pair_split=a.NEON_8x8_SPLIT,
                            pair_split_columns=a.NEON_8x8_SPLIT + a.COLUMNS,
                            split_sum=a.NEON_SPLIT_SUM, split_tile=2, pair_tile=4,
-                           split_odd_bytes=16384, split_odd_blocks=2,
+                           split_odd_bytes=16384, split_odd_blocks=2, split_odd_chunks=True,
                            b_cost_far=4.0, narrow=narrow, narrow_2px=narrow_2px,
-                           bias_init=False),
+                           narrow_1px=narrow_1px, bias_init=False),
     }
 
 

@@ -150,13 +150,14 @@ def _tensorize_narrowing(sch, blk, below, intrin, width, kept):
     is computed right before each narrowing, ``width`` pixels at a time: its vectors stay in
     registers (computed for the whole tile first, they would go through the stack)."""
     px = sch.get_loops(blk)[-2]
-    px_o, _ = sch.split(px, [extent(sch, px) // width, width])
+    px_o = px if width == 1 else sch.split(px, [extent(sch, px) // width, width])[0]
     sch.compute_at(kept, px_o, preserve_unit_loops=True)
     vectorize_inner(sch, kept, unroll_rest=True, below=below)
     loops = sch.get_loops(blk)
-    for lp in loops[_below(sch, loops, below):-2]:
+    inner = 1 if width == 1 else 2  # one pixel's intrinsic covers its lanes only
+    for lp in loops[_below(sch, loops, below):-inner]:
         sch.unroll(lp)
-    sch.tensorize(loops[-2], intrin)
+    sch.tensorize(loops[-inner], intrin)
 
 
 def _below(sch, loops, loop) -> int:

@@ -23,14 +23,28 @@ from ._sch import divisors as _divisors
 def odd_split_blocks(depth: int, dot) -> int:
     """Output blocks per one-pixel tile of the split form on a row that has no split width,
     for a reduction of ``depth`` bytes (input channels x window taps): the most, up to
-    ``dot.split_odd_blocks``, whose weights fit ``dot.split_odd_bytes``; 0 when none fits (the
-    row keeps the 8-lane form)."""
+    ``dot.split_odd_blocks``, whose weights fit ``dot.split_odd_bytes``.  When none fits:
+    ``dot.split_odd_blocks`` where the target takes the reduction in chunks
+    (``dot.split_odd_chunks``, :func:`odd_split_chunk`), else 0 (the row keeps the 8-lane
+    form)."""
     if dot.pair_split is None or not dot.split_odd_bytes:
         return 0
     for t in (dot.split_odd_blocks, 1):
         if t * 8 * depth <= dot.split_odd_bytes:
             return t
-    return 0
+    return dot.split_odd_blocks if dot.split_odd_chunks else 0
+
+
+def odd_split_chunk(blocks: int, depth: int, t: int, dot) -> int:
+    """Input blocks per chunk of the reduction of a one-pixel split tile of ``t`` output
+    blocks (:func:`odd_split_blocks`'s; ``blocks`` input blocks, ``depth`` bytes in all): the
+    most that divide ``blocks`` whose weights fit ``dot.split_odd_bytes`` (at least 1); 0 when
+    all of them fit (no chunks).  The row's pixels then run chunk by chunk, each chunk's
+    weights read from memory once and from L1 by the other pixels."""
+    if t * 8 * depth <= dot.split_odd_bytes:
+        return 0
+    per_block = t * 8 * depth // blocks
+    return max([d for d in _divisors(blocks) if d * per_block <= dot.split_odd_bytes] or [1])
 
 
 def split_widths(ow: int, dot, depth: int = 0) -> list[int]:
@@ -69,11 +83,12 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     With split accumulators (``dot.pair_split``): a row of an even width takes the split
     form's widest tile of one output block (``dot.split_tile`` pixels, or fewer that divide the
     row, at least 2): 12 instructions per step instead of 16, and no spills.  An odd row gets
-    one pixel per tile, whose weights are then read again for every pixel: only where
+    one pixel per tile, whose weights are then read again for every pixel, from L1: where
     ``dot.split_odd_blocks`` output blocks' weights fit ``dot.split_odd_bytes``
-    (:func:`odd_split_blocks`, ``depth`` bytes per lane); else it keeps the 8-lane form's tile
-    (ResNet-18's 7-pixel rows, 36 KiB of weights per block: one pixel at a time measured 4%
-    fewer instructions but 2.9x the modelled L1D misses of a Cortex-A55-class cache).
+    (:func:`odd_split_blocks`, ``depth`` bytes per lane), or, with ``dot.split_odd_chunks``,
+    in chunks of the reduction that fit (:func:`odd_split_chunk`: ResNet-18's 7-pixel rows,
+    36 KiB of weights per block; without chunks one pixel at a time had 2.9x the modelled L1D
+    misses of a Cortex-A55-class cache); else the row keeps the 8-lane form's tile.
 
     ``depth``: the reduction's bytes (input channels x window taps); a reduction of at most
     ``dot.short_depth`` takes at most ``dot.short_accumulators`` accumulators."""
@@ -158,19 +173,30 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
         sch.reorder(b, o_o, y, x_o, rc, ry, rx, rq, o_i, x_i, ol, rk)
     sch.parallel(sch.fuse(b, o_o, y))  # before tensorize: parallel needs a plain reduction block
     first = rc  # the reduction's outermost loop
+    tile, pixels = x_o, _sch.extent(sch, x_i)  # where the sums and the epilogue go
+    # (from the conv alone, not the tile: a tuning record must rebuild what was measured)
+    chunk = odd_split_chunk(_sch.extent(sch, rc), depth, odd_split_blocks(depth, dot), dot) \
+        if split and split_widths(ow, dot, depth) == [1] else 0
+    if chunk:
+        # weights too big for L1: the reduction in chunks that fit, the row's pixels inside
+        # each (their partial sums wait in memory); sums and epilogue once per row
+        first, rc = sch.split(rc, [None, chunk])
+        sch.reorder(first, x_o)
+        tile, pixels = sch.get_loops(conv)[0], ow
     if split and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1 \
             and _sch.extent(sch, rc) % 2 == 0 and _sch.extent(sch, rc) > 2:
         # a 1x1 conv's input blocks two per loop step: its loop overhead (4 instructions per
         # step) is a tenth of a step of the split form (MobileNet-V2 on arm: 110.3 -> 108.8 M
         # instructions; the 8-lane form's 7-pixel tiles got longer with it: they spill)
-        first, rc_i = sch.split(rc, [None, 2])
+        rc_o, rc_i = sch.split(rc, [None, 2])
         sch.unroll(rc_i)
+        first = first if chunk else rc_o
     if split:
-        lanes = _sum_split(sch, last, x_o)
+        lanes = _sum_split(sch, last, tile)
     # epilogue (bias, requantize, residual, clip, cast) at the register tile
-    _sch.fuse_epilogue(sch, last if split else conv, x_o, dot, _sch.extent(sch, x_i))
+    _sch.fuse_epilogue(sch, last if split else conv, tile, dot, pixels)
     init = sch.decompose_reduction(conv, first)
-    _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
+    _sch.vectorize_inner(sch, init, unroll_rest=True, below=tile)
     if split:
         sch.tensorize(lanes, dot.split_sum)
         sch.tensorize(rq, dot.pair_split_columns if columns else dot.pair_split)

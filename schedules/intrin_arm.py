@@ -48,6 +48,7 @@ NEON_DW_8x2 = "f8tvm_neon_dw_8x2_i8i8i32"  # depthwise: 8 channels x 2 taps (col
 SDOT_DW_8x4 = "f8tvm_sdot_dw_8x4_i8i8i32"  # depthwise: 8 channels x 4 taps (sdot per channel)
 NEON_NARROW = "f8tvm_neon_narrow_4x8"  # + NARROW_FORMS' suffix: the clamp it implements
 NEON_NARROW_2PX = "f8tvm_neon_narrow_2x8"  # the same for a tile of 2 pixels
+NEON_NARROW_1PX = "f8tvm_neon_narrow_1x8"  # and of 1 pixel (tiles of an odd width)
 COLUMNS = "_columns"  # the pair intrinsics' column-pair forms (A int8[2, 4])
 
 
@@ -355,10 +356,11 @@ TensorIntrin.register(SDOT_DW_8x4, _dw_pair_desc("int8", taps=4),
                       _halves_impl((4, 8), (8, 4), _sdot_taps), override=True)
 
 
-# The epilogue's clamp-and-cast of 4 (or 2) pixels x 8 channels (the x86 narrowing description):
-# saturating narrows do the clamp, int32 -> int16 (``sqxtn``, or ``sqxtun`` to unsigned) then
-# -> 8 bits (``sqxtn`` / ``uqxtn``), 12 instructions for the tile instead of a max, a min and a
-# narrowing per vector.  The symmetric int8 clamp [-127, 127] adds one ``smax`` per 16 bytes.
+# The epilogue's clamp-and-cast of 4, 2 or 1 pixels x 8 channels (the x86 narrowing
+# description): saturating narrows do the clamp, int32 -> int16 (``sqxtn``, or ``sqxtun`` to
+# unsigned) then -> 8 bits (``sqxtn`` / ``uqxtn``), 12 instructions for 4 pixels, 3 for one,
+# instead of a max, a min and a narrowing per vector (LLVM's clamp: 6 for one pixel).  The
+# symmetric int8 clamp [-127, 127] adds one ``smax`` per 16 (or 8) bytes.
 def _narrow_call(name, x, dtype):
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), x, dtype=dtype)
 
@@ -381,11 +383,43 @@ def _neon_narrowed(A, dtype: str, lo: int):
         return _concat(_narrow_call(second, pixel(p), dtype + "x8"),
                        _narrow_call(second, pixel(p + 1), dtype + "x8"), 8)
 
-    pixels = int(A.shape[0])  # 4, or 2 (a split-accumulator tile)
-    out = _concat(two(0), two(2), 16) if pixels == 4 else two(0)
+    if len(A.shape) == 1:  # one pixel (an odd tile's)
+        pixels = 1
+        out = _narrow_call(second, _concat(
+            _narrow_call(first, A.vload([0], "int32x4"), half + "x4"),
+            _narrow_call(first, A.vload([4], "int32x4"), half + "x4"), 4), dtype + "x8")
+    else:
+        pixels = int(A.shape[0])  # 4, or 2 (a split-accumulator tile)
+        out = _concat(two(0), two(2), 16) if pixels == 4 else two(0)
     if dtype == "int8" and lo > -128:
         return T.max(out, T.broadcast(T.int8(lo), 8 * pixels))
     return out
+
+
+def _narrow_1px_desc(dtype: str, lo: int, hi: int):
+    """The narrowing of one pixel's 8 lanes (the tile's pixel loop stays outside)."""
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((8,), "int32", offset_factor=1),
+             C: T.Buffer((8,), dtype, offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:8])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                with T.sblock("narrow"):
+                    vi = T.axis.remap("S", [i])
+                    C[vi] = T.Cast(dtype, T.max(T.min(A[vi], hi), lo))
+    return desc
+
+
+def _narrow_1px_impl(dtype: str, lo: int):
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((8,), "int32", offset_factor=1),
+             C: T.Buffer((8,), dtype, offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:8])
+            T.writes(C[0:8])
+            C.vstore([0], _neon_narrowed(A, dtype, lo))
+    return impl
 
 
 for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
@@ -393,3 +427,5 @@ for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
         TensorIntrin.register(_name + _suffix, _narrow_desc(_dtype, _lo, _hi, _pixels),
                               _narrow_impl(_dtype, _lo, _hi, _neon_narrowed, _pixels),
                               override=True)
+    TensorIntrin.register(NEON_NARROW_1PX + _suffix, _narrow_1px_desc(_dtype, _lo, _hi),
+                          _narrow_1px_impl(_dtype, _lo), override=True)

@@ -17,7 +17,7 @@ import pytest
 from kernel_ref import conv, unblock
 from test_arm import ARM_TARGETS, on_board
 
-from f8tvm.core._tvm import cc, relax, te, tvm
+from f8tvm.core._tvm import cc, node_kind, relax, te, tvm
 from f8tvm.core.errors import InputError
 from f8tvm.passes.pack_channel_blocks import (
     PackChannelBlocks,
@@ -40,11 +40,11 @@ CASES = [
     (24, 16, 8, 8, 3, 1, (1, 1, 1, 1)),  # even row: split accumulators on `arm`
     (24, 16, 5, 5, 1, 1, (0, 0, 0, 0)),
     (3, 8, 6, 6, 1, 1, (0, 0, 0, 0)),  # one quad, no window to pair: one quad per intrinsic
-    (256, 8, 5, 5, 3, 1, (1, 1, 1, 1)),  # odd row, 18 KiB of weights a block: 8 lanes a step
+    (256, 8, 5, 5, 3, 1, (1, 1, 1, 1)),  # odd row, 18 KiB of weights a block: in chunks
 ]
-# the cases `arm` schedules in split accumulators: every pair form (two quads a step) on an
-# even row, and on an odd row where a tile's weights are small enough to re-read per pixel
-SPLIT = CASES[:6]
+# the cases `arm` schedules in split accumulators: every pair form (two quads a step); on an
+# odd row one pixel at a time, the reduction in chunks whose weights fit 16 KiB (CASES[7])
+SPLIT = CASES[:6] + CASES[7:]
 # depthwise, tap pairs: (C, H, W, K, stride, pad)
 DW_CASES = [
     (16, 9, 11, 3, 1, (1, 1, 1, 1)),
@@ -155,12 +155,13 @@ def test_packer_refuses_weights_the_neon_pair_form_cannot_sum():
 @pytest.mark.unit
 @pytest.mark.parametrize("tiles", [None, (1, 2), (1, 4), (2, 1)])
 def test_split_accumulators_depend_on_the_row_not_the_tile(tiles):
-    """`arm` takes the split form (an rfactor block) on every even row, on an odd row only
-    where two output blocks' weights fit 16 KiB, whatever the register tile: tuning samples
-    tiles, and a record's tile must rebuild the program that was measured."""
+    """`arm` takes the split form (an rfactor block) on every row of a pair form, and on an
+    odd row whose weights do not fit 16 KiB the reduction in chunks of input blocks with the
+    row's pixels inside each, whatever the register tile: tuning samples tiles, and a
+    record's tile must rebuild the program that was measured."""
     dot = find_dot(TARGETS["arm"].dot)
-    # 8-pixel rows; 9-pixel rows, 2.3 KiB and 18 KiB of weights a block
-    for case, split in ((CASES[4], True), (CASES[3], True), (CASES[7], False)):
+    # 8-pixel rows; 9-pixel rows with 2.3 KiB of weights a block; 5-pixel rows with 18 KiB
+    for case, chunked in ((CASES[4], False), (CASES[3], False), (CASES[7], True)):
         x, wt = _operands(*case[:5])
         packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
         data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
@@ -169,17 +170,50 @@ def test_split_accumulators_depend_on_the_row_not_the_tile(tiles):
         row = int(out.shape[3])
         use = tiles if tiles is None or row % tiles[1] == 0 else (tiles[0], 1)
         func = default_schedule(te.create_prim_func([data, kernel, out]), dot, use)
-        assert ("conv_nchwc_rf" in func.script()) == split, (case, use)
+        assert "conv_nchwc_rf" in func.script(), (case, use)
+        assert _pixels_inside_reduction(func) == chunked, (case, use)
+
+
+def _pixels_inside_reduction(func) -> bool:
+    """Whether the split form's loop over output pixels is nested inside a loop over input
+    blocks (the reduction in chunks), read off the IR: the loops around the tensorized split
+    step and which of its iterators each one binds."""
+    found = []
+
+    def walk(node, loops):
+        kind = node_kind(node)
+        if kind == "For":
+            walk(node.body, loops + [node.loop_var])
+        elif kind == "SeqStmt":
+            for stmt in node.seq:
+                walk(stmt, loops)
+        elif kind == "SBlockRealize":
+            if node.block.name_hint.startswith("conv_nchwc_rf_update"):
+                found.append((loops, node))
+            walk(node.block.body, loops)
+        elif hasattr(node, "body"):
+            walk(node.body, loops)
+
+    walk(func.body, [])
+    (loops, realize), = found
+    binds = {iv.var.name: str(value) for iv, value in zip(realize.block.iter_vars,
+                                                         realize.iter_values)}
+    order = [name for var in loops for name, value in binds.items()
+             if re.search(rf"\b{var.name}\b", value)]
+    rc = next(i for i, name in enumerate(order) if name.startswith("v_rc"))
+    x = next(i for i, name in enumerate(order) if name.startswith("v_x"))
+    return rc < x
 
 
 # the requantize epilogue's clamp-and-cast forms the saturating narrowing implements
 NARROW = [("int8", -128, 127), ("int8", -127, 127), ("uint8", 0, 255)]
 
 
-def _narrowing(dtype, lo, hi, target):
-    """A 16 -> 16 3x3 conv (8 output pixels a row: a tile of a multiple of 4) whose result,
-    shifted right by 8, is clamped to [lo, hi] and cast: both in-range values and saturation."""
-    x, wt = _operands(16, 16, 6, 8, 3)
+def _narrowing(dtype, lo, hi, target, width=8):
+    """A 16 -> 16 3x3 conv whose result, shifted right by 8, is clamped to [lo, hi] and cast:
+    both in-range values and saturation.  Rows of ``width`` output pixels: 8 make tiles of a
+    multiple of 4 (or 2) pixels, 7 tiles of an odd width, narrowed one pixel at a time."""
+    x, wt = _operands(16, 16, 6, width, 3)
     packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
     data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
     kernel = te.placeholder(packed.shape, "int8", name="kernel")
@@ -213,12 +247,14 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
     kernels = [(case, _kernel(*case, target=target)) for case in CASES]
     kernels += [((c, c, *rest), _depthwise(c, *rest, target=target) + ("int32",))
                 for c, *rest in DW_CASES]
-    kernels += [((16, 16) + form, _narrowing(*form, target)) for form in NARROW]
+    kernels += [((16, 16) + form, _narrowing(*form, target, width))
+                for width in (8, 7) for form in NARROW]
     for i, (case, (mod, (xb, packed), shape, want, *out_dtype)) in enumerate(kernels):
         lib = tvm.compile(mod, target=get_target(target).tvm())
         asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
-        if case[2:] in NARROW:  # the epilogue narrows with saturating narrows
+        if case[2:] in NARROW:  # the epilogue narrows with saturating narrows, no clamp
             assert re.search(r"\t(sq|uq)xtu?n2?\t", asm), (target, case)
+            assert "\tsmin\t" not in asm, (target, case)
         # `arm` adds products into split accumulators (sadalp): tiles of 2 pixels on even
         # rows, of 1 pixel on odd rows with small weights
         split = target == "arm" and (case in SPLIT or case[2:] in NARROW)
