@@ -99,6 +99,19 @@ def pack_conv_weight(w, block_in, lanes, depth):
     return np.ascontiguousarray(wp.transpose(0, 2, 5, 6, 3, 1, 4))
 
 
+def pack_conv_weight_pairs(w, block_in, lanes):
+    """``(O, I, KH, KW)`` int8 -> ``(O/lanes, I/(2 block_in), KH, KW, lanes, 2 block_in)``: each
+    output lane's weights for a pair of input blocks contiguous (``conv2d_nchwc(...,
+    block_pairs=True)``), zero-padding O and I."""
+    o, i, kh, kw = w.shape
+    width = 2 * block_in
+    op_, ip = _round_up(o, lanes), _round_up(i, width)
+    wp = np.zeros((op_, ip, kh, kw), w.dtype)
+    wp[:o, :i] = w
+    wp = wp.reshape(op_ // lanes, lanes, ip // width, width, kh, kw)
+    return np.ascontiguousarray(wp.transpose(0, 2, 4, 5, 1, 3))
+
+
 def pack_conv_weight_columns(w, lanes, depth):
     """The weights of a conv on an input of one quad per block (``I <= depth``) with the window's
     columns in pairs: ``(O, I, KH, KW)`` -> ``(O/lanes, 1, KH, ceil(KW/2), 2, lanes, depth)``,
@@ -155,11 +168,12 @@ def _pack_const(value, block):
 class _Packer:
     def __init__(self, lanes, depth, unsigned_only, pair_taps=False, wide_weights=False,
                  wide_data=False, column_pairs=False, weight_min=-128, tap_group=2,
-                 tap_rewrite=False):
+                 tap_rewrite=False, block_pairs=False):
         self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
         self.pair_taps, self.wide_weights, self.wide_data = pair_taps, wide_weights, wide_data
         self.column_pairs, self.weight_min = column_pairs, weight_min
         self.tap_group, self.tap_rewrite = tap_group, tap_rewrite
+        self.block_pairs = block_pairs
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
         self.consts = {}  # (constant, block) -> its blocked constant, made once
@@ -284,8 +298,15 @@ class _Packer:
         kw = w.shape[3]
         pairs = (self.column_pairs and x.block == self.depth and dilation[1] == 1 and kw > 1
                  and not self.wide_weights)
-        kernel = (pack_conv_weight_columns(w, self.lanes, self.depth) if pairs
-                  else pack_conv_weight(w, x.block, self.lanes, self.depth))
+        blocks = -(-w.shape[1] // x.block)
+        block_pairs = (self.block_pairs and not pairs and x.block == self.lanes
+                       and blocks % 2 == 0 and any(padding) and not self.wide_weights)
+        if block_pairs:
+            kernel = pack_conv_weight_pairs(w, x.block, self.lanes)
+        elif pairs:
+            kernel = pack_conv_weight_columns(w, self.lanes, self.depth)
+        else:
+            kernel = pack_conv_weight(w, x.block, self.lanes, self.depth)
         data = x.expr
         if self.wide_weights:
             _, icc, _, width, ib = _tvm.tensor_shape(data)
@@ -302,7 +323,8 @@ class _Packer:
             pad_value = 128
         out = self.bb.emit(self.bb.call_te(
             conv2d_nchwc, data, relax.const(kernel), strides, padding, dilation, pad_value,
-            self.wide_data, kw if pairs else None, primfunc_name_hint="conv2d_nchwc"),
+            self.wide_data, kw if pairs else None, block_pairs,
+            primfunc_name_hint="conv2d_nchwc"),
             name + ("_offset" if offset else ""))
         if offset:
             corr = -128 * w.astype(np.int64).sum(axis=(1, 2, 3))
@@ -426,7 +448,7 @@ def pack_module(func, spec: DotSpec, activations: str = "any"):
     ``'uint8'`` (the target's multiplies take uint8 only) int8 inputs are offset by +128."""
     p = _Packer(spec.lanes, spec.depth, activations == "uint8", spec.pair_taps,
                 spec.wide_weights, spec.wide_data, spec.column_pairs, spec.weight_min,
-                spec.tap_group, spec.tap_rewrite)
+                spec.tap_group, spec.tap_rewrite, spec.block_pairs)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)

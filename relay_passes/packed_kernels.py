@@ -22,6 +22,7 @@ CONV_BLOCK = "conv_nchwc"  # schedules find the kernels by these block names
 DEPTHWISE_BLOCK = "depthwise_nchwc"
 PAD_BLOCK = "pad_nchwc"
 PAIR_BLOCK = "pairs_nchwc"  # the column groups a depthwise conv reads (rewrite)
+PAIR_COPY = "block_pairs_nchwc"  # the block-pair copy a lanes-form conv reads
 PAD_INTERIOR = "f8tvm_pad_interior"  # the pad block's annotation: [top, h, left, w]
 # the conv block's annotations: [column stride, column dilation] and [row stride, row dilation]
 # of its window (schedules that load several window columns of a pixel, or several output rows'
@@ -72,7 +73,7 @@ def _window(data, kh, kw, strides, padding, dilation, pad_value, extra_right=0, 
 
 
 def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0, wide_data=False,
-                 column_pairs=None):
+                 column_pairs=None, block_pairs=False):
     """``out[n, o//ob, y, x, o%ob] = sum_{i,ky,kx} int32(d[n, i, y*s+ky*dl, x*s+kx*dl])
     * int32(w[o, i, ky, kx])`` in the packed layouts (module doc); padding uses ``pad_value``
     (0, or the activation offset when activations are stored offset).  ``wide_data``: the
@@ -85,7 +86,14 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0, wide_dat
     kernel is ``(O/ob, I/ib, KH, ceil(kw/2), 2, ob, k)``, i.e. the packed weights of a window
     padded to an even width with zero taps; the phantom tap reads one pad column past the
     window (its MACs are executed and counted, as in :func:`depthwise_pairs_nchwc`).  Width
-    dilation must be 1 (a pair is two adjacent pixels, ``2 * ib`` contiguous bytes)."""
+    dilation must be 1 (a pair is two adjacent pixels, ``2 * ib`` contiguous bytes).
+
+    ``block_pairs``: the input is read from a padded copy whose blocks are pairs of its blocks
+    (``2 * ib`` channels, an even number of input blocks), with lane-major weights
+    ``(O/ob, I/(2 ib), KH, KW, ob, 2 ib)``: a lane's weights for one pixel of the window are
+    contiguous, as are the pixel's ``2 ib`` activations (one 16-byte load on ARM)."""
+    if block_pairs:
+        return _conv_block_pairs(data, kernel, strides, padding, dilation, pad_value)
     n, icc, _, _, ib = (int(v) for v in data.shape)
     occ, icc2, kh, kw, ibk, ob, depth = (int(v) for v in kernel.shape)
     dtype = "int16" if wide_data else None
@@ -218,3 +226,26 @@ def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_valu
             * kernel[c, ry, rp, cl, rk].astype("int32"),
             axis=[ry, rp, rk]),
         name=DEPTHWISE_BLOCK)
+
+
+def _conv_block_pairs(data, kernel, strides, padding, dilation, pad_value):
+    """:func:`conv2d_nchwc` with ``block_pairs`` (see there)."""
+    n, icc, _, _, ib = (int(v) for v in data.shape)
+    occ, pcc, kh, kw, ob, width = (int(v) for v in kernel.shape)
+    assert icc % 2 == 0 and pcc * 2 == icc and width == 2 * ib, (data.shape, kernel.shape)
+    padded, oh, ow, ry, rx, row, col = _window(data, kh, kw, strides, padding, dilation,
+                                               pad_value)
+    # the (padded) input's blocks in pairs: channel c of pair block p is block 2p + c // ib's
+    _, _, hp, wp, _ = padded.shape
+    dp = te.compute((n, icc // 2, hp, wp, width),
+                    lambda i, c, y, x, j: padded[i, 2 * c + j // ib, y, x, j % ib],
+                    name=PAIR_COPY)
+    rc = te.reduce_axis((0, pcc), "rc")
+    rj = te.reduce_axis((0, width), "rj")
+    return te.compute(
+        (n, occ, oh, ow, ob),
+        lambda b, o, y, x, ol: te.sum(
+            dp[b, rc, row(y), col(x), rj].astype("int32")
+            * kernel[o, rc, ry, rx, ol, rj].astype("int32"), axis=[rc, ry, rx, rj]),
+        name=CONV_BLOCK, attrs={CONV_COLUMNS: [int(strides[1]), int(dilation[1])],
+                                CONV_ROWS: [int(strides[0]), int(dilation[0])]})

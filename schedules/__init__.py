@@ -83,6 +83,10 @@ class DotIntrin:
     # where they do not fit, the odd row still takes the split form, its reduction in chunks
     # of input blocks whose weights do (``cpu.odd_split_chunk``); False: the 8-lane form
     split_odd_chunks: bool = False
+    # convs on block pairs with lane-major weights (``conv2d_nchwc(..., block_pairs=True)``):
+    # the intrinsic of 8 lanes x 16 bytes into 4 partial sums per lane, and their final sum
+    lanes_intrin: str | None = None
+    lanes_sum: str | None = None
     # registers the pair form's tile may use for accumulators, activations and one weight tile
     pair_registers: int = 0
     # or instead: at most this many accumulators (output blocks x pixels) in the pair form's
@@ -245,7 +249,8 @@ def _arm():
                            split_sum=a.NEON_SPLIT_SUM, split_tile=2, pair_tile=4,
                            split_odd_bytes=16384, split_odd_blocks=2, split_odd_chunks=True,
                            b_cost_far=4.0, narrow=narrow, narrow_2px=narrow_2px,
-                           narrow_1px=narrow_1px, bias_init=False),
+                           narrow_1px=narrow_1px, bias_init=False,
+                           lanes_intrin=a.NEON_8x16_LANES, lanes_sum=a.NEON_LANES_SUM),
     }
 
 

@@ -64,7 +64,8 @@ def fold_bias(func, dot):
     kernel = sch.get(kblock)
     if kernel.init is None or node_kind(kernel.init) != "BufferStore":
         return func
-    if kind == "conv" and (cpu.amx_conv(kernel, dot) or cpu.split_form(kernel, dot)):
+    if kind == "conv" and (cpu.amx_conv(kernel, dot) or cpu.split_form(kernel, dot)
+                           or cpu.lanes_form(kernel, dot)):
         return func
     consumers = sch.get_consumers(kblock)
     if len(consumers) != 1:

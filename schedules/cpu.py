@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from f8tvm.core import _tvm
 from f8tvm.passes import packed_kernels as pk
-from f8tvm.passes.packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, PAD_BLOCK, PAIR_BLOCK
+from f8tvm.passes.packed_kernels import (
+    CONV_BLOCK,
+    DEPTHWISE_BLOCK,
+    PAD_BLOCK,
+    PAIR_BLOCK,
+    PAIR_COPY,
+)
 
 from . import _sch
 from . import intrin_amx as amx
@@ -149,6 +155,9 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     if amx_conv(sch.get(conv), dot):
         schedule_conv_amx(sch, dot, tune, tiles)
         return
+    if lanes_form(sch.get(conv), dot):
+        schedule_conv_lanes(sch, dot, tune, tiles)
+        return
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     occ, ow = _sch.extent(sch, o), _sch.extent(sch, x)
     a_dtype, b_dtype = _sch.operand_dtypes(sch.get(conv))
@@ -215,6 +224,74 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     sch.unroll(x_i)
     sch.unroll(o_i)
     _sch.schedule_pad(sch, PAD_BLOCK)
+
+
+def lanes_form(block, dot) -> bool:
+    """Whether the conv ``block`` reads block pairs with lane-major weights
+    (``conv2d_nchwc(..., block_pairs=True)``: iterators b o y x ol rc ry rx rj) and ``dot``
+    has the intrinsic for them."""
+    return dot.lanes_intrin is not None and len(block.iter_vars) == 9
+
+
+def lanes_tiles(ow: int) -> tuple[int, int]:
+    """The default register tile of the lanes form: one output block (8 accumulators a pixel,
+    each 4 partial sums) by 2 pixels on even rows (8 weight vectors shared by both), one pixel
+    on odd rows."""
+    return 1, (2 if ow % 2 == 0 else 1)
+
+
+def lanes_chunk(blocks: int, depth: int, ow: int, dot) -> int:
+    """Block pairs per chunk of the reduction of a one-pixel row (odd rows) whose weights
+    do not fit ``dot.split_odd_bytes`` (:func:`odd_split_chunk` for one output block); 0: no
+    chunks."""
+    if ow % 2 == 0 or not dot.split_odd_chunks:
+        return 0
+    return odd_split_chunk(blocks, depth, 1, dot)
+
+
+def schedule_conv_lanes(sch, dot, tune: bool = False, tiles=None) -> None:
+    """The lanes form (:func:`lanes_form`): per output lane and pixel, one ``smull`` +
+    ``smlal2`` + ``sadalp`` per 16 input channels into 4 partial sums (the reduction factored
+    over them with ``rfactor``), added once per pixel after the reduction; the epilogue at the
+    register tile, as the split form's (:func:`_sum_split`)."""
+    conv = sch.get_sblock(CONV_BLOCK)
+    b, o, y, x, ol, rc, ry, rx, rj = sch.get_loops(conv)
+    ow = _sch.extent(sch, x)
+    depth = 1  # the reduction's bytes
+    for loop in (rc, ry, rx, rj):
+        depth *= _sch.extent(sch, loop)
+    blocks = _sch.extent(sch, rc)
+    t_o, t_w = tiles or lanes_tiles(ow)
+    o_o, o_i = _sch.tile(sch, o, t_o, tune, max_inner=8)
+    x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
+    jh, part, jl = sch.split(rj, [2, 4, 2])
+    sch.reorder(b, o_o, y, x_o, rc, ry, rx, o_i, x_i, part, ol, jh, jl)
+    rf = sch.rfactor(part, factor_axis=5)  # the partial sums: the conv's output x 4
+    last = sch.get_sblock(CONV_BLOCK)
+    b, o_o, y, x_o, rc, ry, rx, o_i, x_i, part = sch.get_loops(rf)[:10]
+    sch.parallel(sch.fuse(b, o_o, y))
+    first, tile, pixels = rc, x_o, _sch.extent(sch, x_i)
+    chunk = lanes_chunk(blocks, depth, ow, dot)  # from the conv alone (a record replays it)
+    if chunk:
+        first, rc = sch.split(rc, [None, chunk])
+        sch.reorder(first, x_o)
+        tile, pixels = sch.get_loops(rf)[0], ow
+    lane = _sum_split(sch, last, tile)
+    _sch.fuse_epilogue(sch, last, tile, dot, pixels)
+    init = sch.decompose_reduction(rf, first)
+    _sch.vectorize_inner(sch, init, unroll_rest=True, below=tile)
+    sch.tensorize(lane, dot.lanes_sum)
+    sch.unroll(o_i)
+    sch.unroll(x_i)
+    sch.tensorize(part, dot.lanes_intrin)
+    _sch.schedule_pad(sch, PAD_BLOCK)
+    # the pair copy: per pixel, the two blocks' 8 bytes as two vectors
+    copy = sch.get_sblock(PAIR_COPY)
+    n, c, yy, xx, j = sch.get_loops(copy)
+    half, byte = sch.split(j, [2, None])
+    sch.vectorize(byte)
+    sch.unroll(half)
+    sch.parallel(sch.fuse(n, c, yy))
 
 
 def amx_conv(block, dot) -> bool:

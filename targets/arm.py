@@ -20,7 +20,8 @@ PRESETS = [
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
         # 8-bit widening multiply (smull .8b: s8 x s8 -> s16) + pairwise adds into int32
-        dot=DotSpec("smull", 8, 4, pair_taps=True, column_pairs=True, weight_min=-127),
+        dot=DotSpec("smull", 8, 4, pair_taps=True, column_pairs=True, weight_min=-127,
+                    block_pairs=True),
         isa="NEON",
         activations="int8",
         parity_test=True,

@@ -17,16 +17,17 @@ import pytest
 from kernel_ref import conv, unblock
 from test_arm import ARM_TARGETS, on_board
 
-from f8tvm.core._tvm import cc, node_kind, relax, te, tvm
+from f8tvm.core._tvm import cc, node_kind, primfuncs, relax, te, tvm
 from f8tvm.core.errors import InputError
 from f8tvm.passes.pack_channel_blocks import (
     PackChannelBlocks,
     pack_conv_weight,
     pack_conv_weight_columns,
+    pack_conv_weight_pairs,
     pack_depthwise_pairs,
 )
 from f8tvm.passes.packed_kernels import conv2d_nchwc, depthwise_pairs_nchwc
-from f8tvm.schedules import default_schedule, find_dot
+from f8tvm.schedules import default_schedule, find_dot, kernel_block, kernel_kind
 from f8tvm.targets import TARGETS, get_target
 
 LANES, DEPTH = 8, 4
@@ -45,6 +46,15 @@ CASES = [
 # the cases `arm` schedules in split accumulators: every pair form (two quads a step); on an
 # odd row one pixel at a time, the reduction in chunks whose weights fit 16 KiB (CASES[7])
 SPLIT = CASES[:6] + CASES[7:]
+# `arm`'s block pairs with lane-major weights (padded convs on an even number of input
+# blocks): a 2-pixel row tile, odd rows one pixel at a time, a stride-2 window, and an odd row
+# whose 18 KiB of weights are taken in chunks
+LANES_CASES = [
+    (16, 16, 8, 8, 3, 1, (1, 1, 1, 1)),
+    (16, 8, 9, 9, 3, 1, (1, 1, 1, 1)),
+    (32, 8, 9, 9, 3, 2, (1, 1, 1, 1)),
+    (256, 8, 5, 5, 3, 1, (1, 1, 1, 1)),
+]
 # depthwise, tap pairs: (C, H, W, K, stride, pad)
 DW_CASES = [
     (16, 9, 11, 3, 1, (1, 1, 1, 1)),
@@ -92,6 +102,61 @@ def _kernel(cin, cout, h, w, k, stride, pad, target=None):
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     want = conv(x, wt, stride, pad)
     return mod, (_block(x, b), packed), [int(v) for v in out.shape], want
+
+
+def _lanes_kernel(cin, cout, h, w, k, stride, pad, target=None):
+    """The block-pair conv (``conv2d_nchwc(..., block_pairs=True)``) of a case, scheduled for
+    ``target`` if given."""
+    x, wt = _operands(cin, cout, h, w, k)
+    packed = pack_conv_weight_pairs(wt, LANES, LANES)
+    data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
+    kernel = te.placeholder(packed.shape, "int8", name="kernel")
+    out = conv2d_nchwc(data, kernel, (stride, stride), pad, (1, 1), 0, block_pairs=True)
+    func = te.create_prim_func([data, kernel, out])
+    if target is not None:
+        func = default_schedule(func, find_dot(TARGETS[target].dot))
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    return mod, (_block(x, LANES), packed), [int(v) for v in out.shape], conv(x, wt, stride, pad)
+
+
+@pytest.mark.parametrize("case", LANES_CASES[1:3])
+def test_block_pairs_compute_is_exact(case):
+    """The block-pair form itself (unscheduled, on the host): the padded input copied in
+    pairs of blocks, each output lane's 16 weights per pair contiguous."""
+    mod, (xb, packed), shape, want = _lanes_kernel(*case)
+    assert packed.shape == (1, case[0] // 16, 3, 3, LANES, 16)
+    lib = tvm.compile(mod, target=get_target("x86").tvm())
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros(shape, "int32"), dev)
+    lib["main"](tvm.runtime.tensor(xb, dev), tvm.runtime.tensor(packed, dev), y)
+    assert np.array_equal(unblock(y.numpy())[:, :case[1]], want)
+
+
+@pytest.mark.unit
+def test_packer_takes_block_pairs_where_arm_can():
+    """`arm` packs a padded conv on an even number of input blocks as block pairs (lane-major
+    weights, 6 dimensions); an odd number of blocks (24 channels: 3), an unpadded conv and the
+    other targets keep the quad layout (7 dimensions)."""
+    def conv_iterators(target, cin, pad):
+        w = np.ones((8, cin, 3, 3), "int8")
+        x = relax.Var("x", relax.TensorType((1, cin, 8, 8), "int8"))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=pad,
+                                               out_dtype="int32"), name_hint="c")
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        mod = PackChannelBlocks(TARGETS[target].dot, "int8")(bb.get())
+        convs = [f for _, f in primfuncs(mod) if kernel_kind(f) == "conv"]
+        assert len(convs) == 1
+        # b o y x ol, then rc ry rx rj (block pairs) or rc ry rx rq rk (quads)
+        return len(kernel_block(convs[0])[1].iter_vars)
+
+    assert conv_iterators("arm", 16, (1, 1)) == 9
+    assert conv_iterators("arm", 24, (1, 1)) == 10
+    assert conv_iterators("arm", 16, (0, 0)) == 10
+    assert conv_iterators("arm-dotprod", 16, (1, 1)) == 10
 
 
 def _depthwise(c, h, w, k, stride, pad, target):
@@ -249,6 +314,8 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
                 for c, *rest in DW_CASES]
     kernels += [((16, 16) + form, _narrowing(*form, target, width))
                 for width in (8, 7) for form in NARROW]
+    lanes = [case + ("lanes",) for case in LANES_CASES] if target == "arm" else []
+    kernels += [(case, _lanes_kernel(*case[:7], target=target)) for case in lanes]
     for i, (case, (mod, (xb, packed), shape, want, *out_dtype)) in enumerate(kernels):
         lib = tvm.compile(mod, target=get_target(target).tvm())
         asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
@@ -257,8 +324,10 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
             assert "\tsmin\t" not in asm, (target, case)
         # `arm` adds products into split accumulators (sadalp): tiles of 2 pixels on even
         # rows, of 1 pixel on odd rows with small weights
-        split = target == "arm" and (case in SPLIT or case[2:] in NARROW)
+        split = target == "arm" and (case in SPLIT or case[2:] in NARROW or case in lanes)
         assert ("\tsadalp\t" in asm) == split, (target, case)
+        if case in lanes:  # a lane's 16 products: smull + smlal2 on 16-byte loads, no dup
+            assert "\tsmlal2\t" in asm and "\tdup\t" not in asm, (target, case)
         if len(CASES) <= i < len(CASES) + len(DW_CASES):  # depthwise: taps in pairs or quads
             quads = target == "arm-dotprod"  # each channel's 4 taps gathered (tbl), then sdot
             assert ("\ttbl\t" in asm and "\tsdot\t" in asm) == quads, (target, case)
