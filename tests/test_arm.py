@@ -284,9 +284,11 @@ def test_dotprod_conv_asm_contains_sdot(builds):
 @needs_a64_cxx
 def test_arm_asm_conv_products_are_8bit(builds):
     """NEON build: every vector multiply in a conv or depthwise kernel takes 8-bit lanes
-    (``smull``/``smlal .8h, .8b, .8b``): the convs through our NEON intrinsics (the pair form:
-    ``smlal`` adds a block's second quad into the first's int16 products), the depthwise convs
-    through int16 products of int8 lanes, which LLVM selects as smull."""
+    (``smull``/``smlal .8h, .8b, .8b``, ``smlal2 .8h, .16b, .16b``): the convs through our NEON
+    intrinsics (the pair form: ``smlal`` adds a block's second quad into the first's int16
+    products; the block-pair form of resnet18's 3x3 convs: ``smlal2`` adds a lane's products
+    of the pair's second block), the depthwise convs through int16 products of int8 lanes,
+    which LLVM selects as smull."""
     cm, _ = builds[1]["arm"]
     muls = _asm_multiplies(cm)
     assert muls and all(muls.values()), "a conv kernel without any vector multiply"
@@ -297,9 +299,13 @@ def test_arm_asm_conv_products_are_8bit(builds):
     convs = [ops for fn, ops in muls.items() if "conv2d_nchwc" in fn]
     smull = sum(op == "smull" for ops in convs for op, _ in ops)
     smlal = sum(op == "smlal" for ops in convs for op, _ in ops)
+    smlal2 = sum(op == "smlal2" and ".16b" in a for ops in convs for op, a in ops)
     print(f"\narm: {len(muls)} kernels, {sum(map(len, muls.values()))} smull/smlal .8b; "
-          f"convs: {smull} smull, {smlal} smlal")
-    assert smlal > 0.8 * smull
+          f"convs: {smull} smull, {smlal} smlal, {smlal2} smlal2")
+    assert smlal + smlal2 > 0.8 * smull  # two products per int16 lane
+    # the block-pair form: resnet18's 3x3 convs (mobilenet_v2 has no padded conv on an even
+    # number of blocks: its 3x3 convs are depthwise, and its stem is one quad per pixel)
+    assert (smlal2 > 0) == (builds[0] == "resnet18")
 
 
 @on_board
