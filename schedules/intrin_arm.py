@@ -255,45 +255,56 @@ def _split_impl(a_shape):
     return impl
 
 
-@T.prim_func(s_tir=True)
-def _split_sum_desc(
-    R: T.Buffer((8, 2), "int32", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], R[0:8, 0:2])
-        T.writes(C[0:8])
-        for i, h in T.grid(8, 2):
-            with T.sblock("update"):
-                vh = T.axis.reduce(2, h)
-                vi = T.axis.spatial(8, i)
-                C[vi] = C[vi] + R[vi, vh]
+def _partial_sum_desc(parts: int):
+    """``C[i] += sum_h R[i, h]``: 8 lanes' ``parts`` partial sums each (the rfactor block
+    after the reduction: the factored axis is its first iterator)."""
+    @T.prim_func(s_tir=True)
+    def desc(
+        R: T.Buffer((8, parts), "int32", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], R[0:8, 0:parts])
+            T.writes(C[0:8])
+            for i, h in T.grid(8, parts):
+                with T.sblock("update"):
+                    vh = T.axis.reduce(parts, h)
+                    vi = T.axis.spatial(8, i)
+                    C[vi] = C[vi] + R[vi, vh]
+    return desc
+
+
+def _addp(a, b):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+                                   a, b, dtype="int32x4")
 
 
 def _split_sum(R, row):
     """Lanes ``row .. row+3``: ``addp`` of their partial sums (two registers)."""
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-        R.vload([row, 0], dtype="int32x4"), R.vload([row + 2, 0], dtype="int32x4"),
-        dtype="int32x4")
+    return _addp(R.vload([row, 0], dtype="int32x4"), R.vload([row + 2, 0], dtype="int32x4"))
 
 
-@T.prim_func(s_tir=True)
-def _split_sum_impl(
-    R: T.Buffer((8, 2), "int32", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], R[0:8, 0:2])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + _split_sum(R, 0)
-        C[T.ramp(T.int32(4), 1, 4)] = C.vload([4], dtype="int32x4") + _split_sum(R, 4)
+def _partial_sum_impl(parts: int, sums):
+    """:func:`_partial_sum_desc`'s implementation: ``sums(R, row)`` is the sum of lanes
+    ``row .. row+3``'s partial sums (an int32x4 expression)."""
+    @T.prim_func(s_tir=True)
+    def impl(
+        R: T.Buffer((8, parts), "int32", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], R[0:8, 0:parts])
+            T.writes(C[0:8])
+            C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + sums(R, 0)
+            C[T.ramp(T.int32(4), 1, 4)] = C.vload([4], dtype="int32x4") + sums(R, 4)
+    return impl
 
 
 for _shape, _suffix in (((8,), ""), ((2, 4), COLUMNS)):
     TensorIntrin.register(NEON_8x8_SPLIT + _suffix, _split_desc(_shape), _split_impl(_shape),
                           override=True)
-TensorIntrin.register(NEON_SPLIT_SUM, _split_sum_desc, _split_sum_impl, override=True)
+TensorIntrin.register(NEON_SPLIT_SUM, _partial_sum_desc(2), _partial_sum_impl(2, _split_sum),
+                      override=True)
 # one quad per intrinsic: an input block of one quad that is not taken in column pairs
 TensorIntrin.register(SDOT_8x4, _dot_desc(8, 4, "int8"), _halves_impl((4,), (8, 4), _sdot),
                       override=True)
@@ -368,46 +379,15 @@ def _lanes_impl(
         C[7, T.ramp(T.int32(0), 1, 4)] = C.vload([7, 0], "int32x4") + _lane_products(A, B, 7)
 
 
-@T.prim_func(s_tir=True)
-def _lanes_sum_desc(
-    R: T.Buffer((8, 4), "int32", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], R[0:8, 0:4])
-        T.writes(C[0:8])
-        for i, p in T.grid(8, 4):
-            with T.sblock("update"):
-                vp = T.axis.reduce(4, p)
-                vi = T.axis.spatial(8, i)
-                C[vi] = C[vi] + R[vi, vp]
-
-
-def _addp(a, b):
-    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-                                   a, b, dtype="int32x4")
-
-
 def _four_lanes(R, row):
     """Lanes ``row .. row+3``: their 16 partial sums added by ``addp`` (three)."""
     return _addp(_addp(R.vload([row, 0], "int32x4"), R.vload([row + 1, 0], "int32x4")),
                  _addp(R.vload([row + 2, 0], "int32x4"), R.vload([row + 3, 0], "int32x4")))
 
 
-@T.prim_func(s_tir=True)
-def _lanes_sum_impl(
-    R: T.Buffer((8, 4), "int32", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], R[0:8, 0:4])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + _four_lanes(R, 0)
-        C[T.ramp(T.int32(4), 1, 4)] = C.vload([4], dtype="int32x4") + _four_lanes(R, 4)
-
-
 TensorIntrin.register(NEON_8x16_LANES, _lanes_desc, _lanes_impl, override=True)
-TensorIntrin.register(NEON_LANES_SUM, _lanes_sum_desc, _lanes_sum_impl, override=True)
+TensorIntrin.register(NEON_LANES_SUM, _partial_sum_desc(4), _partial_sum_impl(4, _four_lanes),
+                      override=True)
 
 
 # Depthwise tap pairs (``depthwise_pairs_nchwc``): ``C[i] += sum_k A[k, i] * B[i, k]``, 8

@@ -125,18 +125,14 @@ def test_block_pairs_compute_is_exact(case):
     pairs of blocks, each output lane's 16 weights per pair contiguous."""
     mod, (xb, packed), shape, want = _lanes_kernel(*case)
     assert packed.shape == (1, case[0] // 16, 3, 3, LANES, 16)
-    lib = tvm.compile(mod, target=get_target("x86").tvm())
-    dev = tvm.cpu()
-    y = tvm.runtime.tensor(np.zeros(shape, "int32"), dev)
-    lib["main"](tvm.runtime.tensor(xb, dev), tvm.runtime.tensor(packed, dev), y)
-    assert np.array_equal(unblock(y.numpy())[:, :case[1]], want)
+    assert np.array_equal(_on_host(mod, xb, packed, shape)[:, :case[1]], want)
 
 
 @pytest.mark.unit
 def test_packer_takes_block_pairs_where_arm_can():
     """`arm` packs a padded conv on an even number of input blocks as block pairs (lane-major
-    weights, 6 dimensions); an odd number of blocks (24 channels: 3), an unpadded conv and the
-    other targets keep the quad layout (7 dimensions)."""
+    weights: the conv's reduction is rc ry rx rj); an odd number of blocks (24 channels: 3),
+    an unpadded conv and the other targets keep quads (rc ry rx rq rk)."""
     def conv_iterators(target, cin, pad):
         w = np.ones((8, cin, 3, 3), "int8")
         x = relax.Var("x", relax.TensorType((1, cin, 8, 8), "int8"))
@@ -181,6 +177,15 @@ def _depthwise(c, h, w, k, stride, pad, target):
     return mod, (_block(x, LANES), packed), [int(v) for v in out.shape], want
 
 
+def _on_host(mod, xb, packed, shape):
+    """The unscheduled kernel run on the host: its output, unblocked."""
+    lib = tvm.compile(mod, target=get_target("x86").tvm())
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros(shape, "int32"), dev)
+    lib["main"](tvm.runtime.tensor(xb, dev), tvm.runtime.tensor(packed, dev), y)
+    return unblock(y.numpy())
+
+
 @pytest.mark.parametrize("case", CASES[:3])
 def test_column_pairs_compute_is_exact(case):
     """The column-pair form itself (unscheduled, on the host): pairs of window columns in the
@@ -188,11 +193,7 @@ def test_column_pairs_compute_is_exact(case):
     mod, (xb, packed), shape, want = _kernel(*case)
     assert packed.shape[3:5] == ((case[4] + 1) // 2, 2)
     assert not packed[:, :, :, -1, 1].any() if case[4] % 2 else True  # the phantom tap
-    lib = tvm.compile(mod, target=get_target("x86").tvm())
-    dev = tvm.cpu()
-    y = tvm.runtime.tensor(np.zeros(shape, "int32"), dev)
-    lib["main"](tvm.runtime.tensor(xb, dev), tvm.runtime.tensor(packed, dev), y)
-    assert np.array_equal(unblock(y.numpy())[:, :case[1]], want)
+    assert np.array_equal(_on_host(mod, xb, packed, shape)[:, :case[1]], want)
 
 
 @pytest.mark.unit
