@@ -6,7 +6,8 @@ exists so the dot-product instructions apply (``schedules/`` makes them fast).  
 * activations ``(N, C/b, H, W, b)``: channel ``c`` at ``[.., c // b, .., c % b]``
 * conv weights ``(O/ob, I/ib, KH, KW, ib/k, ob, k)``: the innermost ``(ob, k)`` tile is the
   ``B`` operand of a ``k``-deep dot product (k = 4: VNNI ``vpdpbusd``, ARM ``sdot``;
-  k = 2: AVX2 ``vpmaddwd``)
+  k = 2: AVX2 ``vpmaddwd``); or, for block pairs (``conv2d_nchwc(..., block_pairs=True)``),
+  lane-major ``(O/ob, I/(2 ib), KH, KW, ob, 2 ib)``
 * depthwise weights ``(C/b, KH, KW, b)``, or for the tap-pair form ``(C/b, KH, ceil(KW/2), b, 2)``
   (see :func:`depthwise_pairs_nchwc`)
 
