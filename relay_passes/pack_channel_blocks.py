@@ -88,13 +88,19 @@ class _Padded:
         self.source, self.padding, self.value = source, tuple(padding), value
 
 
+def _zero_padded(w, o_step, i_step):
+    """``(O, I, KH, KW)`` weights with O and I zero-padded to multiples of the steps."""
+    o, i, kh, kw = w.shape
+    wp = np.zeros((_round_up(o, o_step), _round_up(i, i_step), kh, kw), w.dtype)
+    wp[:o, :i] = w
+    return wp
+
+
 def pack_conv_weight(w, block_in, lanes, depth):
     """``(O, I, KH, KW)`` int8 -> ``(O/lanes, I/block_in, KH, KW, block_in/depth, lanes, depth)``,
     zero-padding O and I."""
-    o, i, kh, kw = w.shape
-    op_, ip = _round_up(o, lanes), _round_up(i, block_in)
-    wp = np.zeros((op_, ip, kh, kw), w.dtype)
-    wp[:o, :i] = w
+    wp = _zero_padded(w, lanes, block_in)
+    op_, ip, kh, kw = wp.shape
     wp = wp.reshape(op_ // lanes, lanes, ip // block_in, block_in // depth, depth, kh, kw)
     return np.ascontiguousarray(wp.transpose(0, 2, 5, 6, 3, 1, 4))
 
@@ -103,11 +109,9 @@ def pack_conv_weight_pairs(w, block_in, lanes):
     """``(O, I, KH, KW)`` int8 -> ``(O/lanes, I/(2 block_in), KH, KW, lanes, 2 block_in)``: each
     output lane's weights for a pair of input blocks contiguous (``conv2d_nchwc(...,
     block_pairs=True)``), zero-padding O and I."""
-    o, i, kh, kw = w.shape
     width = 2 * block_in
-    op_, ip = _round_up(o, lanes), _round_up(i, width)
-    wp = np.zeros((op_, ip, kh, kw), w.dtype)
-    wp[:o, :i] = w
+    wp = _zero_padded(w, lanes, width)
+    op_, ip, kh, kw = wp.shape
     wp = wp.reshape(op_ // lanes, lanes, ip // width, width, kh, kw)
     return np.ascontiguousarray(wp.transpose(0, 2, 4, 5, 1, 3))
 

@@ -187,11 +187,7 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     chunk = odd_split_chunk(_sch.extent(sch, rc), depth, odd_split_blocks(depth, dot), dot) \
         if split and split_widths(ow, dot, depth) == [1] else 0
     if chunk:
-        # weights too big for L1: the reduction in chunks that fit, the row's pixels inside
-        # each (their partial sums wait in memory); sums and epilogue once per row
-        first, rc = sch.split(rc, [None, chunk])
-        sch.reorder(first, x_o)
-        tile, pixels = sch.get_loops(conv)[0], ow
+        first, rc, tile, pixels = _chunk_reduction(sch, conv, rc, x_o, chunk, ow)
     if split and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1 \
             and _sch.extent(sch, rc) % 2 == 0 and _sch.extent(sch, rc) > 2:
         # a 1x1 conv's input blocks two per loop step: its loop overhead (4 instructions per
@@ -224,6 +220,16 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     sch.unroll(x_i)
     sch.unroll(o_i)
     _sch.schedule_pad(sch, PAD_BLOCK)
+
+
+def _chunk_reduction(sch, block, rc, x_o, chunk: int, ow: int):
+    """Weights too big for L1: ``block``'s reduction over input blocks ``rc`` in chunks of
+    ``chunk``, the row's pixel tiles ``x_o`` inside each chunk (their partial sums wait in
+    memory).  Returns ``(chunk loop, rc inside it, tile, pixels)``: the sums and the epilogue
+    then go once per row (the block's outermost loop, ``ow`` pixels)."""
+    first, rc = sch.split(rc, [None, chunk])
+    sch.reorder(first, x_o)
+    return first, rc, sch.get_loops(block)[0], ow
 
 
 def lanes_form(block, dot) -> bool:
@@ -273,9 +279,7 @@ def schedule_conv_lanes(sch, dot, tune: bool = False, tiles=None) -> None:
     first, tile, pixels = rc, x_o, _sch.extent(sch, x_i)
     chunk = lanes_chunk(blocks, depth, ow, dot)  # from the conv alone (a record replays it)
     if chunk:
-        first, rc = sch.split(rc, [None, chunk])
-        sch.reorder(first, x_o)
-        tile, pixels = sch.get_loops(rf)[0], ow
+        first, rc, tile, pixels = _chunk_reduction(sch, rf, rc, x_o, chunk, ow)
     lane = _sum_split(sch, last, tile)
     _sch.fuse_epilogue(sch, last, tile, dot, pixels)
     init = sch.decompose_reduction(rf, first)

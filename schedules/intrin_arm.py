@@ -163,23 +163,34 @@ def _sdot_half(A, B, C, lane):
                       _sdot_lane(A, B, C, 0, lane, C.vload([lane], dtype="int32x4")))
 
 
+def _smull(a, b):
+    """``smull``: 8 products of 8-bit lanes into 16 bits (int8x8 x int8x8 -> int16x8)."""
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                   a, b, dtype="int16x8")
+
+
+def _saddlp(x):
+    """``saddlp``: int16x8 -> int32x4, adjacent lanes added."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), x, dtype="int32x4")
+
+
+def _addp(a, b):
+    """``addp``: the pairwise sums of two int32x4 vectors, ``a``'s then ``b``'s."""
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+                                   a, b, dtype="int32x4")
+
+
 def _smull_pairs(A, B, row):
     """``saddlp(smull(quad x2, B[row:row+2]))``: [l0 k01, l0 k23, l1 k01, l1 k23] (int32x4)."""
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-        T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-            _quad(A, 2), B.vload([row, 0], dtype="int8x8"), dtype="int16x8"),
-        dtype="int32x4")
+    return _saddlp(_smull(_quad(A, 2), B.vload([row, 0], dtype="int8x8")))
 
 
 def _addp_half(sums):
     """``half`` for :func:`_halves_impl`: lanes ``lane .. lane+3`` plus the ``addp`` of
     ``sums(A, B, lane)`` and ``sums(A, B, lane + 2)`` (pair sums of two lanes each)."""
     def half(A, B, C, lane):
-        return C.vload([lane], dtype="int32x4") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-            sums(A, B, lane), sums(A, B, lane + 2), dtype="int32x4")
+        return C.vload([lane], dtype="int32x4") + _addp(sums(A, B, lane), sums(A, B, lane + 2))
     return half
 
 
@@ -189,13 +200,9 @@ def _smull_quads(A, B, row):
     lane is two products, exact: operands are in [-128, 127] and weights in [-127, 127]
     (``core.fixedpoint`` never uses -128), so ``|sum| <= 2 * 128 * 127 < 2**15``."""
     def product(q):
-        return T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-            _quad_lane(A, q), B.vload([q, row, 0], dtype="int8x8"), dtype="int16x8")
+        return _smull(_quad_lane(A, q), B.vload([q, row, 0], dtype="int8x8"))
 
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-        product(0) + product(1), dtype="int32x4")
+    return _saddlp(product(0) + product(1))
 
 
 # the pair forms, each for a channel block's two quads and for a column pair (suffix COLUMNS)
@@ -277,11 +284,6 @@ def _partial_sum_desc(parts: int):
     return desc
 
 
-def _addp(a, b):
-    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-                                   a, b, dtype="int32x4")
-
-
 def _split_sum(R, row):
     """Lanes ``row .. row+3``: ``addp`` of their partial sums (two registers)."""
     return _addp(R.vload([row, 0], dtype="int32x4"), R.vload([row + 2, 0], dtype="int32x4"))
@@ -351,15 +353,8 @@ def _half(v, high):
 def _lane_products(A, B, i):
     """``saddlp(smull(A.lo, B[i].lo) + smull(A.hi, B[i].hi))`` (the add: ``smlal2``)."""
     a, b = A.vload([0], "int8x16"), B.vload([i, 0], "int8x16")
-
-    def product(high):
-        return T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-            _half(a, high), _half(b, high), dtype="int16x8")
-
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-        product(False) + product(True), dtype="int32x4")
+    return _saddlp(_smull(_half(a, False), _half(b, False)) + _smull(_half(a, True),
+                                                                     _half(b, True)))
 
 
 @T.prim_func(s_tir=True)
@@ -404,9 +399,7 @@ def _dw_column(B, k):
 
 
 def _dw_product(A, B, k):
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-        A.vload([k, 0], dtype="int8x8"), _dw_column(B, k), dtype="int16x8")
+    return _smull(A.vload([k, 0], dtype="int8x8"), _dw_column(B, k))
 
 
 @T.prim_func(s_tir=True)
