@@ -19,8 +19,8 @@ offset by -128 exactly, ``relay_passes/offset_activations.py``).  The packed lay
   In a tile of 2 pixels (or of 1 pixel on an odd row) it accumulates into split accumulators
   (``NEON_8x8_SPLIT``: two int32 partial sums per lane, ``sadalp``; 12 instructions per 64
   MACs), summed once per pixel after the reduction (``NEON_SPLIT_SUM``, ``addp``).  Each quad
-  is ``dup``'d by element from its pixel's one 8-byte load.  A padded conv on an even number
-  of input blocks reads block pairs instead (``NEON_8x16_LANES``: per output lane ``smull`` +
+  is ``dup``'d by element from its pixel's one 8-byte load.  A conv on an even number of
+  input blocks reads block pairs instead (``NEON_8x16_LANES``: per output lane ``smull`` +
   ``smlal2`` of a pixel's 16 channels and the lane's 16 weights, both plain 16-byte loads, and
   ``sadalp`` into 4 partial sums; no ``dup``), summed by ``NEON_LANES_SUM``.
 * Depthwise convs: on ``arm`` two window columns per step (``NEON_DW_8x2``: ``smull`` +

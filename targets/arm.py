@@ -15,8 +15,11 @@ ARMV7_CXX = "arm-linux-gnueabihf-g++"
 PRESETS = [
     TargetPreset(
         name="arm",
-        tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
-                    "num-cores": 4},
+        # mcpu: LLVM's Cortex-A72 scheduling model (its generic one keeps fewer accumulators in
+        # registers: mobilenet_v2 106.7 -> 93.2 M instructions an inference); mattr: still
+        # Armv8.0-A + NEON only, without the optional crypto and CRC extensions
+        tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
+                    "mattr": ["+neon", "-aes", "-sha2", "-crc"], "num-cores": 4},
         cross_compiler=AARCH64_CXX,
         compiler_package="g++-aarch64-linux-gnu",
         # 8-bit widening multiply (smull .8b: s8 x s8 -> s16) + pairwise adds into int32

@@ -32,7 +32,7 @@ class DotSpec:
     # int16 (``smull`` + ``smlal``), exact for weights in [-127, 127] (F8Net's, whose
     # fixed-point grid never uses -128) times activations in [-128, 127]
     weight_min: int = -128
-    # padded convs on an even number of input blocks read a copy of their padded input made of
+    # convs on an even number of input blocks read a copy of their (padded) input made of
     # block pairs (two blocks' channels in 16 bytes) with lane-major weights: one 16-byte load
     # of a pixel is both halves of a ``smull`` + ``smlal2`` pair per output lane
     # (``conv2d_nchwc(..., block_pairs=True)``)

@@ -46,14 +46,17 @@ CASES = [
 # the cases `arm` schedules in split accumulators: every pair form (two quads a step); on an
 # odd row one pixel at a time, the reduction in chunks whose weights fit 16 KiB (CASES[7])
 SPLIT = CASES[:6] + CASES[7:]
-# `arm`'s block pairs with lane-major weights (padded convs on an even number of input
-# blocks): a 2-pixel row tile, odd rows one pixel at a time, a stride-2 window, and an odd row
-# whose 18 KiB of weights are taken in chunks
+# `arm`'s block pairs with lane-major weights (convs on an even number of input blocks): a
+# 2-pixel row tile, odd rows one pixel at a time, a stride-2 window, an odd row whose 18 KiB
+# of weights are taken in chunks, and unpadded 1x1 convs (even and odd rows, stride 2)
 LANES_CASES = [
     (16, 16, 8, 8, 3, 1, (1, 1, 1, 1)),
     (16, 8, 9, 9, 3, 1, (1, 1, 1, 1)),
     (32, 8, 9, 9, 3, 2, (1, 1, 1, 1)),
     (256, 8, 5, 5, 3, 1, (1, 1, 1, 1)),
+    (32, 16, 6, 6, 1, 1, (0, 0, 0, 0)),
+    (32, 8, 7, 7, 1, 1, (0, 0, 0, 0)),
+    (32, 8, 9, 9, 1, 2, (0, 0, 0, 0)),
 ]
 # depthwise, tap pairs: (C, H, W, K, stride, pad)
 DW_CASES = [
@@ -130,9 +133,9 @@ def test_block_pairs_compute_is_exact(case):
 
 @pytest.mark.unit
 def test_packer_takes_block_pairs_where_arm_can():
-    """`arm` packs a padded conv on an even number of input blocks as block pairs (lane-major
-    weights: the conv's reduction is rc ry rx rj); an odd number of blocks (24 channels: 3),
-    an unpadded conv and the other targets keep quads (rc ry rx rq rk)."""
+    """`arm` packs a conv on an even number of input blocks as block pairs, padded or not
+    (lane-major weights: the conv's reduction is rc ry rx rj); an odd number of blocks (24
+    channels: 3) and the other targets keep quads (rc ry rx rq rk)."""
     def conv_iterators(target, cin, pad):
         w = np.ones((8, cin, 3, 3), "int8")
         x = relax.Var("x", relax.TensorType((1, cin, 8, 8), "int8"))
@@ -151,7 +154,7 @@ def test_packer_takes_block_pairs_where_arm_can():
 
     assert conv_iterators("arm", 16, (1, 1)) == 9
     assert conv_iterators("arm", 24, (1, 1)) == 10
-    assert conv_iterators("arm", 16, (0, 0)) == 10
+    assert conv_iterators("arm", 16, (0, 0)) == 9
     assert conv_iterators("arm-dotprod", 16, (1, 1)) == 10
 
 
