@@ -87,6 +87,9 @@ class DotIntrin:
     # the intrinsic of 8 lanes x 16 bytes into 4 partial sums per lane, and their final sum
     lanes_intrin: str | None = None
     lanes_sum: str | None = None
+    # the same intrinsic for 2 lanes: an odd row of 3 to 7 pixels is then one register tile
+    # (``cpu.lanes_row``); None: one pixel a tile there
+    lanes_row_intrin: str | None = None
     # registers the pair form's tile may use for accumulators, activations and one weight tile
     pair_registers: int = 0
     # or instead: at most this many accumulators (output blocks x pixels) in the pair form's
@@ -250,7 +253,8 @@ def _arm():
                            split_odd_bytes=16384, split_odd_blocks=2, split_odd_chunks=True,
                            b_cost_far=4.0, narrow=narrow, narrow_2px=narrow_2px,
                            narrow_1px=narrow_1px, bias_init=False,
-                           lanes_intrin=a.NEON_8x16_LANES, lanes_sum=a.NEON_LANES_SUM),
+                           lanes_intrin=a.NEON_8x16_LANES, lanes_sum=a.NEON_LANES_SUM,
+                           lanes_row_intrin=a.NEON_2x16_LANES),
     }
 
 

@@ -246,6 +246,16 @@ def lanes_tiles(ow: int) -> tuple[int, int]:
     return 1, (2 if ow % 2 == 0 else 1)
 
 
+def lanes_row(ow: int, dot) -> int:
+    """Output lanes per pass when a whole odd row of 3 to 7 pixels is the lanes form's register
+    tile (``dot.lanes_row_intrin``): per reduction step, 2 lanes' weights and the row's pixels
+    are loaded once for ``2 * ow`` lanes x pixels (ResNet-18's 7-pixel rows: 9 loads per 14
+    instead of 9 per 8 one pixel a tile); 0: one pixel a tile (:func:`lanes_tiles`)."""
+    if dot.lanes_row_intrin is None or ow % 2 == 0 or not 3 <= ow <= 7:
+        return 0
+    return 2
+
+
 def lanes_chunk(blocks: int, depth: int, ow: int, dot) -> int:
     """Block pairs per chunk of the reduction of a one-pixel row (odd rows) whose weights
     do not fit ``dot.split_odd_bytes`` (:func:`odd_split_chunk` for one output block); 0: no
@@ -263,6 +273,9 @@ def schedule_conv_lanes(sch, dot, tune: bool = False, tiles=None) -> None:
     conv = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, ol, rc, ry, rx, rj = sch.get_loops(conv)
     ow = _sch.extent(sch, x)
+    if lanes_row(ow, dot):
+        _schedule_lanes_row(sch, dot, lanes_row(ow, dot))
+        return
     depth = 1  # the reduction's bytes
     for loop in (rc, ry, rx, rj):
         depth *= _sch.extent(sch, loop)
@@ -288,8 +301,39 @@ def schedule_conv_lanes(sch, dot, tune: bool = False, tiles=None) -> None:
     sch.unroll(o_i)
     sch.unroll(x_i)
     sch.tensorize(part, dot.lanes_intrin)
+    _schedule_pair_copy(sch)
+
+
+def _schedule_lanes_row(sch, dot, lanes: int) -> None:
+    """The lanes form on an odd row (:func:`lanes_row`): the row's pixels are the register
+    tile, ``lanes`` output lanes a pass (passes unrolled: their partial sums stay at fixed
+    places of the row's, and in registers through the pass's reduction); the 8 lanes' final
+    sums and the epilogue once per row."""
+    conv = sch.get_sblock(CONV_BLOCK)
+    b, o, y, x, ol, rc, ry, rx, rj = sch.get_loops(conv)
+    ow = _sch.extent(sch, x)
+    ol_o, ol_i = sch.split(ol, [None, lanes])
+    jh, part, jl = sch.split(rj, [2, 4, 2])
+    sch.reorder(b, o, y, ol_o, rc, ry, rx, x, part, ol_i, jh, jl)
+    rf = sch.rfactor(part, factor_axis=5)
+    last = sch.get_sblock(CONV_BLOCK)
+    b, o, y = sch.get_loops(rf)[:3]
+    sch.parallel(sch.fuse(b, o, y))
+    row, ol_o, rc, _, _, x, part = sch.get_loops(rf)[:7]
+    lane = _sum_split(sch, last, row)
+    _sch.fuse_epilogue(sch, last, row, dot, ow)
+    init = sch.decompose_reduction(rf, rc)
+    _sch.vectorize_inner(sch, init, unroll_rest=True, below=ol_o)
+    sch.tensorize(lane, dot.lanes_sum)
+    sch.unroll(ol_o)
+    sch.unroll(x)
+    sch.tensorize(part, dot.lanes_row_intrin)
+    _schedule_pair_copy(sch)
+
+
+def _schedule_pair_copy(sch) -> None:
+    """The pad and the block-pair copy: per pixel, the two blocks' 8 bytes as two vectors."""
     _sch.schedule_pad(sch, PAD_BLOCK)
-    # the pair copy: per pixel, the two blocks' 8 bytes as two vectors
     copy = sch.get_sblock(PAIR_COPY)
     n, c, yy, xx, j = sch.get_loops(copy)
     half, byte = sch.split(j, [2, None])

@@ -22,7 +22,8 @@ offset by -128 exactly, ``relay_passes/offset_activations.py``).  The packed lay
   is ``dup``'d by element from its pixel's one 8-byte load.  A conv on an even number of
   input blocks reads block pairs instead (``NEON_8x16_LANES``: per output lane ``smull`` +
   ``smlal2`` of a pixel's 16 channels and the lane's 16 weights, both plain 16-byte loads, and
-  ``sadalp`` into 4 partial sums; no ``dup``), summed by ``NEON_LANES_SUM``.
+  ``sadalp`` into 4 partial sums; no ``dup``), summed by ``NEON_LANES_SUM``; on an odd row of
+  3 to 7 pixels the whole row is the register tile, 2 lanes a pass (``NEON_2x16_LANES``).
 * Depthwise convs: on ``arm`` two window columns per step (``NEON_DW_8x2``: ``smull`` +
   ``smlal``, exact for weights >= -127); on ``arm-dotprod`` four (``SDOT_DW_8x4``: each
   channel's 4 taps gathered by ``tbl``, one ``sdot`` lane per channel).
@@ -51,6 +52,7 @@ NEON_DW_8x2 = "f8tvm_neon_dw_8x2_i8i8i32"  # depthwise: 8 channels x 2 taps (col
 SDOT_DW_8x4 = "f8tvm_sdot_dw_8x4_i8i8i32"  # depthwise: 8 channels x 4 taps (sdot per channel)
 NEON_8x16_LANES = "f8tvm_neon_8x16_lanes_i8i8i32"  # block pairs, lane-major (smull + smlal2)
 NEON_LANES_SUM = "f8tvm_neon_lanes_sum_8"  # their final sum: 8 lanes from 32 partial sums
+NEON_2x16_LANES = "f8tvm_neon_2x16_lanes_i8i8i32"  # the same for 2 lanes (a whole odd row)
 NEON_NARROW = "f8tvm_neon_narrow_4x8"  # + NARROW_FORMS' suffix: the clamp it implements
 NEON_NARROW_2PX = "f8tvm_neon_narrow_2x8"  # the same for a tile of 2 pixels
 NEON_NARROW_1PX = "f8tvm_neon_narrow_1x8"  # and of 1 pixel (tiles of an odd width)
@@ -325,25 +327,28 @@ TensorIntrin.register(NEON_8x4, _dot_desc(8, 4, "int8"),
 # broadcast of the activations at all, and one load per pixel for 16 channels.  Partial sum
 # ``p`` of lane ``i`` holds bytes ``2p, 2p+1, 8+2p, 9+2p`` (``saddlp``'s pairs); the schedule
 # factors the reduction over them (``rfactor``) and adds a lane's four after the reduction
-# (``NEON_LANES_SUM``: six ``addp`` per 8 lanes).
-@T.prim_func(s_tir=True)
-def _lanes_desc(
-    A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((8, 16), "int8", offset_factor=1),
-    C: T.Buffer((8, 4), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8, 0:4], A[0:16], B[0:8, 0:16])
-        T.writes(C[0:8, 0:4])
-        for p, i, h, k in T.grid(4, 8, 2, 2):
-            with T.sblock("update"):
-                # the rfactor block's order of iterators: the factored partial sum first
-                vp = T.axis.spatial(4, p)
-                vi = T.axis.spatial(8, i)
-                vh = T.axis.reduce(2, h)
-                vk = T.axis.reduce(2, k)
-                C[vi, vp] = C[vi, vp] + T.cast(A[vh * 8 + vp * 2 + vk], "int32") * T.cast(
-                    B[vi, vh * 8 + vp * 2 + vk], "int32")
+# (``NEON_LANES_SUM``: six ``addp`` per 8 lanes).  ``NEON_2x16_LANES`` is the same for 2
+# lanes: a whole odd row of pixels is then the register tile, 2 lanes at a time (``cpu``).
+def _lanes_desc(lanes: int):
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((16,), "int8", offset_factor=1),
+        B: T.Buffer((lanes, 16), "int8", offset_factor=1),
+        C: T.Buffer((lanes, 4), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes, 0:4], A[0:16], B[0:lanes, 0:16])
+            T.writes(C[0:lanes, 0:4])
+            for p, i, h, k in T.grid(4, lanes, 2, 2):
+                with T.sblock("update"):
+                    # the rfactor block's order of iterators: the factored partial sum first
+                    vp = T.axis.spatial(4, p)
+                    vi = T.axis.spatial(lanes, i)
+                    vh = T.axis.reduce(2, h)
+                    vk = T.axis.reduce(2, k)
+                    C[vi, vp] = C[vi, vp] + T.cast(A[vh * 8 + vp * 2 + vk], "int32") * T.cast(
+                        B[vi, vh * 8 + vp * 2 + vk], "int32")
+    return desc
 
 
 def _half(v, high):
@@ -377,13 +382,27 @@ def _lanes_impl(
         C[7, T.ramp(T.int32(0), 1, 4)] = C.vload([7, 0], "int32x4") + _lane_products(A, B, 7)
 
 
+@T.prim_func(s_tir=True)
+def _two_lanes_impl(
+    A: T.Buffer((16,), "int8", offset_factor=1),
+    B: T.Buffer((2, 16), "int8", offset_factor=1),
+    C: T.Buffer((2, 4), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:2, 0:4], A[0:16], B[0:2, 0:16])
+        T.writes(C[0:2, 0:4])
+        C[0, T.ramp(T.int32(0), 1, 4)] = C.vload([0, 0], "int32x4") + _lane_products(A, B, 0)
+        C[1, T.ramp(T.int32(0), 1, 4)] = C.vload([1, 0], "int32x4") + _lane_products(A, B, 1)
+
+
 def _four_lanes(R, row):
     """Lanes ``row .. row+3``: their 16 partial sums added by ``addp`` (three)."""
     return _addp(_addp(R.vload([row, 0], "int32x4"), R.vload([row + 1, 0], "int32x4")),
                  _addp(R.vload([row + 2, 0], "int32x4"), R.vload([row + 3, 0], "int32x4")))
 
 
-TensorIntrin.register(NEON_8x16_LANES, _lanes_desc, _lanes_impl, override=True)
+TensorIntrin.register(NEON_8x16_LANES, _lanes_desc(8), _lanes_impl, override=True)
+TensorIntrin.register(NEON_2x16_LANES, _lanes_desc(2), _two_lanes_impl, override=True)
 TensorIntrin.register(NEON_LANES_SUM, _partial_sum_desc(4), _partial_sum_impl(4, _four_lanes),
                       override=True)
 

@@ -47,13 +47,16 @@ CASES = [
 # odd row one pixel at a time, the reduction in chunks whose weights fit 16 KiB (CASES[7])
 SPLIT = CASES[:6] + CASES[7:]
 # `arm`'s block pairs with lane-major weights (convs on an even number of input blocks): a
-# 2-pixel row tile, odd rows one pixel at a time, a stride-2 window, an odd row whose 18 KiB
-# of weights are taken in chunks, and unpadded 1x1 convs (even and odd rows, stride 2)
+# 2-pixel row tile, a 9-pixel row one pixel at a time, a stride-2 window on 5-pixel rows and
+# 5- and 7-pixel rows (whole rows a tile, 2 lanes a pass), a 9-pixel row whose 18 KiB of
+# weights are taken in chunks, and unpadded 1x1 convs (even and odd rows, stride 2)
 LANES_CASES = [
     (16, 16, 8, 8, 3, 1, (1, 1, 1, 1)),
     (16, 8, 9, 9, 3, 1, (1, 1, 1, 1)),
     (32, 8, 9, 9, 3, 2, (1, 1, 1, 1)),
+    (256, 8, 9, 9, 3, 1, (1, 1, 1, 1)),
     (256, 8, 5, 5, 3, 1, (1, 1, 1, 1)),
+    (64, 16, 7, 7, 3, 1, (1, 1, 1, 1)),
     (32, 16, 6, 6, 1, 1, (0, 0, 0, 0)),
     (32, 8, 7, 7, 1, 1, (0, 0, 0, 0)),
     (32, 8, 9, 9, 1, 2, (0, 0, 0, 0)),
@@ -243,10 +246,25 @@ def test_split_accumulators_depend_on_the_row_not_the_tile(tiles):
         assert _pixels_inside_reduction(func) == chunked, (case, use)
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("case, row", [(LANES_CASES[0], False), (LANES_CASES[1], False),
+                                       (LANES_CASES[4], True), (LANES_CASES[5], True),
+                                       (LANES_CASES[8], True)])
+def test_block_pairs_take_a_whole_odd_row_as_the_tile(case, row):
+    """`arm`'s block pairs on a row of 3 to 7 pixels (odd): the row's pixels inside the
+    reduction (one register tile), 2 lanes a pass (``NEON_2x16_LANES``); even rows keep
+    2-pixel tiles of 8 lanes and longer odd rows one pixel a tile.  Read off the IR."""
+    mod = _lanes_kernel(*case, target="arm")[0]
+    func = mod["main"]
+    assert _pixels_inside_reduction(func) == row, case
+    lanes = re.findall(r"kernel\[[^\]]*, ([^,\]]+), 0:16\]", func.script())
+    assert lanes and set(lanes) == ({"v_ol_o * 2:v_ol_o * 2 + 2"} if row else {"0:8"}), case
+
+
 def _pixels_inside_reduction(func) -> bool:
-    """Whether the split form's loop over output pixels is nested inside a loop over input
-    blocks (the reduction in chunks), read off the IR: the loops around the tensorized split
-    step and which of its iterators each one binds."""
+    """Whether the split (or block-pair) form's loop over output pixels is nested inside a
+    loop over input blocks (the reduction in chunks, or a whole row a tile), read off the IR:
+    the loops around the tensorized step and which of its iterators each one binds."""
     found = []
 
     def walk(node, loops):
