@@ -286,22 +286,13 @@ def schedule_conv_lanes(sch, dot, tune: bool = False, tiles=None) -> None:
     jh, part, jl = sch.split(rj, [2, 4, 2])
     sch.reorder(b, o_o, y, x_o, rc, ry, rx, o_i, x_i, part, ol, jh, jl)
     rf = sch.rfactor(part, factor_axis=5)  # the partial sums: the conv's output x 4
-    last = sch.get_sblock(CONV_BLOCK)
     b, o_o, y, x_o, rc, ry, rx, o_i, x_i, part = sch.get_loops(rf)[:10]
     sch.parallel(sch.fuse(b, o_o, y))
     first, tile, pixels = rc, x_o, _sch.extent(sch, x_i)
     chunk = lanes_chunk(blocks, depth, ow, dot)  # from the conv alone (a record replays it)
     if chunk:
         first, rc, tile, pixels = _chunk_reduction(sch, rf, rc, x_o, chunk, ow)
-    lane = _sum_split(sch, last, tile)
-    _sch.fuse_epilogue(sch, last, tile, dot, pixels)
-    init = sch.decompose_reduction(rf, first)
-    _sch.vectorize_inner(sch, init, unroll_rest=True, below=tile)
-    sch.tensorize(lane, dot.lanes_sum)
-    sch.unroll(o_i)
-    sch.unroll(x_i)
-    sch.tensorize(part, dot.lanes_intrin)
-    _schedule_pair_copy(sch)
+    _lanes_rest(sch, dot, rf, tile, first, pixels, tile, (o_i, x_i), part, dot.lanes_intrin)
 
 
 def _schedule_lanes_row(sch, dot, lanes: int) -> None:
@@ -316,23 +307,27 @@ def _schedule_lanes_row(sch, dot, lanes: int) -> None:
     jh, part, jl = sch.split(rj, [2, 4, 2])
     sch.reorder(b, o, y, ol_o, rc, ry, rx, x, part, ol_i, jh, jl)
     rf = sch.rfactor(part, factor_axis=5)
-    last = sch.get_sblock(CONV_BLOCK)
     b, o, y = sch.get_loops(rf)[:3]
     sch.parallel(sch.fuse(b, o, y))
     row, ol_o, rc, _, _, x, part = sch.get_loops(rf)[:7]
-    lane = _sum_split(sch, last, row)
-    _sch.fuse_epilogue(sch, last, row, dot, ow)
-    init = sch.decompose_reduction(rf, rc)
-    _sch.vectorize_inner(sch, init, unroll_rest=True, below=ol_o)
+    _lanes_rest(sch, dot, rf, row, rc, ow, ol_o, (ol_o, x), part, dot.lanes_row_intrin)
+
+
+def _lanes_rest(sch, dot, rf, tile, first, pixels, init_below, unrolled, part, intrin) -> None:
+    """What both lanes forms do once the reduction is factored (``rf``, its first reduction
+    loop ``first``): the lanes' final sums and the epilogue at ``tile`` (``pixels`` wide), the
+    partial sums' init vectorized below ``init_below``, the products tensorized with
+    ``intrin`` at ``part``, the ``unrolled`` loops unrolled; then the pad and the pair copy
+    (per pixel, the two blocks' 8 bytes as two vectors)."""
+    last = sch.get_sblock(CONV_BLOCK)
+    lane = _sum_split(sch, last, tile)
+    _sch.fuse_epilogue(sch, last, tile, dot, pixels)
+    init = sch.decompose_reduction(rf, first)
+    _sch.vectorize_inner(sch, init, unroll_rest=True, below=init_below)
     sch.tensorize(lane, dot.lanes_sum)
-    sch.unroll(ol_o)
-    sch.unroll(x)
-    sch.tensorize(part, dot.lanes_row_intrin)
-    _schedule_pair_copy(sch)
-
-
-def _schedule_pair_copy(sch) -> None:
-    """The pad and the block-pair copy: per pixel, the two blocks' 8 bytes as two vectors."""
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.tensorize(part, intrin)
     _sch.schedule_pad(sch, PAD_BLOCK)
     copy = sch.get_sblock(PAIR_COPY)
     n, c, yy, xx, j = sch.get_loops(copy)

@@ -362,37 +362,20 @@ def _lane_products(A, B, i):
                                                                      _half(b, True)))
 
 
-@T.prim_func(s_tir=True)
-def _lanes_impl(
-    A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((8, 16), "int8", offset_factor=1),
-    C: T.Buffer((8, 4), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8, 0:4], A[0:16], B[0:8, 0:16])
-        T.writes(C[0:8, 0:4])
-        # one statement per lane (the audit counts a tensorized block's statements once)
-        C[0, T.ramp(T.int32(0), 1, 4)] = C.vload([0, 0], "int32x4") + _lane_products(A, B, 0)
-        C[1, T.ramp(T.int32(0), 1, 4)] = C.vload([1, 0], "int32x4") + _lane_products(A, B, 1)
-        C[2, T.ramp(T.int32(0), 1, 4)] = C.vload([2, 0], "int32x4") + _lane_products(A, B, 2)
-        C[3, T.ramp(T.int32(0), 1, 4)] = C.vload([3, 0], "int32x4") + _lane_products(A, B, 3)
-        C[4, T.ramp(T.int32(0), 1, 4)] = C.vload([4, 0], "int32x4") + _lane_products(A, B, 4)
-        C[5, T.ramp(T.int32(0), 1, 4)] = C.vload([5, 0], "int32x4") + _lane_products(A, B, 5)
-        C[6, T.ramp(T.int32(0), 1, 4)] = C.vload([6, 0], "int32x4") + _lane_products(A, B, 6)
-        C[7, T.ramp(T.int32(0), 1, 4)] = C.vload([7, 0], "int32x4") + _lane_products(A, B, 7)
-
-
-@T.prim_func(s_tir=True)
-def _two_lanes_impl(
-    A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((2, 16), "int8", offset_factor=1),
-    C: T.Buffer((2, 4), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:2, 0:4], A[0:16], B[0:2, 0:16])
-        T.writes(C[0:2, 0:4])
-        C[0, T.ramp(T.int32(0), 1, 4)] = C.vload([0, 0], "int32x4") + _lane_products(A, B, 0)
-        C[1, T.ramp(T.int32(0), 1, 4)] = C.vload([1, 0], "int32x4") + _lane_products(A, B, 1)
+def _lanes_impl(lanes: int):
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((16,), "int8", offset_factor=1),
+        B: T.Buffer((lanes, 16), "int8", offset_factor=1),
+        C: T.Buffer((lanes, 4), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes, 0:4], A[0:16], B[0:lanes, 0:16])
+            T.writes(C[0:lanes, 0:4])
+            for i in T.unroll(lanes):  # one statement per lane once unrolled
+                C[i, T.ramp(T.int32(0), 1, 4)] = C.vload([i, 0], "int32x4") + _lane_products(
+                    A, B, i)
+    return impl
 
 
 def _four_lanes(R, row):
@@ -401,8 +384,8 @@ def _four_lanes(R, row):
                  _addp(R.vload([row + 2, 0], "int32x4"), R.vload([row + 3, 0], "int32x4")))
 
 
-TensorIntrin.register(NEON_8x16_LANES, _lanes_desc(8), _lanes_impl, override=True)
-TensorIntrin.register(NEON_2x16_LANES, _lanes_desc(2), _two_lanes_impl, override=True)
+TensorIntrin.register(NEON_8x16_LANES, _lanes_desc(8), _lanes_impl(8), override=True)
+TensorIntrin.register(NEON_2x16_LANES, _lanes_desc(2), _lanes_impl(2), override=True)
 TensorIntrin.register(NEON_LANES_SUM, _partial_sum_desc(4), _partial_sum_impl(4, _four_lanes),
                       override=True)
 
