@@ -242,7 +242,7 @@ def lanes_form(block, dot) -> bool:
 def lanes_tiles(ow: int) -> tuple[int, int]:
     """The default register tile of the lanes form: one output block (8 accumulators a pixel,
     each 4 partial sums) by 2 pixels on even rows (8 weight vectors shared by both), one pixel
-    on odd rows."""
+    on odd rows (but for those :func:`lanes_row` takes whole)."""
     return 1, (2 if ow % 2 == 0 else 1)
 
 
@@ -257,9 +257,9 @@ def lanes_row(ow: int, dot) -> int:
 
 
 def lanes_chunk(blocks: int, depth: int, ow: int, dot) -> int:
-    """Block pairs per chunk of the reduction of a one-pixel row (odd rows) whose weights
-    do not fit ``dot.split_odd_bytes`` (:func:`odd_split_chunk` for one output block); 0: no
-    chunks."""
+    """Block pairs per chunk of the reduction of a one-pixel tile (odd rows that are not one
+    tile: :func:`lanes_row`) whose weights do not fit ``dot.split_odd_bytes``
+    (:func:`odd_split_chunk` for one output block); 0: no chunks."""
     if ow % 2 == 0 or not dot.split_odd_chunks:
         return 0
     return odd_split_chunk(blocks, depth, 1, dot)
