@@ -303,8 +303,8 @@ class _Packer:
         pairs = (self.column_pairs and x.block == self.depth and dilation[1] == 1 and kw > 1
                  and not self.wide_weights)
         blocks = -(-w.shape[1] // x.block)
-        # 1x1 convs too: their copy costs ~4 instructions a pixel and pair (2 per pixel and
-        # block), against 3 instructions per 16 MACs saved in every output lane's reduction
+        # 1x1 convs too: their pair copy (~2 instructions a pixel and block) is small beside
+        # the `dup`s and loads the quad form spends on every output block
         block_pairs = (self.block_pairs and not pairs and x.block == self.lanes
                        and blocks % 2 == 0 and not self.wide_weights)
         if block_pairs:

@@ -273,8 +273,9 @@ def schedule_conv_lanes(sch, dot, tune: bool = False, tiles=None) -> None:
     conv = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, ol, rc, ry, rx, rj = sch.get_loops(conv)
     ow = _sch.extent(sch, x)
-    if lanes_row(ow, dot):
-        _schedule_lanes_row(sch, dot, lanes_row(ow, dot))
+    lanes = lanes_row(ow, dot)
+    if lanes:
+        _schedule_lanes_row(sch, dot, lanes, (b, o, y, x, ol, rc, ry, rx, rj), ow)
         return
     depth = 1  # the reduction's bytes
     for loop in (rc, ry, rx, rj):
@@ -295,14 +296,13 @@ def schedule_conv_lanes(sch, dot, tune: bool = False, tiles=None) -> None:
     _lanes_rest(sch, dot, rf, tile, first, pixels, tile, (o_i, x_i), part, dot.lanes_intrin)
 
 
-def _schedule_lanes_row(sch, dot, lanes: int) -> None:
-    """The lanes form on an odd row (:func:`lanes_row`): the row's pixels are the register
-    tile, ``lanes`` output lanes a pass (passes unrolled: their partial sums stay at fixed
-    places of the row's, and in registers through the pass's reduction); the 8 lanes' final
-    sums and the epilogue once per row."""
-    conv = sch.get_sblock(CONV_BLOCK)
-    b, o, y, x, ol, rc, ry, rx, rj = sch.get_loops(conv)
-    ow = _sch.extent(sch, x)
+def _schedule_lanes_row(sch, dot, lanes: int, loops, ow: int) -> None:
+    """The lanes form on an odd row of ``ow`` pixels (:func:`lanes_row`; ``loops``: the conv's
+    b o y x ol rc ry rx rj): the row's pixels are the register tile, ``lanes`` output lanes a
+    pass (passes unrolled: their partial sums stay at fixed places of the row's, and in
+    registers through the pass's reduction); the 8 lanes' final sums and the epilogue once per
+    row."""
+    b, o, y, x, ol, rc, ry, rx, rj = loops
     ol_o, ol_i = sch.split(ol, [None, lanes])
     jh, part, jl = sch.split(rj, [2, 4, 2])
     sch.reorder(b, o, y, ol_o, rc, ry, rx, x, part, ol_i, jh, jl)
