@@ -57,6 +57,12 @@ class DotIntrin:
     narrow_2px: tuple = ()
     # and for 1 pixel (tiles of an odd width: 7 of a 14- or 7-pixel row)
     narrow_1px: tuple = ()
+    # the same three with the requantize's right shift by a per-channel constant inside
+    # (``dtype(clamp(x >> S, lo, hi))``, ``intrin_arm.NEON_SHIFT_NARROW``); none: the shift
+    # stays in the int32 stage
+    narrow_shift: tuple = ()
+    narrow_shift_2px: tuple = ()
+    narrow_shift_1px: tuple = ()
     # two quads of one channel block per intrinsic, the activations loaded once for both and
     # each quad taken by element (int8 activations); None: one quad per intrinsic
     pair_intrin: str | None = None
@@ -151,10 +157,13 @@ class DotIntrin:
             return 1
         return None
 
-    def narrow_for(self, dtype: str, lo: int, hi: int, pixels: int = 4) -> str | None:
-        """The narrowing intrinsic of ``pixels`` for a ``dtype(clamp(x, lo, hi))`` epilogue, if
-        there is one."""
-        forms = {4: self.narrow, 2: self.narrow_2px, 1: self.narrow_1px}[pixels]
+    def narrow_for(self, dtype: str, lo: int, hi: int, pixels: int = 4,
+                   shift: bool = False) -> str | None:
+        """The narrowing intrinsic of ``pixels`` for a ``dtype(clamp(x, lo, hi))`` epilogue
+        (with ``shift``: of ``dtype(clamp(x >> S, lo, hi))``, ``S`` per channel), if there is
+        one."""
+        forms = ({4: self.narrow_shift, 2: self.narrow_shift_2px, 1: self.narrow_shift_1px}
+                 if shift else {4: self.narrow, 2: self.narrow_2px, 1: self.narrow_1px})[pixels]
         return dict(forms).get((dtype, lo, hi))
 
     def intrin_for(self, block, depthwise: bool = False) -> str:
@@ -222,6 +231,9 @@ def _arm():
     narrow = _narrow(a.NEON_NARROW)
     narrow_2px = _narrow(a.NEON_NARROW_2PX)
     narrow_1px = _narrow(a.NEON_NARROW_1PX)
+    shifts = dict(narrow_shift=_narrow(a.NEON_SHIFT_NARROW),
+                  narrow_shift_2px=_narrow(a.NEON_SHIFT_NARROW_2PX),
+                  narrow_shift_1px=_narrow(a.NEON_SHIFT_NARROW_1PX))
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators
@@ -232,7 +244,7 @@ def _arm():
                           pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,
-                          narrow=narrow, narrow_2px=narrow_2px, narrow_1px=narrow_1px),
+                          narrow=narrow, narrow_2px=narrow_2px, narrow_1px=narrow_1px, **shifts),
         # smull + saddlp + addp: temporaries need registers too.  Odd rows (7 pixels) of
         # convs whose weights are small (at most 16 KiB for two output blocks: the 1x1 convs
         # of MobileNet-V2 and EfficientNet-Lite0, not ResNet-18's 3x3) take the split form
@@ -254,7 +266,7 @@ def _arm():
                            b_cost_far=4.0, narrow=narrow, narrow_2px=narrow_2px,
                            narrow_1px=narrow_1px, bias_init=False,
                            lanes_intrin=a.NEON_8x16_LANES, lanes_sum=a.NEON_LANES_SUM,
-                           lanes_row_intrin=a.NEON_2x16_LANES),
+                           lanes_row_intrin=a.NEON_2x16_LANES, **shifts),
     }
 
 

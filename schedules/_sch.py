@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from f8tvm.core._tvm import expr_dtype, node_kind, post_order_visit, region_tensor, tvm
+from f8tvm.core._tvm import (
+    expr_dtype,
+    load_tensor,
+    node_kind,
+    post_order_visit,
+    region_tensor,
+    same_expr,
+    tvm,
+)
 from f8tvm.passes.packed_kernels import PAD_INTERIOR
 
 
@@ -104,12 +112,45 @@ def _narrowing(sch, block, dot, width):
     if not (node_kind(v) == "Max" and node_kind(v.a) == "Min"
             and node_kind(v.b) == "IntImm" and node_kind(v.a.b) == "IntImm"):
         return None
-    intrin = dot.narrow_for(expr_dtype(value), int(v.b.value), int(v.a.b.value), width)
+    form = (expr_dtype(value), int(v.b.value), int(v.a.b.value), width)
+    intrin = dot.narrow_for(*form)
     src = sch.get_producers(clip[0])
     names = {sch.get(b).name_hint for b in after}
     if intrin is None or len(src) != 1 or sch.get(src[0]).name_hint not in names:
         return None
+    shifted = _shift_by_channel(sch, src[0], dot.lanes)
+    with_shift = dot.narrow_for(*form, shift=True)
+    if shifted is not None and with_shift is not None and shifted in names:
+        return shifted, with_shift  # the shift goes into the narrowing
     return sch.get(src[0]).name_hint, intrin
+
+
+def _shift_by_channel(sch, block, lanes):
+    """The name of the block whose result ``block`` shifts right by a per-channel constant
+    (``x[..., c] >> S[0, cb, 0, 0, c]``, ``S`` a function input of ``lanes``-channel blocks),
+    else None."""
+    value = sch.get(block).body.value
+    if node_kind(value) == "RShift":  # 0.27's ``>>`` node
+        x, s = value.a, value.b
+    elif node_kind(value) == "Call" and str(value.op.name).endswith("shift_right"):
+        x, s = value.args
+    else:
+        return None
+    if not {node_kind(x), node_kind(s)} <= {"BufferLoad", "TensorLoad"}:
+        return None
+    producers = sch.get_producers(block)
+    if len(producers) != 1:  # S is read from an input, x from the one producer
+        return None
+    written = [region_tensor(w) for w in sch.get(producers[0]).writes]
+    shape = [int(n) for n in load_tensor(s).shape]
+    if not (len(written) == 1 and written[0].same_as(load_tensor(x)) and len(x.indices) == 5
+            and shape[-1] == lanes and len(shape) == 5
+            and shape[0] == shape[2] == shape[3] == 1):
+        return None
+    # (the unit dimensions' indices can only be 0)
+    if not (same_expr(s.indices[1], x.indices[1]) and same_expr(s.indices[4], x.indices[4])):
+        return None
+    return sch.get(producers[0]).name_hint
 
 
 def fuse_epilogue(sch, block, loop, dot=None, pixels=0):

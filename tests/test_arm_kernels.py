@@ -294,33 +294,80 @@ def _pixels_inside_reduction(func) -> bool:
 
 # the requantize epilogue's clamp-and-cast forms the saturating narrowing implements
 NARROW = [("int8", -128, 127), ("int8", -127, 127), ("uint8", 0, 255)]
+# per-channel right shifts of the narrowing that takes the shift in (``sqshl`` + ``tbl``):
+# none (saturation everywhere), small, around the top byte (24) and the most (31)
+SHIFTS = np.array([0, 1, 3, 7, 8, 9, 12, 15, 16, 17, 20, 23, 24, 25, 28, 31], "int32")
 
 
-def _narrowing(dtype, lo, hi, target, width=8):
-    """A 16 -> 16 3x3 conv whose result, shifted right by 8, is clamped to [lo, hi] and cast:
-    both in-range values and saturation.  Rows of ``width`` output pixels: 8 make tiles of a
-    multiple of 4 (or 2) pixels, 7 tiles of an odd width, narrowed one pixel at a time."""
+def _narrowing(dtype, lo, hi, target, width=8, by_channel=False):
+    """A 16 -> 16 3x3 conv whose result, shifted right, is clamped to [lo, hi] and cast: both
+    in-range values and saturation.  The shift is 8, or with ``by_channel`` :data:`SHIFTS`
+    (a constant input, one per channel) after a bias add, as in a model's requantize.  Rows
+    of ``width`` output pixels: 8 make tiles of a multiple of 4 (or 2) pixels, 7 tiles of an
+    odd width, narrowed one pixel at a time."""
     x, wt = _operands(16, 16, 6, width, 3)
     packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
     data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
     kernel = te.placeholder(packed.shape, "int8", name="kernel")
     acc = conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), 0)
-    shifted = te.compute(acc.shape, lambda *i: acc(*i) >> 8, name="shift")
+    inputs, values = [data, kernel], [_block(x, LANES), packed]
+    want = conv(x, wt, 1, (1, 1, 1, 1))
+    if by_channel:
+        shift = te.placeholder((1, 2, 1, 1, LANES), "int32", name="shift")
+        biased = te.compute(acc.shape, lambda *i: acc(*i) + 5, name="bias")
+        shifted = te.compute(acc.shape, lambda n, c, h, w, lane:
+                             biased(n, c, h, w, lane) >> shift(0, c, 0, 0, lane), name="shift")
+        inputs.append(shift)
+        values.append(SHIFTS.reshape(1, 2, 1, 1, LANES))
+        want = (want + 5) >> SHIFTS.reshape(1, -1, 1, 1)
+    else:
+        shifted = te.compute(acc.shape, lambda *i: acc(*i) >> 8, name="shift")
+        want = want >> 8
     clamped = te.compute(acc.shape, lambda *i: te.max(te.min(shifted(*i), hi), lo), name="clip")
     out = te.compute(acc.shape, lambda *i: clamped(*i).astype(dtype), name="cast")
-    func = default_schedule(te.create_prim_func([data, kernel, out]),
+    func = default_schedule(te.create_prim_func([*inputs, out]),
                             find_dot(TARGETS[target].dot))
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    want = np.clip(conv(x, wt, 1, (1, 1, 1, 1)) >> 8, lo, hi)
-    return mod, (_block(x, LANES), packed), [int(v) for v in out.shape], want, dtype
+    return mod, tuple(values), [int(v) for v in out.shape], np.clip(want, lo, hi), dtype
+
+
+def _sqshl_top(x, shift, top):
+    """NumPy model of the shift-in narrowing's lanes (``intrin_arm``): AArch64 ``SQSHL`` of
+    int32 ``x`` by ``top - shift`` (saturating left; truncating right where negative), then the
+    bits from ``top`` up, as the ``tbl`` of the top byte (``top`` 24) or the ``uzp2`` of the
+    top half (16) reads them."""
+    n = top - shift.astype(np.int64)
+    x = x.astype(np.int64)
+    moved = np.where(n >= 0, x << np.maximum(n, 0), x >> np.maximum(-n, 0))
+    return np.clip(moved, -2**31, 2**31 - 1) >> top
+
+
+def test_shift_in_narrowing_is_the_clamped_floor_shift():
+    """What ``sqshl`` by ``24 - S`` and the top byte compute (the instruction modelled in
+    NumPy, as the ARM ARM describes it) equals the requantize's ``clip(x >> S, -128, 127)``
+    for every shift 0..31, at int32's extremes and around every saturation edge; the unsigned
+    form's top half (``16 - S``), narrowed with unsigned saturation, equals ``clip(x >> S, 0,
+    255)``."""
+    rng = np.random.default_rng(7)
+    edges = [0, 1, 127, 128, 255, 256, 2**15, 2**23, 2**24, 2**30, 2**31 - 1]
+    near = np.array([e + d for e in edges for d in (-1, 0, 1)], np.int64)
+    x = np.concatenate([near, -near, rng.integers(-2**31, 2**31, 20000)])
+    x = np.clip(x, -2**31, 2**31 - 1)
+    for s in range(32):
+        shift = np.full(x.shape, s, np.int32)
+        floor = x >> s
+        for lo in (-128, -127):
+            got = np.maximum(_sqshl_top(x, shift, 24), lo)
+            assert np.array_equal(got, np.clip(floor, lo, 127)), s
+        assert np.array_equal(np.clip(_sqshl_top(x, shift, 16), 0, 255), np.clip(floor, 0, 255))
 
 
 _RUN = textwrap.dedent("""\
     import sys, numpy as np, tvm
     lib = tvm.runtime.load_module(sys.argv[1])
-    args = [tvm.runtime.tensor(np.load(p)) for p in sys.argv[2:5]]
+    args = [tvm.runtime.tensor(np.load(p)) for p in sys.argv[2:]]
     lib["main"](*args)
-    np.save(sys.argv[4], args[2].numpy())
+    np.save(sys.argv[-1], args[-1].numpy())
 """)
 
 
@@ -336,17 +383,24 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
                 for c, *rest in DW_CASES]
     kernels += [((16, 16) + form, _narrowing(*form, target, width))
                 for width in (8, 7) for form in NARROW]
+    kernels += [((16, 16, "by channel") + form, _narrowing(*form, target, width, True))
+                for width in (8, 7) for form in NARROW]
     lanes = [case + ("lanes",) for case in LANES_CASES] if target == "arm" else []
     kernels += [(case, _lanes_kernel(*case[:7], target=target)) for case in lanes]
-    for i, (case, (mod, (xb, packed), shape, want, *out_dtype)) in enumerate(kernels):
+    for i, (case, (mod, values, shape, want, *out_dtype)) in enumerate(kernels):
         lib = tvm.compile(mod, target=get_target(target).tvm())
         asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
         if case[2:] in NARROW:  # the epilogue narrows with saturating narrows, no clamp
             assert re.search(r"\t(sq|uq)xtu?n2?\t", asm), (target, case)
             assert "\tsmin\t" not in asm, (target, case)
+        if case[3:] in NARROW:  # the per-channel shift inside: sqshl, tbl (uzp2), no sshl
+            gather = "\tuzp2\t" if case[3] == "uint8" else "\ttbl\t"
+            assert "\tsqshl\t" in asm and gather in asm, (target, case)
+            assert "\tsshl\t" not in asm and "\tsmin\t" not in asm, (target, case)
         # `arm` adds products into split accumulators (sadalp): tiles of 2 pixels on even
         # rows, of 1 pixel on odd rows with small weights
-        split = target == "arm" and (case in SPLIT or case[2:] in NARROW or case in lanes)
+        split = target == "arm" and (case in SPLIT or case[2:] in NARROW or case[3:] in NARROW
+                                       or case in lanes)
         assert ("\tsadalp\t" in asm) == split, (target, case)
         if case in lanes:  # a lane's 16 products: smull + smlal2 on 16-byte loads, no dup
             assert "\tsmlal2\t" in asm and "\tdup\t" not in asm, (target, case)
@@ -356,9 +410,9 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
             assert ("\tsmlal\t" in asm) != quads, (target, case)
         so = str(tmp_path / f"k{i}.so")
         lib.export_library(so, fcompile=cc.cross_compiler(TARGETS[target].cross_compiler))
-        files = [str(tmp_path / f"k{i}_{n}.npy") for n in ("x", "w", "y")]
+        files = [str(tmp_path / f"k{i}_{n}.npy") for n in range(len(values) + 1)]
         zeros = np.zeros(shape, out_dtype[0] if out_dtype else "int32")
-        for f, v in zip(files, (xb, packed, zeros)):
+        for f, v in zip(files, (*values, zeros)):
             np.save(f, v)
         built.append((case, so, files, want))
     script = tmp_path / "run.py"
@@ -366,6 +420,6 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
     for case, so, files, want in built:
         r = board.run_python(str(script), so, *files)
         assert r.returncode == 0, r.stderr[-3000:]
-        got = unblock(np.load(files[2]))[:, :case[1]]
+        got = unblock(np.load(files[-1]))[:, :case[1]]
         assert np.array_equal(got, want), f"{target} {case}"
     assert os.path.getsize(built[0][1]) > 0
