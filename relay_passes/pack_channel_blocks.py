@@ -20,7 +20,9 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
   ``depthwise_pairs_nchwc`` with weights
   ``(C/lanes, KH, ceil(KW/g), lanes, g)``: ``g`` window columns per dot step (the spec's
   ``tap_group``: 2, or 4 for ``sdot`` and AVX-512's ``vpdpbusd``, whose padded plane is first
-  rewritten as its column quads: ``tap_rewrite``);
+  rewritten as its column quads: ``tap_rewrite``); with ``tap_parity``, stride-1 ones on maps of
+  an even width take weights ``(C/lanes, KH, G, 2, lanes, g)`` shifted by the output column's
+  parity, so that a pixel pair reads the same groups (``pack_depthwise_parity``);
 * elementwise ops (bias add, shifts, clip, cast, max/min, residual add): the same op on blocked
   tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``, once per
   constant: ops that share one (a requantize's two shifts) share its blocked copy, so the fused
@@ -149,6 +151,21 @@ def pack_depthwise_pairs(w, lanes, group=2):
     return np.ascontiguousarray(wp.transpose(0, 2, 3, 1, 4))
 
 
+def pack_depthwise_parity(w, lanes, group=4):
+    """``(C, 1, KH, KW)`` -> ``(C/lanes, KH, G, 2, lanes, group)``, ``G = ceil((KW+1)/group)``:
+    for output column parity ``q`` (0: even, 1: odd), tap ``group * p + k`` of the pixel pair's
+    shared groups holds the window's column ``group * p + k - q`` (zero outside the window and
+    for padded C).  An even pixel's window starts at the pair's first column, an odd one's a
+    column later: both read the same ``G`` groups (``depthwise_pairs_nchwc``)."""
+    c, _, kh, kw = w.shape
+    cp, kp = _round_up(c, lanes), -(-(kw + 1) // group)
+    wp = np.zeros((cp, kh, 2, group * kp), w.dtype)
+    for q in (0, 1):
+        wp[:c, :, q, q:q + kw] = w[:, 0]
+    wp = wp.reshape(cp // lanes, lanes, kh, 2, kp, group)
+    return np.ascontiguousarray(wp.transpose(0, 2, 4, 3, 1, 5))
+
+
 def wide_weights_pay(kh: int, kw: int, channels_in: int, out_width: int) -> bool:
     """Store a conv's packed weights widened to int16 (AVX2)?  Measured on a Zen 3 core: 1x1
     convs on maps up to 14 wide (register tiles of 1-2 pixels, so every weight tile is widened
@@ -172,12 +189,12 @@ def _pack_const(value, block):
 class _Packer:
     def __init__(self, lanes, depth, unsigned_only, pair_taps=False, wide_weights=False,
                  wide_data=False, column_pairs=False, weight_min=-128, tap_group=2,
-                 tap_rewrite=False, block_pairs=False):
+                 tap_rewrite=False, block_pairs=False, tap_parity=False):
         self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
         self.pair_taps, self.wide_weights, self.wide_data = pair_taps, wide_weights, wide_data
         self.column_pairs, self.weight_min = column_pairs, weight_min
         self.tap_group, self.tap_rewrite = tap_group, tap_rewrite
-        self.block_pairs = block_pairs
+        self.block_pairs, self.tap_parity = block_pairs, tap_parity
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
         self.consts = {}  # (constant, block) -> its blocked constant, made once
@@ -272,6 +289,10 @@ class _Packer:
             if self.pair_taps and dilation[1] == 1 and kw > 1:
                 te_func = depthwise_pairs_nchwc
                 packed = pack_depthwise_pairs(w, self.lanes, self.tap_group)
+                width = _tvm.tensor_shape(x.expr)[3]
+                ow = out_size(width, kw, strides[1], dilation[1], padding[1], padding[3])
+                if self.tap_parity and strides[1] == 1 and ow % 2 == 0:
+                    packed = pack_depthwise_parity(w, self.lanes, self.tap_group)
                 if self.wide_data:  # widened pairs read with int16 weights from memory
                     packed = packed.astype(np.int16)
                 # the plane rewritten once as its tap groups: widened pairs (AVX2), quads
@@ -454,7 +475,7 @@ def pack_module(func, spec: DotSpec, activations: str = "any"):
     ``'uint8'`` (the target's multiplies take uint8 only) int8 inputs are offset by +128."""
     p = _Packer(spec.lanes, spec.depth, activations == "uint8", spec.pair_taps,
                 spec.wide_weights, spec.wide_data, spec.column_pairs, spec.weight_min,
-                spec.tap_group, spec.tap_rewrite, spec.block_pairs)
+                spec.tap_group, spec.tap_rewrite, spec.block_pairs, spec.tap_parity)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)

@@ -185,6 +185,8 @@ def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_valu
     output, so they are read from L1 (a whole plane's groups are 4x its bytes: the dot would
     read them from L2).  Bands overlap by the window's rows: those are rewritten twice."""
     n, cc, _, _, cb = (int(v) for v in data.shape)
+    if len(kernel.shape) == 6:
+        return _depthwise_parity(data, kernel, kw, strides, padding, dilation, pad_value)
     cc2, kh, kp, cb2, group = (int(v) for v in kernel.shape)
     assert ((cc, cb) == (cc2, cb2) and group in (2, 4) and kp == -(-kw // group)), (
         data.shape, kernel.shape, kw)
@@ -225,6 +227,30 @@ def depthwise_pairs_nchwc(data, kernel, kw, strides, padding, dilation, pad_valu
             pairs[b, c, y // band, y % band * sh + ry * dh, x * (sw // g) + rp * (group // g),
                   cl, rk].astype("int32")
             * kernel[c, ry, rp, cl, rk].astype("int32"),
+            axis=[ry, rp, rk]),
+        name=DEPTHWISE_BLOCK)
+
+
+def _depthwise_parity(data, kernel, kw, strides, padding, dilation, pad_value):
+    """:func:`depthwise_pairs_nchwc` with a parity kernel ``(C/b, KH, G, 2, b, g)``
+    (``pack_depthwise_parity``), stride 1 across, an even output width: output pixel ``x``
+    reads the ``G`` tap groups from the column ``x - x % 2`` on, with the weights of its parity
+    ``x % 2``, so the two pixels of a pair read the same groups.  The last group may reach one
+    pad column past the window of the odd pixel (phantom taps, zero weights)."""
+    n, cc, _, _, cb = (int(v) for v in data.shape)
+    cc2, kh, kp, two, cb2, group = (int(v) for v in kernel.shape)
+    assert ((cc, cb, two) == (cc2, cb2, 2) and kp == -(-(kw + 1) // group)
+            and strides[1] == 1 and dilation[1] == 1), (data.shape, kernel.shape, kw, strides)
+    dp, oh, ow, ry, _, row, _ = _window(data, kh, kw, strides, padding, dilation, pad_value,
+                                        extra_right=group * kp - kw - 1)
+    assert ow % 2 == 0, ow
+    rp = te.reduce_axis((0, kp), "rp")
+    rk = te.reduce_axis((0, group), "rk")
+    return te.compute(
+        (n, cc, oh, ow, cb),
+        lambda b, c, y, x, cl: te.sum(
+            dp[b, c, row(y), x // 2 * 2 + group * rp + rk, cl].astype("int32")
+            * kernel[c, ry, rp, x % 2, cl, rk].astype("int32"),
             axis=[ry, rp, rk]),
         name=DEPTHWISE_BLOCK)
 

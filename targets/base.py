@@ -23,6 +23,11 @@ class DotSpec:
     # the depthwise conv's padded plane rewritten once as its tap groups (each group of a
     # channel block one load for the dot), instead of regrouped at every use
     tap_rewrite: bool = False
+    # stride-1 depthwise convs on maps of an even width take output pixels in pairs that read
+    # the same tap groups, each pixel with its own copy of the weights shifted by its column
+    # parity (``depthwise_pairs_nchwc`` with a parity kernel): a group is regrouped once for
+    # two pixels
+    tap_parity: bool = False
     wide_weights: bool = False  # int16 weights where they pay
     wide_data: bool = False  # conv inputs copied widened to int16
     # convs on an input of one quad per channel block (the RGB image) take the window's

@@ -25,6 +25,7 @@ from f8tvm.passes.pack_channel_blocks import (
     pack_conv_weight_columns,
     pack_conv_weight_pairs,
     pack_depthwise_pairs,
+    pack_depthwise_parity,
 )
 from f8tvm.passes.packed_kernels import conv2d_nchwc, depthwise_pairs_nchwc
 from f8tvm.schedules import default_schedule, find_dot, kernel_block, kernel_kind
@@ -66,6 +67,13 @@ DW_CASES = [
     (16, 9, 11, 3, 1, (1, 1, 1, 1)),
     (8, 12, 12, 3, 2, (1, 1, 1, 1)),
     (8, 13, 13, 5, 2, (2, 2, 2, 2)),
+]
+# depthwise, tap quads shared by a pixel pair (``arm-dotprod``'s stride-1 convs on even widths):
+# (C, H, W, K, pad); widths 10-14 make 5-7 pairs a row
+DW_PARITY_CASES = [
+    (16, 9, 10, 3, (1, 1, 1, 1)),
+    (8, 8, 12, 5, (2, 2, 2, 2)),
+    (8, 7, 14, 7, (3, 3, 3, 3)),
 ]
 
 
@@ -161,26 +169,68 @@ def test_packer_takes_block_pairs_where_arm_can():
     assert conv_iterators("arm-dotprod", 16, (1, 1)) == 10
 
 
-def _depthwise(c, h, w, k, stride, pad, target):
+def _depthwise(c, h, w, k, stride, pad, target, parity=False):
     """A tap-pair (``arm``) or tap-quad (``arm-dotprod``) depthwise kernel scheduled for
-    ``target``, with products of -128 and the smallest weight the target takes in the first row
-    of the first block."""
+    ``target`` (None: unscheduled), with products of -128 and the smallest weight the target
+    takes in the first row of the first block.  ``parity``: the tap quads shared by pixel
+    pairs (``pack_depthwise_parity``; stride 1)."""
     rng = np.random.default_rng(c + h + k)
     x = rng.integers(-128, 128, (1, c, h, w)).astype("int8")
-    spec = TARGETS[target].dot
+    spec = TARGETS[target or "arm-dotprod"].dot
     wt = rng.integers(spec.weight_min, 128, (c, 1, k, k)).astype("int8")
     x[0, :LANES, :k + 1, :] = -128
     wt[:LANES] = spec.weight_min  # -127 for NEON's tap pairs, -128 for sdot's quads
-    packed = pack_depthwise_pairs(wt, LANES, spec.tap_group)
-    assert packed.shape[2:] == (-(-k // spec.tap_group), LANES, spec.tap_group)
+    if parity:
+        packed = pack_depthwise_parity(wt, LANES, spec.tap_group)
+        assert packed.shape[2:] == (-(-(k + 1) // 4), 2, LANES, 4)
+    else:
+        packed = pack_depthwise_pairs(wt, LANES, spec.tap_group)
+        assert packed.shape[2:] == (-(-k // spec.tap_group), LANES, spec.tap_group)
     data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
     kernel = te.placeholder(packed.shape, "int8", name="kernel")
     out = depthwise_pairs_nchwc(data, kernel, k, (stride, stride), pad, (1, 1), 0)
-    func = default_schedule(te.create_prim_func([data, kernel, out]),
-                            find_dot(TARGETS[target].dot))
+    func = te.create_prim_func([data, kernel, out])
+    if target is not None:
+        func = default_schedule(func, find_dot(TARGETS[target].dot))
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     want = conv(x, wt, stride, pad, depthwise=True)
     return mod, (_block(x, LANES), packed), [int(v) for v in out.shape], want
+
+
+@pytest.mark.parametrize("case", DW_PARITY_CASES)
+def test_depthwise_parity_compute_is_exact(case):
+    """The pixel-pair form itself (unscheduled, on the host): each pixel of a pair reads the
+    pair's tap quads with the weights of its column parity (the odd pixel's shifted a column),
+    the last quad's phantom taps reading pad columns with weight zero."""
+    c, h, w, k, pad = case
+    mod, (xb, packed), shape, want = _depthwise(c, h, w, k, 1, pad, None, parity=True)
+    assert np.array_equal(_on_host(mod, xb, packed, shape)[:, :c], want)
+
+
+def test_packer_shares_tap_quads_where_arm_dotprod_can():
+    """`arm-dotprod` packs a stride-1 depthwise conv on an even output width with parity
+    weights (C/8, KH, G, 2, 8, 4); an odd width, a stride of 2 and the other targets keep
+    one quad set per pixel."""
+    def kernel_ndim(target, width, stride):
+        w = np.ones((16, 1, 3, 3), "int8")
+        x = relax.Var("x", relax.TensorType((1, 16, 8, width), "int8"))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride,
+                                               padding=(1, 1), groups=16, out_dtype="int32"),
+                            name_hint="d")
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        mod = PackChannelBlocks(TARGETS[target].dot, "int8")(bb.get())
+        dws = [f for _, f in primfuncs(mod) if kernel_kind(f) == "depthwise"]
+        assert len(dws) == 1
+        return len(dws[0].params[1].ty.shape)  # the weights
+
+    assert kernel_ndim("arm-dotprod", 8, 1) == 6
+    assert kernel_ndim("arm-dotprod", 7, 1) == 5
+    assert kernel_ndim("arm-dotprod", 8, 2) == 5
+    assert kernel_ndim("arm", 8, 1) == 5
 
 
 def _on_host(mod, xb, packed, shape):
@@ -381,6 +431,10 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
     kernels = [(case, _kernel(*case, target=target)) for case in CASES]
     kernels += [((c, c, *rest), _depthwise(c, *rest, target=target) + ("int32",))
                 for c, *rest in DW_CASES]
+    parity = [(c, c, h, w, k, 1, pad, "parity") for c, h, w, k, pad in DW_PARITY_CASES
+              ] if target == "arm-dotprod" else []
+    kernels += [(case, _depthwise(*case[1:7], target=target, parity=True) + ("int32",))
+                for case in parity]
     kernels += [((16, 16) + form, _narrowing(*form, target, width))
                 for width in (8, 7) for form in NARROW]
     kernels += [((16, 16, "by channel") + form, _narrowing(*form, target, width, True))
@@ -408,6 +462,8 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
             quads = target == "arm-dotprod"  # each channel's 4 taps gathered (tbl), then sdot
             assert ("\ttbl\t" in asm and "\tsdot\t" in asm) == quads, (target, case)
             assert ("\tsmlal\t" in asm) != quads, (target, case)
+        if case in parity:  # a pixel pair's quads gathered once: one tbl per two sdot
+            assert asm.count("\tsdot\t") == 2 * asm.count("\ttbl\t") > 0, case
         so = str(tmp_path / f"k{i}.so")
         lib.export_library(so, fcompile=cc.cross_compiler(TARGETS[target].cross_compiler))
         files = [str(tmp_path / f"k{i}_{n}.npy") for n in range(len(values) + 1)]
