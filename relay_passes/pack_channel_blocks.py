@@ -288,11 +288,12 @@ class _Packer:
             self._check_weights(w, name)
             if self.pair_taps and dilation[1] == 1 and kw > 1:
                 te_func = depthwise_pairs_nchwc
-                packed = pack_depthwise_pairs(w, self.lanes, self.tap_group)
                 width = _tvm.tensor_shape(x.expr)[3]
                 ow = out_size(width, kw, strides[1], dilation[1], padding[1], padding[3])
-                if self.tap_parity and strides[1] == 1 and ow % 2 == 0:
-                    packed = pack_depthwise_parity(w, self.lanes, self.tap_group)
+                pack = (pack_depthwise_parity
+                        if self.tap_parity and strides[1] == 1 and ow % 2 == 0
+                        else pack_depthwise_pairs)
+                packed = pack(w, self.lanes, self.tap_group)
                 if self.wide_data:  # widened pairs read with int16 weights from memory
                     packed = packed.astype(np.int16)
                 # the plane rewritten once as its tap groups: widened pairs (AVX2), quads
