@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from f8tvm.core._tvm import (
     expr_dtype,
-    load_tensor,
+    load_source,
     node_kind,
     post_order_visit,
     region_tensor,
@@ -118,9 +118,9 @@ def _narrowing(sch, block, dot, width):
     names = {sch.get(b).name_hint for b in after}
     if intrin is None or len(src) != 1 or sch.get(src[0]).name_hint not in names:
         return None
-    shifted = _shift_by_channel(sch, src[0], dot.lanes)
     with_shift = dot.narrow_for(*form, shift=True)
-    if shifted is not None and with_shift is not None and shifted in names:
+    shifted = _shift_by_channel(sch, src[0], dot.lanes) if with_shift else None
+    if shifted in names:
         return shifted, with_shift  # the shift goes into the narrowing
     return sch.get(src[0]).name_hint, intrin
 
@@ -130,20 +130,18 @@ def _shift_by_channel(sch, block, lanes):
     (``x[..., c] >> S[0, cb, 0, 0, c]``, ``S`` a function input of ``lanes``-channel blocks),
     else None."""
     value = sch.get(block).body.value
-    if node_kind(value) == "RShift":  # 0.27's ``>>`` node
-        x, s = value.a, value.b
-    elif node_kind(value) == "Call" and str(value.op.name).endswith("shift_right"):
-        x, s = value.args
-    else:
+    if node_kind(value) != "RShift":  # 0.27's ``>>`` node
         return None
-    if not {node_kind(x), node_kind(s)} <= {"BufferLoad", "TensorLoad"}:
+    x, s = value.a, value.b
+    x_buf, s_buf = load_source(x), load_source(s)
+    if x_buf is None or s_buf is None:
         return None
     producers = sch.get_producers(block)
     if len(producers) != 1:  # S is read from an input, x from the one producer
         return None
     written = [region_tensor(w) for w in sch.get(producers[0]).writes]
-    shape = [int(n) for n in load_tensor(s).shape]
-    if not (len(written) == 1 and written[0].same_as(load_tensor(x)) and len(x.indices) == 5
+    shape = [int(n) for n in s_buf.shape]
+    if not (len(written) == 1 and written[0].same_as(x_buf) and len(x.indices) == 5
             and shape[-1] == lanes and len(shape) == 5
             and shape[0] == shape[2] == shape[3] == 1):
         return None

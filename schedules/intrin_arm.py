@@ -543,11 +543,10 @@ def _sqshl(a, amount):
                                    a, amount, dtype="int32x4")
 
 
-def _odd_halves(a, b, dtype, lanes):
-    """The odd ``dtype`` elements of ``a`` and ``b`` (``uzp2``): the top halves of their
-    lanes twice as wide."""
-    return T.Shuffle([T.reinterpret(a, dtype=f"{dtype}x{lanes}"),
-                      T.reinterpret(b, dtype=f"{dtype}x{lanes}")], list(range(1, 2 * lanes, 2)))
+def _top_halves(a, b):
+    """The top int16 halves of the int32 lanes of ``a`` and ``b`` (``uzp2``)."""
+    return T.Shuffle([T.reinterpret(a, dtype="int16x8"), T.reinterpret(b, dtype="int16x8")],
+                     list(range(1, 16, 2)))
 
 
 _TOP_BYTES = T.Shuffle([T.ramp(T.int8(3), 4, 16)], list(range(16)))  # each int32's top byte
@@ -558,14 +557,15 @@ def _neon_shift_narrowed(A, S, dtype: str, lo: int):
     amounts = [T.broadcast(T.int32(top), 4) - S.vload([j], "int32x4") for j in (0, 4)]
     ndim = len(A.shape)
 
+    def lanes(p, j):  # lanes j .. j+3 of pixel p, shifted (int32x4)
+        at = [j] if ndim == 1 else [p, j]
+        return _sqshl(A.vload(at, "int32x4"), amounts[j // 4])
+
     def pixel(p):  # 8 int32 lanes -> their top int16 halves
-        at = [[j] if ndim == 1 else [p, j] for j in (0, 4)]
-        return _odd_halves(_sqshl(A.vload(at[0], "int32x4"), amounts[0]),
-                           _sqshl(A.vload(at[1], "int32x4"), amounts[1]), "int16", 8)
+        return _top_halves(lanes(p, 0), lanes(p, 4))
 
     def shifted(p, j):
-        at = [j] if ndim == 1 else [p, j]
-        return T.reinterpret(_sqshl(A.vload(at, "int32x4"), amounts[j // 4]), dtype="int8x16")
+        return T.reinterpret(lanes(p, j), dtype="int8x16")
 
     def bytes_of(p):  # one pixel's 8 lanes, 8 bits
         if dtype == "uint8":

@@ -166,11 +166,6 @@ def region_tensor(region):
     return region.source if hasattr(region, "source") else region.buffer
 
 
-def load_tensor(load):
-    """The buffer a TIR ``BufferLoad`` reads (0.27: ``.source``; older: ``.buffer``)."""
-    return load.source if hasattr(load, "source") else load.buffer
-
-
 def map_blocks(func, fn):
     """``func`` with every block ``b`` of its body replaced by ``fn(b)`` (innermost first; ``fn``
     returns ``b`` itself to keep it)."""
