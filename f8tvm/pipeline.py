@@ -12,7 +12,7 @@ integer    the plan (from the build's plan source: calibration, QAT, an F8Net   
            whose dot product wants int8 data OffsetUnsignedActivations
 pack       PackChannelBlocks (the blocked layout of the target's dot instruction),    Relax
            [RequantizeWithMultiplier: the comparison build], FoldConstantAdds,
-           [ParityByTest: targets with a vector bit test]
+           [ParityByTest: targets with a vector bit test], [BiasRows: arm-dotprod]
 fuse       the CPU backend's legalization and fusion: unscheduled fused kernels       Relax+TIR
            (what tuning works on), each conv's bias add in its accumulators' init
 schedule   a schedule per kernel: a tuning database's record, else ours; beside the    Relax+TIR
@@ -48,6 +48,7 @@ from f8tvm.frontend.torch_import import fold as fold_float
 from f8tvm.frontend.torch_import import import_torch
 from f8tvm.mcu import emit
 from f8tvm.passes.audit_multiplies import audit_module, check_module
+from f8tvm.passes.bias_rows import BiasRows
 from f8tvm.passes.clip_after_requantize import ClipAfterRequantize
 from f8tvm.passes.fold_constant_adds import FoldConstantAdds
 from f8tvm.passes.offset_activations import offset_for_target
@@ -86,8 +87,9 @@ def pack(int_mod, target: TargetPreset, requantize: str = "shift", info: dict | 
     """Phase ``pack``: blocked channel layout for the target's dot-product instruction (if
     any); ``requantize="multiplier"``: the comparison build's fixed-point multiplier requantize
     (``info``, a dict, receives its count under ``rewritten``); then the constant adds folded
-    (bias + rounding offset: one add per output vector); last, on targets with a vector bit
-    test, the rounding's parity bit read by it."""
+    (bias + rounding offset: one add per output vector); then, on targets with a vector bit
+    test, the rounding's parity bit read by it; last, where the target's ``DotSpec.bias_rows``
+    says so, each conv's bias repeated along its output row."""
     packed = int_mod
     if target.dot is not None:
         packed = PackChannelBlocks(target.dot, target.activations)(int_mod)
@@ -96,6 +98,8 @@ def pack(int_mod, target: TargetPreset, requantize: str = "shift", info: dict | 
     packed = FoldConstantAdds()(packed)
     if target.parity_test:
         packed = ParityByTest()(packed)
+    if target.dot is not None and target.dot.bias_rows:
+        packed = BiasRows()(packed)
     return packed
 
 

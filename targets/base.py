@@ -28,6 +28,10 @@ class DotSpec:
     # parity (``depthwise_pairs_nchwc`` with a parity kernel): a group is regrouped once for
     # two pixels
     tap_parity: bool = False
+    # a conv's bias (folded into its accumulators' init) repeated along the output row, so the
+    # init is a paired load per two vectors rather than a register copy per vector
+    # (``relay_passes/bias_rows.py``)
+    bias_rows: bool = False
     wide_weights: bool = False  # int16 weights where they pay
     wide_data: bool = False  # conv inputs copied widened to int16
     # convs on an input of one quad per channel block (the RGB image) take the window's

@@ -10,7 +10,7 @@ from conftest import make_small_net, relax_main, run_relax
 from f8tvm import api, pipeline
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import relax, tvm
-from f8tvm.core.bindings import bindings, is_call
+from f8tvm.core.bindings import bindings, is_call, with_main
 from f8tvm.core.fixedpoint import rq_reference
 from f8tvm.passes.parity_by_test import parity_by_test
 from f8tvm.passes.quantize_to_integer import emit_rounding_shift
@@ -235,3 +235,42 @@ def test_bias_init_takes_only_kernel_inputs_and_keeps_the_sum():
     want = np.stack([np.einsum("qk,oqk->o", a.reshape(9, 2, 4)[p], taps) for p in range(9)])
     want = want.reshape(1, 1, 3, 3, 8) + r
     assert np.array_equal(outs[0], want) and np.array_equal(outs[1], want)
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("target", ["arm-dotprod", "arm", "x86-avx512"])
+def test_bias_rows_repeat_the_conv_bias_along_the_row_only_where_asked(net_and_calib, target):
+    from f8tvm.api import plan_source
+    from f8tvm.passes.bias_rows import _packed_conv, bias_rows
+
+    net, calib = net_and_calib
+    source = plan_source(net, torch.zeros(1, 3, SIZE, SIZE), calib)
+    preset = get_target(target)
+    b = pipeline.Build(preset, source.model, source.example_input, source.plan_for)
+    pipeline.run(b, until="pack")
+    func = b.ir["pack"]["main"]
+    producers = {x.var: x.value for x in bindings(func)}
+    conv_adds = [x for x in bindings(func) if is_call(x.value, "relax.add")
+                 and _packed_conv(producers.get(x.value.args[0]))
+                 and _tvm.is_const(x.value.args[1])]
+    assert conv_adds
+    for x in conv_adds:
+        _, cb, _, w, lanes = _tvm.tensor_shape(x.var)
+        bias = _tvm.const_value(x.value.args[1])
+        if preset.dot.bias_rows:  # every column holds the channel's one value
+            assert bias.shape == (1, cb, 1, w, lanes), x.var
+            assert (bias == bias[:, :, :, :1, :]).all()
+        else:
+            assert bias.shape == (1, cb, 1, 1, lanes), x.var
+    assert preset.dot.bias_rows == (target == "arm-dotprod")
+    if not preset.dot.bias_rows:  # the same program on host: the pass changes no value
+        stats = {}
+        rows = bias_rows(func, stats)
+        assert stats["widened"] == len(conv_adds)
+        q = np.random.default_rng(2).integers(-128, 128, _tvm.tensor_shape(func.params[0]))
+        q = q.astype(_tvm.tensor_dtype(func.params[0]))
+        want = run_relax(b.ir["pack"], q)
+        got = run_relax(with_main(b.ir["pack"], rows), q)
+        assert len(want) == len(got) and all(np.array_equal(u, v) for u, v in zip(want, got))
+        again = {}
+        assert bias_rows(rows, again).same_as(rows) and again["widened"] == 0
