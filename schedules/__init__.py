@@ -338,7 +338,7 @@ def default_schedule(prim_func, dot: DotIntrin | None, tiles=None):
         cpu.schedule_conv(sch, dot, tiles=tiles)
     elif kind == "depthwise":
         cpu.schedule_depthwise(sch, dot, tiles=tiles)
-    else:
+    elif not _sch.schedule_requantize(sch, dot):
         _sch.schedule_injective(sch)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 

@@ -90,11 +90,12 @@ def inline_epilogue(sch, block, keep=None):
     return remaining
 
 
-def _narrowing(sch, block, dot, width):
+def _narrowing(sch, block, dot, width, keep_block=False):
     """``(name of x's block, intrinsic)`` when the kernel after ``block`` ends with
     ``dtype(clamp(x, lo, hi))`` and ``dot`` has an intrinsic that narrows that clamp, ``width``
     pixels at a time, else None.  Kept as a block of its own (the int32 stage of the tile),
-    ``x`` feeds the narrowing."""
+    ``x`` feeds the narrowing; ``x`` is made by a block after ``block`` (``keep_block``: or by
+    ``block`` itself)."""
     if width is None:  # no dot, or no narrowing intrinsic for the tile
         return None
     after = consumers_chain(sch, block)
@@ -115,7 +116,7 @@ def _narrowing(sch, block, dot, width):
     form = (expr_dtype(value), int(v.b.value), int(v.a.b.value), width)
     intrin = dot.narrow_for(*form)
     src = sch.get_producers(clip[0])
-    names = {sch.get(b).name_hint for b in after}
+    names = {sch.get(b).name_hint for b in (after + [block] if keep_block else after)}
     if intrin is None or len(src) != 1 or sch.get(src[0]).name_hint not in names:
         return None
     with_shift = dot.narrow_for(*form, shift=True)
@@ -306,6 +307,45 @@ def schedule_injective(sch) -> None:
         _try_inline(sch, blk)  # an output or a reduction stays a loop nest
     for blk in sch.get_child_blocks(root):
         _schedule_root_block(sch, blk)
+
+
+def schedule_requantize(sch, dot) -> bool:
+    """A kernel that is only a requantize of a channel-blocked int32 tensor ``(1, CB, H, W,
+    lanes)`` (a residual sum that two layers read, so its conv kernel writes it in int32 and
+    this kernel makes the next layer's 8-bit input) takes ``dot``'s narrowing with the shift
+    inside (``intrin_arm.NEON_SHIFT_NARROW``) as the conv epilogues do: parallel over rows,
+    the int32 stage computed ``width`` pixels at a time right before each narrowing.  Only on
+    targets with such a narrowing; returns False, ``sch`` untouched, where it does not apply
+    (then :func:`schedule_injective`)."""
+    if dot is None or not dot.narrow_shift:
+        return False
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    outs = [b for b in blocks if not sch.get_consumers(b)]
+    if not blocks or len(outs) != 1:
+        return False
+    loops = sch.get_loops(outs[0])
+    if len(loops) != 5 or extent(sch, loops[-1]) != dot.lanes or extent(sch, loops[0]) != 1:
+        return False
+    width = dot.narrow_width(extent(sch, loops[-2]))
+    found = _narrowing(sch, blocks[0], dot, width, keep_block=True)
+    shifting = {name for forms in (dot.narrow_shift, dot.narrow_shift_2px, dot.narrow_shift_1px)
+                for _, name in forms}
+    if found is None or found[1] not in shifting:
+        return False  # (the generic schedule then)
+    keep, intrin = found
+    out_name = sch.get(outs[0]).name_hint
+    inline_epilogue(sch, blocks[0], keep)
+    if sch.get(blocks[0]).name_hint != keep:
+        _try_inline(sch, blocks[0])
+    out, kept = sch.get_sblock(out_name), sch.get_sblock(keep)
+    _, c, y, x, _ = sch.get_loops(out)
+    row = sch.fuse(c, y)
+    sch.parallel(row)
+    x_o = x if width == 1 else sch.split(x, [None, width])[0]
+    sch.compute_at(kept, x_o, preserve_unit_loops=True)
+    vectorize_inner(sch, kept, unroll_rest=True, below=x_o)
+    sch.tensorize(sch.get_loops(out)[-1 if width == 1 else -2], intrin)
+    return True
 
 
 def _schedule_root_block(sch, blk) -> None:
