@@ -122,6 +122,8 @@ class DotIntrin:
     dw_taps: int = 2
     # the depthwise register tile: at most this many pixels
     dw_tile: int = 8
+    # the same for windows of 5 rows or more (0: ``dw_tile``)
+    dw_tile_wide: int = 0
     # convs with whole 16-channel input blocks on AMX tiles (``cpu.schedule_conv_amx``); the
     # others (and depthwise convs) take this entry's vector intrinsics
     amx: bool = False
@@ -240,7 +242,7 @@ def _arm():
         # the pair form: one 8-byte load per pixel and channel block, sdot by element; 30 of
         # the 32 registers for the tile (LLVM keeps two for addresses of spills' sake)
         "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0,
-                          dw_pair_signed=a.SDOT_DW_8x4, dw_taps=4, dw_tile=2,
+                          dw_pair_signed=a.SDOT_DW_8x4, dw_taps=4, dw_tile=2, dw_tile_wide=4,
                           pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,

@@ -520,6 +520,12 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         b, c, y, x, cl, ry, rx = loops
     ow = _sch.extent(sch, x)
     limit = dot.dw_tile if dot is not None else 8
+    if dot is not None and dot.dw_tile_wide and _sch.extent(sch, ry) >= 5:
+        # a 5x5 window's weights (40 vectors for a tile of 2 pixels on sdot) do not fit the
+        # registers: reloaded per tile, they are shared by more pixels in a wider one
+        # (EfficientNet-Lite0 on arm-dotprod: 48.18 -> 47.77 M instructions; 3x3 windows
+        # got longer with 4 pixels: MobileNet-V2 37.34 -> 37.53 M)
+        limit = dot.dw_tile_wide
     t_w = tiles[0] if tiles else _sch.widest_divisor(ow, limit)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
     if pairs:

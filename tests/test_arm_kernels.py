@@ -17,7 +17,7 @@ import pytest
 from kernel_ref import conv, unblock
 from test_arm import ARM_TARGETS, on_board
 
-from f8tvm.core._tvm import cc, node_kind, primfuncs, relax, te, tvm
+from f8tvm.core._tvm import cc, node_kind, primfuncs, relax, schedule_of, te, tvm
 from f8tvm.core.errors import InputError
 from f8tvm.passes.pack_channel_blocks import (
     PackChannelBlocks,
@@ -67,6 +67,7 @@ DW_CASES = [
     (16, 9, 11, 3, 1, (1, 1, 1, 1)),
     (8, 12, 12, 3, 2, (1, 1, 1, 1)),
     (8, 13, 13, 5, 2, (2, 2, 2, 2)),
+    (8, 16, 16, 5, 2, (2, 2, 2, 2)),  # rows of 8: 4-pixel tiles on `arm-dotprod` (5x5)
 ]
 # depthwise, tap quads shared by a pixel pair (``arm-dotprod``'s stride-1 convs on even widths):
 # (C, H, W, K, pad); widths 10-14 make 5-7 pairs a row
@@ -412,6 +413,83 @@ def test_shift_in_narrowing_is_the_clamped_floor_shift():
         assert np.array_equal(np.clip(_sqshl_top(x, shift, 16), 0, 255), np.clip(floor, 0, 255))
 
 
+def _requantize_func(dtype, lo, hi, width):
+    """A kernel that is only a requantize (``schedules/_sch.py: schedule_requantize``): an
+    int32 input of 16 channels (a residual sum, in a model), plus a constant, shifted right by
+    :data:`SHIFTS` per channel, clamped to [lo, hi] and cast; unscheduled, with its input (int32's
+    extremes included) and the NumPy result."""
+    rng = np.random.default_rng(width)
+    x = rng.integers(-2**31, 2**31 - 5, (1, 16, 3, width)).astype(np.int64)
+    x[0, :, 0, :2] = [-2**31, 2**31 - 6]
+    data = te.placeholder((1, 2, 3, width, LANES), "int32", name="data")
+    shift = te.placeholder((1, 2, 1, 1, LANES), "int32", name="shift")
+    biased = te.compute(data.shape, lambda *i: data(*i) + 5, name="bias")
+    shifted = te.compute(data.shape, lambda n, c, h, w, lane:
+                         biased(n, c, h, w, lane) >> shift(0, c, 0, 0, lane), name="shift")
+    clamped = te.compute(data.shape, lambda *i: te.max(te.min(shifted(*i), hi), lo), name="clip")
+    out = te.compute(data.shape, lambda *i: clamped(*i).astype(dtype), name="cast")
+    want = np.clip((x + 5) >> SHIFTS.reshape(1, -1, 1, 1), lo, hi)
+    return te.create_prim_func([data, shift, out]), x, want
+
+
+def _requantize(dtype, lo, hi, target, width):
+    """:func:`_requantize_func` scheduled for ``target``; rows of ``width`` pixels: 8 take the
+    4-pixel narrowing, 6 the 2-pixel one, 7 one pixel at a time."""
+    func, x, want = _requantize_func(dtype, lo, hi, width)
+    func = default_schedule(func, find_dot(TARGETS[target].dot))
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    values = (_block(x.astype("int32"), LANES), SHIFTS.reshape(1, 2, 1, 1, LANES))
+    return mod, values, [1, 2, 3, width, LANES], want, dtype
+
+
+@pytest.mark.parametrize("target", ARM_TARGETS + ["x86-avx512"])
+def test_requantize_kernel_takes_the_shift_narrowing(target):
+    """A requantize on its own (no conv in the kernel) narrows with the shift inside on ARM,
+    as the conv epilogues do (``sqshl`` + ``tbl``, no ``sshl``/``smin``); x86 (no such
+    narrowing) keeps the generic vector loop.  Read off the asm (LLVM's; the board test runs
+    the kernels)."""
+    from f8tvm.schedules import _sch
+
+    dot = find_dot(TARGETS[target].dot)
+    for width in (8, 6, 7):
+        for form in NARROW:
+            sch = schedule_of(_requantize_func(*form, width)[0])
+            assert _sch.schedule_requantize(sch, dot) == (target != "x86-avx512"), target
+            if target == "x86-avx512":
+                continue
+            mod = _requantize(*form, target, width)[0]
+            asm = tvm.compile(mod, target=get_target(target).tvm()).mod.inspect_source("asm")
+            gather = "\tuzp2\t" if form[0] == "uint8" else "\ttbl\t"
+            assert "\tsqshl\t" in asm and gather in asm, (target, width, form)
+            assert "\tsshl\t" not in asm and "\tsmin\t" not in asm, (target, width, form)
+
+
+# a one-pixel 1x1 conv (a classifier): its reduction four input blocks a loop step on
+# `arm-dotprod`
+ONE_PIXEL = (64, 16, 1, 1, 1, 1, (0, 0, 0, 0))
+
+
+def test_one_pixel_conv_takes_four_input_blocks_a_step():
+    """Read off the IR: the loop over input blocks split by 4, the inner part unrolled, on
+    `arm-dotprod` (the board test runs it); a conv of more pixels keeps one block a step."""
+    loops = re.findall(r"for (rc\w*) in (T\.unroll|range)\((\d+)\)",
+                       _kernel(*ONE_PIXEL, target="arm-dotprod")[0]["main"].script())
+    assert [(kind, n) for _, kind, n in loops] == [("range", "2"), ("T.unroll", "4")], loops
+    wide = _kernel(64, 16, 1, 4, 1, 1, (0, 0, 0, 0), target="arm-dotprod")[0]["main"].script()
+    assert "T.unroll(4)" not in re.sub(r"for (?!rc)\w+ in T\.unroll\(4\)", "", wide)
+
+
+@pytest.mark.parametrize("k, stride, parity, tile", [(5, 1, True, 4), (3, 1, True, 2),
+                                                     (5, 2, False, 4), (7, 1, True, 4)])
+def test_wide_depthwise_windows_take_wider_tiles(k, stride, parity, tile):
+    """`arm-dotprod`: a window of 5 rows or more (whose weights do not fit the registers) is
+    tiled 4 pixels at a time where 4 divides the row, a 3x3 window 2 (read off the IR)."""
+    width = 16 if stride == 2 else 12  # output rows of 8 and 12 pixels
+    mod = _depthwise(8, 16, width, k, stride, (k // 2,) * 4, "arm-dotprod", parity)[0]
+    tiles = re.findall(r"for x_1 in T\.unroll\((\d+)\)", mod["main"].script())
+    assert tiles == [str(tile)], (k, stride, tiles)
+
+
 _RUN = textwrap.dedent("""\
     import sys, numpy as np, tvm
     lib = tvm.runtime.load_module(sys.argv[1])
@@ -426,7 +504,8 @@ _RUN = textwrap.dedent("""\
 def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
     """Each case scheduled and tensorized for ``target`` (the pair intrinsics, the column-pair
     form for a one-quad input, the depthwise tap pairs, the narrowing epilogue),
-    cross-compiled and run on the emulated board."""
+    cross-compiled and run on the emulated board; and requantize kernels on their own (the
+    narrowing with the shift inside, rows of 8, 6 and 7 pixels)."""
     built = []
     kernels = [(case, _kernel(*case, target=target)) for case in CASES]
     kernels += [((c, c, *rest), _depthwise(c, *rest, target=target) + ("int32",))
@@ -439,6 +518,12 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
                 for width in (8, 7) for form in NARROW]
     kernels += [((16, 16, "by channel") + form, _narrowing(*form, target, width, True))
                 for width in (8, 7) for form in NARROW]
+    requantize = [(16, 16, f"requantize {width}") + form for width in (8, 6, 7)
+                  for form in NARROW]
+    kernels += [(case, _requantize(*case[3:], target, int(case[2].split()[1])))
+                for case in requantize]
+    if target == "arm-dotprod":
+        kernels.append((ONE_PIXEL, _kernel(*ONE_PIXEL, target=target)))
     lanes = [case + ("lanes",) for case in LANES_CASES] if target == "arm" else []
     kernels += [(case, _lanes_kernel(*case[:7], target=target)) for case in lanes]
     for i, (case, (mod, values, shape, want, *out_dtype)) in enumerate(kernels):
@@ -453,8 +538,8 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
             assert "\tsshl\t" not in asm and "\tsmin\t" not in asm, (target, case)
         # `arm` adds products into split accumulators (sadalp): tiles of 2 pixels on even
         # rows, of 1 pixel on odd rows with small weights
-        split = target == "arm" and (case in SPLIT or case[2:] in NARROW or case[3:] in NARROW
-                                       or case in lanes)
+        split = target == "arm" and case not in requantize and (
+            case in SPLIT or case[2:] in NARROW or case[3:] in NARROW or case in lanes)
         assert ("\tsadalp\t" in asm) == split, (target, case)
         if case in lanes:  # a lane's 16 products: smull + smlal2 on 16-byte loads, no dup
             assert "\tsmlal2\t" in asm and "\tdup\t" not in asm, (target, case)
