@@ -528,7 +528,15 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         limit = dot.dw_tile_wide
     t_w = tiles[0] if tiles else _sch.widest_divisor(ow, limit)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
-    if pairs:
+    y_i = None
+    if (pairs and dot is not None and dot.dw_rows > 1 and _sch.extent(sch, ry) <= 3
+            and _sch.extent(sch, y) % dot.dw_rows == 0
+            and _sch._block_or_none(sch, PAIR_BLOCK) is None):
+        # output rows in pairs: the tap groups of the input rows both read are gathered once
+        # (LLVM merges the identical loads and ``tbl``s of the unrolled rows)
+        y, y_i = sch.split(y, [None, dot.dw_rows])
+        sch.reorder(b, c, y, x_o, ry, rp, y_i, x_i, cl, rk)
+    elif pairs:
         sch.reorder(b, c, y, x_o, ry, rp, x_i, cl, rk)
     else:
         sch.reorder(b, c, y, x_o, ry, rx, x_i, cl)
@@ -551,6 +559,8 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         init = sch.decompose_reduction(dw, ry)
         _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
         sch.tensorize(cl, dot.intrin_for(sch.get(dw), depthwise=True))
+        if y_i is not None:
+            sch.unroll(y_i)
         sch.unroll(x_i)
         sch.unroll(rp)
         sch.unroll(ry)

@@ -73,6 +73,7 @@ DW_CASES = [
 # (C, H, W, K, pad); widths 10-14 make 5-7 pairs a row
 DW_PARITY_CASES = [
     (16, 9, 10, 3, (1, 1, 1, 1)),
+    (16, 8, 10, 3, (1, 1, 1, 1)),  # 8 rows: output rows in pairs
     (8, 8, 12, 5, (2, 2, 2, 2)),
     (8, 7, 14, 7, (3, 3, 3, 3)),
 ]
@@ -479,15 +480,20 @@ def test_one_pixel_conv_takes_four_input_blocks_a_step():
     assert "T.unroll(4)" not in re.sub(r"for (?!rc)\w+ in T\.unroll\(4\)", "", wide)
 
 
-@pytest.mark.parametrize("k, stride, parity, tile", [(5, 1, True, 4), (3, 1, True, 2),
-                                                     (5, 2, False, 4), (7, 1, True, 4)])
-def test_wide_depthwise_windows_take_wider_tiles(k, stride, parity, tile):
+@pytest.mark.parametrize("k, stride, parity, tile, rows", [
+    (5, 1, True, 4, None), (3, 1, True, 2, 2), (5, 2, False, 4, None), (7, 1, True, 4, None),
+    (3, 2, False, 2, 2)])
+def test_depthwise_register_tiles_on_arm_dotprod(k, stride, parity, tile, rows):
     """`arm-dotprod`: a window of 5 rows or more (whose weights do not fit the registers) is
-    tiled 4 pixels at a time where 4 divides the row, a 3x3 window 2 (read off the IR)."""
-    width = 16 if stride == 2 else 12  # output rows of 8 and 12 pixels
-    mod = _depthwise(8, 16, width, k, stride, (k // 2,) * 4, "arm-dotprod", parity)[0]
-    tiles = re.findall(r"for x_1 in T\.unroll\((\d+)\)", mod["main"].script())
+    tiled 4 pixels at a time where 4 divides the row, a 3x3 window 2 pixels by 2 output rows
+    (read off the IR)."""
+    width = 16 if stride == 2 else 12  # output rows of 8 and 12 pixels, 8 rows
+    mod = _depthwise(8, 8 * stride, width, k, stride, (k // 2,) * 4, "arm-dotprod", parity)[0]
+    script = mod["main"].script()
+    tiles = re.findall(r"for x_1 in T\.unroll\((\d+)\)", script)
     assert tiles == [str(tile)], (k, stride, tiles)
+    pairs = re.findall(r"for y_1 in T\.unroll\((\d+)\)", script)
+    assert pairs == ([str(rows)] if rows else []), (k, stride, pairs)
 
 
 _RUN = textwrap.dedent("""\
