@@ -16,7 +16,8 @@ Integer formula (``u`` uint8 in [0, 255], ``W`` int8, ``b`` int32, all sums exac
   the subtract goes into its rounding constant instead: ``T - 128`` is the same shift of
   ``x + c - (128 << r)`` (floor shifts commute with subtracting a multiple of ``2**r``, whose
   bit ``r`` is 0), one vector add fewer per 4 lanes; only where ``x + c - (128 << r)`` provably
-  stays in int32 (``x`` bounded from its conv's constant weights and 8-bit input);
+  stays in int32 (``x`` bounded from its conv's constant weights and 8-bit input, and through
+  the residual sums, shifts, clips and max pools that carry it);
 * conv2d: ``conv(u, W)[o] + b[o] = conv(pad(s, -128), W)[o] + (b[o] + 128 * S[o])`` with
   ``S[o] = sum_{i,kh,kw} W[o, i, kh, kw]`` (per output channel, any groups).  The zero
   padding of ``u`` is the value -128 of ``s``, so the padding becomes an explicit ``nn.pad``
@@ -124,8 +125,9 @@ def _offset_function(func):
 
 def _lower_bound(x, producers):
     """A lower bound of int32 ``x`` (a NumPy array broadcasting to its shape), from the
-    bindings that make it: a conv2d / matmul of 8-bit data by constant weights, constant adds,
-    clips, left shifts by constants; None where it is not one of those."""
+    bindings that make it: a conv2d / matmul of 8-bit data by constant weights, adds (of a
+    constant, or of two bounded values: a residual sum), clips, max pools, left shifts by
+    constants; None where it is not one of those."""
     v = producers.get(x)
     if v is None or not isinstance(v, relax.Call):
         return None
@@ -146,7 +148,11 @@ def _lower_bound(x, producers):
             if _tvm.is_const(c):
                 b = _lower_bound(a, producers)
                 return None if b is None else b + _tvm.const_value(c).astype(np.int64)
-        return None
+        # a residual sum (the program's int32 values do not wrap: the plan is fitted so)
+        bounds = [_lower_bound(a, producers) for a in args]
+        return None if any(b is None for b in bounds) else bounds[0] + bounds[1]
+    if op == "relax.nn.max_pool2d":  # every window holds one of its input's values
+        return _lower_bound(args[0], producers)
     if op == "relax.maximum" and _tvm.is_const(args[1]):
         c = _tvm.const_value(args[1]).astype(np.int64)
         b = _lower_bound(args[0], producers)

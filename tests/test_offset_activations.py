@@ -173,3 +173,57 @@ def test_offset_goes_into_the_rounding_constant_where_int32_holds(shift, bias, f
               rng.integers(-128, 128, (1, 3, 6, 6)).astype("int8")):
         (got,), (want,) = _run(omod, x), _run(mod, x)
         assert np.array_equal(got, want)
+
+
+def _residual_pair(shift, bias, pool):
+    """Two convs of x (int8) summed as a residual stream is (``y1 + (y2 << 1)``), max-pooled
+    with ``pool``, then requantized to uint8 for a third conv: the bound that lets the offset
+    into the rounding constant comes through the sum, the shift and the pool.  ``bias`` None:
+    the last channel's bias puts the sum's least value 100000 above int32's minimum (the
+    program cannot wrap; the offset, ``128 << shift``, would)."""
+    from f8tvm.passes.quantize_to_integer import emit_rounding_shift
+
+    rng = np.random.default_rng(3)
+    c = len(shift)
+    w1, w2 = (rng.integers(-127, 128, (c, 3, 3, 3)).astype("int8") for _ in range(2))
+    w3 = rng.integers(-127, 128, (4, c, 1, 1)).astype("int8")
+    if bias is None:
+        least = [np.minimum(w.astype(np.int64) * -128, w.astype(np.int64) * 127).sum(
+            axis=(1, 2, 3)) for w in (w1, w2)]
+        bias = [0] * c
+        bias[-1] = int(-(2**31) + 100_000 - least[0][-1] - 2 * least[1][-1])
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", _tvm.TensorType((1, 3, 6, 6), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y1 = bb.emit(R.add(R.nn.conv2d(x, relax.const(w1), padding=[1, 1, 1, 1],
+                                           out_dtype="int32"),
+                               relax.const(np.asarray(bias, "int32").reshape(1, c, 1, 1))))
+            y2 = bb.emit(R.nn.conv2d(x, relax.const(w2), padding=[1, 1, 1, 1],
+                                     out_dtype="int32"))
+            s = bb.emit(R.add(y1, R.left_shift(y2, relax.const(1, "int32"))), "s")
+            if pool:
+                s = bb.emit(R.nn.max_pool2d(s, (3, 3), padding=(1, 1, 1, 1)), "pool")
+            t = emit_rounding_shift(bb, s, np.asarray(shift).reshape(1, c, 1, 1), "rq")
+            u = bb.emit(R.astype(R.clip(t, 0, 255), "uint8"), "u")
+            z = bb.emit(R.nn.conv2d(u, relax.const(w3), out_dtype="int32"), "z")
+            out = bb.emit_output(relax.Tuple([z]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("bias, foldable", [([5, -7, 1000], True), (None, False)])
+@pytest.mark.parametrize("pool", [False, True])
+def test_offset_into_the_rounding_through_a_residual_sum(bias, foldable, pool):
+    """The lower bound of a residual sum is the sum of its terms' bounds (a max pool keeps its
+    input's): the -128 goes into the rounding constant there too, unless the sum's bound
+    leaves no room below int32's minimum; bit-exact either way."""
+    mod = _residual_pair([3, 7, 12], bias, pool)
+    omod = OffsetUnsignedActivations(mod)
+    assert (not _subtracts(omod)) == foldable
+    rng = np.random.default_rng(4)
+    for x in (np.full((1, 3, 6, 6), -128, "int8"), np.full((1, 3, 6, 6), 127, "int8"),
+              rng.integers(-128, 128, (1, 3, 6, 6)).astype("int8")):
+        (got,), (want,) = _run(omod, x), _run(mod, x)
+        assert np.array_equal(got, want)
