@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import lower_program, make_small_net, run_relax
+from conftest import lower_program, make_small_net, relax_main, run_relax
 
 from f8tvm.api import import_model
 from f8tvm.calibrate import calibrate
@@ -123,29 +123,34 @@ def test_only_int8_targets_are_offset(program):
         assert not has_unsigned_dot(offset_for_target(qmod, TARGETS[name]))
 
 
-def _requantized_pair(shift, bias, w1_scale=1):
-    """x (int8) -> conv -> + bias -> ties-to-even shift by ``shift`` (per channel) -> clip to
-    [0, 255] -> uint8 -> conv: the offset of the second conv's input meets a rounding shift."""
+def _requantize_into_conv(bb, s, shift, seed):
+    """``s`` (int32) -> ties-to-even shift by ``shift`` (per channel) -> clip to [0, 255] ->
+    uint8 -> a 1x1 conv to 4 channels: the offset of that conv's input meets the rounding."""
     from f8tvm.passes.quantize_to_integer import emit_rounding_shift
 
-    rng = np.random.default_rng(len(shift))
     c = len(shift)
-    w1 = (rng.integers(-127, 128, (c, 3, 3, 3)) * w1_scale).clip(-127, 127).astype("int8")
-    w2 = rng.integers(-127, 128, (4, c, 1, 1)).astype("int8")
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", _tvm.TensorType((1, 3, 6, 6), "int8"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            acc = bb.emit(R.nn.conv2d(x, relax.const(w1), padding=[1, 1, 1, 1],
-                                      out_dtype="int32"), "acc")
-            y = bb.emit(R.add(acc, relax.const(np.asarray(bias, "int32").reshape(1, c, 1, 1))),
-                        "y")
-            t = emit_rounding_shift(bb, y, np.asarray(shift).reshape(1, c, 1, 1), "rq")
-            u = bb.emit(R.astype(R.clip(t, 0, 255), "uint8"), "u")
-            z = bb.emit(R.nn.conv2d(u, relax.const(w2), out_dtype="int32"), "z")
-            out = bb.emit_output(relax.Tuple([z]))
-        bb.emit_func_output(out)
-    return bb.get()
+    w = np.random.default_rng(seed).integers(-127, 128, (4, c, 1, 1)).astype("int8")
+    t = emit_rounding_shift(bb, s, np.asarray(shift).reshape(1, c, 1, 1), "rq")
+    u = bb.emit(R.astype(R.clip(t, 0, 255), "uint8"), "u")
+    return bb.emit(R.nn.conv2d(u, relax.const(w), out_dtype="int32"), "z")
+
+
+def _bias(values):
+    return relax.const(np.asarray(values, "int32").reshape(1, -1, 1, 1))
+
+
+def _requantized_pair(shift, bias, w1_scale=1):
+    """x (int8) -> conv -> + bias -> requantized into a second conv
+    (:func:`_requantize_into_conv`)."""
+    rng = np.random.default_rng(len(shift))
+    w1 = (rng.integers(-127, 128, (len(shift), 3, 3, 3)) * w1_scale).clip(-127, 127)
+
+    def body(bb, x):
+        acc = bb.emit(R.nn.conv2d(x, relax.const(w1.astype("int8")), padding=[1, 1, 1, 1],
+                                  out_dtype="int32"), "acc")
+        return _requantize_into_conv(bb, bb.emit(R.add(acc, _bias(bias)), "y"), shift, 1)
+
+    return relax_main((1, 3, 6, 6), "int8", body, name="x")
 
 
 def _subtracts(mod):
@@ -177,39 +182,28 @@ def test_offset_goes_into_the_rounding_constant_where_int32_holds(shift, bias, f
 
 def _residual_pair(shift, bias, pool):
     """Two convs of x (int8) summed as a residual stream is (``y1 + (y2 << 1)``), max-pooled
-    with ``pool``, then requantized to uint8 for a third conv: the bound that lets the offset
-    into the rounding constant comes through the sum, the shift and the pool.  ``bias`` None:
-    the last channel's bias puts the sum's least value 100000 above int32's minimum (the
-    program cannot wrap; the offset, ``128 << shift``, would)."""
-    from f8tvm.passes.quantize_to_integer import emit_rounding_shift
-
+    with ``pool``, then requantized into a third conv: the bound that lets the offset into the
+    rounding constant comes through the sum, the shift and the pool.  ``bias`` None: the last
+    channel's bias puts the sum's least value 100000 above int32's minimum (the program cannot
+    wrap; the offset, ``128 << shift``, would)."""
     rng = np.random.default_rng(3)
-    c = len(shift)
-    w1, w2 = (rng.integers(-127, 128, (c, 3, 3, 3)).astype("int8") for _ in range(2))
-    w3 = rng.integers(-127, 128, (4, c, 1, 1)).astype("int8")
+    w1, w2 = (rng.integers(-127, 128, (len(shift), 3, 3, 3)).astype("int8") for _ in range(2))
     if bias is None:
         least = [np.minimum(w.astype(np.int64) * -128, w.astype(np.int64) * 127).sum(
             axis=(1, 2, 3)) for w in (w1, w2)]
-        bias = [0] * c
+        bias = [0] * len(shift)
         bias[-1] = int(-(2**31) + 100_000 - least[0][-1] - 2 * least[1][-1])
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", _tvm.TensorType((1, 3, 6, 6), "int8"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y1 = bb.emit(R.add(R.nn.conv2d(x, relax.const(w1), padding=[1, 1, 1, 1],
-                                           out_dtype="int32"),
-                               relax.const(np.asarray(bias, "int32").reshape(1, c, 1, 1))))
-            y2 = bb.emit(R.nn.conv2d(x, relax.const(w2), padding=[1, 1, 1, 1],
-                                     out_dtype="int32"))
-            s = bb.emit(R.add(y1, R.left_shift(y2, relax.const(1, "int32"))), "s")
-            if pool:
-                s = bb.emit(R.nn.max_pool2d(s, (3, 3), padding=(1, 1, 1, 1)), "pool")
-            t = emit_rounding_shift(bb, s, np.asarray(shift).reshape(1, c, 1, 1), "rq")
-            u = bb.emit(R.astype(R.clip(t, 0, 255), "uint8"), "u")
-            z = bb.emit(R.nn.conv2d(u, relax.const(w3), out_dtype="int32"), "z")
-            out = bb.emit_output(relax.Tuple([z]))
-        bb.emit_func_output(out)
-    return bb.get()
+
+    def body(bb, x):
+        y1, y2 = (bb.emit(R.nn.conv2d(x, relax.const(w), padding=[1, 1, 1, 1],
+                                      out_dtype="int32")) for w in (w1, w2))
+        s = bb.emit(R.add(R.add(y1, _bias(bias)), R.left_shift(y2, relax.const(1, "int32"))),
+                    "s")
+        if pool:
+            s = bb.emit(R.nn.max_pool2d(s, (3, 3), padding=(1, 1, 1, 1)), "pool")
+        return _requantize_into_conv(bb, s, shift, 5)
+
+    return relax_main((1, 3, 6, 6), "int8", body, name="x")
 
 
 @pytest.mark.host
