@@ -90,12 +90,13 @@ def inline_epilogue(sch, block, keep=None):
     return remaining
 
 
-def _narrowing(sch, block, dot, width, keep_block=False):
+def _narrowing(sch, block, dot, width, keep_block=False, shift_only=False):
     """``(name of x's block, intrinsic)`` when the kernel after ``block`` ends with
     ``dtype(clamp(x, lo, hi))`` and ``dot`` has an intrinsic that narrows that clamp, ``width``
     pixels at a time, else None.  Kept as a block of its own (the int32 stage of the tile),
     ``x`` feeds the narrowing; ``x`` is made by a block after ``block`` (``keep_block``: or by
-    ``block`` itself)."""
+    ``block`` itself).  ``shift_only``: None unless the clamp's per-channel shift goes into
+    the narrowing too."""
     if width is None:  # no dot, or no narrowing intrinsic for the tile
         return None
     after = consumers_chain(sch, block)
@@ -123,7 +124,7 @@ def _narrowing(sch, block, dot, width, keep_block=False):
     shifted = _shift_by_channel(sch, src[0], dot.lanes) if with_shift else None
     if shifted in names:
         return shifted, with_shift  # the shift goes into the narrowing
-    return sch.get(src[0]).name_hint, intrin
+    return None if shift_only else (sch.get(src[0]).name_hint, intrin)
 
 
 def _shift_by_channel(sch, block, lanes):
@@ -321,16 +322,14 @@ def schedule_requantize(sch, dot) -> bool:
         return False
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     outs = [b for b in blocks if not sch.get_consumers(b)]
-    if not blocks or len(outs) != 1:
+    if len(outs) != 1:
         return False
     loops = sch.get_loops(outs[0])
     if len(loops) != 5 or extent(sch, loops[-1]) != dot.lanes or extent(sch, loops[0]) != 1:
         return False
     width = dot.narrow_width(extent(sch, loops[-2]))
-    found = _narrowing(sch, blocks[0], dot, width, keep_block=True)
-    shifting = {name for forms in (dot.narrow_shift, dot.narrow_shift_2px, dot.narrow_shift_1px)
-                for _, name in forms}
-    if found is None or found[1] not in shifting:
+    found = _narrowing(sch, blocks[0], dot, width, keep_block=True, shift_only=True)
+    if found is None:
         return False  # (the generic schedule then)
     keep, intrin = found
     out_name = sch.get(outs[0]).name_hint

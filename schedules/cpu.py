@@ -523,15 +523,16 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
     if dot is not None and dot.dw_tile_wide and _sch.extent(sch, ry) >= 5:
         # a 5x5 window's weights (40 vectors for a tile of 2 pixels on sdot) do not fit the
         # registers: reloaded per tile, they are shared by more pixels in a wider one
-        # (EfficientNet-Lite0 on arm-dotprod: 48.18 -> 47.77 M instructions; 3x3 windows
-        # got longer with 4 pixels: MobileNet-V2 37.34 -> 37.53 M)
+        # (EfficientNet-Lite0 on arm-dotprod: its 5x5 kernels on 28-pixel rows and at stride
+        # 2, 2.57 -> 2.16 M instructions; 3x3 windows got longer with 4 pixels: MobileNet-V2
+        # 37.34 -> 37.53 M)
         limit = dot.dw_tile_wide
     t_w = tiles[0] if tiles else _sch.widest_divisor(ow, limit)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
+    widened = _sch._block_or_none(sch, PAIR_BLOCK) if pairs else None
     y_i = None
     if (pairs and dot is not None and dot.dw_rows > 1 and _sch.extent(sch, ry) <= 3
-            and _sch.extent(sch, y) % dot.dw_rows == 0
-            and _sch._block_or_none(sch, PAIR_BLOCK) is None):
+            and _sch.extent(sch, y) % dot.dw_rows == 0 and widened is None):
         # output rows in pairs: the tap groups of the input rows both read are gathered once
         # (LLVM merges the identical loads and ``tbl``s of the unrolled rows)
         y, y_i = sch.split(y, [None, dot.dw_rows])
@@ -545,7 +546,6 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
     _sch.fuse_epilogue(sch, dw, x_o, dot, _sch.extent(sch, x_i))
     # the tap-pair form reads one padded plane per channel block: pad it there, from cache (and
     # make its column groups there too, a band of rows at a time)
-    widened = _sch._block_or_none(sch, PAIR_BLOCK) if pairs else None
     if widened is not None:
         # a band of output rows at a time (``depthwise_pairs_nchwc``'s bands): its groups right
         # before its rows, from the plane's padded copy

@@ -153,6 +153,15 @@ def _requantized_pair(shift, bias, w1_scale=1):
     return relax_main((1, 3, 6, 6), "int8", body, name="x")
 
 
+def _assert_same_results(mod, omod, seed):
+    """``omod`` gives ``mod``'s result on an int8 input at both ends and on a random one."""
+    rng = np.random.default_rng(seed)
+    for x in (np.full((1, 3, 6, 6), -128, "int8"), np.full((1, 3, 6, 6), 127, "int8"),
+              rng.integers(-128, 128, (1, 3, 6, 6)).astype("int8")):
+        (got,), (want,) = _run(omod, x), _run(mod, x)
+        assert np.array_equal(got, want)
+
+
 def _subtracts(mod):
     return [b for b in bindings(mod["main"]) if isinstance(b.value, relax.Call)
             and b.value.op.name == "relax.subtract"]
@@ -173,11 +182,7 @@ def test_offset_goes_into_the_rounding_constant_where_int32_holds(shift, bias, f
     omod = OffsetUnsignedActivations(mod)
     assert not has_unsigned_dot(omod)
     assert (not _subtracts(omod)) == foldable
-    rng = np.random.default_rng(1)
-    for x in (np.full((1, 3, 6, 6), -128, "int8"), np.full((1, 3, 6, 6), 127, "int8"),
-              rng.integers(-128, 128, (1, 3, 6, 6)).astype("int8")):
-        (got,), (want,) = _run(omod, x), _run(mod, x)
-        assert np.array_equal(got, want)
+    _assert_same_results(mod, omod, seed=1)
 
 
 def _residual_pair(shift, bias, pool):
@@ -216,8 +221,4 @@ def test_offset_into_the_rounding_through_a_residual_sum(bias, foldable, pool):
     mod = _residual_pair([3, 7, 12], bias, pool)
     omod = OffsetUnsignedActivations(mod)
     assert (not _subtracts(omod)) == foldable
-    rng = np.random.default_rng(4)
-    for x in (np.full((1, 3, 6, 6), -128, "int8"), np.full((1, 3, 6, 6), 127, "int8"),
-              rng.integers(-128, 128, (1, 3, 6, 6)).astype("int8")):
-        (got,), (want,) = _run(omod, x), _run(mod, x)
-        assert np.array_equal(got, want)
+    _assert_same_results(mod, omod, seed=4)
