@@ -22,7 +22,9 @@ What is computed does not change (bit-exact with the NCHW program).  Per binding
   ``tap_group``: 2, or 4 for ``sdot`` and AVX-512's ``vpdpbusd``, whose padded plane is first
   rewritten as its column quads: ``tap_rewrite``); with ``tap_parity``, stride-1 ones on maps of
   an even width take weights ``(C/lanes, KH, G, 2, lanes, g)`` shifted by the output column's
-  parity, so that a pixel pair reads the same groups (``pack_depthwise_parity``);
+  parity, so that a pixel pair reads the same groups (``pack_depthwise_parity``); with
+  ``tap_rewrite_wide``, windows of 5 columns or more are rewritten as their column quads
+  instead (except stride-1 ones on rows wider than that many pixels);
 * elementwise ops (bias add, shifts, clip, cast, max/min, residual add): the same op on blocked
   tensors, per-channel constants ``(1, C, 1, 1)`` re-blocked to ``(1, C/b, 1, 1, b)``, once per
   constant: ops that share one (a requantize's two shifts) share its blocked copy, so the fused
@@ -189,12 +191,13 @@ def _pack_const(value, block):
 class _Packer:
     def __init__(self, lanes, depth, unsigned_only, pair_taps=False, wide_weights=False,
                  wide_data=False, column_pairs=False, weight_min=-128, tap_group=2,
-                 tap_rewrite=False, block_pairs=False, tap_parity=False):
+                 tap_rewrite=False, block_pairs=False, tap_parity=False, tap_rewrite_wide=0):
         self.lanes, self.depth, self.unsigned_only = lanes, depth, unsigned_only
         self.pair_taps, self.wide_weights, self.wide_data = pair_taps, wide_weights, wide_data
         self.column_pairs, self.weight_min = column_pairs, weight_min
         self.tap_group, self.tap_rewrite = tap_group, tap_rewrite
         self.block_pairs, self.tap_parity = block_pairs, tap_parity
+        self.tap_rewrite_wide = tap_rewrite_wide
         self.bb = relax.BlockBuilder()
         self.env = {}  # old Var -> new Expr or _Blocked
         self.consts = {}  # (constant, block) -> its blocked constant, made once
@@ -290,14 +293,17 @@ class _Packer:
                 te_func = depthwise_pairs_nchwc
                 width = _tvm.tensor_shape(x.expr)[3]
                 ow = out_size(width, kw, strides[1], dilation[1], padding[1], padding[3])
-                pack = (pack_depthwise_parity
-                        if self.tap_parity and strides[1] == 1 and ow % 2 == 0
+                parity = self.tap_parity and strides[1] == 1 and ow % 2 == 0
+                rewrite = self.tap_rewrite or (
+                    self.tap_rewrite_wide and kw >= 5
+                    and not (parity and ow > self.tap_rewrite_wide))
+                pack = (pack_depthwise_parity if parity and not rewrite
                         else pack_depthwise_pairs)
                 packed = pack(w, self.lanes, self.tap_group)
                 if self.wide_data:  # widened pairs read with int16 weights from memory
                     packed = packed.astype(np.int16)
                 # the plane rewritten once as its tap groups: widened pairs (AVX2), quads
-                args = (relax.const(packed), kw, *window, self.wide_data or self.tap_rewrite)
+                args = (relax.const(packed), kw, *window, bool(self.wide_data or rewrite))
             else:
                 te_func = depthwise_nchwc
                 args = (relax.const(pack_depthwise_weight(w, self.lanes)), *window)
@@ -476,7 +482,8 @@ def pack_module(func, spec: DotSpec, activations: str = "any"):
     ``'uint8'`` (the target's multiplies take uint8 only) int8 inputs are offset by +128."""
     p = _Packer(spec.lanes, spec.depth, activations == "uint8", spec.pair_taps,
                 spec.wide_weights, spec.wide_data, spec.column_pairs, spec.weight_min,
-                spec.tap_group, spec.tap_rewrite, spec.block_pairs, spec.tap_parity)
+                spec.tap_group, spec.tap_rewrite, spec.block_pairs, spec.tap_parity,
+                spec.tap_rewrite_wide)
     params = list(func.params)
     attrs = dict(func.attrs) if func.attrs is not None else {}
     attrs.pop("global_symbol", None)

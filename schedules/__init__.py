@@ -46,8 +46,13 @@ class DotIntrin:
     wide_data_a_cost: float = 0.5  # a widened pair is a broadcast load: no ALU instruction
     # depthwise convs on a plane rewritten as its column groups (``depthwise_pairs_nchwc(...,
     # rewrite=True)``): the dot on AVX2's widened pairs (with ``wide_data``), and the intrinsic
-    # that makes the groups (uint8 / int8 input: AVX2's pairs, AVX-512's quads)
+    # that makes the groups (uint8 / int8 input: AVX2's pairs, AVX-512's quads, sdot's quads)
     dw_pair_wide: str | None = None
+    # the dot on rewritten 8-bit groups where the intrinsic above reads them in place
+    # (``dw_pair_signed``: sdot's ``tbl`` form; the spec's ``tap_rewrite_wide``), and its
+    # register tile: at most this many pixels, the window's rows a loop of its own
+    dw_grouped_signed: str | None = None
+    dw_grouped_tile: int = 0
     pair_interleave: str | None = None
     pair_interleave_signed: str | None = None
     # the epilogue's int32 -> 8-bit narrowing of 4 pixels x ``lanes`` channels at once:
@@ -248,7 +253,8 @@ def _arm():
         # the 32 registers for the tile (LLVM keeps two for addresses of spills' sake)
         "sdot": DotIntrin("sdot", None, (8, 4), 12, a.SDOT_8x4, 1.0, 1.0,
                           dw_pair_signed=a.SDOT_DW_8x4, dw_taps=4, dw_tile=2, dw_tile_wide=4,
-                          dw_rows=2,
+                          dw_rows=2, dw_grouped_signed=a.SDOT_DW_QUADS, dw_grouped_tile=7,
+                          pair_interleave_signed=a.SDOT_QUADS,
                           pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,
@@ -299,7 +305,9 @@ def find_dot(spec: DotSpec | None) -> DotIntrin | None:
                spec.tap_group == dot.dw_taps),
               ("int16 weights", spec.wide_weights, dot.wide_intrin is not None),
               ("int16 activations", spec.wide_data, dot.wide_data_intrin is not None),
-              ("column pairs", spec.column_pairs, dot.pair_intrin_columns is not None))
+              ("column pairs", spec.column_pairs, dot.pair_intrin_columns is not None),
+              ("rewritten tap groups", spec.tap_rewrite_wide > 0,
+               dot.dw_grouped_signed is not None))
     missing = [form for form, wanted, have in checks if wanted and not have]
     if missing:
         raise ValueError(f"{spec.instruction}: the spec {spec} asks for forms its intrinsics "

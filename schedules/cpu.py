@@ -527,9 +527,21 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
         # 2, 2.57 -> 2.16 M instructions; 3x3 windows got longer with 4 pixels: MobileNet-V2
         # 37.34 -> 37.53 M)
         limit = dot.dw_tile_wide
+    widened = _sch._block_or_none(sch, PAIR_BLOCK) if pairs else None
+    # a dot that reads groups in place (sdot's tbl form) also has one for rewritten groups
+    grouped = (dot.dw_grouped_signed if widened is not None and dot is not None
+               and dot.dw_grouped_signed else None)
+    if grouped:
+        # its 5x5 weights (20 vectors for 8 channels) stay in registers: wider tiles, and the
+        # window's rows left a loop (LLVM unrolls it with a base address per row, so a tile's
+        # loads are paired; unrolled in TIR, their offsets outgrow ldp's immediate).
+        # EfficientNet-Lite0 on arm-dotprod, its 5x5 kernels on 14- and 7-pixel rows and at
+        # stride 2: 5.86 M instructions in the tbl form; rewritten, tiles of at most 4 pixels:
+        # 5.27; of 7: 5.13; of 7 with the rows a loop: 4.94 (and 0.29 M more in the runtime,
+        # allocating the groups' workspace)
+        limit = dot.dw_grouped_tile
     t_w = tiles[0] if tiles else _sch.widest_divisor(ow, limit)
     x_o, x_i = _sch.tile(sch, x, t_w, tune, max_inner=16)
-    widened = _sch._block_or_none(sch, PAIR_BLOCK) if pairs else None
     y_i = None
     if (pairs and dot is not None and dot.dw_rows > 1 and _sch.extent(sch, ry) <= 3
             and _sch.extent(sch, y) % dot.dw_rows == 0 and widened is None):
@@ -558,12 +570,13 @@ def schedule_depthwise(sch, dot, tune: bool = False, tiles=None) -> None:
     if pairs:
         init = sch.decompose_reduction(dw, ry)
         _sch.vectorize_inner(sch, init, unroll_rest=True, below=x_o)
-        sch.tensorize(cl, dot.intrin_for(sch.get(dw), depthwise=True))
+        sch.tensorize(cl, grouped or dot.intrin_for(sch.get(dw), depthwise=True))
         if y_i is not None:
             sch.unroll(y_i)
         sch.unroll(x_i)
         sch.unroll(rp)
-        sch.unroll(ry)
+        if not grouped:
+            sch.unroll(ry)
     else:
         sch.vectorize(cl)  # before decomposing: a vector loop needs a complete reduction block
         sch.unroll(x_i)

@@ -26,7 +26,9 @@ offset by -128 exactly, ``relay_passes/offset_activations.py``).  The packed lay
   3 to 7 pixels the whole row is the register tile, 2 lanes a pass (``NEON_2x16_LANES``).
 * Depthwise convs: on ``arm`` two window columns per step (``NEON_DW_8x2``: ``smull`` +
   ``smlal``, exact for weights >= -127); on ``arm-dotprod`` four (``SDOT_DW_8x4``: each
-  channel's 4 taps gathered by ``tbl``, one ``sdot`` lane per channel).
+  channel's 4 taps gathered by ``tbl``, one ``sdot`` lane per channel); windows of 5 columns
+  or more read a plane rewritten once as its column quads (``SDOT_QUADS``, then
+  ``SDOT_DW_QUADS``: the same ``sdot`` on plain loads).
 * Both pair forms also come for a window's column pair (suffix :data:`COLUMNS`, ``A`` int8[2, 4]):
   the first conv's input is one quad per pixel, so two adjacent pixels stand for the two quads
   (``conv2d_nchwc(..., column_pairs=kw)``).
@@ -40,7 +42,14 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .intrin_x86 import NARROW_FORMS, _dot_desc, _dw_pair_desc, _narrow_desc, _narrow_impl
+from .intrin_x86 import (
+    NARROW_FORMS,
+    _dot_desc,
+    _dw_pair_desc,
+    _narrow_desc,
+    _narrow_impl,
+    _pairs_desc,
+)
 
 SDOT_8x4 = "f8tvm_sdot_8x4_i8i8i32"
 SDOT_8x8_LANE = "f8tvm_sdot_8x8_lane_i8i8i32"
@@ -50,6 +59,8 @@ NEON_8x8_SPLIT = "f8tvm_neon_8x8_split_i8i8i32"  # the pair form into split accu
 NEON_SPLIT_SUM = "f8tvm_neon_split_sum_8"  # their final sum: 8 lanes from 16 partial sums
 NEON_DW_8x2 = "f8tvm_neon_dw_8x2_i8i8i32"  # depthwise: 8 channels x 2 taps (column pairs)
 SDOT_DW_8x4 = "f8tvm_sdot_dw_8x4_i8i8i32"  # depthwise: 8 channels x 4 taps (sdot per channel)
+SDOT_DW_QUADS = "f8tvm_sdot_dw_quads_8x4_i8i8i32"  # the same on the plane's rewritten quads
+SDOT_QUADS = "f8tvm_sdot_quads_8x4_i8"  # the quads themselves
 NEON_8x16_LANES = "f8tvm_neon_8x16_lanes_i8i8i32"  # block pairs, lane-major (smull + smlal2)
 NEON_LANES_SUM = "f8tvm_neon_lanes_sum_8"  # their final sum: 8 lanes from 32 partial sums
 NEON_2x16_LANES = "f8tvm_neon_2x16_lanes_i8i8i32"  # the same for 2 lanes (a whole odd row)
@@ -447,6 +458,36 @@ def _sdot_taps(A, B, C, lane):
 
 TensorIntrin.register(SDOT_DW_8x4, _dw_pair_desc("int8", taps=4),
                       _halves_impl((4, 8), (8, 4), _sdot_taps), override=True)
+
+
+# The same 8 channels x 4 taps on a plane rewritten once as its column quads
+# (``depthwise_pairs_nchwc(..., rewrite=True)``): ``A[i, k]`` is channel ``i`` at column ``k``,
+# each channel's 4 taps already together, so the dot reads them with one load per 4 channels
+# (a paired load for 8) and no ``tbl``.  The rewrite (``SDOT_QUADS``) is the same two ``tbl``
+# per 4 columns of 8 channels, done once per column instead of once per use.
+def _sdot_quad(A, B, C, lane):
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+        C.vload([lane], dtype="int32x4"), A.vload([lane, 0], dtype="int8x16"),
+        B.vload([lane, 0], dtype="int8x16"), dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def _sdot_quads_impl(
+    D: T.Buffer((4, 8), "int8", offset_factor=1),
+    Q: T.Buffer((8, 4), "int8", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(D[0:4, 0:8])
+        T.writes(Q[0:8, 0:4])
+        Q.vstore([0, 0], T.Shuffle([D.vload([0, 0], dtype="int8x32")],
+                                   [k * 8 + i for i in range(8) for k in range(4)]))
+
+
+TensorIntrin.register(SDOT_DW_QUADS, _dw_pair_desc("int8", taps=4, grouped=True),
+                      _halves_impl((8, 4), (8, 4), _sdot_quad), override=True)
+TensorIntrin.register(SDOT_QUADS, _pairs_desc("int8", "int8", taps=4, lanes=8),
+                      _sdot_quads_impl, override=True)
 
 
 # The epilogue's clamp-and-cast of 4, 2 or 1 pixels x 8 channels (the x86 narrowing

@@ -39,7 +39,7 @@ PRESETS = [
         # depthwise convs take window columns four at a time, one channel's taps per sdot
         # lane; every kernel is exact for any int8 weight
         dot=DotSpec("sdot", 8, 4, pair_taps=True, tap_group=4, tap_parity=True,
-                    column_pairs=True, bias_rows=True),
+                    tap_rewrite_wide=16, column_pairs=True, bias_rows=True),
         isa="NEON dotprod",
         activations="int8",
         parity_test=True,

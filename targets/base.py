@@ -28,6 +28,11 @@ class DotSpec:
     # parity (``depthwise_pairs_nchwc`` with a parity kernel): a group is regrouped once for
     # two pixels
     tap_parity: bool = False
+    # windows of 5 columns or more take the rewritten tap groups instead (their weights, 20
+    # vectors for 8 channels, then stay in registers; the parity form's two copies spill),
+    # except stride-1 convs on rows wider than this many pixels, where rewriting the plane
+    # costs more than the spills (0: no such windows)
+    tap_rewrite_wide: int = 0
     # a conv's bias (folded into its accumulators' init) repeated along the output row, so the
     # init is a paired load per two vectors rather than a register copy per vector
     # (``relay_passes/bias_rows.py``)

@@ -27,7 +27,7 @@ from f8tvm.passes.pack_channel_blocks import (
     pack_depthwise_pairs,
     pack_depthwise_parity,
 )
-from f8tvm.passes.packed_kernels import conv2d_nchwc, depthwise_pairs_nchwc
+from f8tvm.passes.packed_kernels import PAIR_BLOCK, conv2d_nchwc, depthwise_pairs_nchwc
 from f8tvm.schedules import default_schedule, find_dot, kernel_block, kernel_kind
 from f8tvm.targets import TARGETS, get_target
 
@@ -76,6 +76,16 @@ DW_PARITY_CASES = [
     (16, 8, 10, 3, (1, 1, 1, 1)),  # 8 rows: output rows in pairs
     (8, 8, 12, 5, (2, 2, 2, 2)),
     (8, 7, 14, 7, (3, 3, 3, 3)),
+]
+# depthwise, the plane rewritten as its tap quads (``arm-dotprod``'s windows of 5 columns or
+# more, except stride 1 on rows wider than 16 pixels): (C, H, W, K, stride, pad); rows of 14
+# and 7 pixels (tiles of 7), 8 (two tiles of 4), stride 2 onto rows of 7, a 7x7 window
+DW_REWRITE_CASES = [
+    (16, 14, 14, 5, 1, (2, 2, 2, 2)),
+    (8, 9, 7, 5, 1, (2, 2, 2, 2)),
+    (8, 8, 8, 5, 1, (2, 2, 2, 2)),
+    (8, 13, 13, 5, 2, (2, 2, 2, 2)),
+    (8, 9, 9, 7, 1, (3, 3, 3, 3)),
 ]
 
 
@@ -171,11 +181,12 @@ def test_packer_takes_block_pairs_where_arm_can():
     assert conv_iterators("arm-dotprod", 16, (1, 1)) == 10
 
 
-def _depthwise(c, h, w, k, stride, pad, target, parity=False):
+def _depthwise(c, h, w, k, stride, pad, target, parity=False, rewrite=False):
     """A tap-pair (``arm``) or tap-quad (``arm-dotprod``) depthwise kernel scheduled for
     ``target`` (None: unscheduled), with products of -128 and the smallest weight the target
     takes in the first row of the first block.  ``parity``: the tap quads shared by pixel
-    pairs (``pack_depthwise_parity``; stride 1)."""
+    pairs (``pack_depthwise_parity``; stride 1); ``rewrite``: the plane rewritten as its
+    quads first."""
     rng = np.random.default_rng(c + h + k)
     x = rng.integers(-128, 128, (1, c, h, w)).astype("int8")
     spec = TARGETS[target or "arm-dotprod"].dot
@@ -190,7 +201,7 @@ def _depthwise(c, h, w, k, stride, pad, target, parity=False):
         assert packed.shape[2:] == (-(-k // spec.tap_group), LANES, spec.tap_group)
     data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
     kernel = te.placeholder(packed.shape, "int8", name="kernel")
-    out = depthwise_pairs_nchwc(data, kernel, k, (stride, stride), pad, (1, 1), 0)
+    out = depthwise_pairs_nchwc(data, kernel, k, (stride, stride), pad, (1, 1), 0, rewrite)
     func = te.create_prim_func([data, kernel, out])
     if target is not None:
         func = default_schedule(func, find_dot(TARGETS[target].dot))
@@ -209,30 +220,48 @@ def test_depthwise_parity_compute_is_exact(case):
     assert np.array_equal(_on_host(mod, xb, packed, shape)[:, :c], want)
 
 
+def _packed_depthwise(target, width, stride, k=3):
+    """The depthwise kernel PackChannelBlocks makes for ``target`` from a ``k`` x ``k``
+    depthwise conv on 16 channels of 8-pixel rows ``width`` wide (padded to keep the size):
+    the number of dims of its weights, and whether it rewrites its plane as tap groups."""
+    w = np.ones((16, 1, k, k), "int8")
+    x = relax.Var("x", relax.TensorType((1, 16, 8, width), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride,
+                                           padding=(k // 2,) * 2, groups=16,
+                                           out_dtype="int32"), name_hint="d")
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = PackChannelBlocks(TARGETS[target].dot, "int8")(bb.get())
+    dws = [f for _, f in primfuncs(mod) if kernel_kind(f) == "depthwise"]
+    assert len(dws) == 1
+    return len(dws[0].params[1].ty.shape), f'"{PAIR_BLOCK}"' in dws[0].script()
+
+
 def test_packer_shares_tap_quads_where_arm_dotprod_can():
     """`arm-dotprod` packs a stride-1 depthwise conv on an even output width with parity
     weights (C/8, KH, G, 2, 8, 4); an odd width, a stride of 2 and the other targets keep
     one quad set per pixel."""
-    def kernel_ndim(target, width, stride):
-        w = np.ones((16, 1, 3, 3), "int8")
-        x = relax.Var("x", relax.TensorType((1, 16, 8, width), "int8"))
-        bb = relax.BlockBuilder()
-        with bb.function("main", [x]):
-            with bb.dataflow():
-                y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride,
-                                               padding=(1, 1), groups=16, out_dtype="int32"),
-                            name_hint="d")
-                out = bb.emit_output(y)
-            bb.emit_func_output(out)
-        mod = PackChannelBlocks(TARGETS[target].dot, "int8")(bb.get())
-        dws = [f for _, f in primfuncs(mod) if kernel_kind(f) == "depthwise"]
-        assert len(dws) == 1
-        return len(dws[0].params[1].ty.shape)  # the weights
+    assert _packed_depthwise("arm-dotprod", 8, 1) == (6, False)
+    assert _packed_depthwise("arm-dotprod", 7, 1) == (5, False)
+    assert _packed_depthwise("arm-dotprod", 8, 2) == (5, False)
+    assert _packed_depthwise("arm", 8, 1) == (5, False)
 
-    assert kernel_ndim("arm-dotprod", 8, 1) == 6
-    assert kernel_ndim("arm-dotprod", 7, 1) == 5
-    assert kernel_ndim("arm-dotprod", 8, 2) == 5
-    assert kernel_ndim("arm", 8, 1) == 5
+
+@pytest.mark.parametrize("width, stride, k, rewritten", [
+    (14, 1, 5, True), (16, 1, 5, True), (7, 1, 5, True), (18, 1, 5, False), (28, 1, 5, False),
+    (56, 2, 5, True), (14, 1, 7, True), (14, 1, 3, False), (28, 2, 3, False)])
+def test_packer_rewrites_wide_windows_on_arm_dotprod(width, stride, k, rewritten):
+    """`arm-dotprod` rewrites the plane of a window of 5 or more columns as its tap quads (one
+    quad set per pixel: weights (C/8, KH, G, 8, 4)), except a stride-1 conv on rows wider
+    than 16 pixels (parity weights, quads gathered in place); 3x3 windows never; the other
+    targets keep their forms."""
+    assert _packed_depthwise("arm-dotprod", width, stride, k) == (
+        (5, True) if rewritten else (6 if stride == 1 and width % 2 == 0 else 5, False))
+    assert _packed_depthwise("arm", width, stride, k) == (5, False)
+    assert _packed_depthwise("x86-avx512", width, stride, k)[1]  # always rewritten there
 
 
 def _on_host(mod, xb, packed, shape):
@@ -496,6 +525,18 @@ def test_depthwise_register_tiles_on_arm_dotprod(k, stride, parity, tile, rows):
     assert pairs == ([str(rows)] if rows else []), (k, stride, pairs)
 
 
+@pytest.mark.parametrize("case, tile", zip(DW_REWRITE_CASES, [7, 7, 4, 7, 3]))
+def test_depthwise_on_rewritten_quads_keeps_its_weights(case, tile):
+    """`arm-dotprod` on a rewritten plane: the weights of a 5x5 (7x7) window stay in registers,
+    so the register tile takes up to 7 pixels (the widest divisor of the row), and the
+    window's rows stay a loop (read off the IR); the dot reads the quads, no ``tbl``."""
+    mod = _depthwise(*case, "arm-dotprod", rewrite=True)[0]
+    script = mod["main"].script()
+    assert re.findall(r"for x_1 in T\.unroll\((\d+)\)", script) == [str(tile)], case
+    assert re.search(rf"for ry in range\({case[3]}\):", script), case
+    assert f"{PAIR_BLOCK} = T.sblock_alloc_buffer" in script
+
+
 _RUN = textwrap.dedent("""\
     import sys, numpy as np, tvm
     lib = tvm.runtime.load_module(sys.argv[1])
@@ -520,6 +561,10 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
               ] if target == "arm-dotprod" else []
     kernels += [(case, _depthwise(*case[1:7], target=target, parity=True) + ("int32",))
                 for case in parity]
+    rewrite = [(c, c, *rest, "rewrite") for c, *rest in DW_REWRITE_CASES
+               ] if target == "arm-dotprod" else []
+    kernels += [(case, _depthwise(*case[1:7], target=target, rewrite=True) + ("int32",))
+                for case in rewrite]
     kernels += [((16, 16) + form, _narrowing(*form, target, width))
                 for width in (8, 7) for form in NARROW]
     kernels += [((16, 16, "by channel") + form, _narrowing(*form, target, width, True))
@@ -561,6 +606,8 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
             rows = 2 if k <= 3 and (h + pad[0] + pad[2] - k + 1) % 2 == 0 else 1
             sdot, tbl = asm.count("\tsdot\t"), asm.count("\ttbl\t")
             assert tbl > 0 and sdot * (k + rows - 1) == 2 * rows * k * tbl, (case, sdot, tbl)
+        if case in rewrite:  # the quads rewritten once (ext + st4), read by sdot as they are
+            assert "\tsdot\t" in asm and "\ttbl\t" not in asm, case
         so = str(tmp_path / f"k{i}.so")
         lib.export_library(so, fcompile=cc.cross_compiler(TARGETS[target].cross_compiler))
         files = [str(tmp_path / f"k{i}_{n}.npy") for n in range(len(values) + 1)]
