@@ -79,13 +79,15 @@ DW_PARITY_CASES = [
 ]
 # depthwise, the plane rewritten as its tap quads (``arm-dotprod``'s windows of 5 columns or
 # more, except stride 1 on rows wider than 16 pixels): (C, H, W, K, stride, pad); rows of 14
-# and 7 pixels (tiles of 7), 8 (two tiles of 4), stride 2 onto rows of 7, a 7x7 window
+# and 7 pixels (tiles of 7), 8 (two tiles of 4), stride 2 onto rows of 7, a 7x7 window, and 16
+# channel blocks of 7x7 (4 a parallel task)
 DW_REWRITE_CASES = [
     (16, 14, 14, 5, 1, (2, 2, 2, 2)),
     (8, 9, 7, 5, 1, (2, 2, 2, 2)),
     (8, 8, 8, 5, 1, (2, 2, 2, 2)),
     (8, 13, 13, 5, 2, (2, 2, 2, 2)),
     (8, 9, 9, 7, 1, (3, 3, 3, 3)),
+    (128, 7, 7, 5, 1, (2, 2, 2, 2)),
 ]
 
 
@@ -525,7 +527,7 @@ def test_depthwise_register_tiles_on_arm_dotprod(k, stride, parity, tile, rows):
     assert pairs == ([str(rows)] if rows else []), (k, stride, pairs)
 
 
-@pytest.mark.parametrize("case, tile", zip(DW_REWRITE_CASES, [7, 7, 4, 7, 3]))
+@pytest.mark.parametrize("case, tile", zip(DW_REWRITE_CASES, [7, 7, 4, 7, 3, 7]))
 def test_depthwise_on_rewritten_quads_keeps_its_weights(case, tile):
     """`arm-dotprod` on a rewritten plane: the weights of a 5x5 (7x7) window stay in registers,
     so the register tile takes up to 7 pixels (the widest divisor of the row), and the
@@ -535,6 +537,18 @@ def test_depthwise_on_rewritten_quads_keeps_its_weights(case, tile):
     assert re.findall(r"for x_1 in T\.unroll\((\d+)\)", script) == [str(tile)], case
     assert re.search(rf"for ry in range\({case[3]}\):", script), case
     assert f"{PAIR_BLOCK} = T.sblock_alloc_buffer" in script
+
+
+@pytest.mark.parametrize("c, width, tasks", [
+    (128, 7, 4), (64, 7, 4), (32, 7, 4), (16, 7, 2), (128, 14, 16), (96, 7, 4)])
+def test_small_rewritten_planes_share_a_task(c, width, tasks):
+    """A task of a rewritten depthwise conv allocates its padded plane and its groups once: on
+    small planes it takes up to 4 channel blocks (as many as divide the blocks, at least 4
+    tasks left, the workspaces within a band's budget); 14-pixel rows' (13 KiB a plane)
+    take one (read off the IR)."""
+    mod = _depthwise(c, width, width, 5, 1, (2, 2, 2, 2), "arm-dotprod", rewrite=True)[0]
+    script = mod["main"].script()
+    assert re.findall(r"for \w+ in T\.parallel\((\d+)\)", script) == [str(tasks)], script
 
 
 _RUN = textwrap.dedent("""\
