@@ -499,6 +499,7 @@ def test_requantize_kernel_takes_the_shift_narrowing(target):
 # a one-pixel 1x1 conv (a classifier): its reduction four input blocks a loop step on
 # `arm-dotprod`
 ONE_PIXEL = (64, 16, 1, 1, 1, 1, (0, 0, 0, 0))
+WHOLE_ROW = (64, 16, 3, 7, 1, 1, (0, 0, 0, 0))  # a 1x1 conv whose tile is its 7-pixel row
 
 
 def test_one_pixel_conv_takes_four_input_blocks_a_step():
@@ -509,6 +510,19 @@ def test_one_pixel_conv_takes_four_input_blocks_a_step():
     assert [(kind, n) for _, kind, n in loops] == [("range", "2"), ("T.unroll", "4")], loops
     wide = _kernel(64, 16, 1, 4, 1, 1, (0, 0, 0, 0), target="arm-dotprod")[0]["main"].script()
     assert "T.unroll(4)" not in re.sub(r"for (?!rc)\w+ in T\.unroll\(4\)", "", wide)
+
+
+@pytest.mark.parametrize("width, steps", [
+    (7, [("range", "4"), ("T.unroll", "2")]), (4, [("range", "4"), ("T.unroll", "2")]),
+    (14, [("range", "8")])])
+def test_whole_row_conv_takes_two_input_blocks_a_step(width, steps):
+    """`arm-dotprod`: a 1x1 conv whose register tile is its whole row (7 or 4 pixels) takes
+    two of its 8 input blocks per loop step (read off the IR); a 14-pixel row (two tiles of
+    7) keeps one."""
+    case = (64, 16, 3, width, 1, 1, (0, 0, 0, 0))
+    loops = re.findall(r"for (rc\w*) in (T\.unroll|range)\((\d+)\)",
+                       _kernel(*case, target="arm-dotprod")[0]["main"].script())
+    assert [(kind, n) for _, kind, n in loops] == steps, loops
 
 
 @pytest.mark.parametrize("k, stride, parity, tile, rows", [
@@ -589,6 +603,7 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
                 for case in requantize]
     if target == "arm-dotprod":
         kernels.append((ONE_PIXEL, _kernel(*ONE_PIXEL, target=target)))
+        kernels.append((WHOLE_ROW, _kernel(*WHOLE_ROW, target=target)))
     lanes = [case + ("lanes",) for case in LANES_CASES] if target == "arm" else []
     kernels += [(case, _lanes_kernel(*case[:7], target=target)) for case in lanes]
     for i, (case, (mod, values, shape, want, *out_dtype)) in enumerate(kernels):
