@@ -68,6 +68,9 @@ class DotIntrin:
     narrow_shift: tuple = ()
     narrow_shift_2px: tuple = ()
     narrow_shift_1px: tuple = ()
+    # and for a whole odd tile at once (``((pixels, forms), ...)``: 3, 5 or 7 pixels), where
+    # the shift goes into the narrowing
+    narrow_shift_odd: tuple = ()
     # two quads of one channel block per intrinsic, the activations loaded once for both and
     # each quad taken by element (int8 activations); None: one quad per intrinsic
     pair_intrin: str | None = None
@@ -174,6 +177,9 @@ class DotIntrin:
         """The narrowing intrinsic of ``pixels`` for a ``dtype(clamp(x, lo, hi))`` epilogue
         (with ``shift``: of ``dtype(clamp(x >> S, lo, hi))``, ``S`` per channel), if there is
         one."""
+        if pixels not in (1, 2, 4):
+            return dict(dict(self.narrow_shift_odd).get(pixels, ())).get((dtype, lo, hi)) \
+                if shift else None
         forms = ({4: self.narrow_shift, 2: self.narrow_shift_2px, 1: self.narrow_shift_1px}
                  if shift else {4: self.narrow, 2: self.narrow_2px, 1: self.narrow_1px})[pixels]
         return dict(forms).get((dtype, lo, hi))
@@ -246,6 +252,10 @@ def _arm():
     shifts = dict(narrow_shift=_narrow(a.NEON_SHIFT_NARROW),
                   narrow_shift_2px=_narrow(a.NEON_SHIFT_NARROW_2PX),
                   narrow_shift_1px=_narrow(a.NEON_SHIFT_NARROW_1PX))
+    # sdot's odd tiles narrowed whole (EfficientNet-Lite0: 46.24 -> 45.97 M instructions,
+    # MobileNet-V2 36.64 -> 36.46); on `arm` its depthwise kernels' 7-pixel tiles spilled
+    # (EfficientNet-Lite0 111.23 -> 113.95 M)
+    odd = tuple((p, _narrow(f"{a.NEON_SHIFT_NARROW}_{p}px")) for p in a.SHIFT_NARROW_ODD)
     return {
         # int8 activations only (ARM presets offset unsigned ones); 8 lanes = 2 NEON registers,
         # so 12 register tiles of the 32 vector registers hold accumulators
@@ -258,7 +268,8 @@ def _arm():
                           pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,
-                          narrow=narrow, narrow_2px=narrow_2px, narrow_1px=narrow_1px, **shifts),
+                          narrow=narrow, narrow_2px=narrow_2px, narrow_1px=narrow_1px,
+                          narrow_shift_odd=odd, **shifts),
         # smull + saddlp + addp: temporaries need registers too.  Odd rows (7 pixels) of
         # convs whose weights are small (at most 16 KiB for two output blocks: the 1x1 convs
         # of MobileNet-V2 and EfficientNet-Lite0, not ResNet-18's 3x3) take the split form

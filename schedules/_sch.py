@@ -115,16 +115,18 @@ def _narrowing(sch, block, dot, width, keep_block=False, shift_only=False):
             and node_kind(v.b) == "IntImm" and node_kind(v.a.b) == "IntImm"):
         return None
     form = (expr_dtype(value), int(v.b.value), int(v.a.b.value), width)
-    intrin = dot.narrow_for(*form)
+    intrin, with_shift = dot.narrow_for(*form), dot.narrow_for(*form, shift=True)
     src = sch.get_producers(clip[0])
     names = {sch.get(b).name_hint for b in (after + [block] if keep_block else after)}
-    if intrin is None or len(src) != 1 or sch.get(src[0]).name_hint not in names:
+    if (intrin is None and with_shift is None) or len(src) != 1 \
+            or sch.get(src[0]).name_hint not in names:
         return None
-    with_shift = dot.narrow_for(*form, shift=True)
     shifted = _shift_by_channel(sch, src[0], dot.lanes) if with_shift else None
     if shifted in names:
         return shifted, with_shift  # the shift goes into the narrowing
-    return None if shift_only else (sch.get(src[0]).name_hint, intrin)
+    if shift_only or intrin is None:  # (an odd tile's width has the shift form only)
+        return None
+    return sch.get(src[0]).name_hint, intrin
 
 
 def _shift_by_channel(sch, block, lanes):
@@ -163,7 +165,12 @@ def fuse_epilogue(sch, block, loop, dot=None, pixels=0):
     block on the tile and the narrowing to 8 bits is tensorized, 4 (or 2) pixels at a time
     (``intrin_x86.AVX2_NARROW``, ``intrin_arm.NEON_NARROW``)."""
     width = dot.narrow_width(pixels) if dot is not None else None
-    narrowing = _narrowing(sch, block, dot, width)
+    narrowing = None
+    if dot is not None and pixels in dict(dot.narrow_shift_odd):
+        # an odd tile narrowed whole where the shift goes in (else a pixel at a time)
+        narrowing = _narrowing(sch, block, dot, pixels)
+        width = pixels if narrowing else width
+    narrowing = narrowing or _narrowing(sch, block, dot, width)
     keep, intrin = narrowing or (None, None)
     kept = None
     for blk in inline_epilogue(sch, block, keep):

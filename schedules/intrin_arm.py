@@ -71,6 +71,8 @@ NEON_NARROW_1PX = "f8tvm_neon_narrow_1x8"  # and of 1 pixel (tiles of an odd wid
 NEON_SHIFT_NARROW = "f8tvm_neon_shift_narrow_4x8"
 NEON_SHIFT_NARROW_2PX = "f8tvm_neon_shift_narrow_2x8"
 NEON_SHIFT_NARROW_1PX = "f8tvm_neon_shift_narrow_1x8"
+# and for a tile of 3, 5 or 7 pixels: NEON_SHIFT_NARROW + "_{pixels}px" + the clamp's suffix
+SHIFT_NARROW_ODD = (3, 5, 7)
 COLUMNS = "_columns"  # the pair intrinsics' column-pair forms (A int8[2, 4])
 
 
@@ -594,6 +596,15 @@ _TOP_BYTES = T.Shuffle([T.ramp(T.int8(3), 4, 16)], list(range(16)))  # each int3
 
 
 def _neon_shift_narrowed(A, S, dtype: str, lo: int):
+    """The 8-bit result of ``A``'s pixels (1, 2 or 4 of them), one vector."""
+    pixels = 1 if len(A.shape) == 1 else int(A.shape[0])
+    return _shift_narrowed_parts(A, S, dtype, lo, pixels)[0][1]
+
+
+def _shift_narrowed_parts(A, S, dtype: str, lo: int, pixels: int):
+    """``[(first pixel, 8-bit vector)]`` covering ``pixels`` pixels of ``A``: one vector for
+    1, 2 or 4 of them; an odd tile of 3, 5 or 7 in parts of 4, 2 and 1 (two ``tbl`` of 4
+    vectors, one of 2, for 7 pixels, instead of 7 of 2 vectors and 3 ``mov`` joining halves)."""
     top = 16 if dtype == "uint8" else 24  # the bit the result's lowest bit is shifted to
     amounts = [T.broadcast(T.int32(top), 4) - S.vload([j], "int32x4") for j in (0, 4)]
     ndim = len(A.shape)
@@ -622,12 +633,16 @@ def _neon_shift_narrowed(A, S, dtype: str, lo: int):
             T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.tbl4.v16i8"), shifted(p, 0),
             shifted(p, 4), shifted(p + 1, 0), shifted(p + 1, 4), _TOP_BYTES, dtype="int8x16")
 
-    pixels = 1 if ndim == 1 else int(A.shape[0])
-    out = {1: lambda: bytes_of(0), 2: lambda: two(0),
-           4: lambda: _concat(two(0), two(2), 16)}[pixels]()
-    if dtype == "int8" and lo > -128:
-        return T.max(out, T.broadcast(T.int8(lo), 8 * pixels))
-    return out
+    parts, p = [], 0
+    while p < pixels:
+        n = 4 if pixels - p >= 4 else 2 if pixels - p >= 2 else 1
+        out = {1: lambda: bytes_of(p), 2: lambda: two(p),
+               4: lambda: _concat(two(p), two(p + 2), 16)}[n]()
+        if dtype == "int8" and lo > -128:
+            out = T.max(out, T.broadcast(T.int8(lo), 8 * n))
+        parts.append((p, out))
+        p += n
+    return parts
 
 
 def _shift_narrow_desc(dtype: str, lo: int, hi: int, pixels: int):
@@ -662,6 +677,13 @@ def _shift_narrow_1px_desc(dtype: str, lo: int, hi: int):
 
 
 def _shift_narrow_impl(dtype: str, lo: int, pixels: int):
+    """The narrowing of a tile of ``pixels``: one store per part of
+    :func:`_shift_narrowed_parts` (one for 2 and 4 pixels, 2 for 3 and 5, 3 for 7)."""
+    def part(A, S, i):
+        return _shift_narrowed_parts(A, S, dtype, lo, pixels)[i]
+
+    n = bin(pixels).count("1")  # the parts: 4, 2 and 1 pixels
+
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((pixels, 8), "int32", offset_factor=1),
              S: T.Buffer((8,), "int32", offset_factor=1),
@@ -669,7 +691,11 @@ def _shift_narrow_impl(dtype: str, lo: int, pixels: int):
         with T.sblock("root"):
             T.reads(A[0:pixels, 0:8], S[0:8])
             T.writes(C[0:pixels, 0:8])
-            C.vstore([0, 0], _neon_shift_narrowed(A, S, dtype, lo))
+            C.vstore([part(A, S, 0)[0], 0], part(A, S, 0)[1])
+            if n > 1:
+                C.vstore([part(A, S, 1)[0], 0], part(A, S, 1)[1])
+            if n > 2:
+                C.vstore([part(A, S, 2)[0], 0], part(A, S, 2)[1])
     return impl
 
 
@@ -688,6 +714,10 @@ def _shift_narrow_1px_impl(dtype: str, lo: int):
 for (_dtype, _lo, _hi), _suffix in NARROW_FORMS.items():
     for _name, _pixels in ((NEON_SHIFT_NARROW, 4), (NEON_SHIFT_NARROW_2PX, 2)):
         TensorIntrin.register(_name + _suffix, _shift_narrow_desc(_dtype, _lo, _hi, _pixels),
+                              _shift_narrow_impl(_dtype, _lo, _pixels), override=True)
+    for _pixels in SHIFT_NARROW_ODD:
+        TensorIntrin.register(f"{NEON_SHIFT_NARROW}_{_pixels}px{_suffix}",
+                              _shift_narrow_desc(_dtype, _lo, _hi, _pixels),
                               _shift_narrow_impl(_dtype, _lo, _pixels), override=True)
     TensorIntrin.register(NEON_SHIFT_NARROW_1PX + _suffix,
                           _shift_narrow_1px_desc(_dtype, _lo, _hi),

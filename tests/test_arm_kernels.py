@@ -387,7 +387,7 @@ def _narrowing(dtype, lo, hi, target, width=8, by_channel=False):
     in-range values and saturation.  The shift is 8, or with ``by_channel`` :data:`SHIFTS`
     (a constant input, one per channel) after a bias add, as in a model's requantize.  Rows
     of ``width`` output pixels: 8 make tiles of a multiple of 4 (or 2) pixels, 7 tiles of an
-    odd width, narrowed one pixel at a time."""
+    odd width, narrowed one pixel at a time (with the shift inside: the whole tile at once)."""
     x, wt = _operands(16, 16, 6, width, 3)
     packed = pack_conv_weight(wt, LANES, LANES, DEPTH)
     data = te.placeholder(_block(x, LANES).shape, "int8", name="data")
@@ -412,6 +412,20 @@ def _narrowing(dtype, lo, hi, target, width=8, by_channel=False):
                             find_dot(TARGETS[target].dot))
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     return mod, tuple(values), [int(v) for v in out.shape], np.clip(want, lo, hi), dtype
+
+
+def test_odd_tile_narrows_in_parts_of_four_two_and_one():
+    """`arm-dotprod`: a 7-pixel tile whose shift goes into the narrowing narrows the whole tile
+    at once: three ``tbl`` of 4 vectors (2 pixels each) and one of 2 (the last pixel) per 14
+    ``sqshl``, none of the ``mov``s that joined 8-byte halves (read off the host's asm; the
+    board test runs it)."""
+    mod = _narrowing("int8", -128, 127, "arm-dotprod", 7, by_channel=True)[0]
+    lib = tvm.compile(mod, target=get_target("arm-dotprod").tvm())
+    asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+    tables = [len(t.split(",")) for t in re.findall(r"\ttbl\tv\d+\.\d+b, \{([^}]*)\}", asm)]
+    tiles = asm.count("\tsqshl\t") / 14
+    assert tiles >= 1 and sorted(tables) == [2] * int(tiles) + [4] * int(3 * tiles), tables
+    assert not re.search(r"\tmov\tv\d+\.d\[1\]", asm)
 
 
 def _sqshl_top(x, shift, top):
