@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from f8tvm.core._tvm import (
     expr_dtype,
     load_source,
@@ -277,6 +279,12 @@ def _split_at(sch, loop, sizes):
 
 def _dtype_bytes(sch, blk) -> int:
     return tvm.runtime.DataType(expr_dtype(sch.get(blk).body.value)).bits // 8
+
+
+def plane_bytes(buf) -> int:
+    """Bytes of one channel block (axis 1) of a blocked buffer."""
+    elems = math.prod(int(v) for v in buf.shape) // int(buf.shape[1])
+    return elems * tvm.runtime.DataType(str(buf.dtype)).bits // 8
 
 
 def schedule_pad(sch, name):

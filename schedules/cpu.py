@@ -11,8 +11,6 @@ come from :func:`default_conv_tiles`.
 
 from __future__ import annotations
 
-import numpy as np
-
 from f8tvm.core import _tvm
 from f8tvm.passes import packed_kernels as pk
 from f8tvm.passes.packed_kernels import (
@@ -615,16 +613,10 @@ def _planes_per_task(sch, widened, planes: int, most: int = 4) -> int:
     pad = _tvm.region_tensor(sch.get(widened).reads[0])
     if int(groups.shape[2]) > 1:
         return 1
-    per_plane = sum(_plane_bytes(t) for t in (groups, pad))
+    per_plane = sum(_sch.plane_bytes(t) for t in (groups, pad))
     fits = [k for k in range(most, 1, -1)
             if planes % k == 0 and planes >= 4 * k and k * per_plane <= pk.BAND_BYTES]
     return fits[0] if fits else 1
-
-
-def _plane_bytes(buf) -> int:
-    """Bytes of one channel block (axis 1) of a blocked buffer."""
-    n = int(np.prod([int(v) for v in buf.shape])) // int(buf.shape[1])
-    return n * int("".join(ch for ch in str(buf.dtype) if ch.isdigit())) // 8
 
 
 def _interleave(sch, dot, blk) -> None:
