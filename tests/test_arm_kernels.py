@@ -156,26 +156,33 @@ def test_block_pairs_compute_is_exact(case):
     assert np.array_equal(_on_host(mod, xb, packed, shape)[:, :case[1]], want)
 
 
+def _packed_one(target, kind, x_shape, w, **conv_attrs):
+    """The one ``kind`` kernel PackChannelBlocks makes for ``target`` from an int8 conv2d of
+    ``w`` on an input of ``x_shape`` (``conv_attrs``: padding, strides, groups)."""
+    x = relax.Var("x", relax.TensorType(x_shape, "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), out_dtype="int32", **conv_attrs),
+                        name_hint="c")
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = PackChannelBlocks(TARGETS[target].dot, "int8")(bb.get())
+    funcs = [f for _, f in primfuncs(mod) if kernel_kind(f) == kind]
+    assert len(funcs) == 1
+    return funcs[0]
+
+
 @pytest.mark.unit
 def test_packer_takes_block_pairs_where_arm_can():
     """`arm` packs a conv on an even number of input blocks as block pairs, padded or not
     (lane-major weights: the conv's reduction is rc ry rx rj); an odd number of blocks (24
     channels: 3) and the other targets keep quads (rc ry rx rq rk)."""
     def conv_iterators(target, cin, pad):
-        w = np.ones((8, cin, 3, 3), "int8")
-        x = relax.Var("x", relax.TensorType((1, cin, 8, 8), "int8"))
-        bb = relax.BlockBuilder()
-        with bb.function("main", [x]):
-            with bb.dataflow():
-                y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=pad,
-                                               out_dtype="int32"), name_hint="c")
-                out = bb.emit_output(y)
-            bb.emit_func_output(out)
-        mod = PackChannelBlocks(TARGETS[target].dot, "int8")(bb.get())
-        convs = [f for _, f in primfuncs(mod) if kernel_kind(f) == "conv"]
-        assert len(convs) == 1
+        conv = _packed_one(target, "conv", (1, cin, 8, 8), np.ones((8, cin, 3, 3), "int8"),
+                           padding=pad)
         # b o y x ol, then rc ry rx rj (block pairs) or rc ry rx rq rk (quads)
-        return len(kernel_block(convs[0])[1].iter_vars)
+        return len(kernel_block(conv)[1].iter_vars)
 
     assert conv_iterators("arm", 16, (1, 1)) == 9
     assert conv_iterators("arm", 24, (1, 1)) == 10
@@ -226,20 +233,9 @@ def _packed_depthwise(target, width, stride, k=3):
     """The depthwise kernel PackChannelBlocks makes for ``target`` from a ``k`` x ``k``
     depthwise conv on 16 channels of 8-pixel rows ``width`` wide (padded to keep the size):
     the number of dims of its weights, and whether it rewrites its plane as tap groups."""
-    w = np.ones((16, 1, k, k), "int8")
-    x = relax.Var("x", relax.TensorType((1, 16, 8, width), "int8"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride,
-                                           padding=(k // 2,) * 2, groups=16,
-                                           out_dtype="int32"), name_hint="d")
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    mod = PackChannelBlocks(TARGETS[target].dot, "int8")(bb.get())
-    dws = [f for _, f in primfuncs(mod) if kernel_kind(f) == "depthwise"]
-    assert len(dws) == 1
-    return len(dws[0].params[1].ty.shape), f'"{PAIR_BLOCK}"' in dws[0].script()
+    dw = _packed_one(target, "depthwise", (1, 16, 8, width), np.ones((16, 1, k, k), "int8"),
+                     strides=stride, padding=(k // 2,) * 2, groups=16)
+    return len(dw.params[1].ty.shape), f'"{PAIR_BLOCK}"' in dw.script()
 
 
 def test_packer_shares_tap_quads_where_arm_dotprod_can():
