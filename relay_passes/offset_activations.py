@@ -18,6 +18,12 @@ Integer formula (``u`` uint8 in [0, 255], ``W`` int8, ``b`` int32, all sums exac
   bit ``r`` is 0), one vector add fewer per 4 lanes; only where ``x + c - (128 << r)`` provably
   stays in int32 (``x`` bounded from its conv's constant weights and 8-bit input, and through
   the residual sums, shifts, clips and max pools that carry it);
+* a ReLU6's bound ``H`` (per channel, ``u = uint8(clip(minimum(T, H), lo, hi))``) moves before
+  that shift: with ``w >> r == T - 128``, ``minimum(T, H) - 128 == minimum(w, B) >> r`` for
+  ``B = ((H - 127) << r) - 1`` (``w <= B`` exactly when ``floor(w / 2**r) <= H - 128``), where
+  ``B`` fits int32.  The kernel then ends in a shift, a clamp and a cast, which ARM narrows with
+  the shift inside (``schedules.intrin_arm.NEON_SHIFT_NARROW``), instead of shifting, taking the
+  minimum, subtracting and narrowing each vector;
 * conv2d: ``conv(u, W)[o] + b[o] = conv(pad(s, -128), W)[o] + (b[o] + 128 * S[o])`` with
   ``S[o] = sum_{i,kh,kw} W[o, i, kh, kw]`` (per output channel, any groups).  The zero
   padding of ``u`` is the value -128 of ``s``, so the padding becomes an explicit ``nn.pad``
@@ -71,6 +77,8 @@ def _offset_function(func):
                 and expr_dtype(clip.args[0]) == "int32"):
             # the requantize epilogue: subtract, then clip to [lo, hi] - 128 (within int8)
             t = _offset_in_rounding(clip.args[0], producers, env, bb, name)
+            if t is None:
+                t = _offset_under_minimum(clip.args[0], producers, env, bb, name)
             if t is None:
                 t = R.subtract(env.get(clip.args[0], clip.args[0]),
                                relax.const(np.int32(OFFSET)))
@@ -172,6 +180,39 @@ def _offset_in_rounding(t, producers, env, bb, name):
     """``T - 128`` for the requantize result ``t`` (old program), as the same ties-to-even
     shift with the offset in its rounding constant (module doc), emitted on ``env``'s vars;
     None when ``t`` is not such a shift or the shifted sum could leave int32."""
+    parts = _offset_rounding_sum(t, producers, env, bb, name)
+    if parts is None:
+        return None
+    w, r = parts
+    return R.right_shift(w, relax.const(r.astype("int32")))
+
+
+def _offset_under_minimum(t, producers, env, bb, name):
+    """``minimum(T, H) - 128`` for ``t = minimum(T, H)`` (a ReLU6's bound ``H`` per channel on
+    the requantize result ``T``), with the bound moved before the shift (module doc):
+    ``(min(w, ((H - 127) << r) - 1)) >> r`` where ``w >> r`` is ``T - 128``; None when ``t`` is
+    not that or the bound leaves int32."""
+    m = producers.get(t)
+    if not (is_call(m, "relax.minimum") and _tvm.is_const(m.args[1])):
+        return None
+    parts = _offset_rounding_sum(m.args[0], producers, env, bb, name)
+    if parts is None:
+        return None
+    w, r = parts
+    high = _tvm.const_value(m.args[1]).astype(np.int64) - OFFSET
+    bound = ((high + 1) << r) - 1  # floor(x / 2**r) <= high  <=>  x <= bound
+    if not fits_int32(bound):
+        return None
+    w = bb.emit(w, f"{name}_par")
+    return R.right_shift(R.minimum(w, relax.const(bound.astype("int32"))),
+                         relax.const(r.astype("int32")))
+
+
+def _offset_rounding_sum(t, producers, env, bb, name):
+    """``(w, r)``: ``w`` the sum whose floor shift right by ``r`` is ``T - 128`` (``T`` = ``t``,
+    a ties-to-even shift of the old program; the offset in its rounding constant, the parity
+    bit added: module doc), emitted on ``env``'s vars; None when ``t`` is not such a shift or
+    the shifted sum could leave int32."""
     m = match_rounding_right_shift(producers.get(t), producers)
     if m is None:
         return None
@@ -186,7 +227,7 @@ def _offset_in_rounding(t, producers, env, bb, name):
     r32 = relax.const(r.astype("int32"))
     v = bb.emit(R.add(env.get(x, x), relax.const(c.astype("int32"))), f"{name}_rnd")
     lsb = R.bitwise_and(R.right_shift(v, r32), relax.const(parity.astype("int32")))
-    return R.right_shift(R.add(v, lsb), r32)
+    return R.add(v, lsb), r
 
 
 def _i32(v, name):

@@ -23,7 +23,9 @@ build's value bit for bit (gemmlowp rounds twice, ties away from zero, which wou
 every ``T`` whose int32 rounding add ``T + 2**(r-1)`` does not overflow in the shift build (a
 program the reference's int32 checks exclude; the int64 product cannot overflow).  The
 left shifts (``fl_src < in_fl``) stay shifts, as in TFLite's ``MultiplyByQuantizedMultiplier``;
-a requantize with no right shift on any channel (only a clip and a cast) has nothing to rewrite.
+a requantize with no right shift on any channel (only a clip and a cast) has nothing to rewrite,
+and neither has one whose ReLU6 bound :mod:`relay_passes.offset_activations` moved in between the
+rounding's sum and its shift (int8-activation targets): it stays a shift.
 
 Why after PackChannelBlocks: that pass keeps elementwise ops it knows in the blocked layout and
 unblocks around any other op, ``multiply`` included; rewriting the packed program keeps the

@@ -123,14 +123,17 @@ def test_only_int8_targets_are_offset(program):
         assert not has_unsigned_dot(offset_for_target(qmod, TARGETS[name]))
 
 
-def _requantize_into_conv(bb, s, shift, seed):
-    """``s`` (int32) -> ties-to-even shift by ``shift`` (per channel) -> clip to [0, 255] ->
-    uint8 -> a 1x1 conv to 4 channels: the offset of that conv's input meets the rounding."""
+def _requantize_into_conv(bb, s, shift, seed, high=None):
+    """``s`` (int32) -> ties-to-even shift by ``shift`` (per channel) -> [a ReLU6's bound
+    ``high`` per channel] -> clip to [0, 255] -> uint8 -> a 1x1 conv to 4 channels: the offset
+    of that conv's input meets the rounding."""
     from f8tvm.passes.quantize_to_integer import emit_rounding_shift
 
     c = len(shift)
     w = np.random.default_rng(seed).integers(-127, 128, (4, c, 1, 1)).astype("int8")
     t = emit_rounding_shift(bb, s, np.asarray(shift).reshape(1, c, 1, 1), "rq")
+    if high is not None:
+        t = bb.emit(R.minimum(t, _bias(high)), "hi")
     u = bb.emit(R.astype(R.clip(t, 0, 255), "uint8"), "u")
     return bb.emit(R.nn.conv2d(u, relax.const(w), out_dtype="int32"), "z")
 
@@ -139,7 +142,7 @@ def _bias(values):
     return relax.const(np.asarray(values, "int32").reshape(1, -1, 1, 1))
 
 
-def _requantized_pair(shift, bias, w1_scale=1):
+def _requantized_pair(shift, bias, w1_scale=1, high=None):
     """x (int8) -> conv -> + bias -> requantized into a second conv
     (:func:`_requantize_into_conv`)."""
     rng = np.random.default_rng(len(shift))
@@ -148,7 +151,8 @@ def _requantized_pair(shift, bias, w1_scale=1):
     def body(bb, x):
         acc = bb.emit(R.nn.conv2d(x, relax.const(w1.astype("int8")), padding=[1, 1, 1, 1],
                                   out_dtype="int32"), "acc")
-        return _requantize_into_conv(bb, bb.emit(R.add(acc, _bias(bias)), "y"), shift, 1)
+        return _requantize_into_conv(bb, bb.emit(R.add(acc, _bias(bias)), "y"), shift, 1,
+                                     high)
 
     return relax_main((1, 3, 6, 6), "int8", body, name="x")
 
@@ -222,3 +226,36 @@ def test_offset_into_the_rounding_through_a_residual_sum(bias, foldable, pool):
     omod = OffsetUnsignedActivations(mod)
     assert (not _subtracts(omod)) == foldable
     _assert_same_results(mod, omod, seed=4)
+
+
+def _shifted_minimums(mod):
+    """The ``minimum`` bindings of ``mod`` whose result a ``right_shift`` reads."""
+    values = {b.var: b.value for b in bindings(mod["main"])}
+    return [values[v.args[0]] for v in values.values()
+            if isinstance(v, relax.Call) and v.op.name == "relax.right_shift"
+            and isinstance(values.get(v.args[0]), relax.Call)
+            and values[v.args[0]].op.name == "relax.minimum"]
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("shift, high, moved", [
+    ([0, 1, 3, 9], [40, 100, 200, 255], True),
+    ([2, 24, 4, 6], [6, 255, 0, 128], True),  # (255 - 127) << 24 = 2**31: the bound is 2**31 - 1
+    ([2, 25, 4, 6], [6, 255, 0, 128], False),  # the rounding constant leaves int32
+])
+def test_relu6_bound_goes_before_the_shift(shift, high, moved):
+    """s = uint8(clip(minimum(RQ(x), H), 0, 255)) - 128: the -128 goes into the rounding
+    constant and the bound before the shift, ``minimum(w, ((H - 127) << r) - 1) >> r`` (no
+    subtract, and a minimum the shift reads), where the constant fits int32 (then the bound
+    does too, for H <= 255); else a subtract stays.  Bit-exact either way, over inputs at
+    both ends of int8 (past every bound) and random ones."""
+    mod = _requantized_pair(shift, [5, -7, 1000, -100], w1_scale=3, high=high)
+    omod = OffsetUnsignedActivations(mod)
+    assert (not _subtracts(omod)) == moved
+    assert len(_shifted_minimums(omod)) == int(moved)
+    if moved:
+        r = np.asarray(shift)
+        want = ((np.asarray(high) - 127) << r) - 1
+        got = _tvm.const_value(_shifted_minimums(omod)[0].args[1]).reshape(-1)
+        assert np.array_equal(got, want)
+    _assert_same_results(mod, omod, seed=2)
