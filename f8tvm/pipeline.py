@@ -139,7 +139,7 @@ def codegen(lowered, target: TargetPreset, input_fl: int = 0, name: str = "model
     program (:class:`f8tvm.mcu.emit.CProgram`; ``input_fl`` and ``name`` go into its header)."""
     if target.mcu is not None:
         return emit.emit_c(lowered, target, name, input_fl, __version__)
-    return _tvm.compile_relax_lowered(lowered, target.tvm())
+    return _tvm.compile_relax_lowered(lowered, target.tvm(), target.stack_buffer_bytes)
 
 
 # ----------------------------------------------------------------------------- a build

@@ -100,6 +100,10 @@ class TargetPreset:
     parity_test: bool = False
     # a microcontroller: C sources over a static arena instead of a .so (f8tvm.mcu)
     mcu: McuSpec | None = None
+    # kernel scratch buffers (a depthwise task's padded plane) up to this many bytes go on the
+    # stack instead of through the runtime's workspace calls (f8tvm.core._tvm.stack_buffers);
+    # 0: TVM's own rule (under 1 KiB)
+    stack_buffer_bytes: int = 0
 
     def __post_init__(self):
         if self.activations not in ACTIVATIONS:

@@ -17,7 +17,8 @@ import pytest
 from kernel_ref import conv, unblock
 from test_arm import ARM_TARGETS, on_board
 
-from f8tvm.core._tvm import cc, node_kind, primfuncs, relax, schedule_of, te, tvm
+from f8tvm.core import _tvm
+from f8tvm.core._tvm import cc, node_kind, primfuncs, relax, schedule_of, te, tir_pipeline, tvm
 from f8tvm.core.errors import InputError
 from f8tvm.passes.pack_channel_blocks import (
     PackChannelBlocks,
@@ -575,6 +576,27 @@ def test_small_rewritten_planes_share_a_task(c, width, tasks):
     assert re.findall(r"for \w+ in T\.parallel\((\d+)\)", script) == [str(tasks)], script
 
 
+@pytest.mark.parametrize("limit, cap, on_stack", [
+    (0, None, False),  # TVM's own rule: only under 1 KiB
+    (1024, None, False),  # the padded plane is 1144 bytes
+    (8 * 1024, None, True),
+    (8 * 1024, 1024, False),  # within the limit, past the function's budget
+])
+def test_small_scratch_buffers_go_on_the_stack(limit, cap, on_stack, monkeypatch):
+    """A depthwise task's padded plane (1144 bytes here) comes from the stack, not from the
+    runtime's workspace calls, when it fits the target's ``stack_buffer_bytes`` and the
+    function's budget (``_tvm.STACK_FUNCTION_BYTES``): read off the LLVM IR."""
+    if cap is not None:
+        monkeypatch.setattr(_tvm, "STACK_FUNCTION_BYTES", cap)
+    mod = _depthwise(16, 9, 11, 3, 1, (1, 1, 1, 1), "arm-dotprod")[0]
+    lib = tvm.compile(mod, target=get_target("arm-dotprod").tvm(),
+                      tir_pipeline=tir_pipeline(limit))
+    ll = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("ll")
+    assert ("TVMBackendAllocWorkspace" not in ll) == on_stack
+    assert TARGETS["arm-dotprod"].stack_buffer_bytes == TARGETS["arm"].stack_buffer_bytes \
+        == 8 * 1024
+
+
 _RUN = textwrap.dedent("""\
     import sys, numpy as np, tvm
     lib = tvm.runtime.load_module(sys.argv[1])
@@ -617,7 +639,9 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
     lanes = [case + ("lanes",) for case in LANES_CASES] if target == "arm" else []
     kernels += [(case, _lanes_kernel(*case[:7], target=target)) for case in lanes]
     for i, (case, (mod, values, shape, want, *out_dtype)) in enumerate(kernels):
-        lib = tvm.compile(mod, target=get_target(target).tvm())
+        # the builds' TIR pipeline: the depthwise planes of up to 8 KiB on the stack
+        lib = tvm.compile(mod, target=get_target(target).tvm(),
+                          tir_pipeline=tir_pipeline(TARGETS[target].stack_buffer_bytes))
         asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
         if case[2:] in NARROW:  # the epilogue narrows with saturating narrows, no clamp
             assert re.search(r"\t(sq|uq)xtu?n2?\t", asm), (target, case)

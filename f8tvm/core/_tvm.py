@@ -156,9 +156,88 @@ def _llvm_names(cache={}) -> dict:  # noqa: B006  (memo)
     return cache
 
 
-def compile_relax_lowered(lowered: IRModule, target: Target):
-    """Code generation of a module that already went through the Relax pipeline."""
-    return tvm.compile(lowered, target=target, relax_pipeline=None)
+# A kernel's small scratch buffers (a depthwise task's padded plane) can live on the stack instead
+# of coming from TVMBackendAllocWorkspace, a pair of calls of ~300 instructions once per
+# parallel task: TVM does that by itself only under 1 KiB.  A target asks for it with a byte
+# limit per buffer (``TargetPreset.stack_buffer_bytes``); a function's stack buffers stay within
+# STACK_FUNCTION_BYTES, far inside a worker thread's stack (1 MiB on Android, 8 MiB with glibc).
+STACK_FUNCTION_BYTES = 64 * 1024
+_NO_WORKSPACE = "disable_lower_builtin"  # LowerTVMBuiltin leaves such an allocation an alloca
+
+
+def stack_buffers(func, limit: int):
+    """``func`` (a lowered PrimFunc) with its constant-size global buffers of at most ``limit``
+    bytes annotated to stay on the stack, smallest first while their sum stays within
+    STACK_FUNCTION_BYTES."""
+    found = []
+
+    def note(alloc):
+        found.append(alloc)
+        return alloc
+
+    tvm_ffi.structural_map(func.body, (tir.AllocBuffer, note))
+    sizes = []  # (bytes, buffer)
+    for alloc in found:
+        buf = alloc.buffer
+        if buf.scope() != "global" or not all(node_kind(d) == "IntImm" for d in buf.shape):
+            continue
+        n = tvm.DataType(buf.dtype).bits // 8 * tvm.DataType(buf.dtype).lanes
+        for d in buf.shape:
+            n *= int(d)
+        if n <= limit:
+            sizes.append((n, buf))
+    chosen, total = [], 0
+    for n, buf in sorted(sizes, key=lambda nb: nb[0]):
+        if total + n > STACK_FUNCTION_BYTES:
+            break
+        chosen.append(buf)
+        total += n
+    if not chosen:
+        return func
+
+    def mark(alloc):
+        if not any(alloc.buffer.same_as(b) for b in chosen):
+            return alloc
+        notes = dict(alloc.annotations)
+        notes[_NO_WORKSPACE] = tir.IntImm("bool", 1)
+        return tir.AllocBuffer(alloc.buffer, notes)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, (tir.AllocBuffer, mark)))
+
+
+def tir_pipeline(stack_buffer_bytes: int = 0) -> str:
+    """The name of the TIR pipeline for ``tvm.compile``: TVM's default, followed by
+    :func:`stack_buffers` at ``stack_buffer_bytes`` unless that is 0 (registered on first use;
+    TVM takes a custom pipeline by name)."""
+    if not stack_buffer_bytes:
+        return "default"
+    limit = stack_buffer_bytes
+    name = f"f8tvm_stack_{limit}"
+    if name in tir.compilation_pipeline.PIPELINE_MAP:
+        return name
+
+    @tvm.transform.module_pass(opt_level=0, name="StackBuffers")
+    def on_stack(mod, ctx):
+        out = mod
+        for gv, func in mod.functions.items():
+            if isinstance(func, tir.PrimFunc):
+                out = with_function(out, gv.name_hint, stack_buffers(func, limit))
+        return out
+
+    def factory(**kwargs):
+        lower, host, device = tir.compilation_pipeline.get_tir_pipeline("default", **kwargs)
+        return tvm.transform.Sequential([lower, on_stack]), host, device
+
+    tir.compilation_pipeline.register_tir_pipeline(name, factory)
+    return name
+
+
+def compile_relax_lowered(lowered: IRModule, target: Target, stack_buffer_bytes: int = 0):
+    """Code generation of a module that already went through the Relax pipeline;
+    ``stack_buffer_bytes``: scratch buffers up to that size on the stack (:func:`stack_buffers`).
+    """
+    return tvm.compile(lowered, target=target, relax_pipeline=None,
+                       tir_pipeline=tir_pipeline(stack_buffer_bytes))
 
 
 def region_tensor(region):
