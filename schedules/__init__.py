@@ -123,6 +123,9 @@ class DotIntrin:
     bias_init: bool = True
     # unroll the window's columns in the conv's loop body (shared pixel loads)
     unroll_window: bool = False
+    # a 1x1 conv's loop over its input blocks unrolled whole (the pair form) when there are
+    # at most this many of them (and more than 2: LLVM unrolls those itself)
+    unroll_blocks: int = 0
     # and its rows (at most 3 of them): one loop step per input block instead of one per
     # window row (ResNet-18's 3x3 convs on sdot: 3.5-6% fewer instructions)
     unroll_rows: bool = False
@@ -268,6 +271,7 @@ def _arm():
                           pair_intrin=a.SDOT_8x8_LANE,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,
+                          unroll_blocks=6,
                           narrow=narrow, narrow_2px=narrow_2px, narrow_1px=narrow_1px,
                           narrow_shift_odd=odd, **shifts),
         # smull + saddlp + addp: temporaries need registers too.  Odd rows (7 pixels) of

@@ -205,6 +205,11 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
         rc_o, rc_i = sch.split(rc, [None, 4])
         sch.unroll(rc_i)
         first = rc_o
+    elif pairs and not split and 2 < _sch.extent(sch, rc) <= dot.unroll_blocks \
+            and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1:
+        # a 1x1 conv on a few input blocks: its loop over them unrolled, one body per tile
+        # (EfficientNet-Lite0 on arm-dotprod: 45.58 -> 45.52 M instructions)
+        sch.unroll(rc)
     elif pairs and not split and 1 < ow == pixels and _sch.extent(sch, rc) % 2 == 0 \
             and _sch.extent(sch, rc) > 2 and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1:
         # a 1x1 conv whose tile is its whole row (7-pixel rows on sdot): two input blocks a

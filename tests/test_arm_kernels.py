@@ -536,6 +536,19 @@ def test_whole_row_conv_takes_two_input_blocks_a_step(width, steps):
     assert [(kind, n) for _, kind, n in loops] == steps, loops
 
 
+@pytest.mark.parametrize("cin, width, steps", [
+    (40, 14, [("T.unroll", "5")]), (48, 7, [("T.unroll", "6")]), (16, 14, [("range", "2")]),
+    (56, 14, [("range", "7")])])
+def test_short_reduction_conv_is_unrolled(cin, width, steps):
+    """`arm-dotprod`: a 1x1 conv on 3 to 6 input blocks (``DotIntrin.unroll_blocks``) has its
+    loop over them unrolled whole (read off the IR); 2 blocks LLVM unrolls by itself, 7 stay
+    a loop."""
+    case = (cin, 16, 3, width, 1, 1, (0, 0, 0, 0))
+    loops = re.findall(r"for (rc\w*) in (T\.unroll|range)\((\d+)\)",
+                       _kernel(*case, target="arm-dotprod")[0]["main"].script())
+    assert [(kind, n) for _, kind, n in loops] == steps, loops
+
+
 @pytest.mark.parametrize("k, stride, parity, tile, rows", [
     (5, 1, True, 4, None), (3, 1, True, 2, 2), (5, 2, False, 4, None), (7, 1, True, 4, None),
     (3, 2, False, 2, 2)])
