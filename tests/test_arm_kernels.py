@@ -477,7 +477,8 @@ def _requantize_func(dtype, lo, hi, width):
 
 def _requantize(dtype, lo, hi, target, width):
     """:func:`_requantize_func` scheduled for ``target``; rows of ``width`` pixels: 8 take the
-    4-pixel narrowing, 6 the 2-pixel one, 7 one pixel at a time."""
+    4-pixel narrowing, 6 the 2-pixel one, 7 the whole row at once (``arm-dotprod``; `arm`:
+    one pixel at a time)."""
     func, x, want = _requantize_func(dtype, lo, hi, width)
     func = default_schedule(func, find_dot(TARGETS[target].dot))
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
@@ -505,6 +506,11 @@ def test_requantize_kernel_takes_the_shift_narrowing(target):
             gather = "\tuzp2\t" if form[0] == "uint8" else "\ttbl\t"
             assert "\tsqshl\t" in asm and gather in asm, (target, width, form)
             assert "\tsshl\t" not in asm and "\tsmin\t" not in asm, (target, width, form)
+            if target == "arm-dotprod" and width == 7 and form[0] == "int8":
+                # the row narrowed whole: 3 tbl of 4 vectors (2 pixels each) and one of 2
+                # (the 7th pixel), not 7 of 2
+                tables = re.findall(r"\ttbl\tv\d+\.\w+, \{([^}]*)\}", asm)
+                assert sorted(t.count("v") for t in tables) == [2, 4, 4, 4], tables
 
 
 # a one-pixel 1x1 conv (a classifier): its reduction four input blocks a loop step on
