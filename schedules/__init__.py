@@ -74,6 +74,9 @@ class DotIntrin:
     # two quads of one channel block per intrinsic, the activations loaded once for both and
     # each quad taken by element (int8 activations); None: one quad per intrinsic
     pair_intrin: str | None = None
+    # the same for two adjacent pixels at once (tiles of an even width, stride 1): their
+    # activations one 16-byte load; None: a pixel per intrinsic
+    pair_intrin_2px: str | None = None
     # the pair form for a window's column pair (``conv2d_nchwc(..., column_pairs=kw)``: the
     # input block is one quad, two adjacent pixels stand for the two quads)
     pair_intrin_columns: str | None = None
@@ -268,7 +271,7 @@ def _arm():
                           dw_pair_signed=a.SDOT_DW_8x4, dw_taps=4, dw_tile=2, dw_tile_wide=4,
                           dw_rows=2, dw_grouped_signed=a.SDOT_DW_QUADS, dw_grouped_tile=7,
                           pair_interleave_signed=a.SDOT_QUADS,
-                          pair_intrin=a.SDOT_8x8_LANE,
+                          pair_intrin=a.SDOT_8x8_LANE, pair_intrin_2px=a.SDOT_8x8_LANE_2PX,
                           pair_intrin_columns=a.SDOT_8x8_LANE + a.COLUMNS,
                           pair_registers=30, b_cost_far=2.0, unroll_window=True, unroll_rows=True,
                           unroll_blocks=6,

@@ -227,6 +227,10 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     if split:
         sch.tensorize(lanes, dot.split_sum)
         sch.tensorize(rq, dot.pair_split_columns if columns else dot.pair_split)
+    elif pairs and _two_pixels(sch, conv, x_i, dot, columns):
+        # two pixels per intrinsic: their 16 bytes one load (a pixel each: 8-byte loads)
+        x_i, two = sch.split(x_i, [None, 2])
+        sch.tensorize(two, dot.pair_intrin_2px)
     elif pairs:
         sch.tensorize(rq, dot.pair_intrin_columns if columns else dot.pair_intrin)
     else:
@@ -242,6 +246,15 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
     sch.unroll(x_i)
     sch.unroll(o_i)
     _sch.schedule_pad(sch, PAD_BLOCK)
+
+
+def _two_pixels(sch, conv, x_i, dot, columns: bool) -> bool:
+    """Whether the pair form takes two pixels per intrinsic (``dot.pair_intrin_2px``): a
+    tile of an even number of pixels, adjacent in the input (stride 1), each a channel
+    block's two quads (not a column pair)."""
+    if dot.pair_intrin_2px is None or columns or _sch.extent(sch, x_i) % 2:
+        return False
+    return int(sch.get(conv).annotations[pk.CONV_COLUMNS][0]) == 1
 
 
 def _chunk_reduction(sch, block, rc, x_o, chunk: int, ow: int):

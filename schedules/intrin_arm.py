@@ -53,6 +53,7 @@ from .intrin_x86 import (
 
 SDOT_8x4 = "f8tvm_sdot_8x4_i8i8i32"
 SDOT_8x8_LANE = "f8tvm_sdot_8x8_lane_i8i8i32"
+SDOT_8x8_LANE_2PX = "f8tvm_sdot_8x8_lane_2px_i8i8i32"  # the same for two adjacent pixels
 NEON_8x4 = "f8tvm_neon_8x4_i8i8i32"
 NEON_8x8 = "f8tvm_neon_8x8_i8i8i32"
 NEON_8x8_SPLIT = "f8tvm_neon_8x8_split_i8i8i32"  # the pair form into split accumulators
@@ -231,6 +232,63 @@ for _shape, _suffix in (((8,), ""), ((2, 4), COLUMNS)):
     TensorIntrin.register(NEON_8x8 + _suffix, _pair_desc(_shape),
                           _halves_impl(_shape, (2, 8, 4), _addp_half(_smull_quads)),
                           override=True)
+
+
+def _pair_2px_desc():
+    """:func:`_pair_desc` for two adjacent pixels of an NCHW8c row at once: ``A`` int8[2, 8]
+    (their channel blocks, 16 contiguous bytes), ``C`` int32[2, 8]."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((2, 8), "int8", offset_factor=1),
+        B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+        C: T.Buffer((2, 8), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:8], A[0:2, 0:8], B[0:2, 0:8, 0:4])
+            T.writes(C[0:2, 0:8])
+            for p, q, i, k in T.grid(2, 2, 8, 4):
+                with T.sblock("update"):
+                    vp = T.axis.spatial(2, p)
+                    vi = T.axis.spatial(8, i)
+                    vq = T.axis.reduce(2, q)
+                    vk = T.axis.reduce(4, k)
+                    C[vp, vi] = C[vp, vi] + T.cast(A[vp, vq * 4 + vk], "int32") * T.cast(
+                        B[vq, vi, vk], "int32")
+    return desc
+
+
+def _sdot_2px(A, B, C, p, lane):
+    """Lanes ``lane .. lane+3`` of pixel ``p`` plus both quads' dots, the quads taken by
+    element from the one 16-byte register the two pixels were loaded into (their 4 quads):
+    one load per two pixels, where a pixel each is two paired 8-byte loads per four."""
+    quads = T.reinterpret(A.vload([0, 0], "int8x16"), dtype="int32x4")
+    acc = C.vload([p, lane], dtype="int32x4")
+    for q in range(2):
+        acc = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            acc, B.vload([q, lane, 0], dtype="int8x16"),
+            T.reinterpret(T.Shuffle([quads, quads], [2 * p + q] * 4), dtype="int8x16"),
+            dtype="int32x4")
+    return acc
+
+
+@T.prim_func(s_tir=True)
+def _pair_2px_impl(
+    A: T.Buffer((2, 8), "int8", offset_factor=1),
+    B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+    C: T.Buffer((2, 8), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:2, 0:8], A[0:2, 0:8], B[0:2, 0:8, 0:4])
+        T.writes(C[0:2, 0:8])
+        C[0, T.ramp(T.int32(0), 1, 4)] = _sdot_2px(A, B, C, 0, 0)
+        C[0, T.ramp(T.int32(4), 1, 4)] = _sdot_2px(A, B, C, 0, 4)
+        C[1, T.ramp(T.int32(0), 1, 4)] = _sdot_2px(A, B, C, 1, 0)
+        C[1, T.ramp(T.int32(4), 1, 4)] = _sdot_2px(A, B, C, 1, 4)
+
+
+TensorIntrin.register(SDOT_8x8_LANE_2PX, _pair_2px_desc(), _pair_2px_impl, override=True)
 
 
 # Split accumulators (``schedules.cpu``: the conv's reduction over a quad's bytes is factored

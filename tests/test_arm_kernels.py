@@ -517,6 +517,7 @@ def test_requantize_kernel_takes_the_shift_narrowing(target):
 # `arm-dotprod`
 ONE_PIXEL = (64, 16, 1, 1, 1, 1, (0, 0, 0, 0))
 WHOLE_ROW = (64, 16, 3, 7, 1, 1, (0, 0, 0, 0))  # a 1x1 conv whose tile is its 7-pixel row
+TWO_PIXELS = (32, 16, 3, 8, 1, 1, (0, 0, 0, 0))  # 8-pixel tiles: two pixels per intrinsic
 
 
 def test_one_pixel_conv_takes_four_input_blocks_a_step():
@@ -540,6 +541,24 @@ def test_whole_row_conv_takes_two_input_blocks_a_step(width, steps):
     loops = re.findall(r"for (rc\w*) in (T\.unroll|range)\((\d+)\)",
                        _kernel(*case, target="arm-dotprod")[0]["main"].script())
     assert [(kind, n) for _, kind, n in loops] == steps, loops
+
+
+@pytest.mark.parametrize("case, two", [
+    (TWO_PIXELS, True), ((16, 16, 8, 8, 3, 1, (1, 1, 1, 1)), True),
+    ((32, 8, 9, 9, 1, 2, (0, 0, 0, 0)), False), (WHOLE_ROW, False)])
+def test_even_tiles_take_two_pixels_per_step(case, two):
+    """`arm-dotprod`'s pair form on a tile of an even width at stride 1 takes two pixels per
+    intrinsic (``SDOT_8x8_LANE_2PX``): their 16 bytes one register, whose 4 quads ``sdot``
+    reads by element, lanes 2 and 3 included, and no 8-byte activation loads; at stride 2 and
+    on 7-pixel tiles a pixel each (read off the asm; the board test runs them)."""
+    mod = _kernel(*case, target="arm-dotprod")[0]
+    asm = tvm.compile(mod, target=get_target("arm-dotprod").tvm()).mod.inspect_source("asm")
+    sdot = re.findall(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[(\d)\]", asm)
+    assert sdot and len(sdot) == asm.count("\tsdot\t"), case  # all by element
+    assert ({"2", "3"} <= set(sdot)) == two, (case, sorted(set(sdot)))
+    if two:
+        eight_byte = re.findall(r"\tld[rp]\td\d+", asm)
+        assert len(eight_byte) < len(sdot) // 16, (case, len(eight_byte))
 
 
 @pytest.mark.parametrize("cin, width, steps", [
@@ -655,6 +674,7 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
     if target == "arm-dotprod":
         kernels.append((ONE_PIXEL, _kernel(*ONE_PIXEL, target=target)))
         kernels.append((WHOLE_ROW, _kernel(*WHOLE_ROW, target=target)))
+        kernels.append((TWO_PIXELS, _kernel(*TWO_PIXELS, target=target)))
     lanes = [case + ("lanes",) for case in LANES_CASES] if target == "arm" else []
     kernels += [(case, _lanes_kernel(*case[:7], target=target)) for case in lanes]
     for i, (case, (mod, values, shape, want, *out_dtype)) in enumerate(kernels):
