@@ -188,16 +188,16 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
         if split and split_widths(ow, dot, depth) == [1] else 0
     if chunk:
         first, rc, tile, pixels = _chunk_reduction(sch, conv, rc, x_o, chunk, ow)
-    if split and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1 \
-            and _sch.extent(sch, rc) % 2 == 0 and _sch.extent(sch, rc) > 2:
+    blocks = _sch.extent(sch, rc)  # the input blocks the reduction's loop steps over
+    one_by_one = _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1
+    if split and one_by_one and blocks % 2 == 0 and blocks > 2:
         # a 1x1 conv's input blocks two per loop step: its loop overhead (4 instructions per
         # step) is a tenth of a step of the split form (MobileNet-V2 on arm: 110.3 -> 108.8 M
         # instructions; the 8-lane form's 7-pixel tiles got longer with it: they spill)
         rc_o, rc_i = sch.split(rc, [None, 2])
         sch.unroll(rc_i)
         first = first if chunk else rc_o
-    if pairs and not split and ow == 1 and _sch.extent(sch, rc) % 4 == 0 \
-            and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1:
+    if pairs and not split and ow == 1 and blocks % 4 == 0 and one_by_one:
         # a one-pixel 1x1 conv (the classifier): its loop over input blocks four steps a body,
         # the loop's 3 instructions per 4 sdot were a third of it (MobileNet-V2's 1280 -> 1000
         # on arm-dotprod: 0.201 -> 0.147 M instructions; 5 output blocks a tile instead of
@@ -205,13 +205,12 @@ def schedule_conv(sch, dot, tune: bool = False, tiles=None) -> None:
         rc_o, rc_i = sch.split(rc, [None, 4])
         sch.unroll(rc_i)
         first = rc_o
-    elif pairs and not split and 2 < _sch.extent(sch, rc) <= dot.unroll_blocks \
-            and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1:
+    elif pairs and not split and 2 < blocks <= dot.unroll_blocks and one_by_one:
         # a 1x1 conv on a few input blocks: its loop over them unrolled, one body per tile
         # (EfficientNet-Lite0 on arm-dotprod: 45.58 -> 45.52 M instructions)
         sch.unroll(rc)
-    elif pairs and not split and 1 < ow == pixels and _sch.extent(sch, rc) % 2 == 0 \
-            and _sch.extent(sch, rc) > 2 and _sch.extent(sch, ry) * _sch.extent(sch, rx) == 1:
+    elif pairs and not split and 1 < ow == pixels and blocks % 2 == 0 and blocks > 2 \
+            and one_by_one:
         # a 1x1 conv whose tile is its whole row (7-pixel rows on sdot): two input blocks a
         # step (EfficientNet-Lite0 on arm-dotprod: 46.50 -> 46.24 M instructions, MobileNet-V2
         # 36.82 -> 36.64; on every row, the 14-pixel rows' 7-pixel tiles got longer: 46.45)

@@ -147,17 +147,22 @@ def _pair_desc(a_shape):
     return desc
 
 
-def _sdot_lane(A, B, C, q, lane, acc):
-    """``sdot`` by element: lanes ``lane .. lane+3`` plus their dots with quad ``q`` of the
-    8 activation bytes, taken from the register they were loaded into (``acc``: the running
-    sum so far, an expression).  The broadcast quad is the intrinsic's last operand: LLVM
-    selects the by-element form only there (else a ``dup`` per quad)."""
-    quads = T.reinterpret(A.vload(_at(A, 0), "int8x8"), dtype="int32x2")
+def _sdot_element(acc, weights, quads, i):
+    """``sdot`` by element: ``acc`` (int32x4) plus the 4-deep dots of ``weights`` (int8x16)
+    with quad ``i`` of ``quads`` (the activations' register as int32 lanes).  The broadcast
+    quad is the intrinsic's last operand: LLVM selects the by-element form only there (else a
+    ``dup`` per quad)."""
     return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-        acc, B.vload([q, lane, 0], dtype="int8x16"),
-        T.reinterpret(T.Shuffle([quads, quads], [q, q, q, q]), dtype="int8x16"),
-        dtype="int32x4")
+        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), acc, weights,
+        T.reinterpret(T.Shuffle([quads, quads], [i] * 4), dtype="int8x16"), dtype="int32x4")
+
+
+def _sdot_lane(A, B, C, q, lane, acc):
+    """Lanes ``lane .. lane+3`` plus their dots with quad ``q`` of the 8 activation bytes,
+    taken from the register they were loaded into (``acc``: the running sum so far, an
+    expression)."""
+    quads = T.reinterpret(A.vload(_at(A, 0), "int8x8"), dtype="int32x2")
+    return _sdot_element(acc, B.vload([q, lane, 0], dtype="int8x16"), quads, q)
 
 
 def _halves_impl(a_shape, b_shape, half):
@@ -265,11 +270,7 @@ def _sdot_2px(A, B, C, p, lane):
     quads = T.reinterpret(A.vload([0, 0], "int8x16"), dtype="int32x4")
     acc = C.vload([p, lane], dtype="int32x4")
     for q in range(2):
-        acc = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-            acc, B.vload([q, lane, 0], dtype="int8x16"),
-            T.reinterpret(T.Shuffle([quads, quads], [2 * p + q] * 4), dtype="int8x16"),
-            dtype="int32x4")
+        acc = _sdot_element(acc, B.vload([q, lane, 0], dtype="int8x16"), quads, 2 * p + q)
     return acc
 
 
