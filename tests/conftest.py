@@ -120,6 +120,12 @@ def module_asm(cm):
     return cm.executable.mod.imports[0].inspect_source("asm")
 
 
+def kernel_source(lib, kind="asm"):
+    """The generated code (``"asm"`` or LLVM's ``"ll"``) of a ``tvm.compile`` result's kernels:
+    its first imported module, or the module itself when it has none."""
+    return (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source(kind)
+
+
 def asm_functions(asm):
     """Assembly text per function (split at global labels)."""
     out, name = {}, None

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import module_asm
+from conftest import kernel_source, module_asm
 from kernel_ref import block, conv, unblock
 
 import f8tvm
@@ -106,7 +106,7 @@ def _run(lib, args):
 
 
 def _asm(lib):
-    return (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+    return kernel_source(lib)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))

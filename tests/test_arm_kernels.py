@@ -14,6 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import kernel_source
 from kernel_ref import conv, unblock
 from test_arm import ARM_TARGETS, on_board
 
@@ -418,7 +419,7 @@ def test_odd_tile_narrows_in_parts_of_four_two_and_one():
     board test runs it)."""
     mod = _narrowing("int8", -128, 127, "arm-dotprod", 7, by_channel=True)[0]
     lib = tvm.compile(mod, target=get_target("arm-dotprod").tvm())
-    asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+    asm = kernel_source(lib)
     tables = [len(t.split(",")) for t in re.findall(r"\ttbl\tv\d+\.\d+b, \{([^}]*)\}", asm)]
     tiles = asm.count("\tsqshl\t") / 14
     assert tiles >= 1 and sorted(tables) == [2] * int(tiles) + [4] * int(3 * tiles), tables
@@ -629,7 +630,7 @@ def test_small_scratch_buffers_go_on_the_stack(limit, cap, on_stack, monkeypatch
     mod = _depthwise(16, 9, 11, 3, 1, (1, 1, 1, 1), "arm-dotprod")[0]
     lib = tvm.compile(mod, target=get_target("arm-dotprod").tvm(),
                       tir_pipeline=tir_pipeline(limit))
-    ll = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("ll")
+    ll = kernel_source(lib, "ll")
     assert ("TVMBackendAllocWorkspace" not in ll) == on_stack
     assert TARGETS["arm-dotprod"].stack_buffer_bytes == TARGETS["arm"].stack_buffer_bytes \
         == 8 * 1024
@@ -681,7 +682,7 @@ def test_arm_conv_kernels_are_exact_on_the_board(board, target, tmp_path):
         # the builds' TIR pipeline: the depthwise planes of up to 8 KiB on the stack
         lib = tvm.compile(mod, target=get_target(target).tvm(),
                           tir_pipeline=tir_pipeline(TARGETS[target].stack_buffer_bytes))
-        asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+        asm = kernel_source(lib)
         if case[2:] in NARROW:  # the epilogue narrows with saturating narrows, no clamp
             assert re.search(r"\t(sq|uq)xtu?n2?\t", asm), (target, case)
             assert "\tsmin\t" not in asm, (target, case)

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import kernel_source
 from kernel_ref import block, conv, unblock
 
 from f8tvm.core._tvm import te, tvm
@@ -52,7 +53,7 @@ def test_conv_kernel_is_exact_and_uses_vpmaddwd(cin, cout, h, w, k, stride, pad,
     lib["main"](tvm.runtime.tensor(block(x), dev), tvm.runtime.tensor(packed, dev), y)
     assert np.array_equal(unblock(y.numpy()), conv(x, wt, stride, pad))
 
-    asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+    asm = kernel_source(lib)
     body = asm.split("main_compute_:")[1]  # the kernel's parallel bodies
     assert "vpmaddwd" in body
     for wide in ("vpmulld", "vpmullw", "imul"):  # no other vector/scalar multiply of data
@@ -116,7 +117,7 @@ def test_narrowing_epilogue_is_exact(dtype, lo, hi, target, width, narrow):
     assert (permute in func.script()) == (narrow is not None)
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     lib = tvm.compile(mod, target=get_target(target).tvm())
-    body = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+    body = kernel_source(lib)
     if narrow is not None:
         assert "vpermd" in body and ("vpackuswb" if dtype == "uint8" else "vpacksswb") in body
         assert "vpmovusdb" not in body and "vpmovsdb" not in body

@@ -4,6 +4,7 @@ counts its MACs (phantom column of an odd kernel width included)."""
 
 import numpy as np
 import pytest
+from conftest import kernel_source
 from kernel_ref import block, conv, unblock
 
 from f8tvm.core._tvm import post_order_visit, te, tvm
@@ -54,8 +55,7 @@ def test_pair_kernel_is_exact_and_uses_vpmaddwd(c, h, w, kh, kw, stride, pad, dt
     lib["main"](tvm.runtime.tensor(block(x), dev), tvm.runtime.tensor(packed, dev), out)
     assert np.array_equal(unblock(out.numpy()), conv(x, wt, stride, pad, depthwise=True))
 
-    asm = lib.mod.imports[0].inspect_source("asm") if lib.mod.imports else \
-        lib.mod.inspect_source("asm")
+    asm = kernel_source(lib)
     body = asm.split("main_compute_:")
     assert len(body) == 2  # the kernel's parallel body
     assert "vpmaddwd" in body[1]
@@ -131,8 +131,7 @@ def test_avx512_tap_quads_are_exact_and_use_vpdpbusd(c, h, w, kh, kw, stride, pa
                              find_dot(TARGETS[target].dot))
     mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
     lib = tvm.compile(mod, target=get_target(target).tvm())
-    asm = lib.mod.imports[0].inspect_source("asm") if lib.mod.imports else \
-        lib.mod.inspect_source("asm")
+    asm = kernel_source(lib)
     body = asm.split("main_compute_:")[1]
     assert "\tvpdpbusd\t" in body and "\tvpshufb\t" in body and "\tvpermd\t" in body
     for op in ("vpmulld", "vpmullw", "vpmaddwd", "vpunpcklbw", "imul"):
