@@ -105,10 +105,6 @@ def _run(lib, args):
     return unblock(tensors[-1].numpy())
 
 
-def _asm(lib):
-    return kernel_source(lib)
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
     # any x86 CPU: the description path has no AMX instruction, built for this CPU's preset
@@ -119,7 +115,8 @@ def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
     for tile in tiles:  # None: the classifier's one tile form
         mod, lib = _build(func, tile, described=True, target=host)
         assert np.array_equal(_run(lib, args), want), tile
-        assert "tdpbusd" not in _asm(lib) and "tile" not in _asm(lib)
+        asm = kernel_source(lib)
+        assert "tdpbusd" not in asm and "tile" not in asm
         report = audit_module(mod)
         assert report.wide_multiplies == 0
         assert report.macs_8bit == ref.size * _padded(case[0]) * case[4] ** 2
@@ -130,7 +127,7 @@ def test_amx_kernels_emit_tile_instructions_and_the_audit_counts_them(case):
     # code generation and the audit need no AMX CPU; running needs one
     func, args, want, ref = _conv_func(*case)
     mod, lib = _build(func)
-    asm = _asm(lib)
+    asm = kernel_source(lib)
     for insn in ("ldtilecfg", "tilezero", "tileloadd", "tdpbusd", "tilestored"):
         assert f"\t{insn}\t" in asm, insn
     kernel = asm.split("main_compute_:")[1]

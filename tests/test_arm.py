@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, module_asm
 from macs import blocked_macs
 
 import f8tvm
@@ -262,7 +262,7 @@ def _asm_multiplies(cm):
     {function: [(mnemonic, operands with register numbers dropped)]}."""
     import re
 
-    asm = cm.executable.mod.imports[0].inspect_source("asm")
+    asm = module_asm(cm)
     out, fn = {}, None
     for line in asm.splitlines():
         m = re.match(r"^([A-Za-z_][\w.]*):", line)
@@ -318,7 +318,7 @@ def test_arm_asm_stays_within_armv8_0(builds):
     """The `arm` preset names a CPU (``mcpu``: Cortex-A72) for LLVM's scheduling model only;
     its code must still run on any Armv8.0-A core with NEON (a Cortex-A53 without the
     optional crypto extension, as on the Raspberry Pi 3/4)."""
-    asm = builds[1]["arm"][0].executable.mod.imports[0].inspect_source("asm")
+    asm = module_asm(builds[1]["arm"][0])
     beyond = sorted({m.group(1) for m in _BEYOND_V80.finditer(asm)})
     assert not beyond, beyond
     assert _BEYOND_V80.search("\tsdot\tv0.4s, v1.16b, v2.16b\n")  # the pattern matches
@@ -375,7 +375,7 @@ def test_instruction_counts_bracket_the_inferences(builds, board):
     # the split by kernel: every kernel of the module by name, the rest is the runtime's; the
     # packed convs do most of the work; the parts add up to the whole
     split = {k["kernel"]: k for k in a["kernels"]}
-    asm = cm.executable.mod.imports[0].inspect_source("asm")
+    asm = module_asm(cm)
     kernels = {m[len("__tvm_ffi_"):] for m in re.findall(r"^(__tvm_ffi_\w+):", asm, re.M)}
     assert set(split) - {"runtime", "module (other)"} <= kernels
     convs = sum(k["instructions"] for name, k in split.items() if "conv2d_nchwc" in name)
