@@ -115,12 +115,15 @@ class DotIntrin:
     # a weight tile when the register tile spans several output blocks (they are a block's
     # weights apart, too far for one paired load): instructions per tile
     b_cost_far: float | None = None
-    # at most this many accumulators when the reduction is at most ``short_depth`` bytes deep
-    # (channels x window taps); 0: no such limit.  A register tile's epilogue (bias,
-    # rounding shift, narrowing) needs registers of its own: with ``accumulators`` of them
-    # it spills, which a short reduction does not amortize
-    short_accumulators: int = 0
-    short_depth: int = 0
+    # ``((depth, accumulators), ...)``, shallowest first: a reduction at most ``depth`` bytes
+    # deep (channels x window taps) takes at most ``accumulators`` (the first that applies);
+    # empty: no such limit.  A register tile's epilogue (bias, rounding shift, narrowing)
+    # needs registers of its own: with ``accumulators`` of them it spills, which a short
+    # reduction does not amortize
+    short_tiles: tuple = ()
+    # a one-pixel conv (the classifier) takes at most this many output blocks per tile; 0: no
+    # such limit
+    dense_blocks: int = 0
     # the bias add in the accumulators' init (``schedules/bias.py``): one add fewer per
     # output vector of the epilogue, but the bias vectors stay live across the reduction
     bias_init: bool = True
@@ -222,12 +225,17 @@ def _x86():
     # convs at most 1024 bytes deep take 12 accumulators, not 24 (measured on Zen 4, kernels
     # alone: MobileNet-V2's 2.23 -> 2.06 ms, EfficientNet-Lite0's 2.76 -> 2.61; its 24->144
     # expand conv 0.168 -> 0.083 ms; 8 or 16 of them, or a limit of 256 bytes, were slower;
-    # ResNet-18's deeper convs lose 1% at 12)
+    # ResNet-18's deeper convs lose 1% at 12); those at most 48 bytes deep (the expands of
+    # 24-48 channels, the 3x3 stems on RGB) 4, the 16-deep expands 8: every tile of the depthwise
+    # nets' convs timed alone on Zen 4, the 32- and 48-deep expands took 0.79-0.88x the time of
+    # 12 accumulators' tile at 4 (1x4), the 16-deep 0.89-0.93x at 8 (2x4), the stems 0.97x.
+    # The classifier 7 output blocks a tile, not 21 (9 for ResNet-18's): 0.50x the time
+    # (0.85x); 3 blocks were as fast as 7
     vnni = DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0,
                      dw_pair=x.VNNI_DW_16x4, dw_taps=4, pair_interleave=x.VNNI_QUADS,
                      narrow=_narrow(x.AVX512_NARROW),
                      narrow_2px=_narrow(x.AVX512_NARROW_2PX),
-                     short_accumulators=12, short_depth=1024)
+                     short_tiles=((16, 8), (48, 4), (1024, 12)), dense_blocks=8)
     return {
         "vpdpbusd": vnni,
         # AMX-INT8: convs on tiles (intrin_amx), on VNNI's layout; the rest on VNNI

@@ -96,8 +96,9 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     36 KiB of weights per block; without chunks one pixel at a time had 2.9x the modelled L1D
     misses of a Cortex-A55-class cache); else the row keeps the 8-lane form's tile.
 
-    ``depth``: the reduction's bytes (input channels x window taps); a reduction of at most
-    ``dot.short_depth`` takes at most ``dot.short_accumulators`` accumulators."""
+    ``depth``: the reduction's bytes (input channels x window taps); a short reduction takes
+    at most the accumulators ``dot.short_tiles`` gives its depth, and a one-pixel row (the
+    classifier) at most ``dot.dense_blocks`` output blocks."""
     widths = split_widths(ow, dot, depth) if pairs else []
     if widths == [1]:  # an odd row: one pixel, output blocks that divide the conv's
         t = odd_split_blocks(depth, dot)
@@ -110,8 +111,10 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     if pairs:
         a_cost /= 2
     limit = dot.accumulators
-    if dot.short_accumulators and 0 < depth <= dot.short_depth:
-        limit = min(limit, dot.short_accumulators)
+    if depth > 0:
+        limit = min([limit] + [n for most, n in dot.short_tiles if depth <= most][:1])
+    if ow == 1 and dot.dense_blocks:
+        limit = min(limit, dot.dense_blocks)
     for t_w in _divisors(ow):
         for t_o in _divisors(occ):
             if t_o * t_w > limit or t_w > 16 or (wide_weights and t_o > 8):

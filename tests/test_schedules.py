@@ -362,23 +362,29 @@ def test_each_preset_names_its_dot_spec_once_and_the_intrinsics_serve_it():
 @pytest.mark.unit
 def test_short_reductions_take_a_smaller_register_tile():
     """AVX-512's tile of 24 accumulators spills in its epilogue; a conv whose reduction is at
-    most ``short_depth`` bytes deep (the thin 1x1 convs of the depthwise nets) takes at most
-    12, a deeper one (ResNet-18's 3x3 convs past its first stage) all 24; the other targets
-    have no such limit."""
+    most 1024 bytes deep (the 1x1 convs of the depthwise nets) takes at most 12, at most 48
+    bytes deep (their thin expands, the RGB stems) 4, 16 bytes deep 8; a deeper one (ResNet-18's
+    3x3 convs past its first stage) all 24; the classifier (one pixel) at most 8 output blocks.
+    The other targets have no such limits."""
     from f8tvm.schedules.cpu import default_conv_tiles
 
     vnni = find_dot(get_target("x86-avx512").dot)
-    assert vnni.short_accumulators == 12 and vnni.short_depth == 1024
+    assert vnni.short_tiles == ((16, 8), (48, 4), (1024, 12)) and vnni.dense_blocks == 8
     wide = default_conv_tiles(9, 56, vnni)
     assert wide[0] * wide[1] == 24  # e.g. MobileNet-V2's 24->144 expand conv on 56x56
-    for depth in (32, 1024):
-        t_o, t_w = default_conv_tiles(9, 56, vnni, depth=depth)
-        assert t_o * t_w <= 12 and 56 % t_w == 0 and 9 % t_o == 0
+    for depth, most in ((16, 8), (17, 4), (32, 4), (48, 4), (49, 12), (1024, 12)):
+        t_o, t_w = default_conv_tiles(6, 56, vnni, depth=depth)
+        assert t_o * t_w == most and 56 % t_w == 0 and 6 % t_o == 0, (depth, t_o, t_w)
+    assert default_conv_tiles(9, 56, vnni, depth=32) == (1, 4)  # the 24->144 expand (24 -> 32)
     assert default_conv_tiles(9, 56, vnni, depth=1025) == wide
     assert default_conv_tiles(8, 28, vnni, depth=128 * 9) == default_conv_tiles(8, 28, vnni)
+    # the classifier (1280 -> 1000: 63 output blocks on one pixel): 7 blocks a tile, not 21
+    assert default_conv_tiles(63, 1, vnni, depth=1280) == (7, 1)
+    assert default_conv_tiles(63, 1, vnni, depth=512) == (7, 1)
     avx2 = find_dot(get_target("x86").dot)
-    assert avx2.short_accumulators == 0
+    assert avx2.short_tiles == () and avx2.dense_blocks == 0
     assert default_conv_tiles(8, 56, avx2, depth=32) == default_conv_tiles(8, 56, avx2)
+    assert default_conv_tiles(63, 1, avx2, depth=1280) == default_conv_tiles(63, 1, avx2)
 
 
 def _pad_vectors(func):
