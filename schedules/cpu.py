@@ -111,8 +111,8 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     if pairs:
         a_cost /= 2
     limit = dot.accumulators
-    if depth > 0:
-        limit = min([limit] + [n for most, n in dot.short_tiles if depth <= most][:1])
+    if depth > 0:  # the first tier deep enough for the reduction, if any
+        limit = min(limit, next((n for most, n in dot.short_tiles if depth <= most), limit))
     if ow == 1 and dot.dense_blocks:
         limit = min(limit, dot.dense_blocks)
     for t_w in _divisors(ow):
