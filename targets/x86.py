@@ -45,7 +45,9 @@ PRESETS = [
         dot=DotSpec("tdpbusd", 16, 4, **_TAP_QUADS),
         isa="AMX-INT8",
         description="x86-64 with AMX-INT8 and AVX-512 VNNI (Sapphire Rapids and newer Xeons)",
-        cpu_flags=(*_AVX512_FLAGS, "amx_tile", "amx_int8"),
+        # AVX-VNNI too: LLVM picks its shorter VEX forms for 256-bit dot products where the CPU
+        # model has them (every AMX CPU does)
+        cpu_flags=(*_AVX512_FLAGS, "avx_vnni", "amx_tile", "amx_int8"),
     ),
     TargetPreset(
         name="x86-avxvnni",
