@@ -16,7 +16,8 @@ PrimFunc (after legalization, fusion and scheduling) and classifies each ``a * b
   registers, so the audit reads the ``tileloadd`` calls that fill them in the same block: every
   one must load an 8-bit buffer.  Each call counts an accumulator tile (the rows of the int32
   region the block writes, x 16 lanes) times the depth K (the weight tile's bytes / 16) MACs.
-  A bf16 tile dot, or one whose operands the block does not load, is a wide multiply.
+  A register tile over several output blocks loads one weight tile per block.  A bf16 tile dot,
+  or one whose operands the block does not load, is a wide multiply.
 
 An operand is 8-bit by its type (an int8/uint8 load, possibly cast wider) or by its value: a load
 of a kernel parameter that every call of the kernel binds to an integer constant whose values
@@ -335,7 +336,7 @@ def _audit_tile_dot(report, fname, block, d, iters, sites) -> None:
     """An AMX tile dot (``tdpbusd``: u8 tile x s8 tile into int32): 8-bit if every tile the
     block loads is read from an 8-bit buffer; MACs per call: the accumulator's rows (the int32
     region the block writes) x 16 lanes x K, K the weight tile's bytes (the block's int8 read
-    region) / 16."""
+    region, over its output blocks: one weight tile each) / 16."""
     name = _tvm.llvm_intrinsic_name(d)
     loads = _tile_loads(sites)
 
@@ -350,7 +351,8 @@ def _audit_tile_dot(report, fname, block, d, iters, sites) -> None:
         _violation(report, fname, block, d, bits, [d] * len(bits), f"{name}: {str(d)[:160]}")
         return
     rows = int(acc[0].region[-2].extent)
-    depth = _region_size(weights[0]) // 16  # K/4 rows of 16 lanes x 4 bytes
+    # K/4 rows of 16 lanes x 4 bytes per weight tile; the weights' axis 0 is the output block
+    depth = _region_size(weights[0]) // 16 // int(weights[0].region[0].extent)
     report.macs_8bit += iters * rows * 16 * depth
     report.mac_sites += 1
 

@@ -426,40 +426,53 @@ def amx_tiles(oh: int) -> list[int]:
     return [d for d in _divisors(oh) if d <= amx.MAX_TILES]
 
 
+def amx_blocks(ob: int, tiles: int) -> list[int]:
+    """Output blocks sharing each activation tile, for ``ob`` output blocks and ``tiles``
+    output rows: the divisors of ``ob`` that keep the accumulators (rows x blocks) within 4."""
+    return [d for d in _divisors(ob) if d * tiles <= amx.MAX_TILES]
+
+
 def amx_fold(kw: int, dilation: int, block: int = 16) -> int:
     """Window columns per AMX tile row: the whole window where its columns are adjacent and fit
     a tile row's 64 bytes (a 3x3 conv: K = 48 per ``tdpbusd``), else one per step."""
     return kw if dilation == 1 and kw * block <= amx.MAX_BYTES else 1
 
 
-def default_amx_tile(oh: int, ow: int) -> tuple[int, int]:
-    """(accumulator tiles, rows): the most rows sharing a weight tile, the widest tile."""
-    return max(amx_tiles(oh)), max(amx_rows(ow))
+def default_amx_tile(oh: int, ow: int, ob: int = 1) -> tuple[int, int, int]:
+    """(output rows, pixels, output blocks) of the register tile: the most rows sharing a
+    weight tile, the widest tile, then as many output blocks as keep 4 accumulators (a 14x14
+    map: 2 rows x 2 blocks; 7x7: 1 x 4), so no ``tdpbusd`` waits for the one before it."""
+    t = max(amx_tiles(oh))
+    return t, max(amx_rows(ow)), max(amx_blocks(ob, t))
 
 
 def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
-    """A conv on AMX tiles (:mod:`schedules.intrin_amx`): per output block, register tiles of
-    ``t`` output rows x ``rows`` pixels (``t`` accumulators sharing each weight tile), kept in
-    tile registers over the input blocks and window rows (and columns, unless folded into the
-    tile rows), stored once per register tile and requantized there (narrowed with ``dot``'s
-    packs where the tile's rows allow: :func:`_sch.fuse_epilogue`).  ``tiles``: ``(t, rows)``
-    from a tuning record, else (or if they do not fit: a record of another form)
-    :func:`default_amx_tile`; tuning samples both from :func:`amx_tiles` and :func:`amx_rows`
-    (categorical decisions: a perfect-tile sample could pick 1 row)."""
+    """A conv on AMX tiles (:mod:`schedules.intrin_amx`): register tiles of ``t`` output rows
+    x ``rows`` pixels x ``blocks`` output blocks (``t * blocks`` accumulators: the rows share
+    each weight tile, the blocks each activation tile), kept in tile registers over the input
+    blocks and window rows (and columns, unless folded into the tile rows), stored once per
+    register tile and requantized there (narrowed with ``dot``'s packs where the tile's rows
+    allow: :func:`_sch.fuse_epilogue`).  ``tiles``: ``(t, rows, blocks)`` from a tuning record
+    (``(t, rows)``: one block), else (or if they do not fit: a record of another form)
+    :func:`default_amx_tile`; tuning samples them from :func:`amx_tiles`, :func:`amx_rows` and
+    :func:`amx_blocks` (categorical decisions: a perfect-tile sample could pick 1 row)."""
     conv = sch.get_sblock(CONV_BLOCK)
     dense = amx_dense(sch.get(conv))  # the classifier: input blocks per tile row
     if dense:
         _schedule_dense_amx(sch, conv, dot, dense)
         return
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
-    oh, ow, kw = _sch.extent(sch, y), _sch.extent(sch, x), _sch.extent(sch, rx)
+    ob, oh, ow = _sch.extent(sch, o), _sch.extent(sch, y), _sch.extent(sch, x)
+    kw = _sch.extent(sch, rx)
     block = sch.get(conv)
     stride, dilation = (int(v) for v in block.annotations[pk.CONV_COLUMNS])
     ystride = int(block.annotations[pk.CONV_ROWS][0])
     cb = _sch.activation_block(block)
-    t, rows = default_amx_tile(oh, ow)
-    if tiles and len(tiles) == 2 and tiles[0] in amx_tiles(oh) and tiles[1] in amx_rows(ow):
-        t, rows = tiles  # else a record of another schedule (a VNNI build's): ours
+    t, rows, blocks = default_amx_tile(oh, ow, ob)
+    if tiles and len(tiles) in (2, 3):  # else a record of another schedule (a VNNI build's)
+        rt, rr, rb = (*tiles, 1)[:3]
+        if rt in amx_tiles(oh) and rr in amx_rows(ow) and rb in amx_blocks(ob, rt):
+            t, rows, blocks = rt, rr, rb
     picked = []
     for value, choices in ((t, amx_tiles(oh)), (rows, amx_rows(ow))):
         picked.append(sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
@@ -467,24 +480,37 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     y_o, y_i = sch.split(y, factors=[None, picked[0]])
     x_o, x_i = sch.split(x, factors=[None, picked[1]])
     t, rows = _sch.extent(sch, y_i), _sch.extent(sch, x_i)  # the sampled ones when tuning
+    choices = amx_blocks(ob, t)  # (those that fit the rows sampled)
+    blocks = blocks if blocks in choices else max(choices)
+    pick = sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
+                                  decision=None if tune else choices.index(blocks))
+    o_o, o_i = sch.split(o, factors=[None, pick])
+    blocks = _sch.extent(sch, o_i)
     fold = amx_fold(kw, dilation, cb)
     quads = [rq] if cb > 4 else []
     if not quads:  # one quad: no loop of extent 1 (the intrinsic binds its quad to 0)
         rk = sch.fuse(rq, rk)
+    # the register tile's blocks, then rows; a loop of extent 1 outside both (the intrinsics'
+    # loops have none)
+    tile_loops = [o_i, y_i] if t > 1 else [y_i, o_i]
     if fold > 1:
-        sch.reorder(b, o, y_o, x_o, rc, ry, y_i, x_i, ol, rx, *quads, rk)
+        sch.reorder(b, o_o, y_o, x_o, rc, ry, *tile_loops, x_i, ol, rx, *quads, rk)
     else:
-        sch.reorder(b, o, y_o, x_o, rc, ry, rx, y_i, x_i, ol, *quads, rk)
-    zero, dot_step, store = amx.intrinsics(amx.Tile(t, rows, fold, stride, cb, ystride))
+        sch.reorder(b, o_o, y_o, x_o, rc, ry, rx, *tile_loops, x_i, ol, *quads, rk)
+    zero, dot_step, store = amx.intrinsics(amx.Tile(t, rows, fold, stride, cb, ystride,
+                                                    blocks))
     # the accumulators (a stand-in for the tile registers) and their store to the conv's output
     out = sch.cache_write(conv, 0, "global")
     sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
-    sch.parallel(sch.fuse(b, o, y_o))
+    if t == 1:  # its loops follow the buffer's axes: (block, row, pixel, lane)
+        sch.reorder(*sch.get_loops(out)[-3:-5:-1])
+    sch.parallel(sch.fuse(b, o_o, y_o))
     _sch.fuse_epilogue(sch, out, x_o, dot, rows)
     init = sch.decompose_reduction(conv, rc)
-    inner = 3 if t > 1 else 2  # the loops a step's intrinsic covers: [rows,] pixels, lanes
+    # the loops a step's intrinsic covers: [blocks,] [rows,] pixels, lanes
+    inner = 2 + (t > 1) + (blocks > 1)
     sch.tensorize(sch.get_loops(init)[-inner], zero)
-    sch.tensorize(y_i if t > 1 else x_i, dot_step)
+    sch.tensorize(o_i if blocks > 1 else y_i if t > 1 else x_i, dot_step)
     sch.tensorize(sch.get_loops(out)[-inner], store)
     _sch.schedule_pad(sch, PAD_BLOCK)
 

@@ -19,14 +19,18 @@ it directly:
 * ``C``: the M pixels' 16 output channels, int32.
 
 A register tile is up to 4 such accumulators (:class:`Tile`: ``tiles`` output rows, which
-share each weight tile: one ``B`` load per reduction step for all of them), kept in tile
-registers over the whole reduction (input blocks, window rows), so it is three intrinsics
-(:func:`intrinsics`): *zero* (load the tile configuration where the one in force differs, zero
-the accumulators), *dot* (load ``B``, then per accumulator its ``A`` and ``tdpbusd``) per
-reduction step, and *store* (store the accumulators to the int32 buffer the epilogue reads).
-The accumulator buffer the schedule names (``C``) is only a stand-in for the tile registers:
-the instructions never touch it.  Registers: accumulators 0-3, activations 4 and 5 (in turn, so
-one row's load need not wait for the previous row's multiply), weights 6.
+share each weight tile, times ``blocks`` output blocks, which share each activation tile), kept
+in tile registers over the whole reduction (input blocks, window rows), so it is three
+intrinsics (:func:`intrinsics`): *zero* (load the tile configuration where the one in force
+differs, zero the accumulators), *dot* (per reduction step: the weight tiles and activation
+tiles, each loaded once, and a ``tdpbusd`` per accumulator) and *store* (store the accumulators
+to the int32 buffer the epilogue reads).  Independent accumulators matter: each ``tdpbusd``
+adds into its accumulator, so one accumulator makes every step wait for the previous step's
+multiply; a map whose height has no divisor from 2 to 4 (7x7) takes its accumulators from the
+output blocks instead.  The accumulator buffer the schedule names (``C``) is only a stand-in
+for the tile registers: the instructions never touch it.  Registers: accumulators 0-3,
+activations 4 and 5, weights 6 and 7 (each pair in turn, so one load need not wait for the
+multiply that reads the previous one).
 
 TVM 0.27 reaches AMX through LLVM's register-numbered intrinsics (``llvm.x86.ldtilecfg``,
 ``sttilecfg``, ``tileloadd64``, ``tdpbusd``, ``tilestored64``, ``tilezero``), whose register
@@ -54,7 +58,7 @@ LANES = 16  # output channels per tile row (one output block)
 MAX_ROWS = 16  # tile rows: output pixels per accumulator tile
 MAX_BYTES = 64  # bytes per tile row
 MAX_TILES = 4  # accumulator tiles per register tile
-_A_REGS, _B_REG = (4, 5), 6  # tile registers of the activations (in turn) and the weights
+_A_REGS, _B_REGS = (4, 5), (6, 7)  # tile registers of the activations and of the weights
 
 _state = threading.local()
 
@@ -77,10 +81,11 @@ def is_described() -> bool:
 
 @dataclass(frozen=True)
 class Tile:
-    """One register tile of a conv on AMX: ``tiles`` accumulators (output rows, ``ystride``
-    input rows apart) of ``rows`` pixels, ``fold`` window columns per tile row (1: one per
-    step, the window loop outside), window ``stride`` (columns), ``block`` input channels per
-    block (16, or 4: the RGB image).
+    """One register tile of a conv on AMX: ``tiles`` x ``blocks`` accumulators (``tiles``
+    output rows, ``ystride`` input rows apart, of ``blocks`` adjacent output blocks) of
+    ``rows`` pixels, ``fold`` window columns per tile row (1: one per step, the window loop
+    outside), window ``stride`` (columns), ``block`` input channels per block (16, or 4: the
+    RGB image).
 
     One row (the classifier, a 1x1 conv on one pixel): ``fold`` input blocks per tile row
     instead (they are adjacent in the layout, as a window's columns are, and so are their
@@ -92,13 +97,21 @@ class Tile:
     stride: int
     block: int = 16
     ystride: int = 1
+    blocks: int = 1
 
     def __post_init__(self):
-        one = self.rows == 1 and self.tiles == 1 and self.fold > 1  # no unit axis
-        if not (1 <= self.tiles <= MAX_TILES and (2 <= self.rows <= MAX_ROWS or one)
+        one = self.rows == 1 and self.accumulators == 1 and self.fold > 1  # no unit axis
+        if not (1 <= self.tiles and 1 <= self.blocks and self.accumulators <= MAX_TILES
+                and (2 <= self.rows <= MAX_ROWS or one)
                 and self.block in (4, 16) and 1 <= self.fold
                 and self.block * self.fold <= MAX_BYTES and self.stride >= 1):
             raise ValueError(f"no AMX tile for {self}")
+
+    @property
+    def accumulators(self) -> int:
+        """Accumulator tiles (registers 0 to this - 1): output rows x output blocks, row
+        major."""
+        return self.tiles * self.blocks
 
     @property
     def quads(self) -> int:
@@ -119,36 +132,47 @@ class Tile:
                     (LANES,))
         a = ((((self.tiles - 1) * self.ystride + 1),) if self.tiles > 1 else ()) + (
             self.span, self.block)
+        if self.blocks > 1:  # the weights' and outputs' axes between the blocks' and the
+            # tile's are in the buffer regions (of extent 1: input block, window row, output row)
+            return (a, (self.blocks, 1, 1, self.fold, self.quads, LANES, 4),
+                    (self.blocks, self.tiles, self.rows, LANES))
         b = ((self.fold,) if self.fold > 1 else ()) + (self.quads, LANES, 4)
         return a, b, many + (self.rows, LANES)
 
     def axes(self):
         """The step's loops, outermost first: ``(names, extents, kinds)``."""
-        names = ((["t"] if self.tiles > 1 else []) + (["m"] if self.rows > 1 else []) + ["n"]
-                 + (["x"] if self.fold > 1 else []) + (["q"] if self.quads > 1 else []) + ["k"])
-        size = dict(t=self.tiles, m=self.rows, n=LANES, x=self.fold, q=self.quads, k=4)
-        return names, [size[a] for a in names], "".join("S" if a in "tmn" else "R"
+        names = ((["s"] if self.blocks > 1 else []) + (["t"] if self.tiles > 1 else [])
+                 + (["m"] if self.rows > 1 else []) + ["n"] + (["x"] if self.fold > 1 else [])
+                 + (["q"] if self.quads > 1 else []) + ["k"])
+        size = dict(s=self.blocks, t=self.tiles, m=self.rows, n=LANES, x=self.fold,
+                    q=self.quads, k=4)
+        return names, [size[a] for a in names], "".join("S" if a in "stmn" else "R"
                                                         for a in names)
 
     def name(self) -> str:
         return (f"t{self.tiles}_m{self.rows}_x{self.fold}_s{self.stride}"
                 + ("" if self.block == 16 else f"_b{self.block}")
-                + ("" if self.tiles == 1 or self.ystride == 1 else f"_y{self.ystride}"))
+                + ("" if self.tiles == 1 or self.ystride == 1 else f"_y{self.ystride}")
+                + ("" if self.blocks == 1 else f"_o{self.blocks}"))
 
 
 def _index(tile: Tile, vs):
-    """``(A, B, C)`` indices of one MAC of the step at loop values ``vs``: ``C[t, m, n] +=
-    A[t * ystride, m * stride + x, 4 q + k] * B[x, q, n, k]``."""
+    """``(A, B, C)`` indices of one MAC of the step at loop values ``vs``: ``C[s, t, m, n] +=
+    A[t * ystride, m * stride + x, 4 q + k] * B[s, x, q, n, k]``."""
     names, _, _ = tile.axes()
     v = dict(zip(names, vs))
-    x, q, t = v.get("x", 0), v.get("q", 0), v.get("t")
+    x, q, t, s = v.get("x", 0), v.get("q", 0), v.get("t"), v.get("s")
     if tile.rows == 1:  # A[x, 0, 0, 4 q + k] * B[x, 0, 0, q, n, k]: x an input block
         return (x, 0, 0, q * 4 + v["k"]), (x, 0, 0, q, v["n"], v["k"]), (v["n"],)
     a = (v["m"] * tile.stride + x, q * 4 + v["k"])
     b = ((x,) if tile.fold > 1 else ()) + (q, v["n"], v["k"])
     c = (v["m"], v["n"])
     if t is not None:
-        a, c = (t * tile.ystride,) + a, (t,) + c
+        a = (t * tile.ystride,) + a
+    if s is not None:
+        return a, (s, 0, 0, x, q, v["n"], v["k"]), (s, 0 if t is None else t, v["m"], v["n"])
+    if t is not None:
+        c = (t,) + c
     return a, b, c
 
 
@@ -159,6 +183,17 @@ def _axes(ax) -> list:
 
 def _full(shape):
     return tuple(slice(0, d) for d in shape)
+
+
+def _loops(shape):
+    """The extents of a buffer's axes that get a loop (an axis of extent 1 has none)."""
+    return [d for d in shape if d > 1]
+
+
+def _at(shape, vs):
+    """The index into a buffer of ``shape`` at the loop values ``vs`` (of :func:`_loops`)."""
+    vs = iter(_axes(vs))
+    return tuple(next(vs) if d > 1 else 0 for d in shape)
 
 
 def _strides(prefix, shape):
@@ -174,17 +209,17 @@ def _iid(name):
 # ----------------------------------------------------------------------------- zero
 def _zero_desc(tile: Tile):
     _, _, c_shape = tile.shapes()
-    kinds = "S" * len(c_shape)
+    kinds = "S" * len(_loops(c_shape))
 
     @T.prim_func(s_tir=True)
     def desc(C: T.Buffer(c_shape, "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads()
             T.writes(C[_full(c_shape)])
-            for ax in T.grid(*c_shape):
+            for ax in T.grid(*_loops(c_shape)):
                 with T.sblock("zero"):
                     vs = T.meta_var(T.axis.remap(kinds, _axes(ax)))
-                    C[tuple(_axes(vs))] = 0
+                    C[_at(c_shape, vs)] = 0
 
     return desc
 
@@ -199,8 +234,8 @@ def _zero_loops(tile: Tile):
         with T.sblock("root"):
             T.reads()
             T.writes(C[_full(c_shape)])
-            for ax in T.grid(*c_shape):
-                C[tuple(_axes(ax))] = 0
+            for ax in T.grid(*_loops(c_shape)):
+                C[_at(c_shape, ax)] = 0
 
     return impl
 
@@ -210,9 +245,9 @@ def config_bytes(tile: Tile) -> bytes:
     bytes, byte ``48 + r``: its rows."""
     cfg = bytearray(64)
     cfg[0] = 1
-    regs = [(r, tile.rows, 4 * LANES) for r in range(tile.tiles)]
+    regs = [(r, tile.rows, 4 * LANES) for r in range(tile.accumulators)]
     regs += [(r, tile.rows, tile.block * tile.fold) for r in _A_REGS]
-    regs += [(_B_REG, tile.quads * tile.fold, 4 * LANES)]
+    regs += [(r, tile.quads * tile.fold, 4 * LANES) for r in _B_REGS]
     for r, nrows, nbytes in regs:
         cfg[16 + 2 * r] = nbytes
         cfg[48 + r] = nrows
@@ -237,7 +272,7 @@ def _zero_tiles(tile: Tile):
     cfg = config_bytes(tile)
     w = [int.from_bytes(cfg[4 * i:4 * i + 4], "little", signed=True) for i in CONFIG_WORDS]
     i0, i1, i2, i3, i4, i5, i6 = CONFIG_WORDS
-    n = tile.tiles
+    n = tile.accumulators
 
     @T.prim_func(s_tir=True)
     def impl(c: T.handle) -> None:
@@ -318,18 +353,60 @@ def _load(reg, ptr, stride_bytes):
                               T.Cast("int64", stride_bytes), dtype="int32")
 
 
-def _tdpbusd(acc, a):
+def _tdpbusd(acc, a, b):
     return T.call_llvm_intrin(_iid("llvm.x86.tdpbusd"), T.Cast("int8", acc), T.Cast("int8", a),
-                              T.int8(_B_REG), dtype="int32")
+                              T.Cast("int8", b), dtype="int32")
 
 
 def _dot_tiles(tile: Tile):
-    """One reduction step: ``tileloadd`` the weights (rows of 64 bytes), then per accumulator
-    its activations (rows ``block * stride`` bytes apart) and ``tdpbusd``."""
+    """One reduction step: ``tileloadd`` each output block's weights (rows of 64 bytes) and
+    each output row's activations (rows ``block * stride`` bytes apart), once each, and a
+    ``tdpbusd`` per accumulator (row ``t``, block ``s``: register ``t * blocks + s``).  Up to
+    two output blocks: their weights first, in registers 6 and 7, then row by row its
+    activations (4 and 5 in turn) and its multiplies.  More (one output row): its activations,
+    then block by block its weights (6 and 7 in turn) and its multiply."""
     a_shape, b_shape, c_shape = tile.shapes()
     sa, sb, sc = _strides("sa", a_shape), _strides("sb", b_shape), _strides("sc", c_shape)
     n, many, ystride = tile.tiles, tile.tiles > 1, tile.ystride
+    blocks, wide = tile.blocks, tile.blocks > 1
     a0, a1 = _A_REGS
+    b0, b1 = _B_REGS
+    row_bytes = tile.block * tile.stride
+    if blocks > len(_B_REGS):
+        assert n == 1, tile  # (MAX_TILES accumulators)
+        return _dot_tiles_blocks(tile)
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=sa)
+        B = T.match_buffer(b, b_shape, "int8", offset_factor=1, strides=sb)
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
+        with T.sblock("root"):
+            T.reads(C[_full(c_shape)], A[_full(a_shape)], B[_full(b_shape)])
+            T.writes(C[_full(c_shape)])
+            for s in T.unroll(blocks):
+                T.evaluate(_load(b0 + s * (b1 - b0),
+                                 B.access_ptr("r", offset=s * B.strides[0] if wide else 0),
+                                 4 * LANES))
+            for r in T.unroll(n):
+                T.evaluate(_load(a0 + r % 2 * (a1 - a0),
+                                 A.access_ptr("r", offset=r * ystride * A.strides[0]
+                                              if many else 0),
+                                 row_bytes))
+                for s in T.unroll(blocks):
+                    T.evaluate(_tdpbusd(r * blocks + s, a0 + r % 2 * (a1 - a0),
+                                        b0 + s * (b1 - b0)))
+
+    return impl
+
+
+def _dot_tiles_blocks(tile: Tile):
+    """:func:`_dot_tiles` for one output row of more output blocks than weight registers."""
+    a_shape, b_shape, c_shape = tile.shapes()
+    sa, sb, sc = _strides("sa", a_shape), _strides("sb", b_shape), _strides("sc", c_shape)
+    blocks = tile.blocks
+    a0 = _A_REGS[0]
+    b0, b1 = _B_REGS
     row_bytes = tile.block * tile.stride
 
     @T.prim_func(s_tir=True)
@@ -340,13 +417,11 @@ def _dot_tiles(tile: Tile):
         with T.sblock("root"):
             T.reads(C[_full(c_shape)], A[_full(a_shape)], B[_full(b_shape)])
             T.writes(C[_full(c_shape)])
-            T.evaluate(_load(_B_REG, B.access_ptr("r"), 4 * LANES))
-            for r in T.unroll(n):
-                T.evaluate(_load(a0 + r % 2 * (a1 - a0),
-                                 A.access_ptr("r", offset=r * ystride * A.strides[0]
-                                              if many else 0),
-                                 row_bytes))
-                T.evaluate(_tdpbusd(r, a0 + r % 2 * (a1 - a0)))
+            T.evaluate(_load(a0, A.access_ptr("r"), row_bytes))
+            for s in T.unroll(blocks):
+                T.evaluate(_load(b0 + s % 2 * (b1 - b0), B.access_ptr("r", offset=s * B.strides[0]),
+                                 4 * LANES))
+                T.evaluate(_tdpbusd(s, a0, b0 + s % 2 * (b1 - b0)))
 
     return impl
 
@@ -354,7 +429,7 @@ def _dot_tiles(tile: Tile):
 # ----------------------------------------------------------------------------- store
 def _store_desc(tile: Tile):
     _, _, c_shape = tile.shapes()
-    kinds = "S" * len(c_shape)
+    kinds = "S" * len(_loops(c_shape))
 
     @T.prim_func(s_tir=True)
     def desc(
@@ -364,10 +439,10 @@ def _store_desc(tile: Tile):
         with T.sblock("root"):
             T.reads(C[_full(c_shape)])
             T.writes(D[_full(c_shape)])
-            for ax in T.grid(*c_shape):
+            for ax in T.grid(*_loops(c_shape)):
                 with T.sblock("store"):
                     vs = T.meta_var(T.axis.remap(kinds, _axes(ax)))
-                    D[tuple(_axes(vs))] = C[tuple(_axes(vs))]
+                    D[_at(c_shape, vs)] = C[_at(c_shape, vs)]
 
     return desc
 
@@ -383,8 +458,8 @@ def _store_loops(tile: Tile):
         with T.sblock("root"):
             T.reads(C[_full(c_shape)])
             T.writes(D[_full(c_shape)])
-            for ax in T.grid(*c_shape):
-                D[tuple(_axes(ax))] = C[tuple(_axes(ax))]
+            for ax in T.grid(*_loops(c_shape)):
+                D[_at(c_shape, ax)] = C[_at(c_shape, ax)]
 
     return impl
 
@@ -399,6 +474,8 @@ def _store_tiles(tile: Tile):
     _, _, c_shape = tile.shapes()
     sc, sd = _strides("sc", c_shape), _strides("sd", c_shape)
     n, many = tile.tiles, tile.tiles > 1
+    blocks, wide = tile.blocks, tile.blocks > 1
+    rows_axis = 1 if wide else 0  # D's axis of the output rows (after the blocks')
     pixels = len(c_shape) - 2  # D's axis of the rows (none for one row: any stride will do)
 
     @T.prim_func(s_tir=True)
@@ -409,10 +486,12 @@ def _store_tiles(tile: Tile):
             T.reads(C[_full(c_shape)])
             T.writes(D[_full(c_shape)])
             for r in T.unroll(n):
-                T.evaluate(T.call_llvm_intrin(
-                    _iid("llvm.x86.tilestored64"), T.Cast("int8", r),
-                    D.access_ptr("w", offset=r * D.strides[0] if many else 0),
-                    T.Cast("int64", _row_bytes(D, pixels)), dtype="int32"))
+                for s in T.unroll(blocks):
+                    T.evaluate(T.call_llvm_intrin(
+                        _iid("llvm.x86.tilestored64"), T.Cast("int8", r * blocks + s),
+                        D.access_ptr("w", offset=(r * D.strides[rows_axis] if many else 0)
+                                     + (s * D.strides[0] if wide else 0)),
+                        T.Cast("int64", _row_bytes(D, pixels)), dtype="int32"))
 
     return impl
 

@@ -2,9 +2,12 @@
 
 Without an AMX CPU the schedule is tested through the tile operation's description
 (``intrin_amx.described()``: the same schedule, each tile step as plain TIR loops) -- single
-convs under every tiling on any x86 CPU, whole models where the VNNI half can run.  With one
-(``amx_int8`` in /proc/cpuinfo), the instructions themselves: the same kernels and models,
-bit-exact.  Code generation and the audit need no AMX CPU."""
+convs under every tiling on any x86 CPU, whole models where the VNNI half can run -- and the
+kernels' own instruction sequence (tile registers, pointers, strides, configuration) on a
+software tile unit (``soft_amx``: each AMX intrinsic call rerouted to a C function that follows
+the instruction's definition).  With an AMX CPU (``amx_int8`` in /proc/cpuinfo), the
+instructions themselves: the same kernels and models, bit-exact.  Code generation and the
+audit need no AMX CPU."""
 
 import contextlib
 import re
@@ -14,6 +17,7 @@ import pytest
 import torch
 from conftest import kernel_source, module_asm
 from kernel_ref import block, conv, unblock
+from macs import blocked_macs
 
 import f8tvm
 from f8tvm import runtime
@@ -27,6 +31,7 @@ from f8tvm.reference import run_reference
 from f8tvm.schedules import cpu, default_schedule, find_dot, intrin_amx, kernel_block
 from f8tvm.targets import TARGETS, get_target, host_target_name
 from f8tvm.targets.cpu import read_cpuinfo
+from tools import soft_amx
 
 _CPU = read_cpuinfo()
 _FLAGS = _CPU.flags if _CPU is not None else frozenset()
@@ -39,7 +44,8 @@ AMX = find_dot(TARGETS["x86-amx"].dot)
 # (C_in, C_out, H, W, K, stride, pad, dilation): the window folded into tile rows (3x3, stride
 # 1 and 2), one column per step (1x1; 5 columns: more than a tile row's 64 bytes; dilation 2:
 # columns apart), odd sizes, a row wider than a tile, the RGB stem (one quad per pixel: a 7x7
-# window row is a tile row of 28 bytes), the classifier (a one-row tile of input blocks)
+# window row is a tile row of 28 bytes), a 7x7 map (no 2 to 4 rows to share weight tiles: 4
+# output blocks share each activation tile), the classifier (a one-row tile of input blocks)
 CASES = [
     (3, 32, 20, 20, 7, 2, 3, 1),
     (32, 32, 14, 14, 3, 1, 1, 1),
@@ -49,6 +55,7 @@ CASES = [
     (16, 16, 9, 11, 5, 1, 2, 1),
     (16, 16, 10, 10, 3, 1, 2, 2),
     (16, 16, 6, 40, 3, 1, 1, 1),
+    (32, 64, 7, 7, 3, 1, 1, 1),
     (512, 48, 1, 1, 1, 1, 0, 1),  # the classifier: one pixel, 4 input blocks a tile row
     (96, 32, 1, 1, 1, 1, 0, 1),  # 6 input blocks: 2 a tile row
 ]
@@ -109,10 +116,8 @@ def _run(lib, args):
 def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
     # any x86 CPU: the description path has no AMX instruction, built for this CPU's preset
     func, args, want, ref = _conv_func(*case)
-    oh, ow = ref.shape[2:]
     host = get_target(host_target_name()).tvm()
-    tiles = [(t, rows) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)] or [None]
-    for tile in tiles:  # None: the classifier's one tile form
+    for tile in _tilings(case, *ref.shape[2:]):
         mod, lib = _build(func, tile, described=True, target=host)
         assert np.array_equal(_run(lib, args), want), tile
         asm = kernel_source(lib)
@@ -120,6 +125,44 @@ def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
         report = audit_module(mod)
         assert report.wide_multiplies == 0
         assert report.macs_8bit == ref.size * _padded(case[0]) * case[4] ** 2
+
+
+def _tilings(case, oh, ow):
+    """Every register tile of the conv ``case`` with an ``oh`` x ``ow`` output: (output rows,
+    pixels, output blocks); None for the classifier's one form."""
+    ob = case[1] // 16
+    return [(t, rows, blocks) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)
+            for blocks in cpu.amx_blocks(ob, t)] or [None]
+
+
+needs_cc = pytest.mark.skipif(not soft_amx.available(), reason="needs a C compiler (gcc) to "
+                              "build the software tile unit")
+
+
+@needs_cc
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_amx_instructions_are_exact_under_every_tiling_on_a_software_tile_unit(case):
+    # the kernels' real tile instructions (not the description), each call rerouted to the
+    # software tile unit: registers, pointers, strides and the configuration are the kernel's
+    soft_amx.load()
+    func, args, want, ref = _conv_func(*case)
+    host = get_target(host_target_name()).tvm()
+    for tile in _tilings(case, *ref.shape[2:]):
+        sched, calls = soft_amx.reroute(default_schedule(func, AMX, tile))
+        # configuration read and load, zero, the two operands' loads, the dot, the store
+        assert calls >= 7, tile
+        lib = tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
+                          target=host)
+        assert "\ttdpbusd\t" not in kernel_source(lib)  # (calls f8tvm_soft_tdpbusd)
+        soft_amx.reset()
+        assert np.array_equal(_run(lib, args), want), tile
+        # the register tile's accumulators take the dots in turn: with n of them each dot
+        # adds into the accumulator of the dot n before (none of 4 or more before is counted),
+        # but the first into each (one per accumulator stored)
+        done, accs = soft_amx.counts(), tile[0] * tile[2] if tile else 1
+        assert done["macs"] == ref.size * _padded(case[0]) * case[4] ** 2
+        gaps = [done[f"gap{g}"] for g in (1, 2, 3)]
+        assert gaps == [done["dots"] - done["stores"] if g == accs else 0 for g in (1, 2, 3)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
@@ -219,6 +262,12 @@ def test_which_convs_take_tiles():
     assert not cpu.amx_conv(block_of(32, 17), AMX)  # no tile height divides a prime row
     assert cpu.amx_conv(block_of(16, 14, k=1), AMX)  # a thin 1x1 conv: one tdpbusd a tile
     assert cpu.amx_rows(56) == [2, 4, 7, 8, 14] and cpu.amx_rows(7) == [7]
+    # 4 accumulators where they fit: output rows first (sharing weight tiles), then output
+    # blocks (sharing activation tiles): ResNet-18's maps 56x56, 14x14, 7x7 (and a 3-block conv)
+    assert cpu.default_amx_tile(56, 56, 4) == (4, 14, 1)
+    assert cpu.default_amx_tile(14, 14, 16) == (2, 14, 2)
+    assert cpu.default_amx_tile(7, 7, 32) == (1, 7, 4)
+    assert cpu.default_amx_tile(7, 7, 3) == (1, 7, 3) and cpu.amx_blocks(3, 2) == [1]
 
 
 @pytest.fixture(scope="module")
@@ -254,19 +303,54 @@ def _check_model(cm, m=None):
                                                              q.astype(np.int64)))
 
 
-@pytest.mark.skipif(not HAS_VNNI, reason="x86-amx's depthwise and RGB convs are AVX-512 VNNI "
-                    "kernels: this CPU cannot run them (test_vnni_emulated runs VNNI builds)")
+def _for_this_cpu(monkeypatch):
+    """x86-amx's LLVM CPU model without AVX-VNNI where this CPU lacks it (Zen 4)."""
+    monkeypatch.setitem(TARGETS, "x86-amx", soft_amx.preset_for_this_cpu(_FLAGS))
+
+
+needs_vnni = pytest.mark.skipif(not HAS_VNNI, reason="x86-amx's depthwise and RGB convs are "
+                                "AVX-512 VNNI kernels: this CPU cannot run them "
+                                "(test_vnni_emulated runs VNNI builds)")
+
+
+@needs_vnni
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_models_are_exact_through_the_description(models, name):
+def test_models_are_exact_through_the_description(models, name, monkeypatch):
+    _for_this_cpu(monkeypatch)
     cm = _compile(models[name], described=True)
-    assert "tdpbusd" not in module_asm(cm)
+    asm = module_asm(cm)
+    assert "tdpbusd" not in asm and ("avx_vnni" in _FLAGS or "{vex}" not in asm)
     assert cm.audit.wide_multiplies == 0
     # no tile instruction left: it runs on a VNNI CPU without AMX too (cm.run_int would refuse
     # the x86-amx target there, rightly for a real AMX build)
     meta = cm.metadata()
     meta["target"]["cpu_flags"] = [f for f in meta["target"]["cpu_flags"]
-                                   if not f.startswith("amx")]
+                                   if not f.startswith("amx") and f in _FLAGS]
     _check_model(cm, runtime.Module(cm.executable, meta))
+
+
+@needs_cc
+@needs_vnni
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_models_are_exact_on_a_software_tile_unit(models, name):
+    # the whole x86-amx program with its own tile instructions, each rerouted to the software
+    # tile unit: kernels of different tile shapes in turn (each loads its configuration where
+    # the one in force differs), on both threads
+    from f8tvm.reference import quantize_input
+
+    b, rerouted = soft_amx.build(models[name], torch.zeros(1, 3, SIZE, SIZE), _calib(),
+                                 soft_amx.preset_for_this_cpu(_FLAGS))
+    assert rerouted >= 7 * 10  # every conv but the depthwise ones: 7 or more call sites each
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        q = quantize_input(rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32"), b.plan)
+        soft_amx.reset()
+        out = soft_amx.run(b, q)
+        assert np.array_equal(out, run_reference(b.graph, b.plan, q))
+        # the tile convs' MACs went through the unit (the audit of the rerouted program sees
+        # only the VNNI kernels' now): together, every MAC of the packed model
+        done = soft_amx.counts()
+        assert done["dots"] > 0 and done["macs"] + b.report.macs_8bit == blocked_macs(b)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
@@ -312,8 +396,12 @@ def test_the_tile_configuration_names_every_register_it_uses():
     assert cfg[0] == 1  # palette 1
     rows = {r: (cfg[48 + r], cfg[16 + 2 * r]) for r in range(8) if cfg[48 + r]}
     # accumulators 0-1: 14 rows of 64 bytes; activations 4, 5: 14 rows of 48 bytes (3 columns
-    # of 16 channels); weights 6: 12 rows of 64 bytes
-    assert rows == {0: (14, 64), 1: (14, 64), 4: (14, 48), 5: (14, 48), 6: (12, 64)}
+    # of 16 channels); weights 6, 7: 12 rows of 64 bytes
+    assert rows == {0: (14, 64), 1: (14, 64), 4: (14, 48), 5: (14, 48), 6: (12, 64),
+                    7: (12, 64)}
+    # 2 output rows x 2 output blocks: accumulators 0-3
+    cfg = intrin_amx.config_bytes(intrin_amx.Tile(2, 14, 3, 1, blocks=2))
+    assert [r for r in range(8) if cfg[48 + r]] == list(range(8))
     words = [int.from_bytes(cfg[4 * i:4 * i + 4], "little") for i in range(16)]
     assert [i for i, w in enumerate(words) if w] == [i for i in intrin_amx.CONFIG_WORDS
                                                       if words[i]]
@@ -321,16 +409,23 @@ def test_the_tile_configuration_names_every_register_it_uses():
     assert (stem[48 + 4], stem[16 + 8], stem[48 + 6]) == (16, 28, 7)  # K = 7 columns x 4
     # one row only for the classifier's form: one accumulator, several input blocks a row
     for bad in (dict(rows=1, fold=1), dict(rows=1, tiles=2), dict(tiles=5), dict(fold=5),
-                dict(block=8)):
+                dict(block=8), dict(tiles=2, blocks=4), dict(rows=1, blocks=2), dict(blocks=0)):
         with pytest.raises(ValueError, match="no AMX tile"):
             intrin_amx.Tile(**{**dict(tiles=1, rows=14, fold=3, stride=1), **bad})
     assert intrin_amx.Tile(1, 1, 4, 1).shapes() == ((4, 1, 1, 16), (4, 1, 1, 4, 16, 4), (16,))
     assert re.fullmatch(r"f8tvm_amx_dot_t2_m7_x3_s2_y2",
                         intrin_amx.intrinsics(intrin_amx.Tile(2, 7, 3, 2, ystride=2))[1])
+    # over output blocks: the weights and outputs keep the axes between the blocks' and the
+    # tile's (input block, window row; output row), of extent 1 in the step's regions
+    four = intrin_amx.Tile(1, 7, 3, 1, blocks=4)
+    assert four.accumulators == 4 and four.shapes() == ((9, 16), (4, 1, 1, 3, 4, 16, 4),
+                                                        (4, 1, 7, 16))
+    assert intrin_amx.intrinsics(four)[1].endswith("_o4")
 
 
 def test_tuning_samples_the_register_tile_and_a_record_rebuilds_it():
-    # the design space: two categorical decisions (output rows, pixels) that the build replays
+    # the design space: three categorical decisions (output rows, pixels, output blocks) that
+    # the build replays
     from f8tvm.core._tvm import s_tir
     from f8tvm.schedules.tuning import _split_decisions
 
@@ -340,15 +435,16 @@ def test_tuning_samples_the_register_tile_and_a_record_rebuilds_it():
         sch = s_tir.Schedule(func, seed=seed)
         cpu.schedule_conv(sch, AMX, tune=True)
         decisions = _split_decisions(sch.trace)
-        assert len(decisions) == 2
-        t, rows = decisions
+        assert len(decisions) == 3
+        t, rows, blocks = decisions
         assert t in cpu.amx_tiles(14) and rows in cpu.amx_rows(14)
-        seen.add((t, rows))
+        assert blocks in cpu.amx_blocks(2, t)  # 2 output blocks, at most 4 accumulators
+        seen.add((t, rows, blocks))
     assert len(seen) > 1  # the space is explored
-    # a record's decisions rebuild the same tile; another form's (a VNNI record's 3 factors,
-    # or tiles that do not fit) fall back to ours
+    # a record's decisions rebuild the same tile (one of before the output blocks: one block);
+    # another form's (a VNNI record's 3 factors, or tiles that do not fit) fall back to ours
     host = get_target(host_target_name()).tvm()
-    for tile in (sorted(seen)[0], (8, 8), (1, 3, 4)):
+    for tile in (*sorted(seen)[:2], (2, 7), (8, 8), (1, 3, 4), (2, 14, 4)):
         _, lib = _build(func, tile, described=True, target=host)
         assert np.array_equal(_run(lib, args), want)
 
