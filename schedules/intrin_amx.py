@@ -369,12 +369,11 @@ def _dot_tiles(tile: Tile):
     sa, sb, sc = _strides("sa", a_shape), _strides("sb", b_shape), _strides("sc", c_shape)
     n, many, ystride = tile.tiles, tile.tiles > 1, tile.ystride
     blocks, wide = tile.blocks, tile.blocks > 1
+    first = blocks <= len(_B_REGS)  # every block's weights in a register of its own, first
+    assert first or n == 1, tile  # (MAX_TILES accumulators)
     a0, a1 = _A_REGS
     b0, b1 = _B_REGS
     row_bytes = tile.block * tile.stride
-    if blocks > len(_B_REGS):
-        assert n == 1, tile  # (MAX_TILES accumulators)
-        return _dot_tiles_blocks(tile)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -384,7 +383,7 @@ def _dot_tiles(tile: Tile):
         with T.sblock("root"):
             T.reads(C[_full(c_shape)], A[_full(a_shape)], B[_full(b_shape)])
             T.writes(C[_full(c_shape)])
-            for s in T.unroll(blocks):
+            for s in T.unroll(blocks if first else 0):
                 T.evaluate(_load(b0 + s * (b1 - b0),
                                  B.access_ptr("r", offset=s * B.strides[0] if wide else 0),
                                  4 * LANES))
@@ -394,34 +393,11 @@ def _dot_tiles(tile: Tile):
                                               if many else 0),
                                  row_bytes))
                 for s in T.unroll(blocks):
+                    for _ in T.unroll(0 if first else 1):
+                        T.evaluate(_load(b0 + s % 2 * (b1 - b0),
+                                         B.access_ptr("r", offset=s * B.strides[0]), 4 * LANES))
                     T.evaluate(_tdpbusd(r * blocks + s, a0 + r % 2 * (a1 - a0),
-                                        b0 + s * (b1 - b0)))
-
-    return impl
-
-
-def _dot_tiles_blocks(tile: Tile):
-    """:func:`_dot_tiles` for one output row of more output blocks than weight registers."""
-    a_shape, b_shape, c_shape = tile.shapes()
-    sa, sb, sc = _strides("sa", a_shape), _strides("sb", b_shape), _strides("sc", c_shape)
-    blocks = tile.blocks
-    a0 = _A_REGS[0]
-    b0, b1 = _B_REGS
-    row_bytes = tile.block * tile.stride
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=sa)
-        B = T.match_buffer(b, b_shape, "int8", offset_factor=1, strides=sb)
-        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
-        with T.sblock("root"):
-            T.reads(C[_full(c_shape)], A[_full(a_shape)], B[_full(b_shape)])
-            T.writes(C[_full(c_shape)])
-            T.evaluate(_load(a0, A.access_ptr("r"), row_bytes))
-            for s in T.unroll(blocks):
-                T.evaluate(_load(b0 + s % 2 * (b1 - b0), B.access_ptr("r", offset=s * B.strides[0]),
-                                 4 * LANES))
-                T.evaluate(_tdpbusd(s, a0, b0 + s % 2 * (b1 - b0)))
+                                        b0 + s % 2 * (b1 - b0)))
 
     return impl
 
