@@ -502,8 +502,9 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     # the accumulators (a stand-in for the tile registers) and their store to the conv's output
     out = sch.cache_write(conv, 0, "global")
     sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
-    if t == 1:  # its loops follow the buffer's axes: (block, row, pixel, lane)
-        sch.reorder(*sch.get_loops(out)[-3:-5:-1])
+    if t == 1:  # its loops follow the buffer's axes (block, row, pixel, lane): row outside
+        blk, row = sch.get_loops(out)[-4:-2]
+        sch.reorder(row, blk)
     sch.parallel(sch.fuse(b, o_o, y_o))
     _sch.fuse_epilogue(sch, out, x_o, dot, rows)
     init = sch.decompose_reduction(conv, rc)

@@ -168,11 +168,9 @@ def _index(tile: Tile, vs):
     b = ((x,) if tile.fold > 1 else ()) + (q, v["n"], v["k"])
     c = (v["m"], v["n"])
     if t is not None:
-        a = (t * tile.ystride,) + a
-    if s is not None:
-        return a, (s, 0, 0, x, q, v["n"], v["k"]), (s, 0 if t is None else t, v["m"], v["n"])
-    if t is not None:
-        c = (t,) + c
+        a, c = (t * tile.ystride,) + a, (t,) + c
+    if s is not None:  # the weights' and outputs' axes of extent 1 too (Tile.shapes)
+        return a, (s, 0, 0, x, q, v["n"], v["k"]), ((s, 0) + c if t is None else (s,) + c)
     return a, b, c
 
 
@@ -383,17 +381,18 @@ def _dot_tiles(tile: Tile):
         with T.sblock("root"):
             T.reads(C[_full(c_shape)], A[_full(a_shape)], B[_full(b_shape)])
             T.writes(C[_full(c_shape)])
-            for s in T.unroll(blocks if first else 0):
-                T.evaluate(_load(b0 + s * (b1 - b0),
-                                 B.access_ptr("r", offset=s * B.strides[0] if wide else 0),
-                                 4 * LANES))
+            if first:
+                for s in T.unroll(blocks):
+                    T.evaluate(_load(b0 + s * (b1 - b0),
+                                     B.access_ptr("r", offset=s * B.strides[0] if wide else 0),
+                                     4 * LANES))
             for r in T.unroll(n):
                 T.evaluate(_load(a0 + r % 2 * (a1 - a0),
                                  A.access_ptr("r", offset=r * ystride * A.strides[0]
                                               if many else 0),
                                  row_bytes))
                 for s in T.unroll(blocks):
-                    for _ in T.unroll(0 if first else 1):
+                    if not first:
                         T.evaluate(_load(b0 + s % 2 * (b1 - b0),
                                          B.access_ptr("r", offset=s * B.strides[0]), 4 * LANES))
                     T.evaluate(_tdpbusd(r * blocks + s, a0 + r % 2 * (a1 - a0),

@@ -112,6 +112,14 @@ def _run(lib, args):
     return unblock(tensors[-1].numpy())
 
 
+def _tilings(case, oh, ow):
+    """Every register tile of the conv ``case`` with an ``oh`` x ``ow`` output: (output rows,
+    pixels, output blocks); None for the classifier's one form."""
+    ob = case[1] // 16
+    return [(t, rows, blocks) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)
+            for blocks in cpu.amx_blocks(ob, t)] or [None]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
     # any x86 CPU: the description path has no AMX instruction, built for this CPU's preset
@@ -125,14 +133,6 @@ def test_amx_schedule_is_exact_under_every_tiling_through_the_description(case):
         report = audit_module(mod)
         assert report.wide_multiplies == 0
         assert report.macs_8bit == ref.size * _padded(case[0]) * case[4] ** 2
-
-
-def _tilings(case, oh, ow):
-    """Every register tile of the conv ``case`` with an ``oh`` x ``ow`` output: (output rows,
-    pixels, output blocks); None for the classifier's one form."""
-    ob = case[1] // 16
-    return [(t, rows, blocks) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)
-            for blocks in cpu.amx_blocks(ob, t)] or [None]
 
 
 needs_cc = pytest.mark.skipif(not soft_amx.available(), reason="needs a C compiler (gcc) to "
@@ -400,11 +400,12 @@ def test_the_tile_configuration_names_every_register_it_uses():
     assert rows == {0: (14, 64), 1: (14, 64), 4: (14, 48), 5: (14, 48), 6: (12, 64),
                     7: (12, 64)}
     # 2 output rows x 2 output blocks: accumulators 0-3
-    cfg = intrin_amx.config_bytes(intrin_amx.Tile(2, 14, 3, 1, blocks=2))
-    assert [r for r in range(8) if cfg[48 + r]] == list(range(8))
-    words = [int.from_bytes(cfg[4 * i:4 * i + 4], "little") for i in range(16)]
-    assert [i for i, w in enumerate(words) if w] == [i for i in intrin_amx.CONFIG_WORDS
-                                                      if words[i]]
+    both = intrin_amx.config_bytes(intrin_amx.Tile(2, 14, 3, 1, blocks=2))
+    assert [r for r in range(8) if both[48 + r]] == list(range(8))
+    for c in (cfg, both):
+        words = [int.from_bytes(c[4 * i:4 * i + 4], "little") for i in range(16)]
+        assert [i for i, w in enumerate(words) if w] == [i for i in intrin_amx.CONFIG_WORDS
+                                                          if words[i]]
     stem = intrin_amx.config_bytes(intrin_amx.Tile(1, 16, 7, 2, block=4))
     assert (stem[48 + 4], stem[16 + 8], stem[48 + 6]) == (16, 28, 7)  # K = 7 columns x 4
     # one row only for the classifier's form: one accumulator, several input blocks a row
