@@ -432,6 +432,11 @@ def operand_dtypes(block) -> tuple[str, str]:
     return tuple(expr_dtype(e) for e in _operand_loads(block))
 
 
+def activation_buffer(block):
+    """The activation buffer a packed kernel block reads."""
+    return region_tensor(_operand_loads(block)[0])
+
+
 def activation_block(block) -> int:
     """The channel block of the activation a packed kernel block reads (its innermost axis)."""
     return int(region_tensor(_operand_loads(block)[0]).shape[-1])

@@ -383,7 +383,8 @@ def amx_conv(block, dot) -> bool:
     vector form: a 1x1 conv on the RGB image (one 4-byte step per tile).  Thin 1x1 convs (one
     or two input blocks: one or two ``tdpbusd`` per tile) run faster on tiles too, given the
     register tile's 4 accumulators (MobileNet-V2's 1.5x the VNNI kernel's time with one
-    accumulator, 0.7-0.9x with four)."""
+    accumulator, 0.7-0.9x with four); a 1x1 conv's tile rows take up to 4 input blocks
+    (:func:`amx_channels`)."""
     if not (dot is not None and dot.amx):
         return False
     a_dtype, b_dtype = _sch.operand_dtypes(block)
@@ -438,6 +439,31 @@ def amx_fold(kw: int, dilation: int, block: int = 16) -> int:
     return kw if dilation == 1 and kw * block <= amx.MAX_BYTES else 1
 
 
+def amx_channels(kh: int, kw: int, block: int, ib: int) -> int:
+    """Input blocks per AMX tile row of a 1x1 conv on ``ib`` 16-channel blocks, read from a
+    pixel-major copy of its activations (:func:`_pixel_major`): the most from 4 down to 2
+    that divide ``ib`` (K = 64, 48 or 32 per ``tdpbusd`` instead of the layout's 16); 1 for
+    any other conv, or where none divides (5 or 7 blocks: one per tile row, no copy)."""
+    if (kh, kw, block) != (1, 1, 16):
+        return 1
+    return next((f for f in (4, 3, 2) if ib % f == 0), 1)
+
+
+def default_amx_channels(fold: int, ob: int, rows: int, stride: int) -> int:
+    """Whether a 1x1 conv folds its input blocks into tile rows by default: ``fold`` (from
+    :func:`amx_channels`) where the pixel-major copy costs less than the dots it saves, else 1.
+
+    Per input byte the copy takes about 1/16 cycle (16 bytes a cycle: measured on Zen 4), and
+    the conv does ``m = ob * 16 / stride**2`` MACs, ``m / (rows * 256)`` one-block ``tdpbusd``
+    of 16 cycles each (Intel's throughput, whatever K), of which folding saves ``1 - 1/fold``:
+    the copy pays where ``m * (1 - 1/fold) > rows``.  So MobileNet-V2's 2-block 1x1 convs on
+    56x56 maps fold (3 of their 6 or 9 input blocks a row), its 1-block 112x112 one does not
+    (the copy would cost twice what it saves); a tuning record decides per conv."""
+    if fold > 1 and ob * 16 * (1 - 1 / fold) / (stride * stride) > rows:
+        return fold
+    return 1
+
+
 def default_amx_tile(oh: int, ow: int, ob: int = 1) -> tuple[int, int, int]:
     """(output rows, pixels, output blocks) of the register tile: the most rows sharing a
     weight tile, the widest tile, then as many output blocks as keep 4 accumulators (a 14x14
@@ -455,7 +481,12 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     allow: :func:`_sch.fuse_epilogue`).  ``tiles``: ``(t, rows, blocks)`` from a tuning record
     (``(t, rows)``: one block), else (or if they do not fit: a record of another form)
     :func:`default_amx_tile`; tuning samples them from :func:`amx_tiles`, :func:`amx_rows` and
-    :func:`amx_blocks` (categorical decisions: a perfect-tile sample could pick 1 row)."""
+    :func:`amx_blocks` (categorical decisions: a perfect-tile sample could pick 1 row).
+
+    A 1x1 conv has a fourth decision (a record's fourth value; ours where a record has three):
+    its input blocks per tile row, :func:`amx_channels` (read from a pixel-major copy of its
+    activations, :func:`_pixel_major`) or 1 (the layout's 16 bytes, no copy); ours:
+    :func:`default_amx_channels`."""
     conv = sch.get_sblock(CONV_BLOCK)
     dense = amx_dense(sch.get(conv))  # the classifier: input blocks per tile row
     if dense:
@@ -463,16 +494,19 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
         return
     b, o, y, x, ol, rc, ry, rx, rq, rk = sch.get_loops(conv)
     ob, oh, ow = _sch.extent(sch, o), _sch.extent(sch, y), _sch.extent(sch, x)
-    kw = _sch.extent(sch, rx)
+    kh, kw = _sch.extent(sch, ry), _sch.extent(sch, rx)
     block = sch.get(conv)
     stride, dilation = (int(v) for v in block.annotations[pk.CONV_COLUMNS])
     ystride = int(block.annotations[pk.CONV_ROWS][0])
     cb = _sch.activation_block(block)
     t, rows, blocks = default_amx_tile(oh, ow, ob)
-    if tiles and len(tiles) in (2, 3):  # else a record of another schedule (a VNNI build's)
-        rt, rr, rb = (*tiles, 1)[:3]
-        if rt in amx_tiles(oh) and rr in amx_rows(ow) and rb in amx_blocks(ob, rt):
-            t, rows, blocks = rt, rr, rb
+    most = amx_channels(kh, kw, cb, _sch.extent(sch, rc))  # a 1x1 conv's input blocks a row
+    channels = None  # (ours for the rows picked)
+    if tiles and len(tiles) in (2, 3, 4):  # else a record of another schedule (a VNNI build's)
+        rt, rr, rb, rf = (*tiles, 1, None)[:4] if len(tiles) == 2 else (*tiles, None)[:4]
+        if (rt in amx_tiles(oh) and rr in amx_rows(ow) and rb in amx_blocks(ob, rt)
+                and rf in (None, 1, most)):
+            t, rows, blocks, channels = rt, rr, rb, rf
     picked = []
     for value, choices in ((t, amx_tiles(oh)), (rows, amx_rows(ow))):
         picked.append(sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
@@ -486,19 +520,32 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
                                   decision=None if tune else choices.index(blocks))
     o_o, o_i = sch.split(o, factors=[None, pick])
     blocks = _sch.extent(sch, o_i)
-    fold = amx_fold(kw, dilation, cb)
+    ci = None
+    if most > 1:  # a 1x1 conv: its input blocks a tile row from a pixel-major copy, or one
+        if channels is None:
+            channels = default_amx_channels(most, ob, rows, stride)
+        choices = [most, 1]
+        pick = sch.sample_categorical(choices, [0.5, 0.5],
+                                      decision=None if tune else choices.index(channels))
+        rc, ci = sch.split(rc, factors=[None, pick])
+    channels = _sch.extent(sch, ci) if ci is not None else 1
+    fold = channels if channels > 1 else amx_fold(kw, dilation, cb)
     quads = [rq] if cb > 4 else []
     if not quads:  # one quad: no loop of extent 1 (the intrinsic binds its quad to 0)
         rk = sch.fuse(rq, rk)
     # the register tile's blocks, then rows; a loop of extent 1 outside both (the intrinsics'
     # loops have none)
     tile_loops = [o_i, y_i] if t > 1 else [y_i, o_i]
-    if fold > 1:
+    if channels > 1:
+        sch.reorder(b, o_o, y_o, x_o, rc, ry, rx, *tile_loops, x_i, ol, ci, *quads, rk)
+    elif ci is not None:  # (one block a tile row: the split's inner loop of extent 1)
+        sch.reorder(b, o_o, y_o, x_o, rc, ci, ry, rx, *tile_loops, x_i, ol, *quads, rk)
+    elif fold > 1:
         sch.reorder(b, o_o, y_o, x_o, rc, ry, *tile_loops, x_i, ol, rx, *quads, rk)
     else:
         sch.reorder(b, o_o, y_o, x_o, rc, ry, rx, *tile_loops, x_i, ol, *quads, rk)
     zero, dot_step, store = amx.intrinsics(amx.Tile(t, rows, fold, stride, cb, ystride,
-                                                    blocks))
+                                                    blocks, channels > 1))
     # the accumulators (a stand-in for the tile registers) and their store to the conv's output
     out = sch.cache_write(conv, 0, "global")
     sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
@@ -506,6 +553,8 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
         blk, row = sch.get_loops(out)[-4:-2]
         sch.reorder(row, blk)
     sch.parallel(sch.fuse(b, o_o, y_o))
+    if channels > 1:
+        _pixel_major(sch, conv)
     _sch.fuse_epilogue(sch, out, x_o, dot, rows)
     init = sch.decompose_reduction(conv, rc)
     # the loops a step's intrinsic covers: [blocks,] [rows,] pixels, lanes
@@ -514,6 +563,21 @@ def schedule_conv_amx(sch, dot=None, tune: bool = False, tiles=None) -> None:
     sch.tensorize(o_i if blocks > 1 else y_i if t > 1 else x_i, dot_step)
     sch.tensorize(sch.get_loops(out)[-inner], store)
     _sch.schedule_pad(sch, PAD_BLOCK)
+
+
+def _pixel_major(sch, conv) -> None:
+    """The activations of a 1x1 conv on AMX, copied pixel-major (``(N, H, W, C/16, 16)``: a
+    pixel's input blocks adjacent, so several make one tile row) before the conv, once (every
+    output block's tiles read the copy), parallel over rows, 16 bytes at a time."""
+    act = _sch.activation_buffer(sch.get(conv))
+    index = next(i for i, r in enumerate(sch.get(conv).reads)
+                 if _tvm.region_tensor(r).same_as(act))
+    copy = sch.cache_read(conv, index, "local")
+    sch.transform_layout(copy, ("write", 0), lambda n, c, h, w, lane: (n, h, w, c, lane))
+    n, c, h, w, lane = sch.get_loops(copy)
+    sch.reorder(n, h, w, c, lane)
+    sch.parallel(sch.fuse(n, h))
+    sch.vectorize(lane)
 
 
 def _schedule_dense_amx(sch, conv, dot, fold: int) -> None:

@@ -13,7 +13,9 @@ it directly:
   block at the pixel's window column -- and, for a window whose columns fit 64 bytes (dilation
   1), all its columns at once: they are adjacent in the layout, so a tile row is ``b * kw``
   contiguous bytes (K = 48 for a 3x3 conv on 16 channels, 28 for the 7x7 RGB stem), rows
-  ``b * stride`` bytes apart (overlapping rows are fine for ``tileloadd``);
+  ``b * stride`` bytes apart (overlapping rows are fine for ``tileloadd``); a 1x1 conv has one
+  column, so its tile rows take several input blocks instead (``Tile.channels``), from a
+  pixel-major copy of the activations the kernel makes (K = 64 for 4 blocks, not 16);
 * ``B``: the packed weights of one output block, input block and window row: ``kw * b / 4`` rows
   of 64 bytes, contiguous as packed (no repacking);
 * ``C``: the M pixels' 16 output channels, int32.
@@ -87,6 +89,10 @@ class Tile:
     outside), window ``stride`` (columns), ``block`` input channels per block (16, or 4: the
     RGB image).
 
+    ``channels`` (a 1x1 conv): ``fold`` input blocks per tile row instead of window columns,
+    read from a pixel-major copy of the activations (each pixel's input blocks adjacent: a
+    tile row of ``16 * fold`` bytes, K = 64 for 4 blocks, where the layout gives 16).
+
     One row (the classifier, a 1x1 conv on one pixel): ``fold`` input blocks per tile row
     instead (they are adjacent in the layout, as a window's columns are, and so are their
     weights), one accumulator."""
@@ -98,13 +104,16 @@ class Tile:
     block: int = 16
     ystride: int = 1
     blocks: int = 1
+    channels: bool = False
 
     def __post_init__(self):
         one = self.rows == 1 and self.accumulators == 1 and self.fold > 1  # no unit axis
         if not (1 <= self.tiles and 1 <= self.blocks and self.accumulators <= MAX_TILES
                 and (2 <= self.rows <= MAX_ROWS or one)
                 and self.block in (4, 16) and 1 <= self.fold
-                and self.block * self.fold <= MAX_BYTES and self.stride >= 1):
+                and self.block * self.fold <= MAX_BYTES and self.stride >= 1
+                and not (self.channels and (self.rows == 1 or self.fold == 1
+                                            or self.block != 16))):
             raise ValueError(f"no AMX tile for {self}")
 
     @property
@@ -114,6 +123,14 @@ class Tile:
         return self.tiles * self.blocks
 
     @property
+    def a_scope(self) -> str:
+        """The activations' storage scope: a pixel-major copy is the kernel's own buffer, in a
+        scope of its own (``local``) so that TVM's storage planner never lays it over the int32
+        buffer the tiles store to (in ``global`` it does, and the tile pointers' types then
+        disagree with the buffer's)."""
+        return "local" if self.channels else "global"
+
+    @property
     def quads(self) -> int:
         return self.block // 4
 
@@ -121,7 +138,7 @@ class Tile:
     def span(self) -> int:
         """Input columns an ``A`` tile spans: ``rows`` pixels ``stride`` apart, ``fold``
         columns each."""
-        return (self.rows - 1) * self.stride + self.fold
+        return (self.rows - 1) * self.stride + (1 if self.channels else self.fold)
 
     def shapes(self):
         """The (A, B, C) buffer shapes of a reduction step (no loop of extent 1: tensorize
@@ -131,13 +148,16 @@ class Tile:
             return ((self.fold, 1, 1, self.block), (self.fold, 1, 1, self.quads, LANES, 4),
                     (LANES,))
         a = ((((self.tiles - 1) * self.ystride + 1),) if self.tiles > 1 else ()) + (
-            self.span, self.block)
-        if self.blocks > 1:  # the weights' and outputs' axes between the blocks' and the
-            # tile's are in the buffer regions (of extent 1: input block, window row, output row)
-            return (a, (self.blocks, 1, 1, self.fold, self.quads, LANES, 4),
-                    (self.blocks, self.tiles, self.rows, LANES))
-        b = ((self.fold,) if self.fold > 1 else ()) + (self.quads, LANES, 4)
-        return a, b, many + (self.rows, LANES)
+            self.span,) + ((self.fold,) if self.channels else ()) + (self.block,)
+        if self.blocks == 1 and not self.channels:
+            b = ((self.fold,) if self.fold > 1 else ()) + (self.quads, LANES, 4)
+            return a, b, many + (self.rows, LANES)
+        # the weights' axes (o i kh kw) of extent 1 between the blocks' and the tile's are in
+        # the buffer regions, and the outputs' output row; a 1x1 conv's weights: input blocks
+        b = ((self.fold, 1, 1) if self.channels else (1, 1, self.fold)) + (self.quads, LANES, 4)
+        if self.blocks == 1:
+            return a, b, many + (self.rows, LANES)
+        return a, (self.blocks,) + b, (self.blocks, self.tiles, self.rows, LANES)
 
     def axes(self):
         """The step's loops, outermost first: ``(names, extents, kinds)``."""
@@ -153,7 +173,8 @@ class Tile:
         return (f"t{self.tiles}_m{self.rows}_x{self.fold}_s{self.stride}"
                 + ("" if self.block == 16 else f"_b{self.block}")
                 + ("" if self.tiles == 1 or self.ystride == 1 else f"_y{self.ystride}")
-                + ("" if self.blocks == 1 else f"_o{self.blocks}"))
+                + ("" if self.blocks == 1 else f"_o{self.blocks}")
+                + ("_c" if self.channels else ""))
 
 
 def _index(tile: Tile, vs):
@@ -164,13 +185,17 @@ def _index(tile: Tile, vs):
     x, q, t, s = v.get("x", 0), v.get("q", 0), v.get("t"), v.get("s")
     if tile.rows == 1:  # A[x, 0, 0, 4 q + k] * B[x, 0, 0, q, n, k]: x an input block
         return (x, 0, 0, q * 4 + v["k"]), (x, 0, 0, q, v["n"], v["k"]), (v["n"],)
-    a = (v["m"] * tile.stride + x, q * 4 + v["k"])
-    b = ((x,) if tile.fold > 1 else ()) + (q, v["n"], v["k"])
+    if tile.channels:  # A[t * ystride, m * stride, x, 4 q + k] * B[s, x, 0, 0, q, n, k]
+        a, b = (v["m"] * tile.stride, x, q * 4 + v["k"]), (x, 0, 0, q, v["n"], v["k"])
+    else:
+        a = (v["m"] * tile.stride + x, q * 4 + v["k"])
+        b = ((x,) if tile.fold > 1 or s is not None else ()) + (q, v["n"], v["k"])
+        b = (0, 0) + b if s is not None else b
     c = (v["m"], v["n"])
     if t is not None:
         a, c = (t * tile.ystride,) + a, (t,) + c
     if s is not None:  # the weights' and outputs' axes of extent 1 too (Tile.shapes)
-        return a, (s, 0, 0, x, q, v["n"], v["k"]), ((s, 0) + c if t is None else (s,) + c)
+        return a, (s,) + b, ((s, 0) + c if t is None else (s,) + c)
     return a, b, c
 
 
@@ -309,7 +334,7 @@ def _dot_desc(tile: Tile):
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer(a_shape, "uint8", offset_factor=1),
+        A: T.Buffer(a_shape, "uint8", offset_factor=1, scope=tile.a_scope),
         B: T.Buffer(b_shape, "int8", offset_factor=1),
         C: T.Buffer(c_shape, "int32", offset_factor=1),
     ) -> None:
@@ -332,7 +357,8 @@ def _dot_loops(tile: Tile):
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=sa)
+        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=sa,
+                           scope=tile.a_scope)
         B = T.match_buffer(b, b_shape, "int8", offset_factor=1, strides=sb)
         C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
         with T.sblock("root"):
@@ -358,7 +384,8 @@ def _tdpbusd(acc, a, b):
 
 def _dot_tiles(tile: Tile):
     """One reduction step: ``tileloadd`` each output block's weights (rows of 64 bytes) and
-    each output row's activations (rows ``block * stride`` bytes apart), once each, and a
+    each output row's activations (rows ``block * stride`` bytes apart; in a pixel-major copy,
+    ``stride`` of its pixels), once each, and a
     ``tdpbusd`` per accumulator (row ``t``, block ``s``: register ``t * blocks + s``).  Up to
     two output blocks: their weights first, in registers 6 and 7, then row by row its
     activations (4 and 5 in turn) and its multiplies.  More (one output row): its activations,
@@ -371,11 +398,13 @@ def _dot_tiles(tile: Tile):
     assert first or n == 1, tile  # (MAX_TILES accumulators)
     a0, a1 = _A_REGS
     b0, b1 = _B_REGS
-    row_bytes = tile.block * tile.stride
+    channels, stride = tile.channels, tile.stride
+    row_bytes = tile.block * stride  # (a pixel-major copy: its pixels' stride instead)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=sa)
+        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=sa,
+                           scope=tile.a_scope)
         B = T.match_buffer(b, b_shape, "int8", offset_factor=1, strides=sb)
         C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=sc)
         with T.sblock("root"):
@@ -390,7 +419,7 @@ def _dot_tiles(tile: Tile):
                 T.evaluate(_load(a0 + r % 2 * (a1 - a0),
                                  A.access_ptr("r", offset=r * ystride * A.strides[0]
                                               if many else 0),
-                                 row_bytes))
+                                 A.strides[-3] * stride if channels else row_bytes))
                 for s in T.unroll(blocks):
                     if not first:
                         T.evaluate(_load(b0 + s % 2 * (b1 - b0),

@@ -42,10 +42,12 @@ needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-INT8 (am
 AMX = find_dot(TARGETS["x86-amx"].dot)
 
 # (C_in, C_out, H, W, K, stride, pad, dilation): the window folded into tile rows (3x3, stride
-# 1 and 2), one column per step (1x1; 5 columns: more than a tile row's 64 bytes; dilation 2:
-# columns apart), odd sizes, a row wider than a tile, the RGB stem (one quad per pixel: a 7x7
-# window row is a tile row of 28 bytes), a 7x7 map (no 2 to 4 rows to share weight tiles: 4
-# output blocks share each activation tile), the classifier (a one-row tile of input blocks)
+# 1 and 2), one column per step (5 columns: more than a tile row's 64 bytes; dilation 2:
+# columns apart), 1x1 convs (input blocks folded into tile rows from a pixel-major copy, 4 or
+# 3 of them, or one per step), odd sizes, a row wider than a tile, the RGB stem (one quad per
+# pixel: a 7x7 window row is a tile row of 28 bytes), a 7x7 map (no 2 to 4 rows to share weight
+# tiles: 4 output blocks share each activation tile), the classifier (a one-row tile of input
+# blocks)
 CASES = [
     (3, 32, 20, 20, 7, 2, 3, 1),
     (32, 32, 14, 14, 3, 1, 1, 1),
@@ -58,6 +60,7 @@ CASES = [
     (32, 64, 7, 7, 3, 1, 1, 1),
     (512, 48, 1, 1, 1, 1, 0, 1),  # the classifier: one pixel, 4 input blocks a tile row
     (96, 32, 1, 1, 1, 1, 0, 1),  # 6 input blocks: 2 a tile row
+    (96, 32, 4, 4, 1, 1, 0, 1),  # 6 input blocks: 3 a tile row, under 2 rows x 2 blocks too
 ]
 
 
@@ -112,12 +115,19 @@ def _run(lib, args):
     return unblock(tensors[-1].numpy())
 
 
+def _channels(case):
+    """Input blocks per tile row of the 1x1 conv ``case`` (1: one, or not a 1x1 conv)."""
+    cb = 16 if case[0] % 16 == 0 else 4
+    return cpu.amx_channels(case[4], case[4], cb, -(-case[0] // cb))
+
+
 def _tilings(case, oh, ow):
     """Every register tile of the conv ``case`` with an ``oh`` x ``ow`` output: (output rows,
-    pixels, output blocks); None for the classifier's one form."""
-    ob = case[1] // 16
-    return [(t, rows, blocks) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)
-            for blocks in cpu.amx_blocks(ob, t)] or [None]
+    pixels, output blocks, input blocks a tile row: a 1x1 conv's both choices); None for the
+    classifier's one form."""
+    ob, cf = case[1] // 16, _channels(case)
+    return [(t, rows, blocks, f) for t in cpu.amx_tiles(oh) for rows in cpu.amx_rows(ow)
+            for blocks in cpu.amx_blocks(ob, t) for f in sorted({cf, 1})] or [None]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
@@ -161,6 +171,8 @@ def test_amx_instructions_are_exact_under_every_tiling_on_a_software_tile_unit(c
         # but the first into each (one per accumulator stored)
         done, accs = soft_amx.counts(), tile[0] * tile[2] if tile else 1
         assert done["macs"] == ref.size * _padded(case[0]) * case[4] ** 2
+        if tile and case[4] == 1:  # a 1x1 conv's K: 16 bytes an input block, tile[3] a row
+            assert done["macs"] == done["dots"] * tile[1] * 16 * 16 * tile[3], tile
         gaps = [done[f"gap{g}"] for g in (1, 2, 3)]
         assert gaps == [done["dots"] - done["stores"] if g == accs else 0 for g in (1, 2, 3)]
 
@@ -186,6 +198,8 @@ def test_amx_kernels_emit_tile_instructions_and_the_audit_counts_them(case):
     if dense:  # a one-row tile: the configuration's rows of the accumulator and activations
         cfg = intrin_amx.config_bytes(intrin_amx.Tile(1, 1, dense, 1))
         assert cfg[48] == cfg[52] == 1 and cfg[54] == 4 * dense and cfg[24] == 16 * dense
+    if not dense and k == 1:  # input blocks a tile row: the most of 4, 3, 2 dividing theirs
+        assert _channels(case) == (4 if case[0] == 64 else 3 if case[0] in (48, 96) else 1)
     report = audit_module(mod)
     assert report.wide_multiplies == 0
     assert report.macs_8bit == ref.size * _padded(case[0]) * k * k
@@ -268,6 +282,17 @@ def test_which_convs_take_tiles():
     assert cpu.default_amx_tile(14, 14, 16) == (2, 14, 2)
     assert cpu.default_amx_tile(7, 7, 32) == (1, 7, 4)
     assert cpu.default_amx_tile(7, 7, 3) == (1, 7, 3) and cpu.amx_blocks(3, 2) == [1]
+    # 1x1 convs: the most input blocks per tile row (up to 64 bytes) that divide theirs
+    assert [cpu.amx_channels(1, 1, 16, ib) for ib in (1, 2, 3, 4, 5, 6, 7, 9, 60)] == [
+        1, 2, 3, 4, 1, 3, 1, 3, 4]
+    assert cpu.amx_channels(3, 3, 16, 8) == cpu.amx_channels(1, 1, 4, 8) == 1
+    # by default only where the copy costs less than the dots it saves: MobileNet-V2's 56x56
+    # project and expand convs (2 and 9 output blocks, 14-pixel tiles), ResNet-18's strided
+    # downsample (8 blocks); not its 112x112 one (1 block, 16 pixels) nor a strided 1-block one
+    assert cpu.default_amx_channels(3, 2, 14, 1) == 3 and cpu.default_amx_channels(2, 9, 14, 1) == 2
+    assert cpu.default_amx_channels(4, 8, 14, 2) == 4
+    assert cpu.default_amx_channels(2, 1, 16, 1) == cpu.default_amx_channels(3, 1, 6, 2) == 1
+    assert cpu.default_amx_channels(1, 64, 7, 1) == 1
 
 
 @pytest.fixture(scope="module")
@@ -448,6 +473,22 @@ def test_tuning_samples_the_register_tile_and_a_record_rebuilds_it():
     for tile in (*sorted(seen)[:2], (2, 7), (8, 8), (1, 3, 4), (2, 14, 4)):
         _, lib = _build(func, tile, described=True, target=host)
         assert np.array_equal(_run(lib, args), want)
+    # a 1x1 conv: a fourth decision, the input blocks per tile row (3 of its 6, or 1); a record
+    # of before it (three decisions) takes ours
+    func, args, want, _ = _conv_func(*CASES[-1])
+    seen = set()
+    for seed in range(1, 9):
+        sch = s_tir.Schedule(func, seed=seed)
+        cpu.schedule_conv(sch, AMX, tune=True)
+        decisions = _split_decisions(sch.trace)
+        assert len(decisions) == 4 and decisions[3] in (1, 3)
+        seen.add(decisions[3])
+    assert seen == {1, 3}
+    for tile in ((2, 4, 2, 1), (2, 4, 2, 3), (2, 4, 2), (2, 4, 2, 2)):
+        mod, lib = _build(func, tile, described=True, target=host)
+        assert np.array_equal(_run(lib, args), want)
+        folded = "data_local" in mod.script()  # the pixel-major copy
+        assert folded == (tile[3:] != (1,)), tile
 
 
 @needs_amx
