@@ -256,7 +256,7 @@ def _partition_pad(sch, pad, x, y=None) -> None:
     lane = sch.get_loops(pad)[-1]
     if where is None:
         sch.vectorize(lane)
-        return
+        return None
     top, h, left, w = (int(v) for v in where)
     block = extent(sch, lane)
     chunk = max(1, PAD_CHUNK_BYTES // (_dtype_bytes(sch, pad) * block)) * block
@@ -265,7 +265,9 @@ def _partition_pad(sch, pad, x, y=None) -> None:
     for part in _split_at(sch, row, [left * block, *inside]):
         sch.vectorize(part)
     if y is not None:
-        _split_at(sch, y, [top, h])
+        rows = _split_at(sch, y, [top, h])
+        return rows[1 if top else 0]
+    return None
 
 
 def _split_at(sch, loop, sizes):
@@ -290,13 +292,19 @@ def plane_bytes(buf) -> int:
 def schedule_pad(sch, name):
     """The padding copy: parallel over (n, c) planes, each plane's rows and columns split at
     the input's borders (:func:`_partition_pad`: a row's interior is then a plain vector copy;
-    with the rows unsplit, every element would test its row and LLVM loads it byte by byte)."""
+    with the rows unsplit, every element would test its row and LLVM loads it byte by byte).
+    One plane (the RGB image's single quad block): parallel over its interior rows instead
+    (MobileNet-V2's stem pad at 2 threads on Zen 4: 17 us serial)."""
     pad = _block_or_none(sch, name)
     if pad is None:
         return
     loops = sch.get_loops(pad)
-    _partition_pad(sch, pad, loops[3], loops[2])
-    sch.parallel(sch.fuse(*loops[:2]))
+    interior = _partition_pad(sch, pad, loops[3], loops[2])
+    planes = sch.fuse(*loops[:2])
+    if extent(sch, planes) > 1 or interior is None:
+        sch.parallel(planes)
+    else:
+        sch.parallel(interior)
 
 
 def compute_pad_at(sch, name, loop) -> bool:
