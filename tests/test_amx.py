@@ -366,6 +366,11 @@ def test_models_are_exact_on_a_software_tile_unit(models, name):
     b, rerouted = soft_amx.build(models[name], torch.zeros(1, 3, SIZE, SIZE), _calib(),
                                  soft_amx.preset_for_this_cpu(_FLAGS))
     assert rerouted >= 7 * 10  # every conv but the depthwise ones: 7 or more call sites each
+    # 1x1 convs among them read pixel-major copies (several input blocks a tile row)
+    copies, copied = soft_amx.copied_bytes(b.ir["schedule"])
+    assert copies >= 1 and copied >= copies * 16 * 16
+    if name == "mobilenet_v2":  # the tool times them (vector code): each builds and runs alone
+        assert soft_amx.copy_time(b.ir["schedule"], b.target.tvm()) > 0
     rng = np.random.default_rng(7)
     for _ in range(2):
         q = quantize_input(rng.standard_normal((1, 3, SIZE, SIZE)).astype("float32"), b.plan)

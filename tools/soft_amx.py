@@ -10,7 +10,8 @@ which registers, which pointers and strides, the configuration -- everything but
 and counts it: per inference, the ``tdpbusd`` executed and their MACs (how full the tiles are),
 the tile loads and their bytes, the configurations loaded, and the dots that add into an
 accumulator one, two or three dots after the previous dot into it (a ``tdpbusd`` takes several
-times its issue interval to produce its result, so such a dot waits).
+times its issue interval to produce its result, so such a dot waits); and, from the schedule,
+the bytes the 1x1 convs copy pixel-major for their tiles (vector code: no tile instruction).
 
 Prints a table per model, checks the output bit-exact against the NumPy reference, writes JSON.
 The rest of x86-amx (depthwise convs, the RGB 1x1) is AVX-512 VNNI code: it needs a CPU with
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -34,9 +36,11 @@ import torch
 
 from f8tvm import api, pipeline
 from f8tvm.core import _tvm
-from f8tvm.core._tvm import tir, tvm
+from f8tvm.core._tvm import te, tir, tvm
 from f8tvm.models import get_model
+from f8tvm.passes.audit_multiplies import call_counts
 from f8tvm.reference import quantize_input, run_reference
+from f8tvm.schedules import cpu as cpu_schedules
 from f8tvm.targets import get_target, read_cpuinfo
 
 _NAMES = ("ldtilecfg", "sttilecfg", "tilezero", "tileloadd64", "tdpbusd", "tilestored64")
@@ -106,6 +110,55 @@ def preset_for_this_cpu(flags):
     return replace(preset, tvm_target={**preset.tvm_target, "mattr": mattr})
 
 
+def copied_bytes(mod) -> tuple[int, int]:
+    """The pixel-major copies (``schedules.cpu.PIXEL_MAJOR``) one inference of the scheduled
+    module ``mod`` makes: (kernels that make one, bytes copied), each kernel times its calls."""
+    calls = call_counts(mod)
+    kernels = total = 0
+    for name, func in _tvm.primfuncs(mod):
+        found = []
+
+        def visit(node, found=found):
+            if _tvm.node_kind(node) == "SBlock" and cpu_schedules.PIXEL_MAJOR in node.annotations:
+                buf = _tvm.region_tensor(node.writes[0])
+                found.append(math.prod(int(d) for d in buf.shape))
+
+        _tvm.post_order_visit(func.body, visit)
+        if found:
+            kernels += calls.get(name, 1)
+            total += calls.get(name, 1) * sum(found)
+    return kernels, total
+
+
+def copy_time(mod, target) -> float:
+    """Seconds the pixel-major copies of one inference of the scheduled module ``mod`` take on
+    this CPU at TVM's thread count (vector code: it runs anywhere): each copy alone, with its
+    kernel's loops (``schedules.cpu.pixel_major``) on its source's shape, the best of 7 x 100
+    runs, times its kernel's calls (its source in cache, as the producer just wrote it)."""
+    calls, total = call_counts(mod), 0.0
+    dev = tvm.cpu()
+    for name, func in _tvm.primfuncs(mod):
+        shapes = []
+
+        def visit(node, shapes=shapes):
+            if _tvm.node_kind(node) == "SBlock" and cpu_schedules.PIXEL_MAJOR in node.annotations:
+                shapes.append(tuple(int(d) for d in _tvm.region_tensor(node.reads[0]).shape))
+
+        _tvm.post_order_visit(func.body, visit)
+        for shape in shapes:
+            src = te.placeholder(shape, "uint8", name="src")
+            dst = te.compute(shape, lambda *i: src(*i), name="copy")
+            sch = _tvm.schedule_of(te.create_prim_func([src, dst]))
+            cpu_schedules.pixel_major(sch, sch.get_sblock("copy"))
+            lib = tvm.compile(sch.mod, target=target)
+            n, c, h, w, lane = shape
+            args = [tvm.runtime.tensor(np.zeros(s, "uint8"), dev)
+                    for s in (shape, (n, h, w, c, lane))]
+            timer = lib.mod.time_evaluator("main", dev, number=100, repeat=7)
+            total += min(timer(*args).results) * calls.get(name, 1)
+    return total
+
+
 def build(model, example_input, calib, preset):
     """The x86-amx program of ``model`` with its tile instructions on the software unit:
     ``(Build, rerouted call sites)`` (``Build.executable`` runs in this process)."""
@@ -149,7 +202,11 @@ def measure(name: str, size: int | None = None) -> dict:
     out = run(b, q)
     c = counts()
     exact = bool(np.array_equal(out, run_reference(b.graph, b.plan, q)))
-    return dict(model=name, size=size, call_sites=rerouted, exact=exact, **c)
+    copies, copied = copied_bytes(b.ir["schedule"])
+    seconds = copy_time(b.ir["schedule"], b.target.tvm())
+    return dict(model=name, size=size, call_sites=rerouted, exact=exact, **c,
+                pixel_major_copies=copies, pixel_major_bytes=copied,
+                pixel_major_us=round(seconds * 1e6, 1))
 
 
 def print_report(r: dict) -> None:
@@ -165,6 +222,9 @@ def print_report(r: dict) -> None:
     print(f"  dots into the accumulator of the dot 1 / 2 / 3 before: {r['gap1']:,} / "
           f"{r['gap2']:,} / {r['gap3']:,} ({100 * (r['gap1'] + r['gap2'] + r['gap3']) / dots:.0f}%"
           " of all)")
+    print(f"  pixel-major copies {r['pixel_major_copies']:>12,}   "
+          f"{r['pixel_major_bytes'] / 2**20:.1f} MiB (1x1 convs' activations), "
+          f"{r['pixel_major_us']:.0f} us on this CPU")
 
 
 def main(argv=None) -> int:
@@ -173,7 +233,10 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="resnet18,mobilenet_v2,efficientnet_lite0")
     ap.add_argument("--input-size", type=int, default=None)
     ap.add_argument("--output", default="amx-counts.json")
+    ap.add_argument("--threads", type=int, default=1, help="the copies' timing (and the run's)")
     a = ap.parse_args(argv)
+    # TVM sizes its thread pool once per process, from this variable, when a kernel first runs
+    os.environ["TVM_NUM_THREADS"] = str(a.threads)
     if not available():
         print("tools.soft_amx: needs a C compiler (gcc or cc) for the software tile unit",
               file=sys.stderr)
@@ -189,7 +252,7 @@ def main(argv=None) -> int:
         print_report(r)
     with open(a.output, "w") as f:
         json.dump(dict(argv=sys.argv[1:] if argv is None else argv, cpu=cpu.model,
-                       results=results), f, indent=1)
+                       threads=a.threads, results=results), f, indent=1)
     print(f"\nwrote {a.output}")
     return 0 if all(r["exact"] for r in results) else 1
 
