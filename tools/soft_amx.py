@@ -110,24 +110,27 @@ def preset_for_this_cpu(flags):
     return replace(preset, tvm_target={**preset.tvm_target, "mattr": mattr})
 
 
-def copied_bytes(mod) -> tuple[int, int]:
-    """The pixel-major copies (``schedules.cpu.PIXEL_MAJOR``) one inference of the scheduled
-    module ``mod`` makes: (kernels that make one, bytes copied), each kernel times its calls."""
-    calls = call_counts(mod)
-    kernels = total = 0
+def pixel_major_copies(mod) -> list:
+    """The pixel-major copies (blocks annotated ``schedules.cpu.PIXEL_MAJOR``) one inference of
+    the scheduled module ``mod`` makes: ``(source shape, calls)`` per copy, ``calls`` its
+    kernel's calls per inference."""
+    calls, out = call_counts(mod), []
     for name, func in _tvm.primfuncs(mod):
-        found = []
 
-        def visit(node, found=found):
+        def visit(node, name=name):
             if _tvm.node_kind(node) == "SBlock" and cpu_schedules.PIXEL_MAJOR in node.annotations:
-                buf = _tvm.region_tensor(node.writes[0])
-                found.append(math.prod(int(d) for d in buf.shape))
+                shape = tuple(int(d) for d in _tvm.region_tensor(node.reads[0]).shape)
+                out.append((shape, calls.get(name, 1)))
 
         _tvm.post_order_visit(func.body, visit)
-        if found:
-            kernels += calls.get(name, 1)
-            total += calls.get(name, 1) * sum(found)
-    return kernels, total
+    return out
+
+
+def copied_bytes(mod) -> tuple[int, int]:
+    """(copies, bytes copied) per inference of the scheduled module ``mod``
+    (:func:`pixel_major_copies`)."""
+    copies = pixel_major_copies(mod)
+    return sum(n for _, n in copies), sum(math.prod(s) * n for s, n in copies)
 
 
 def copy_time(mod, target) -> float:
@@ -135,27 +138,17 @@ def copy_time(mod, target) -> float:
     this CPU at TVM's thread count (vector code: it runs anywhere): each copy alone, with its
     kernel's loops (``schedules.cpu.pixel_major``) on its source's shape, the best of 7 x 100
     runs, times its kernel's calls (its source in cache, as the producer just wrote it)."""
-    calls, total = call_counts(mod), 0.0
-    dev = tvm.cpu()
-    for name, func in _tvm.primfuncs(mod):
-        shapes = []
-
-        def visit(node, shapes=shapes):
-            if _tvm.node_kind(node) == "SBlock" and cpu_schedules.PIXEL_MAJOR in node.annotations:
-                shapes.append(tuple(int(d) for d in _tvm.region_tensor(node.reads[0]).shape))
-
-        _tvm.post_order_visit(func.body, visit)
-        for shape in shapes:
-            src = te.placeholder(shape, "uint8", name="src")
-            dst = te.compute(shape, lambda *i: src(*i), name="copy")
-            sch = _tvm.schedule_of(te.create_prim_func([src, dst]))
-            cpu_schedules.pixel_major(sch, sch.get_sblock("copy"))
-            lib = tvm.compile(sch.mod, target=target)
-            n, c, h, w, lane = shape
-            args = [tvm.runtime.tensor(np.zeros(s, "uint8"), dev)
-                    for s in (shape, (n, h, w, c, lane))]
-            timer = lib.mod.time_evaluator("main", dev, number=100, repeat=7)
-            total += min(timer(*args).results) * calls.get(name, 1)
+    dev, total = tvm.cpu(), 0.0
+    for shape, calls in pixel_major_copies(mod):
+        src = te.placeholder(shape, "uint8", name="src")
+        dst = te.compute(shape, lambda *i: src(*i), name="copy")
+        sch = _tvm.schedule_of(te.create_prim_func([src, dst]))
+        cpu_schedules.pixel_major(sch, sch.get_sblock("copy"))
+        lib = tvm.compile(sch.mod, target=target)
+        n, c, h, w, lane = shape
+        args = [tvm.runtime.tensor(np.zeros(s, "uint8"), dev) for s in (shape, (n, h, w, c, lane))]
+        timer = lib.mod.time_evaluator("main", dev, number=100, repeat=7)
+        total += min(timer(*args).results) * calls
     return total
 
 
