@@ -187,10 +187,12 @@ def _index(tile: Tile, vs):
         return (x, 0, 0, q * 4 + v["k"]), (x, 0, 0, q, v["n"], v["k"]), (v["n"],)
     if tile.channels:  # A[t * ystride, m * stride, x, 4 q + k] * B[s, x, 0, 0, q, n, k]
         a, b = (v["m"] * tile.stride, x, q * 4 + v["k"]), (x, 0, 0, q, v["n"], v["k"])
-    else:
-        a = (v["m"] * tile.stride + x, q * 4 + v["k"])
-        b = ((x,) if tile.fold > 1 or s is not None else ()) + (q, v["n"], v["k"])
-        b = (0, 0) + b if s is not None else b
+    else:  # B[[s, 0, 0,] [x,] q, n, k]: the window column's axis where it has a loop or blocks
+        a, b = (v["m"] * tile.stride + x, q * 4 + v["k"]), (q, v["n"], v["k"])
+        if s is not None:
+            b = (0, 0, x) + b
+        elif tile.fold > 1:
+            b = (x,) + b
     c = (v["m"], v["n"])
     if t is not None:
         a, c = (t * tile.ystride,) + a, (t,) + c

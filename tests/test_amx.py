@@ -101,7 +101,8 @@ def _padded(cin):
 
 
 def _build(func, tile=None, described=False, target=None):
-    """``tile``: (output rows, pixels) of the register tile, default ours."""
+    """``tile``: (output rows, pixels[, output blocks[, input blocks a tile row]]) of the
+    register tile, default ours."""
     with intrin_amx.described() if described else contextlib.nullcontext():
         sched = default_schedule(func, AMX, tile)
     mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
@@ -492,7 +493,7 @@ def test_tuning_samples_the_register_tile_and_a_record_rebuilds_it():
     for tile in ((2, 4, 2, 1), (2, 4, 2, 3), (2, 4, 2), (2, 4, 2, 2)):
         mod, lib = _build(func, tile, described=True, target=host)
         assert np.array_equal(_run(lib, args), want)
-        folded = "data_local" in mod.script()  # the pixel-major copy
+        folded = cpu.PIXEL_MAJOR in mod.script()  # the pixel-major copy's annotation
         assert folded == (tile[3:] != (1,)), tile
 
 
