@@ -121,6 +121,9 @@ class DotIntrin:
     # needs registers of its own: with ``accumulators`` of them it spills, which a short
     # reduction does not amortize
     short_tiles: tuple = ()
+    # ``(depth, output blocks, pixels)``: a reduction deeper than ``depth`` bytes may take this
+    # one register tile beyond its ``short_tiles`` limit (None: none may)
+    short_wide: tuple | None = None
     # a one-pixel conv (the classifier) takes at most this many output blocks per tile; 0: no
     # such limit
     dense_blocks: int = 0
@@ -230,12 +233,20 @@ def _x86():
     # nets' convs timed alone on Zen 4, the 32- and 48-deep expands took 0.79-0.88x the time of
     # 12 accumulators' tile at 4 (1x4), the 16-deep 0.89-0.93x at 8 (2x4), the stems 0.97x.
     # The classifier 7 output blocks a tile, not 21 (9 for ResNet-18's): 0.50x the time
-    # (0.85x); 3 blocks were as fast as 7
+    # (0.85x); 3 blocks were as fast as 7.
+    # Beyond the 12, a reduction deeper than 48 bytes may take 2 output blocks x 7 pixels (14
+    # accumulators): on Zen 5 (two vpdpbusd a cycle, like the Xeons; Zen 4 issues one), each
+    # affected conv timed alone against its 12-limit tile, interleaved: ResNet-18's 0.82-0.96x
+    # (its 56x56 3x3 convs' 2x4 tiles 0.89x; 1.50 -> 1.35 ms summed), MobileNet-V2's 0.66-0.92x
+    # (0.505 -> 0.434 ms; the 6x2 tiles it replaces on 14x14 rows 1.01-1.05x), EfficientNet-
+    # Lite0's 0.76-0.92x; the other 14-tiles the limit would admit, 7x2 and 1x14, took
+    # 1.06-1.28x
     vnni = DotIntrin("vpdpbusd", x.VNNI_16x4, (16, 4), 24, None, 0.5, 1.0,
                      dw_pair=x.VNNI_DW_16x4, dw_taps=4, pair_interleave=x.VNNI_QUADS,
                      narrow=_narrow(x.AVX512_NARROW),
                      narrow_2px=_narrow(x.AVX512_NARROW_2PX),
-                     short_tiles=((16, 8), (48, 4), (1024, 12)), dense_blocks=8)
+                     short_tiles=((16, 8), (48, 4), (1024, 12)), short_wide=(48, 2, 7),
+                     dense_blocks=8)
     return {
         "vpdpbusd": vnni,
         # AMX-INT8: convs on tiles (intrin_amx), on VNNI's layout; the rest on VNNI

@@ -97,8 +97,8 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
     misses of a Cortex-A55-class cache); else the row keeps the 8-lane form's tile.
 
     ``depth``: the reduction's bytes (input channels x window taps); a short reduction takes
-    at most the accumulators ``dot.short_tiles`` gives its depth, and a one-pixel row (the
-    classifier) at most ``dot.dense_blocks`` output blocks."""
+    at most the accumulators ``dot.short_tiles`` gives its depth (or ``dot.short_wide``'s
+    tile), and a one-pixel row (the classifier) at most ``dot.dense_blocks`` output blocks."""
     widths = split_widths(ow, dot, depth) if pairs else []
     if widths == [1]:  # an odd row: one pixel, output blocks that divide the conv's
         t = odd_split_blocks(depth, dot)
@@ -115,9 +115,12 @@ def default_conv_tiles(occ: int, ow: int, dot, wide_weights: bool = False,
         limit = min(limit, next((n for most, n in dot.short_tiles if depth <= most), limit))
     if ow == 1 and dot.dense_blocks:
         limit = min(limit, dot.dense_blocks)
+    wide = dot.short_wide[1:] if dot.short_wide and depth > dot.short_wide[0] else None
     for t_w in _divisors(ow):
         for t_o in _divisors(occ):
-            if t_o * t_w > limit or t_w > 16 or (wide_weights and t_o > 8):
+            if t_o * t_w > limit and (t_o, t_w) != wide:
+                continue
+            if t_w > 16 or (wide_weights and t_o > 8):
                 continue
             if pairs and dot.pair_registers and 2 * t_o * t_w + t_w + 2 > dot.pair_registers:
                 continue

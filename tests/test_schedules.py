@@ -362,19 +362,27 @@ def test_each_preset_names_its_dot_spec_once_and_the_intrinsics_serve_it():
 @pytest.mark.unit
 def test_short_reductions_take_a_smaller_register_tile():
     """AVX-512's tile of 24 accumulators spills in its epilogue; a conv whose reduction is at
-    most 1024 bytes deep (the 1x1 convs of the depthwise nets) takes at most 12, at most 48
-    bytes deep (their thin expands, the RGB stems) 4, 16 bytes deep 8; a deeper one (ResNet-18's
-    3x3 convs past its first stage) all 24; the classifier (one pixel) at most 8 output blocks.
-    The other targets have no such limits."""
+    most 1024 bytes deep (the 1x1 convs of the depthwise nets) takes at most 12, or 2 output
+    blocks x 7 pixels where both divide; at most 48 bytes deep (their thin expands, the RGB
+    stems) 4, 16 bytes deep 8; a deeper one (ResNet-18's 3x3 convs past its first stage) all
+    24; the classifier (one pixel) at most 8 output blocks.  The other targets have no such
+    limits."""
     from f8tvm.schedules.cpu import default_conv_tiles
 
     vnni = find_dot(get_target("x86-avx512").dot)
     assert vnni.short_tiles == ((16, 8), (48, 4), (1024, 12)) and vnni.dense_blocks == 8
+    assert vnni.short_wide == (48, 2, 7)
     wide = default_conv_tiles(9, 56, vnni)
     assert wide[0] * wide[1] == 24  # e.g. MobileNet-V2's 24->144 expand conv on 56x56
-    for depth, most in ((16, 8), (17, 4), (32, 4), (48, 4), (49, 12), (1024, 12)):
+    for depth, most in ((16, 8), (17, 4), (32, 4), (48, 4), (49, 14), (1024, 14)):
         t_o, t_w = default_conv_tiles(6, 56, vnni, depth=depth)
         assert t_o * t_w == most and 56 % t_w == 0 and 6 % t_o == 0, (depth, t_o, t_w)
+    assert default_conv_tiles(4, 56, vnni, depth=576) == (2, 7)  # ResNet-18's first stage
+    assert default_conv_tiles(10, 7, vnni, depth=960) == (2, 7)  # was (1, 7)
+    # no other tile beyond 12: 7 or 5 output blocks (EfficientNet-Lite0's 112 and 80 channels)
+    for occ, ow in ((7, 14), (5, 14), (7, 7), (3, 56)):
+        t_o, t_w = default_conv_tiles(occ, ow, vnni, depth=672)
+        assert t_o * t_w <= 12 and (t_o, t_w) != (2, 7), (occ, ow, t_o, t_w)
     assert default_conv_tiles(9, 56, vnni, depth=32) == (1, 4)  # the 24->144 expand (24 -> 32)
     assert default_conv_tiles(9, 56, vnni, depth=1025) == wide
     assert default_conv_tiles(8, 28, vnni, depth=128 * 9) == default_conv_tiles(8, 28, vnni)
