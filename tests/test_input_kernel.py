@@ -12,6 +12,7 @@ import f8tvm
 from f8tvm import runtime
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import tvm
+from f8tvm.core.errors import InputError
 from f8tvm.passes.audit_multiplies import audit_module
 from f8tvm.schedules import boundary
 from f8tvm.targets import get_target
@@ -138,11 +139,18 @@ def test_run_uses_the_librarys_kernel_with_the_same_result(small, monkeypatch):
     x = (rng.standard_normal(shape) * 2).astype(np.float32)
     fortran = np.asfortranarray(x)
     huge = x.copy()
-    huge[0, 0, :, :] = 3e38  # finite, but their sum overflows: the exact NumPy path
-    for inp, kernel in ((x, True), (fortran, True), (huge, False)):
+    huge[0, 0, :, :] = 3e38  # finite (scaled, they overflow to inf and clamp): the kernel
+    huge[0, 1, :, :] = -3e38
+    nan = x.copy()
+    nan[0, 2, 0, 0] = np.nan  # not finite: the NumPy path, which refuses it
+    for inp, kernel in ((x, True), (fortran, True), (huge, True)):
         calls.clear()
         assert np.array_equal(m.run(inp), numpy_path(m, inp))
         assert calls == [kernel]
+    calls.clear()
+    with pytest.raises(InputError, match="1 NaN"):
+        m.run(nan)
+    assert calls == [False]
     assert np.array_equal(cm.run(x), m.run(x))
     # a .json written before the kernel existed: the NumPy path, the same result
     old = dict(meta, input={k: v for k, v in meta["input"].items() if k != "kernel"})
