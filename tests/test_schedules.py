@@ -379,10 +379,11 @@ def test_short_reductions_take_a_smaller_register_tile():
         assert t_o * t_w == most and 56 % t_w == 0 and 6 % t_o == 0, (depth, t_o, t_w)
     assert default_conv_tiles(4, 56, vnni, depth=576) == (2, 7)  # ResNet-18's first stage
     assert default_conv_tiles(10, 7, vnni, depth=960) == (2, 7)  # was (1, 7)
-    # no other tile beyond 12: 7 or 5 output blocks (EfficientNet-Lite0's 112 and 80 channels)
+    # no other tile beyond 12 (7x2 and 1x14 were slower): odd output blocks, as EfficientNet-
+    # Lite0's 112 and 80 channels have, cannot take 2x7
     for occ, ow in ((7, 14), (5, 14), (7, 7), (3, 56)):
         t_o, t_w = default_conv_tiles(occ, ow, vnni, depth=672)
-        assert t_o * t_w <= 12 and (t_o, t_w) != (2, 7), (occ, ow, t_o, t_w)
+        assert t_o * t_w <= 12, (occ, ow, t_o, t_w)
     assert default_conv_tiles(9, 56, vnni, depth=32) == (1, 4)  # the 24->144 expand (24 -> 32)
     assert default_conv_tiles(9, 56, vnni, depth=1025) == wide
     assert default_conv_tiles(8, 28, vnni, depth=128 * 9) == default_conv_tiles(8, 28, vnni)
