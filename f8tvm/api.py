@@ -84,7 +84,8 @@ class CompiledModel:
             input=dict(name="q_in", shape=list(inp.shape),
                        dtype="int8" if self.plan.input_signed else "uint8",
                        fl=int(self.plan.input_fl), signed=bool(self.plan.input_signed),
-                       **({"kernel": self.input_kernel} if self.input_kernel else {})),
+                       **({"kernel": self.input_kernel, "finite_flag": True}
+                          if self.input_kernel else {})),
             output=dict(shape=list(self.graph[self.graph.output].shape), dtype="int32",
                         fl=compact(fl_out), eta=float(eta_out)),
             plan=self.plan.to_json(self.graph),

@@ -33,6 +33,8 @@ def metadata_path(so_path: str) -> str:
     return os.path.splitext(so_path)[0] + ".json"
 
 
+# a float32's exponent field, all ones for infinity and NaN (the input kernel's flag)
+_EXPONENT = 0x7F800000
 # ELF e_machine -> architecture, and what Python's platform.machine() calls them
 _ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
 _HOST_MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "arm", "armv8l": "arm"}
@@ -172,26 +174,38 @@ class Module:
         out = meta["output"]
         self.output_fl = np.asarray(out["fl"], np.int64)
         self.output_scale = float(out["eta"])
+        # real = acc * eta * 2**-fl, as one factor (2**-fl is a power of two: the product is
+        # the same as scaling by eta first), per channel where the output's fl is
+        fl = self.output_fl.reshape((1, -1) + (1,) * (len(out["shape"]) - 2)) \
+            if self.output_fl.size > 1 else self.output_fl.ravel()[0]
+        self._to_real = self.output_scale * np.exp2(-fl.astype(np.float64))
         # on this machine: the program's input tensor, made once and written in place, and the
         # library's float boundary kernel where the build has one (``run`` then quantizes with
         # it: one pass instead of NumPy's six).  So one Module runs one call at a time, as
         # TVM's VM does.
         self._q_in = self._quantize_kernel = None
         self._view = tvm_ffi.from_dlpack
+        self._main = None  # the VM's entry, looked up once (run's fast path)
         if board is None and self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
             self._q_in = tvm.runtime.empty(self.input_shape, self.input_dtype, self.device)
-            if inp.get("kernel"):
+            self._main = self._vm["main"]
+            # the kernel's third argument receives the input's largest exponent field: all ones
+            # where a value is infinite or NaN.  A build before that flag (its .json without
+            # ``finite_flag``) has a two-argument kernel: the NumPy path instead.
+            if inp.get("kernel") and inp.get("finite_flag"):
                 lib_mod = lib.mod if hasattr(lib, "mod") else lib  # an in-process Executable
                 try:
                     self._quantize_kernel = lib_mod.get_function(inp["kernel"],
                                                                  query_imports=True)
                 except AttributeError:  # a program rebuilt without it (kernels rerouted to an
                     pass  # emulator, tools.emulated_x86): the NumPy path
+                self._exponent = np.zeros(1, np.int32)
+                self._exponent_arg = tvm_ffi.from_dlpack(self._exponent)
 
     def close(self) -> None:
         """Release the module; on a board, also end the RPC session (a TVM RPC server serves one
         session at a time, so the next client waits until this one has closed)."""
-        self._vm = None
+        self._vm = self._main = None
         if self.board is not None:
             self.device = None  # a remote device holds the session too
             self.board.close()
@@ -268,33 +282,31 @@ class Module:
         return q.astype(self.input_dtype)
 
     def dequantize(self, acc):
-        fl = self.output_fl.reshape((1, -1) + (1,) * (acc.ndim - 2)) if self.output_fl.size > 1 \
-            else self.output_fl.ravel()[0]
-        return (acc.astype(np.float64) * self.output_scale * np.exp2(-fl)).astype(np.float32)
+        """The program's int32 output -> float32 (``acc * eta * 2**-fl``, in float64)."""
+        return np.multiply(acc, self._to_real, dtype=np.float64).astype(np.float32)
 
     def run(self, x, allow_nonfinite: bool = False):
         """Float input (same convention as the PyTorch model) -> float output
         (``allow_nonfinite``: see :meth:`quantize`)."""
         if self._quantize_kernel is not None and self._quantize_on_device(x):
-            acc, _ = self._call(self._q_in)
-        else:
-            acc, _ = self._run_program(self.quantize(x, allow_nonfinite))
+            # the output read in place (a view, no copy) by the one NumPy operation it needs:
+            # after a run of the program every Python step is slow (the program leaves the
+            # caches cold), so this path takes as few as it can
+            out = self._main(self._q_in)
+            return self.dequantize(np.from_dlpack(out if hasattr(out, "__dlpack__") else out[0]))
+        acc, _ = self._run_program(self.quantize(x, allow_nonfinite))
         return self.dequantize(acc)
 
     def _quantize_on_device(self, x) -> bool:
         """:meth:`quantize` by the library's kernel, into the program's input tensor.  False
-        (nothing done) unless ``x`` is a finite float32 array: :meth:`quantize` then raises, or
-        clamps with ``allow_nonfinite``, as documented."""
+        (the input tensor's content then undefined) unless ``x`` is a finite float32 array:
+        :meth:`quantize` then raises, or clamps with ``allow_nonfinite``, as documented."""
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             return False
         self._check(x, "float32", integer=False)
-        # one vectorized pass (11 us on a 224x224 image; the float32 sum it replaces took 23 and
-        # sent large finite values down the NumPy path when it overflowed)
-        if not np.isfinite(x).all():
-            return False
         self._quantize_kernel(self._view(np.ascontiguousarray(x), require_alignment=0),
-                              self._q_in)
-        return True
+                              self._q_in, self._exponent_arg)
+        return self._exponent[0] != _EXPONENT
 
     def benchmark(self, number=10, repeat=5, warmup=2):
         """Latency of the integer program (ms): dict with median, mean, p10, p90, min, and

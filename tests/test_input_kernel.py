@@ -64,27 +64,70 @@ def hard_values(shape, fl, rng):
     return x
 
 
+def compiled_kernel(shape, fl, signed):
+    """The kernel alone, compiled for this CPU; returns ``run(x) -> (q, flag)``."""
+    import tvm_ffi
+
+    func = boundary.quantize_input(shape, fl, signed)
+    lib = tvm.compile(tvm.IRModule({boundary.QUANTIZE_INPUT: func}), target=get_target("x86").tvm())
+    kernel = lib.mod.get_function(boundary.QUANTIZE_INPUT)
+
+    def run(x):
+        q = tvm.runtime.empty(shape, "int8" if signed else "uint8")
+        flag = np.full(1, -1, np.int32)
+        kernel(tvm_ffi.from_dlpack(x, require_alignment=0), q, tvm_ffi.from_dlpack(flag))
+        return q.numpy(), int(flag[0])
+
+    return run
+
+
+def exponent_field(x):
+    """The reference of the kernel's flag: the largest exponent field of ``x``'s values."""
+    return int((np.ascontiguousarray(x).view(np.int32) & boundary.EXPONENT).max())
+
+
 @pytest.mark.host
 @pytest.mark.parametrize("fl", [-3, 0, 5, 12])
 @pytest.mark.parametrize("signed", [True, False])
 def test_the_kernel_quantizes_as_numpy_does(fl, signed):
-    import tvm_ffi
-
     shape = (1, 3, 40, 36)
-    func = boundary.quantize_input(shape, fl, signed)
-    lib = tvm.compile(tvm.IRModule({boundary.QUANTIZE_INPUT: func}), target=get_target("x86").tvm())
-    kernel = lib.mod.get_function(boundary.QUANTIZE_INPUT)
     x = hard_values(shape, fl, np.random.default_rng(fl + 10 + 100 * signed))
     assert x.ctypes.data % 64 != 0  # the kernel must not assume an aligned input
-    q = tvm.runtime.empty(shape, "int8" if signed else "uint8")
-    kernel(tvm_ffi.from_dlpack(x, require_alignment=0), q)
+    got, flag = compiled_kernel(shape, fl, signed)(x)
     want = reference(x, fl, signed)
-    got = q.numpy()
     bad = np.flatnonzero(got.ravel() != want.ravel())
     assert bad.size == 0, (
         f"{bad.size} values differ, e.g. x={x.ravel()[bad[:4]]}: "
         f"{got.ravel()[bad[:4]]} != {want.ravel()[bad[:4]]}"
     )
+    # every value is finite (3e38 the largest): the flag is their largest exponent field
+    assert flag == exponent_field(x) == 0x7F000000
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("shape", [(1, 3, 40, 36), (2, 5, 7), (3, 10)])
+def test_the_kernel_flags_infinity_and_nan_wherever_they_are(shape):
+    """36 (9 lanes of 4), 7 and 10 pixels a row (no lanes: one value at a time); each
+    non-finite kind at the first value, the last, and inside a row; NaN of both signs and with
+    a payload; the largest finite floats are not flagged."""
+    run = compiled_kernel(shape, 4, False)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    n = x.size
+    payload = np.array([0x7FC00001, 0xFFC00000, 0x7F800001], np.uint32).view(np.float32)
+    big = np.finfo(np.float32).max
+    for value in (np.inf, -np.inf, np.nan, *payload, big, -big):
+        for at in (0, n - 1, n // 2 + 1):
+            y = x.copy()
+            y.reshape(-1)[at] = value
+            q, flag = run(y)
+            assert flag == exponent_field(y), (value, at)
+            assert (flag == boundary.EXPONENT) == (not np.isfinite(value)), (value, at)
+            finite = np.ones(n, bool)
+            finite[at] = False
+            with np.errstate(invalid="ignore"):  # NaN's cast, not compared
+                want = reference(y, 4, False).reshape(-1)
+            assert np.array_equal(q.reshape(-1)[finite], want[finite])
 
 
 @pytest.mark.unit
@@ -105,6 +148,7 @@ def test_the_kernel_multiplies_nothing():
     )
     assert not muls
     assert boundary.quantize_input((1, 3, 8, 8), boundary.MAX_FL + 1, True) is None
+    assert boundary.quantize_input((8,), 5, True) is None  # one axis: no rows to split
 
 
 @pytest.fixture(scope="module")
@@ -142,18 +186,28 @@ def test_run_uses_the_librarys_kernel_with_the_same_result(small, monkeypatch):
     huge[0, 0, :, :] = 3e38  # finite (scaled, they overflow to inf and clamp): the kernel
     huge[0, 1, :, :] = -3e38
     nan = x.copy()
-    nan[0, 2, 0, 0] = np.nan  # not finite: the NumPy path, which refuses it
+    nan[0, 2, 0, 0] = np.nan  # not finite: the kernel says so, and the NumPy path refuses it
+    inf = x.copy()
+    inf[0, 0, SIZE - 1, SIZE - 1] = -np.inf
     for inp, kernel in ((x, True), (fortran, True), (huge, True)):
         calls.clear()
         assert np.array_equal(m.run(inp), numpy_path(m, inp))
         assert calls == [kernel]
-    calls.clear()
-    with pytest.raises(InputError, match="1 NaN"):
-        m.run(nan)
-    assert calls == [False]
+    for inp, message in ((nan, "1 NaN and 0 infinite"), (inf, "0 NaN and 1 infinite")):
+        calls.clear()
+        with pytest.raises(InputError, match=message):
+            m.run(inp)
+        assert calls == [False]
+        # asked to, the NumPy path clamps it; and the next finite input takes the kernel again
+        assert np.array_equal(m.run(inp, allow_nonfinite=True),
+                              m.dequantize(m.run_int(m.quantize(inp, allow_nonfinite=True))[0]))
+        calls.clear()
+        assert np.array_equal(m.run(x), numpy_path(m, x)) and calls == [True]
     assert np.array_equal(cm.run(x), m.run(x))
-    # a .json written before the kernel existed: the NumPy path, the same result
-    old = dict(meta, input={k: v for k, v in meta["input"].items() if k != "kernel"})
-    legacy = runtime.Module(tvm.runtime.load_module(so), old)
-    assert legacy._quantize_kernel is None
-    assert np.array_equal(legacy.run(x), m.run(x))
+    # .jsons written before the kernel existed, and before it had the finite flag (its kernel
+    # then took two arguments): the NumPy path, the same result
+    for drop in (("kernel", "finite_flag"), ("finite_flag",)):
+        old = dict(meta, input={k: v for k, v in meta["input"].items() if k not in drop})
+        legacy = runtime.Module(tvm.runtime.load_module(so), old)
+        assert legacy._quantize_kernel is None
+        assert np.array_equal(legacy.run(x), m.run(x))

@@ -48,6 +48,7 @@ class McuModel(CompiledModel):
                               cflags=list(self.target.mcu.cflags),
                               products=self.target.mcu.products)
         meta["input"].pop("kernel", None)
+        meta["input"].pop("finite_flag", None)
         meta["files"] = sorted(self.program.files)
         return meta
 
