@@ -120,3 +120,44 @@ def test_export_is_atomic(built, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         cm.export(str(tmp_path / "m.so"))
     assert os.listdir(tmp_path) == []
+
+
+THREADS_PROBE = """
+import glob, json, sys
+import numpy as np
+import f8tvm
+from f8tvm import runtime
+m = runtime.load(sys.argv[1])
+m.run(np.zeros(m.input_shape, np.float32))  # the first parallel kernel makes TVM's pool
+allowed = {}
+for task in glob.glob("/proc/self/task/*/status"):
+    line = [x for x in open(task).read().splitlines() if x.startswith("Cpus_allowed_list")][0]
+    allowed[task.split("/")[4]] = line.split()[-1]
+print(json.dumps(dict(allowed=allowed, bind=__import__("os").environ.get("TVM_BIND_THREADS"))))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs: a thread pool of one has no worker to pin")
+def test_threads_are_left_to_the_os_unless_the_user_pins_them(built):
+    """TVM pins its workers, each to a core, and not the calling thread, which then shares a
+    worker's core in some runs; f8tvm makes ``TVM_BIND_THREADS=0`` the default, and a user's
+    own setting stands."""
+    import subprocess
+    import sys
+
+    _, _, _, so, _ = built
+    env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
+    env["TVM_NUM_THREADS"] = "2"
+    everything = None
+    for bind, pinned in ((None, False), ("1", True)):
+        run_env = dict(env, **({"TVM_BIND_THREADS": bind} if bind else {}))
+        out = subprocess.run([sys.executable, "-c", THREADS_PROBE, so], env=run_env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        assert report["bind"] == (bind or "0")
+        allowed = set(report["allowed"].values())
+        everything = everything or report["allowed"][min(report["allowed"], key=int)]
+        # a pinned worker is allowed fewer CPUs than the process's main thread
+        assert (allowed != {everything}) == pinned, report
