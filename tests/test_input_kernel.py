@@ -211,3 +211,23 @@ def test_run_uses_the_librarys_kernel_with_the_same_result(small, monkeypatch):
         legacy = runtime.Module(tvm.runtime.load_module(so), old)
         assert legacy._quantize_kernel is None
         assert np.array_equal(legacy.run(x), m.run(x))
+
+
+@pytest.mark.host
+def test_dequantize_is_acc_times_eta_times_two_to_minus_fl(small):
+    """The float output: ``acc * eta * 2**-fl`` in float64, then float32, with one fl for the
+    output or one per channel (the runtime folds ``eta * 2**-fl`` into one factor)."""
+    _, so, meta_path = small
+    meta = json.load(open(meta_path))
+    shape = meta["output"]["shape"]
+    rng = np.random.default_rng(5)
+    acc = rng.integers(-2**31, 2**31, shape, dtype=np.int64).astype(np.int32)
+    acc.reshape(-1)[:2] = (2**31 - 1, -2**31)
+    channels = shape[1]
+    for fl, eta in ((7, 1.0), (-3, 0.7310585786), (list(range(-4, channels - 4)), 1.37)):
+        m = runtime.Module(tvm.runtime.load_module(so),
+                           dict(meta, output=dict(meta["output"], fl=fl, eta=eta)))
+        f = np.asarray(fl, np.float64).reshape((1, -1) + (1,) * (len(shape) - 2))
+        want = (acc.astype(np.float64) * eta * np.exp2(-f)).astype(np.float32)
+        got = m.dequantize(acc)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
