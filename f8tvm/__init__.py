@@ -11,21 +11,37 @@ from .core import __version__  # noqa: F401
 from .core.errors import F8TVMError  # noqa: F401  (what every f8tvm error is; no dependencies)
 
 
+def _uniform_cores(cpus, sysfs: str = "/sys/devices/system/cpu") -> bool:
+    """True unless Linux says some of ``cpus`` are faster than others (big.LITTLE, P and E
+    cores): their highest clock (what TVM sorts cores by) or their capacity differ."""
+    seen = {"cpufreq/cpuinfo_max_freq": set(), "cpu_capacity": set()}
+    for cpu in cpus:
+        for name, values in seen.items():
+            try:
+                with open(f"{sysfs}/cpu{cpu}/{name}") as f:
+                    values.add(f.read().strip())
+            except OSError:  # not exposed (a VM, not Linux): no difference known
+                pass
+    return all(len(values) <= 1 for values in seen.values())
+
+
 def _default_threads() -> None:
     # TVM's runtime sizes its thread pool once, from TVM_NUM_THREADS, else half the logical CPUs
     # (it assumes SMT); on a 2-vCPU machine that is one thread.  Use every CPU we may run on,
     # unless the user chose.
     try:
-        n = len(_os.sched_getaffinity(0))
+        cpus = sorted(_os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        n = _os.cpu_count() or 1
-    _os.environ.setdefault("TVM_NUM_THREADS", str(n))
-    # TVM pins each worker thread to a core of its own but leaves the calling thread free; with
-    # as many threads as CPUs the caller then shares a worker's core in some runs while another
-    # CPU idles, and the run takes twice as long (MobileNet-V2, 2 threads on 2 vCPUs: p90 1.25
-    # ms pinned, 0.66 unpinned, median 0.60 either way).  Leave placement to the OS, unless the
-    # user chose.
-    _os.environ.setdefault("TVM_BIND_THREADS", "0")
+        cpus = list(range(_os.cpu_count() or 1))
+    _os.environ.setdefault("TVM_NUM_THREADS", str(len(cpus)))
+    # TVM pins each worker thread to a core of its own (the fastest cores first) but leaves the
+    # calling thread free; with as many threads as CPUs the caller then shares a worker's core
+    # in some runs while another CPU idles, and the run takes twice as long (MobileNet-V2, 2
+    # threads on 2 vCPUs: p90 1.28-1.63 ms pinned, 0.60-0.83 unpinned).  Where all cores are
+    # alike the pinning chooses nothing, so leave placement to the OS there; on big.LITTLE
+    # CPUs it keeps the work on the big cores, so it stays.  A user's own setting stands.
+    if _uniform_cores(cpus):
+        _os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
 _default_threads()

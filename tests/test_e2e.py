@@ -147,6 +147,8 @@ def test_threads_are_left_to_the_os_unless_the_user_pins_them(built):
     import sys
 
     _, _, _, so, _ = built
+    if not f8tvm._uniform_cores(sorted(os.sched_getaffinity(0))):
+        pytest.skip("big.LITTLE cores: TVM's pinning (big cores first) is kept by default here")
     env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
     env["TVM_NUM_THREADS"] = "2"
     everything = None
@@ -161,3 +163,27 @@ def test_threads_are_left_to_the_os_unless_the_user_pins_them(built):
         everything = everything or report["allowed"][min(report["allowed"], key=int)]
         # a pinned worker is allowed fewer CPUs than the process's main thread
         assert (allowed != {everything}) == pinned, report
+
+
+@pytest.mark.unit
+def test_cores_are_uniform_unless_linux_says_otherwise(tmp_path):
+    def sysfs(**files):
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        for cpu, (freq, capacity) in files.items():
+            d = root / cpu
+            if freq is not None:
+                (d / "cpufreq").mkdir(parents=True)
+                (d / "cpufreq" / "cpuinfo_max_freq").write_text(f"{freq}\n")
+            if capacity is not None:
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "cpu_capacity").write_text(f"{capacity}\n")
+        return str(root)
+
+    same = sysfs(cpu0=(3000000, 1024), cpu1=(3000000, 1024))
+    assert f8tvm._uniform_cores([0, 1], same)
+    assert f8tvm._uniform_cores([0, 1], sysfs())  # nothing exposed (a VM)
+    assert f8tvm._uniform_cores([0, 1], sysfs(cpu0=(None, 1024), cpu1=(None, 1024)))
+    big_little = sysfs(cpu0=(1800000, 446), cpu1=(1800000, 446), cpu2=(2400000, 1024))
+    assert not f8tvm._uniform_cores([0, 1, 2], big_little)
+    assert f8tvm._uniform_cores([0, 1], big_little)  # only the little ones are ours
+    assert not f8tvm._uniform_cores([0, 1], sysfs(cpu0=(None, 512), cpu1=(None, 1024)))
