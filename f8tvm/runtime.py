@@ -186,6 +186,7 @@ class Module:
         self._q_in = self._quantize_kernel = None
         self._view = tvm_ffi.from_dlpack
         self._main = None  # the VM's entry, looked up once (run's fast path)
+        self._exponent = self._exponent_arg = None  # the kernel's flag (below)
         if board is None and self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
             self._q_in = tvm.runtime.empty(self.input_shape, self.input_dtype, self.device)
             self._main = self._vm["main"]
