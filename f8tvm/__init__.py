@@ -40,7 +40,7 @@ def _default_threads() -> None:
     # threads on 2 vCPUs: p90 1.28-1.63 ms pinned, 0.60-0.83 unpinned).  Where all cores are
     # alike the pinning chooses nothing, so leave placement to the OS there; on big.LITTLE
     # CPUs it keeps the work on the big cores, so it stays.  A user's own setting stands.
-    if _uniform_cores(cpus):
+    if "TVM_BIND_THREADS" not in _os.environ and _uniform_cores(cpus):
         _os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 

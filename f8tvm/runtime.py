@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from f8tvm.core.errors import InputError, UnsupportedCPUError
-from f8tvm.core.fixedpoint import qrange
+from f8tvm.core.fixedpoint import FLOAT32_EXPONENT, qrange
 from f8tvm.targets.cpu import enable_amx, read_cpuinfo
 
 __all__ = ["Module", "RemoteBoard", "check_cpu", "check_library", "connect", "enable_amx",
@@ -33,8 +33,6 @@ def metadata_path(so_path: str) -> str:
     return os.path.splitext(so_path)[0] + ".json"
 
 
-# a float32's exponent field, all ones for infinity and NaN (the input kernel's flag)
-_EXPONENT = 0x7F800000
 # ELF e_machine -> architecture, and what Python's platform.machine() calls them
 _ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
 _HOST_MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "arm", "armv8l": "arm"}
@@ -245,7 +243,7 @@ class Module:
             self._vm.set_input("main", arg)
             self._vm.invoke_stateful("main")
             out = self._vm.get_outputs("main")
-        out = out[0] if not hasattr(out, "numpy") else out
+        out = self._single(out)
         fl = self.output_fl if self.output_fl.size > 1 else int(self.output_fl.ravel()[0])
         return out.numpy(), fl
 
@@ -282,6 +280,11 @@ class Module:
         np.clip(q, lo, hi, out=q)
         return q.astype(self.input_dtype)
 
+    @staticmethod
+    def _single(out):
+        """The program's one output tensor (the VM returns it alone or in a tuple)."""
+        return out if hasattr(out, "numpy") else out[0]
+
     def dequantize(self, acc):
         """The program's int32 output -> float32 (``acc * eta * 2**-fl``, in float64)."""
         return np.multiply(acc, self._to_real, dtype=np.float64).astype(np.float32)
@@ -294,7 +297,7 @@ class Module:
             # after a run of the program every Python step is slow (the program leaves the
             # caches cold), so this path takes as few as it can
             out = self._main(self._q_in)
-            return self.dequantize(np.from_dlpack(out if hasattr(out, "__dlpack__") else out[0]))
+            return self.dequantize(np.from_dlpack(self._single(out)))
         acc, _ = self._run_program(self.quantize(x, allow_nonfinite))
         return self.dequantize(acc)
 
@@ -307,7 +310,7 @@ class Module:
         self._check(x, "float32", integer=False)
         self._quantize_kernel(self._view(np.ascontiguousarray(x), require_alignment=0),
                               self._q_in, self._exponent_arg)
-        return self._exponent[0] != _EXPONENT
+        return self._exponent[0] != FLOAT32_EXPONENT
 
     def benchmark(self, number=10, repeat=5, warmup=2):
         """Latency of the integer program (ms): dict with median, mean, p10, p90, min, and

@@ -24,6 +24,7 @@ import math
 
 from f8tvm.core import _tvm
 from f8tvm.core._tvm import te, tir
+from f8tvm.core.fixedpoint import FLOAT32_EXPONENT as EXPONENT
 from f8tvm.core.fixedpoint import qrange
 
 from . import _sch
@@ -32,7 +33,6 @@ from . import _sch
 # kernel ``f8tvm_quantize_input``; a new name makes an older runtime skip this one (and take the
 # NumPy path) instead of calling it with two arguments.
 QUANTIZE_INPUT = "f8tvm_quantize_input_checked"
-EXPONENT = 0x7F800000  # a float32's exponent field: all ones for infinity and NaN
 
 # |fl| beyond this leaves float32's normal range in the constants below: no kernel (NumPy then)
 MAX_FL = 100

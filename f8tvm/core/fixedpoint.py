@@ -17,6 +17,9 @@ import numpy as np
 STD_C_SIGNED = 40.0
 STD_C_UNSIGNED = 70.0
 INT32_MAX = 2**31 - 1
+# a float32's exponent field: all ones exactly for infinity and NaN (the float input kernel's
+# finite flag is the largest of its input's)
+FLOAT32_EXPONENT = 0x7F800000
 
 
 def qrange(signed: bool, bits: int = 8) -> tuple[int, int]:
