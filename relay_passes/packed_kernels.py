@@ -25,6 +25,9 @@ PAD_BLOCK = "pad_nchwc"
 PAIR_BLOCK = "pairs_nchwc"  # the column groups a depthwise conv reads (rewrite)
 PAIR_COPY = "block_pairs_nchwc"  # the block-pair copy a lanes-form conv reads
 PAD_INTERIOR = "f8tvm_pad_interior"  # the pad block's annotation: [top, h, left, w]
+# a byte stream's pad block (``conv2d_stream``, one column a row): [top, h, left, w], the
+# columns counted in bytes of the row
+PAD_STREAM = "f8tvm_pad_stream"
 # the conv block's annotations: [column stride, column dilation] and [row stride, row dilation]
 # of its window (schedules that load several window columns of a pixel, or several output rows'
 # inputs, at once need them)
@@ -126,6 +129,52 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, pad_value=0, wide_dat
             axis=[rc, ry, rx, rq, rk]),
         name=CONV_BLOCK, attrs={CONV_COLUMNS: [int(sw), int(dilation[1])],
                                 CONV_ROWS: [int(strides[0]), int(dilation[0])]})
+
+
+def conv2d_stream(data, kernel, kw, strides, padding, pad_value=0):
+    """The conv of an image of ``c`` channels, fewer than the dot's depth (the RGB image), read
+    as a stream of bytes: ``data`` is ``(N, 1, H, W, c)`` (one block of all its channels), so a
+    row of pixels is ``W * c`` contiguous bytes and a window row's ``kw`` pixels are
+    ``kw * c`` adjacent ones, taken ``depth`` at a time as if they were channels:
+
+    ``out[n, o//ob, y, x, o%ob] = sum_{ky, g, k} s[n, y*sh+ky, x*sw*c + g*depth + k]
+    * w[o//ob, 0, ky, g, 0, o%ob, k]``
+
+    with ``s`` the padded rows as bytes and the kernel ``(O/ob, 1, KH, G, 1, ob, depth)``,
+    ``G = ceil(kw * c / depth)`` (:func:`pack_conv_weight_stream`): byte ``g*depth + k`` of a
+    window row is channel ``j % c`` of its column ``j // c``; past ``kw * c`` the weights are
+    zero (those bytes belong to the next pixel).  A 7-wide window on 3 channels is 6 steps of
+    4 bytes a row (24 bytes, 21 real) where the image padded to 4 channels takes 7 (28, 21
+    real).  Dilation must be 1.  The padded stream is ``(N, 1, H', 1, F)``: F bytes a row (the
+    dot's bytes must lie in the innermost axis), at least the window's reach past the last
+    output pixel."""
+    n, icc, h, w, c = (int(v) for v in data.shape)
+    occ, kc, kh, groups, kq, ob, depth = (int(v) for v in kernel.shape)
+    assert icc == kc == kq == 1 and groups == -(-kw * c // depth), (data.shape, kernel.shape, kw)
+    (sh, sw), (top, left, bottom, right) = strides, padding
+    oh = out_size(h, kh, sh, 1, top, bottom)
+    ow = out_size(w, kw, sw, 1, left, right)
+    width = max((w + left + right) * c, (ow - 1) * sw * c + groups * depth)
+
+    def value(i, z, y, q, f):
+        u = f - left * c  # the byte within the image's row
+        inside = tir.all(y >= top, y < h + top, u >= 0, u < w * c)
+        return tir.if_then_else(inside, data[i, z, y - top, u // c, u % c],
+                                tir.const(pad_value, data.dtype))
+
+    stream = te.compute((n, 1, h + top + bottom, 1, width), value, name=PAD_BLOCK,
+                        attrs={PAD_STREAM: [top, h, left * c, w * c]})
+    rc = te.reduce_axis((0, 1), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, groups), "rx")
+    rq = te.reduce_axis((0, 1), "rq")
+    rk = te.reduce_axis((0, depth), "rk")
+    return te.compute(
+        (n, occ, oh, ow, ob),
+        lambda b, o, y, x, ol: te.sum(
+            stream[b, rc, y * sh + ry, rq, x * sw * c + rx * depth + rk].astype("int32")
+            * kernel[o, rc, ry, rx, rq, ol, rk].astype("int32"), axis=[rc, ry, rx, rq, rk]),
+        name=CONV_BLOCK, attrs={CONV_COLUMNS: [int(sw), 1], CONV_ROWS: [int(sh), 1]})
 
 
 def depthwise_nchwc(data, kernel, strides, padding, dilation, pad_value=0):

@@ -51,6 +51,10 @@ class DotSpec:
     # of a pixel is both halves of a ``smull`` + ``smlal2`` pair per output lane
     # (``conv2d_nchwc(..., block_pairs=True)``)
     block_pairs: bool = False
+    # a conv of an NCHW image with fewer channels than ``depth`` (the RGB image) reads it as a
+    # byte stream: a window row's pixels, all their channels, ``depth`` bytes a step
+    # (``conv2d_stream``), instead of the image padded with zero channels to ``depth``
+    pixel_stream: bool = False
 
 
 @dataclass(frozen=True)

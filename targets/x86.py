@@ -27,7 +27,7 @@ PRESETS = [
         name="x86-avx512",
         tvm_target={"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2},
         cross_compiler=None,
-        dot=DotSpec("vpdpbusd", 16, 4, **_TAP_QUADS),
+        dot=DotSpec("vpdpbusd", 16, 4, pixel_stream=True, **_TAP_QUADS),
         isa="AVX-512 VNNI",
         description="x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4/5)",
         cpu_flags=_AVX512_FLAGS,
@@ -54,7 +54,7 @@ PRESETS = [
         tvm_target={"kind": "llvm", "mcpu": "alderlake", "num-cores": 2},
         cross_compiler=None,
         # depthwise convs in AVX2's tap pairs (vpmaddwd on 8-bit pairs)
-        dot=DotSpec("vpdpbusd.ymm", 8, 4, pair_taps=True),
+        dot=DotSpec("vpdpbusd.ymm", 8, 4, pair_taps=True, pixel_stream=True),
         isa="AVX-VNNI",
         description="x86-64 with AVX2 and AVX-VNNI, no AVX-512 (Alder Lake and later client "
                     "cores)",

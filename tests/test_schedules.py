@@ -412,7 +412,10 @@ def _pad_vectors(func):
         if stores:
             buf = stores[0].body.buffer
             size = tvm.runtime.DataType(str(buf.dtype)).bits // 8
-            out.append((int(n.extent) * size, int(buf.shape[-1]) * size))
+            # a byte stream's padded rows (``conv2d_stream``: one column of a row's bytes) are
+            # rows of one-byte pixels
+            block = 1 if int(buf.shape[-2]) == 1 else int(buf.shape[-1])
+            out.append((int(n.extent) * size, block * size))
 
     _tvm.post_order_visit(func.body, visit)
     return out
