@@ -410,7 +410,8 @@ class _Packer:
         byte stream (``conv2d_stream``): the image blocked as one block of its ``C`` channels
         (``(N, 1, H, W, C)``, no zero channel), a window row's ``KW*C`` bytes in steps of the
         dot's depth.  ResNet-18's 7x7 stem: 42 dot steps per output pixel instead of 49 on the
-        image padded to 4 channels (its kernel alone on Zen 5, 1 thread: 0.305 -> 0.265 ms)."""
+        image padded to 4 channels (its kernel alone on Zen 5, 1 thread: 0.344 -> 0.29-0.30
+        ms)."""
         # (N, C, H, W) -> (N, 1, H, W, C) by a transpose (an injective op: it fuses with the
         # offset below, and its loops run over the output; ``layout_transform`` without
         # padding is an opaque kernel, one scalar per pixel and channel: 47 us at 224x224)
