@@ -118,17 +118,20 @@ def _blocks(func):
     return found
 
 
-@pytest.mark.parametrize("target,stream", [("x86-avx512", True), ("x86-avxvnni", True),
-                                           ("x86", False), ("x86-amx", False),
-                                           ("arm-dotprod", False)])
-def test_which_targets_read_the_image_as_a_stream(target, stream):
+@pytest.mark.parametrize("target,stream,dilation", [
+    ("x86-avx512", True, 1), ("x86-avxvnni", True, 1), ("x86", False, 1),
+    ("x86-amx", False, 1), ("arm-dotprod", False, 1),
+    ("x86-avx512", False, 2),  # a dilated window's pixels are not adjacent bytes
+])
+def test_which_convs_read_the_image_as_a_stream(target, stream, dilation):
     import torch
 
     from f8tvm import api, pipeline
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 5, stride=2, padding=2),
-                              torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 1)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 5, stride=2, padding=2 * dilation, dilation=dilation),
+        torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 1)).eval()
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((1, 3, 12, 12)).astype("float32"))
     source = api.plan_source(net, x, [rng.standard_normal((2, 3, 12, 12)).astype("float32")])
