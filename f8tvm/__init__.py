@@ -41,7 +41,7 @@ def _default_threads() -> None:
     # alike the pinning chooses nothing, so leave placement to the OS there; on big.LITTLE
     # CPUs it keeps the work on the big cores, so it stays.  A user's own setting stands.
     if "TVM_BIND_THREADS" not in _os.environ and _uniform_cores(cpus):
-        _os.environ.setdefault("TVM_BIND_THREADS", "0")
+        _os.environ["TVM_BIND_THREADS"] = "0"
 
 
 _default_threads()

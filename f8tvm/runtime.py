@@ -237,7 +237,7 @@ class Module:
     def _call(self, arg):
         """The program on ``arg`` (a tensor on the device); ``(int32 output, output FL)``."""
         if self.board is None:
-            out = self._vm["main"](arg)
+            out = (self._main or self._vm["main"])(arg)
         else:
             # A VM call returning a tuple cannot cross RPC; the stateful API can.
             self._vm.set_input("main", arg)

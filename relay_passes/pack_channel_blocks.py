@@ -348,7 +348,6 @@ class _Packer:
 
     def _conv(self, x, w, strides, padding, dilation, pad_value, name) -> _Blocked:
         """``conv_nchwc`` of ``x`` (blocked, or NCHW to block) with OIHW weights ``w``."""
-        o = w.shape[0]
         self._check_weights(w, name)
         kw = w.shape[3]
         if not isinstance(x, _Blocked):
@@ -377,33 +376,28 @@ class _Packer:
             ow = out_size(width, kw, strides[1], dilation[1], padding[1], padding[3])
             if wide_weights_pay(kh, kw, icc * ib, ow):
                 kernel = kernel.astype(np.int16)
-        data, pad_value, offset = self._offset(data, pad_value)
-        out = self.bb.emit(self.bb.call_te(
-            conv2d_nchwc, data, relax.const(kernel), strides, padding, dilation, pad_value,
+        return self._emit_conv(data, w, pad_value, name, lambda d, pv: self.bb.call_te(
+            conv2d_nchwc, d, relax.const(kernel), strides, padding, dilation, pv,
             self.wide_data, kw if pairs else None, block_pairs,
-            primfunc_name_hint="conv2d_nchwc"),
-            name + ("_offset" if offset else ""))
-        if offset:
-            out = self._offset_correction(out, w, name)
-        return _Blocked(out, o, self.lanes)
+            primfunc_name_hint="conv2d_nchwc"))
 
-    def _offset(self, data, pad_value):
-        """``(data, pad_value, offset?)``: int8 activations offset to uint8 where the target's
-        multiplies take uint8 only (module doc), padded with the offset zero."""
+    def _emit_conv(self, data, w, pad_value, name, conv) -> _Blocked:
+        """The conv ``conv(data, pad_value)`` (a ``call_te``) of OIHW weights ``w`` emitted as
+        ``name``; int8 activations offset to uint8 first where the target's multiplies take
+        uint8 only (module doc: padded with the offset zero, the accumulators then less
+        ``128 * sum(w)`` per output channel)."""
         offset = self.unsigned_only and _tvm.tensor_dtype(data) == "int8"
-        if offset and pad_value != 0:
-            raise NotImplementedError("PackChannelBlocks: offset of a non-zero padded input")
         if not offset:
-            return data, pad_value, False
+            return _Blocked(self.bb.emit(conv(data, pad_value), name), w.shape[0], self.lanes)
+        if pad_value != 0:
+            raise NotImplementedError("PackChannelBlocks: offset of a non-zero padded input")
         data = self.bb.emit(R.astype(R.add(R.astype(data, "int16"),
                                            relax.const(np.int16(128))), "uint8"))
-        return data, 128, True
-
-    def _offset_correction(self, out, w, name):
-        """The accumulators of an offset conv less ``128 * sum(w)`` per output channel."""
+        out = self.bb.emit(conv(data, 128), name + "_offset")
         corr = -128 * w.astype(np.int64).sum(axis=(1, 2, 3))
         corr = _pack_const(corr.astype("int32").reshape(1, -1, 1, 1), self.lanes)
-        return self.bb.emit(R.add(out, relax.const(corr)), name)
+        return _Blocked(self.bb.emit(R.add(out, relax.const(corr)), name), w.shape[0],
+                        self.lanes)
 
     def _conv_stream(self, x, w, strides, padding, pad_value, name) -> _Blocked:
         """A conv of the thin NCHW image ``x`` (fewer channels than the dot's depth) read as a
@@ -417,14 +411,10 @@ class _Packer:
         # padding is an opaque kernel, one scalar per pixel and channel: 47 us at 224x224)
         hwc = self.bb.emit(R.permute_dims(x, [0, 2, 3, 1]))
         data = self.bb.emit(R.expand_dims(hwc, 1))
-        data, pad_value, offset = self._offset(data, pad_value)
         kernel = pack_conv_weight_stream(w, self.lanes, self.depth)
-        out = self.bb.emit(self.bb.call_te(
-            conv2d_stream, data, relax.const(kernel), w.shape[3], strides, padding, pad_value,
-            primfunc_name_hint="conv2d_nchwc"), name + ("_offset" if offset else ""))
-        if offset:
-            out = self._offset_correction(out, w, name)
-        return _Blocked(out, w.shape[0], self.lanes)
+        return self._emit_conv(data, w, pad_value, name, lambda d, pv: self.bb.call_te(
+            conv2d_stream, d, relax.const(kernel), w.shape[3], strides, padding, pv,
+            primfunc_name_hint="conv2d_nchwc"))
 
     def matmul(self, call, name):
         """Dense ``(N, I) @ (I, O)`` as a 1x1 conv of the ``(N, I, 1, 1)`` map, so that it runs
