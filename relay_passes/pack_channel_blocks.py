@@ -411,10 +411,17 @@ class _Packer:
         # padding is an opaque kernel, one scalar per pixel and channel: 47 us at 224x224)
         hwc = self.bb.emit(R.permute_dims(x, [0, 2, 3, 1]))
         data = self.bb.emit(R.expand_dims(hwc, 1))
+        n, c, h, width = _tvm.tensor_shape(x)
         kernel = pack_conv_weight_stream(w, self.lanes, self.depth)
-        return self._emit_conv(data, w, pad_value, name, lambda d, pv: self.bb.call_te(
-            conv2d_stream, d, relax.const(kernel), w.shape[3], strides, padding, pv,
-            primfunc_name_hint="conv2d_nchwc"))
+
+        def conv(d, pv):
+            # the conv reads each row flat, ``(N, 1, H, 1, W*C)``: a view of the same bytes (no
+            # copy; a reshape would fuse into the transpose and cost its loops their shape)
+            flat = self.bb.emit(R.memory.view(d, (n, 1, h, 1, width * c)))
+            return self.bb.call_te(conv2d_stream, flat, relax.const(kernel), c, w.shape[3],
+                                   strides, padding, pv, primfunc_name_hint="conv2d_nchwc")
+
+        return self._emit_conv(data, w, pad_value, name, conv)
 
     def matmul(self, call, name):
         """Dense ``(N, I) @ (I, O)`` as a 1x1 conv of the ``(N, I, 1, 1)`` map, so that it runs

@@ -92,16 +92,28 @@ def test_stream_kernel_is_exact(target, c, o, h, w, kh, kw, stride, pad, tmp_pat
     wt = rng.integers(-128, 128, (o, c, kh, kw)).astype(np.int8)
     wt[0] = -128
     packed = pack_conv_weight_stream(wt, dot.lanes, DEPTH)
-    data = te.placeholder((1, 1, h, w, c), "uint8", name="data")
+    data = te.placeholder((1, 1, h, 1, w * c), "uint8", name="data")
     kernel = te.placeholder(packed.shape, "int8", name="kernel")
-    out = conv2d_stream(data, kernel, kw, (stride, stride), pad, pad_value=0)
+    out = conv2d_stream(data, kernel, c, kw, (stride, stride), pad, pad_value=0)
     plain = te.create_prim_func([data, kernel, out])
     assert [PAD_STREAM in b.annotations for b in _blocks(plain)
             if b.name_hint == PAD_BLOCK] == [True]
     func = default_schedule(plain, dot).with_attr("global_symbol", "main")
     # the schedule split the padded rows at the image's borders (a plain copy inside)
-    assert len([b for b in _blocks(func) if b.name_hint.startswith(PAD_BLOCK)]) > 3
-    args = [np.ascontiguousarray(x.transpose(0, 2, 3, 1))[:, None], packed,
+    pads = [b for b in _blocks(func) if b.name_hint.startswith(PAD_BLOCK)]
+    assert len(pads) > 3
+    # and the copy reads the image's row as bytes: no byte's index divided by C (LLVM would
+    # then move the row one byte at a time)
+    reads = []
+    for b in pads:
+        _tvm.post_order_visit(b.body, lambda n: reads.append(n) if getattr(
+            _tvm.load_source(n), "name", None) == "data" else None)
+    kinds = []
+    for r in reads:
+        for i in r.indices:
+            _tvm.post_order_visit(i, lambda n: kinds.append(_tvm.node_kind(n)))
+    assert reads and not {"FloorDiv", "FloorMod"} & set(kinds), kinds
+    args = [x.transpose(0, 2, 3, 1).reshape(1, 1, h, 1, w * c), packed,
             np.zeros([int(v) for v in out.shape], np.int32)]
     got = _run(func, preset, args, tmp_path)
     assert np.array_equal(unblock(got)[:, :o], conv(x, wt, stride, pad))
@@ -140,6 +152,8 @@ def test_which_convs_read_the_image_as_a_stream(target, stream, dilation):
     mod = b.ir["pack"]
     text = mod["main"].script()
     assert ("R.permute_dims" in text) == stream
+    # the stream conv reads the transposed image through a view of its rows (no copy)
+    assert ("R.memory.view" in text) == stream
     assert ("R.layout_transform(q_in" in text) == (not stream)
     streams = [blk for gv, f in mod.functions.items() if _tvm.node_kind(f) == "PrimFunc"
                for blk in _blocks(f) if PAD_STREAM in blk.annotations]
