@@ -69,6 +69,7 @@ class CompiledModel:
     extra_meta: dict = field(default_factory=dict)
     # the float boundary's kernel in the library (f8tvm.schedules.boundary), or None
     input_kernel: str | None = None
+    output_kernel: str | None = None  # the output's (dequantize) kernel, or None
     _module: object = None
     _overflow: dict | None = None  # the .json's overflow entry, made once (a walk of the graph)
 
@@ -87,7 +88,8 @@ class CompiledModel:
                        **({"kernel": self.input_kernel, "finite_flag": True}
                           if self.input_kernel else {})),
             output=dict(shape=list(self.graph[self.graph.output].shape), dtype="int32",
-                        fl=compact(fl_out), eta=float(eta_out)),
+                        fl=compact(fl_out), eta=float(eta_out),
+                        **({"kernel": self.output_kernel} if self.output_kernel else {})),
             plan=self.plan.to_json(self.graph),
             overflow=self._overflow_report(),
             audit=self.audit.to_json(),
@@ -277,8 +279,8 @@ def compile(model, example_input=None, target="host", calib=None,  # noqa: A001
 
         return McuModel(b.graph, b.plan, b.executable, preset, b.report, b.ir["integer"],
                         extra_meta=dict(**source.metadata()))
-    kernel = boundary.QUANTIZE_INPUT
-    has_kernel = _tvm.has_function(b.ir["lower"], kernel)
+    kernels = [name if _tvm.has_function(b.ir["lower"], name) else None
+               for name in (boundary.QUANTIZE_INPUT, boundary.DEQUANTIZE_OUTPUT)]
     return CompiledModel(b.graph, b.plan, b.executable, preset, b.report, b.ir["integer"],
                          extra_meta=dict(tuning=b.tuning, **extra, **source.metadata()),
-                         input_kernel=kernel if has_kernel else None)
+                         input_kernel=kernels[0], output_kernel=kernels[1])

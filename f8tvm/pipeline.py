@@ -125,13 +125,18 @@ def schedule(fused, target: TargetPreset, tuning_db: str | None = None,
     return scheduled
 
 
+# the float boundary's kernels: in the library, outside the integer program (the audit counts
+# the output kernel's float multiplies apart, and only while the program does not call it)
+BOUNDARY_KERNELS = (boundary.QUANTIZE_INPUT, boundary.DEQUANTIZE_OUTPUT)
+
+
 def lower(scheduled, target: TargetPreset, strict: bool = True):
     """Phase ``lower``: the VM lowering, then the audit of every kernel.  Returns (lowered,
     report).  ``strict``: a wide multiply fails the build (:class:`AuditError`); without it the
     report only records it (the ``requantize="multiplier"`` comparison build)."""
     # a microcontroller's program stays kernels called in order (f8tvm.mcu writes the calls)
     lowered = scheduled if target.mcu else _tvm.finish_lowering(scheduled, target.tvm())
-    return lowered, (check_module if strict else audit_module)(lowered)
+    return lowered, (check_module if strict else audit_module)(lowered, BOUNDARY_KERNELS)
 
 
 def codegen(lowered, target: TargetPreset, input_fl: int = 0, name: str = "model"):
@@ -198,18 +203,23 @@ def _schedule(b: Build):
                          lambda i, n: b.progress("schedule", i, n), b.tuning)
     if b.graph is not None and b.plan is not None and b.target.mcu is None:
         # a build from a model, not from its IR (a microcontroller's input is already 8-bit)
-        scheduled = with_input_kernel(scheduled, b.graph[b.graph.input].shape, b.plan)
+        scheduled = with_boundary_kernels(scheduled, b.graph[b.graph.input].shape,
+                                          b.graph[b.graph.output].shape, b.plan)
     b.ir["schedule"] = scheduled
 
 
-def with_input_kernel(scheduled, shape, plan: FixedPointPlan):
-    """``scheduled`` with the float boundary's kernel beside the program
-    (:mod:`f8tvm.schedules.boundary`: the runtime quantizes a float input with it; ``main``
-    does not call it)."""
-    func = boundary.quantize_input(shape, int(plan.input_fl), bool(plan.input_signed))
-    if func is None:
-        return scheduled
-    return _tvm.with_function(scheduled, boundary.QUANTIZE_INPUT, func)
+def with_boundary_kernels(scheduled, input_shape, output_shape, plan: FixedPointPlan):
+    """``scheduled`` with the float boundary's kernels beside the program
+    (:mod:`f8tvm.schedules.boundary`: the runtime quantizes a float input and dequantizes the
+    output with them; ``main`` calls neither)."""
+    kernels = ((boundary.QUANTIZE_INPUT,
+                boundary.quantize_input(input_shape, int(plan.input_fl),
+                                        bool(plan.input_signed))),
+               (boundary.DEQUANTIZE_OUTPUT, boundary.dequantize_output(output_shape)))
+    for name, func in kernels:
+        if func is not None:
+            scheduled = _tvm.with_function(scheduled, name, func)
+    return scheduled
 
 
 def _lower(b: Build):

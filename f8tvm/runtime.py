@@ -181,25 +181,41 @@ class Module:
         # library's float boundary kernel where the build has one (``run`` then quantizes with
         # it: one pass instead of NumPy's six).  So one Module runs one call at a time, as
         # TVM's VM does.
-        self._q_in = self._quantize_kernel = None
+        self._q_in = self._quantize_kernel = self._dequantize_kernel = None
         self._view = tvm_ffi.from_dlpack
         self._main = None  # the VM's entry, looked up once (run's fast path)
         self._exponent = self._exponent_arg = None  # the kernel's flag (below)
         if board is None and self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
             self._q_in = tvm.runtime.empty(self.input_shape, self.input_dtype, self.device)
             self._main = self._vm["main"]
+            lib_mod = lib.mod if hasattr(lib, "mod") else lib  # an in-process Executable
             # the kernel's third argument receives the input's largest exponent field: all ones
             # where a value is infinite or NaN.  A build before that flag (its .json without
             # ``finite_flag``) has a two-argument kernel: the NumPy path instead.
             if inp.get("kernel") and inp.get("finite_flag"):
-                lib_mod = lib.mod if hasattr(lib, "mod") else lib  # an in-process Executable
-                try:
-                    self._quantize_kernel = lib_mod.get_function(inp["kernel"],
-                                                                 query_imports=True)
-                except AttributeError:  # a program rebuilt without it (kernels rerouted to an
-                    pass  # emulator, tools.emulated_x86): the NumPy path
+                self._quantize_kernel = self._kernel(lib_mod, inp["kernel"])
                 self._exponent = np.zeros(1, np.int32)
                 self._exponent_arg = tvm_ffi.from_dlpack(self._exponent)
+            # the output's kernel (a build before it: NumPy's dequantize) writes ``_y_arg``,
+            # which ``run`` copies out (``_y``, a view); its factor per channel is
+            # ``_to_real``'s.  Both tensors TVM's: the kernel's vector stores assume its
+            # alignment, which a NumPy array need not have.
+            if out.get("kernel"):
+                self._dequantize_kernel = self._kernel(lib_mod, out["kernel"])
+                self._y_arg = tvm.runtime.empty(tuple(out["shape"]), "float32", self.device)
+                self._y = np.from_dlpack(self._y_arg)
+                scale = np.broadcast_to(self._to_real, (1, out["shape"][1]) + (1,) * (
+                    len(out["shape"]) - 2)).reshape(-1)
+                self._scale_arg = tvm.runtime.tensor(scale.astype(np.float64), self.device)
+
+    @staticmethod
+    def _kernel(lib_mod, name):
+        """The library's float boundary kernel ``name``, or None where the library lacks it (a
+        program rebuilt without it: kernels rerouted to an emulator, tools.emulated_x86)."""
+        try:
+            return lib_mod.get_function(name, query_imports=True)
+        except AttributeError:
+            return None
 
     def close(self) -> None:
         """Release the module; on a board, also end the RPC session (a TVM RPC server serves one
@@ -293,11 +309,14 @@ class Module:
         """Float input (same convention as the PyTorch model) -> float output
         (``allow_nonfinite``: see :meth:`quantize`)."""
         if self._quantize_kernel is not None and self._quantize_on_device(x):
-            # the output read in place (a view, no copy) by the one NumPy operation it needs:
             # after a run of the program every Python step is slow (the program leaves the
-            # caches cold), so this path takes as few as it can
-            out = self._main(self._q_in)
-            return self.dequantize(np.from_dlpack(self._single(out)))
+            # caches cold), so this path takes as few as it can: the library's kernel
+            # dequantizes, one NumPy copy hands the result out
+            out = self._single(self._main(self._q_in))
+            if self._dequantize_kernel is None:
+                return self.dequantize(np.from_dlpack(out))
+            self._dequantize_kernel(out, self._scale_arg, self._y_arg)
+            return self._y.copy()
         acc, _ = self._run_program(self.quantize(x, allow_nonfinite))
         return self.dequantize(acc)
 

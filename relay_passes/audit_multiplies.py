@@ -30,6 +30,12 @@ lanes (broadcast, reinterpret to lanes of the loaded element's width) carries th
 load it moves.
 
 Shifts (``>>``, ``<<``) are counted as well.  The report goes into the build's ``.json``.
+
+The float boundary's output kernel (``schedules.boundary``: ``acc * eta * 2**-fl`` in float64)
+sits in the library beside the program but is not part of it.  A kernel named in ``boundary``
+that no Relax function calls has its float multiplies counted apart, in ``boundary_multiplies``
+(per kernel in ``boundary_kernels``), not as wide multiplies; called by the program, it is audited
+as any other kernel.  Its integer multiplies are audited as anywhere else.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ class AuditReport:
     # kernel (PrimFunc) name -> its 8-bit MACs over all its calls, for the kernels that have
     # any (per-kernel instruction counts are read against these: ``tools/arm_count``)
     kernel_macs: dict = field(default_factory=dict)
+    # the float boundary's kernels outside the program (``boundary`` of audit_module): their
+    # float multiplies per run, in all and per kernel
+    boundary_multiplies: int = 0
+    boundary_kernels: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -261,8 +271,9 @@ def call_counts(mod) -> dict:
     return counts
 
 
-def audit_module(mod) -> AuditReport:
-    """Audit every PrimFunc of ``mod`` (TIR after legalization/fusion)."""
+def audit_module(mod, boundary=()) -> AuditReport:
+    """Audit every PrimFunc of ``mod`` (TIR after legalization/fusion).  ``boundary``: names of
+    the float boundary's kernels (see the module's docstring)."""
     report = AuditReport()
     calls = call_counts(mod)
     narrow_params = narrow_constant_params(mod)
@@ -277,6 +288,7 @@ def audit_module(mod) -> AuditReport:
 
         _tvm.post_order_visit(func.body, collect)
         narrow = _narrow_test(func, narrow_params.get(fname, set()), blocks)
+        outside = fname in boundary and fname not in calls  # the program never runs it
         before = report.macs_8bit
         for block in blocks:
             if block.name_hint == "root":
@@ -287,6 +299,9 @@ def audit_module(mod) -> AuditReport:
                 iters = block_iters * times
                 if _is_shift(e):
                     report.shifts += iters
+                elif node_kind(e) == "Mul" and outside and expr_dtype(e).startswith("float"):
+                    report.boundary_multiplies += iters
+                    report.boundary_kernels[fname] = report.boundary_kernels.get(fname, 0) + iters
                 elif node_kind(e) == "Mul":
                     _audit_mul(report, fname, block, e, iters, narrow)
                 elif _tvm.llvm_intrinsic_name(e) in _tvm.TILE_DOT_8BIT + _tvm.TILE_DOT_WIDE:
@@ -378,9 +393,9 @@ def _violation(report, fname, block, e, bits, operands, text) -> None:
         expr=text))
 
 
-def check_module(mod) -> AuditReport:
+def check_module(mod, boundary=()) -> AuditReport:
     """:func:`audit_module`, raising :class:`AuditError` with the report on any wide multiply."""
-    report = audit_module(mod)
+    report = audit_module(mod, boundary)
     if not report.ok:
         lines = [f"  - {v['function']} / block '{v['block']}': {v['expr']} "
                  f"(operands: {v['operand_bits']})" for v in report.violations[:10]]

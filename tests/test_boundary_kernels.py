@@ -1,5 +1,7 @@
-"""The float boundary's kernel (``schedules/boundary.py``): the library quantizes a float input
-exactly as the NumPy path does, multiplies nothing, and ``run`` uses it only where it may."""
+"""The float boundary's kernels (``schedules/boundary.py``): the library quantizes a float input
+exactly as the NumPy path does and multiplies nothing doing it; it dequantizes the output to the
+same bits as NumPy, a float multiply the audit counts apart from the integer program's; ``run``
+uses them only where it may."""
 
 import json
 
@@ -11,7 +13,7 @@ from conftest import make_small_net
 import f8tvm
 from f8tvm import runtime
 from f8tvm.core import _tvm
-from f8tvm.core._tvm import tvm
+from f8tvm.core._tvm import relax, tvm
 from f8tvm.core.errors import InputError
 from f8tvm.passes.audit_multiplies import audit_module
 from f8tvm.schedules import boundary
@@ -151,6 +153,77 @@ def test_the_kernel_multiplies_nothing():
     assert boundary.quantize_input((8,), 5, True) is None  # one axis: no rows to split
 
 
+def compiled_output_kernel(shape):
+    """The output's kernel alone, compiled for this CPU; returns ``run(acc, scale) -> y``."""
+    func = boundary.dequantize_output(shape)
+    lib = tvm.compile(tvm.IRModule({boundary.DEQUANTIZE_OUTPUT: func}),
+                      target=get_target("x86").tvm())
+    kernel = lib.mod.get_function(boundary.DEQUANTIZE_OUTPUT)
+
+    def run(acc, scale):
+        # TVM's tensors: the kernel's vector stores assume TVM's alignment (the runtime's are)
+        y = tvm.runtime.tensor(np.full(shape, np.nan, np.float32))
+        kernel(tvm.runtime.tensor(acc), tvm.runtime.tensor(scale), y)
+        return y.numpy()
+
+    return run
+
+
+def hard_accumulators(shape, rng):
+    """int32 outputs: both extremes, 0, +-1, powers of two and their neighbours, and random
+    values of every magnitude."""
+    n = int(np.prod(shape))
+    powers = np.concatenate([[0, 1, -1, 2**31 - 1, -2**31]]
+                            + [[2**k, 2**k + 1, 2**k - 1, -2**k, -2**k - 1] for k in range(31)])
+    acc = (rng.integers(-2**31, 2**31, n, dtype=np.int64) >> rng.integers(0, 31, n)).astype(
+        np.int32)
+    acc[:powers.size] = powers[:n].astype(np.int64).clip(-2**31, 2**31 - 1)
+    return acc[rng.permutation(n)].reshape(shape)
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("shape", [(1, 1000), (2, 5, 3, 7), (1, 4, 128, 128)])
+def test_the_output_kernel_dequantizes_as_numpy_does(shape):
+    """Per channel, ``float32(float64(acc) * scale[c])``: bit for bit what NumPy computes, with
+    factors ``eta * 2**-fl`` of every size (and a tie-heavy eta of 1.0); the largest shape takes
+    the parallel loop."""
+    rng = np.random.default_rng(7)
+    run = compiled_output_kernel(shape)
+    acc = hard_accumulators(shape, rng)
+    channels = shape[1]
+    broadcast = (1, -1) + (1,) * (len(shape) - 2)
+    for eta, fl in ((1.0, rng.integers(-30, 40, channels)), (0.7310585786, np.full(channels, 9)),
+                    (1.37e-3, rng.integers(-5, 5, channels))):
+        scale = (eta * np.exp2(-fl.astype(np.float64))).astype(np.float64)
+        want = (acc.astype(np.float64) * scale.reshape(broadcast)).astype(np.float32)
+        got = run(acc, scale)
+        assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    assert boundary.dequantize_output((1000,)) is None  # one axis: no channel axis
+
+
+@pytest.mark.unit
+def test_the_output_kernels_multiply_is_counted_apart_only_outside_the_program():
+    shape = (1, 10, 4, 4)
+    func = boundary.dequantize_output(shape)
+    name = boundary.DEQUANTIZE_OUTPUT
+    alone = tvm.IRModule({name: func})
+    report = audit_module(alone, boundary=(name,))
+    assert report.wide_multiplies == 0 and report.macs_8bit == 0
+    assert report.boundary_multiplies == 160 and report.boundary_kernels == {name: 160}
+    # not named as the boundary, or called by a program, it is a wide multiply like any other
+    assert audit_module(alone).wide_multiplies == 1
+    bb = relax.BlockBuilder()
+    acc = relax.Var("acc", relax.TensorType(shape, "int32"))
+    scale = relax.Var("scale", relax.TensorType((10,), "float64"))
+    with bb.function("main", [acc, scale]):
+        gv = bb.add_func(func, name)
+        out = bb.emit(relax.call_tir(gv, [acc, scale], relax.TensorType(shape, "float32")))
+        bb.emit_func_output(out)
+    called = audit_module(bb.get(), boundary=(name,))
+    assert called.wide_multiplies == 1 and called.boundary_multiplies == 0
+    assert called.violations[0]["function"] == name
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     torch.manual_seed(0)
@@ -231,3 +304,39 @@ def test_dequantize_is_acc_times_eta_times_two_to_minus_fl(small):
         want = (acc.astype(np.float64) * eta * np.exp2(-f)).astype(np.float32)
         got = m.dequantize(acc)
         assert got.dtype == np.float32 and np.array_equal(got, want)
+        # the library's kernel, with the factors the Module made from that .json
+        m._dequantize_kernel(tvm.runtime.tensor(acc), m._scale_arg, m._y_arg)
+        assert np.array_equal(m._y.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.host
+def test_run_dequantizes_with_the_librarys_kernel(small):
+    """The build names its output kernel and its audit counts the kernel's multiplies apart
+    (one per output value); ``run`` takes the kernel, with NumPy's result, and hands out a new
+    array each run; a .json from before the kernel takes NumPy's path."""
+    _, so, meta_path = small
+    meta = json.load(open(meta_path))
+    name = boundary.DEQUANTIZE_OUTPUT
+    assert meta["output"]["kernel"] == name
+    n = int(np.prod(meta["output"]["shape"]))
+    audit = meta["audit"]
+    assert audit["wide_multiplies"] == 0 and audit["macs_8bit"] > 0
+    assert audit["boundary_multiplies"] == n and audit["boundary_kernels"] == {name: n}
+    m = runtime.load(so)
+    # the kernel's vector stores assume TVM's alignment: the buffers it gets are TVM's
+    assert m._y.ctypes.data % 64 == 0 and m._scale_arg.numpy().dtype == np.float64
+    calls = []
+    real = m._dequantize_kernel
+    m._dequantize_kernel = lambda *a: calls.append(a) or real(*a)
+    rng = np.random.default_rng(3)
+    x1, x2 = (rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32) for _ in range(2))
+    y1 = m.run(x1)
+    kept = y1.copy()
+    y2 = m.run(x2)
+    assert len(calls) == 2 and y1.dtype == np.float32
+    assert np.array_equal(y1, kept) and not np.array_equal(y1, y2)
+    assert np.array_equal(y1, numpy_path(m, x1)) and np.array_equal(y2, numpy_path(m, x2))
+    old = dict(meta, output={k: v for k, v in meta["output"].items() if k != "kernel"})
+    legacy = runtime.Module(tvm.runtime.load_module(so), old)
+    assert legacy._dequantize_kernel is None
+    assert np.array_equal(legacy.run(x1), y1)
