@@ -3,7 +3,8 @@
 Needs only NumPy and TVM's runtime (``tvm.runtime``), not torch and not f8tvm's compiler, so it
 runs on a board with the TVM runtime wheel.  The compiled program is integer-only; this wrapper is
 the float boundary: it quantizes the float input (ties to even, clamped) and dequantizes the int32
-output with the metadata's fractional lengths and scale.
+output with the metadata's fractional lengths and scale (on this machine with the library's two
+boundary kernels where the build has them, ``f8tvm.schedules.boundary``; else in NumPy).
 
 ``load(path, remote="host:port")`` runs the module on a board over TVM RPC instead: the ``.so``
 is uploaded to the board's RPC server and executed there; quantization stays on this side.
