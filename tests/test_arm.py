@@ -157,13 +157,19 @@ def test_deployment_on_board_without_torch(builds, board, tmp_path):
         "m = rt.load(sys.argv[1])\n"
         "acc, fl = m.run_int(np.load(sys.argv[2]))\n"
         "np.save(sys.argv[3], acc)\n"
-        "y = m.run(np.zeros(m.input_shape, np.float32))\n"
+        "x = np.random.default_rng(0).standard_normal(m.input_shape).astype(np.float32)\n"
+        "y = m.run(x)\n"
+        "ref = m.dequantize(m.run_int(m.quantize(x))[0])\n"
+        "kernels = m._quantize_kernel is not None and m._dequantize_kernel is not None\n"
         "import importlib.util as u\n"
-        "print('torch' in sys.modules, u.find_spec('torch') is not None, y.dtype)\n")
+        "print('torch' in sys.modules, u.find_spec('torch') is not None, y.dtype, kernels,\n"
+        "      np.array_equal(y, ref))\n")
     r = board.run_python("-c", script, str(dst / os.path.basename(so)), str(dst / "q.npy"),
                          str(dst / "out.npy"))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["False", "False", "float32"]  # no torch on the board at all
+    # no torch on the board at all; run's float boundary by the library's two aarch64 kernels,
+    # with the NumPy path's result
+    assert r.stdout.split() == ["False", "False", "float32", "True", "True"]
     want = run_reference(x86.graph, x86.plan, q.astype(np.int64))
     assert np.array_equal(np.load(dst / "out.npy"), want)
     # and the CLI runs on the board itself
