@@ -279,8 +279,8 @@ def compile(model, example_input=None, target="host", calib=None,  # noqa: A001
 
         return McuModel(b.graph, b.plan, b.executable, preset, b.report, b.ir["integer"],
                         extra_meta=dict(**source.metadata()))
-    kernels = [name if _tvm.has_function(b.ir["lower"], name) else None
-               for name in (boundary.QUANTIZE_INPUT, boundary.DEQUANTIZE_OUTPUT)]
+    input_kernel, output_kernel = (name if _tvm.has_function(b.ir["lower"], name) else None
+                                   for name in boundary.KERNELS)
     return CompiledModel(b.graph, b.plan, b.executable, preset, b.report, b.ir["integer"],
                          extra_meta=dict(tuning=b.tuning, **extra, **source.metadata()),
-                         input_kernel=kernels[0], output_kernel=kernels[1])
+                         input_kernel=input_kernel, output_kernel=output_kernel)

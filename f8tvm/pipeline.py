@@ -125,18 +125,15 @@ def schedule(fused, target: TargetPreset, tuning_db: str | None = None,
     return scheduled
 
 
-# the float boundary's kernels: in the library, outside the integer program (the audit counts
-# the output kernel's float multiplies apart, and only while the program does not call it)
-BOUNDARY_KERNELS = (boundary.QUANTIZE_INPUT, boundary.DEQUANTIZE_OUTPUT)
-
-
 def lower(scheduled, target: TargetPreset, strict: bool = True):
     """Phase ``lower``: the VM lowering, then the audit of every kernel.  Returns (lowered,
     report).  ``strict``: a wide multiply fails the build (:class:`AuditError`); without it the
     report only records it (the ``requantize="multiplier"`` comparison build)."""
     # a microcontroller's program stays kernels called in order (f8tvm.mcu writes the calls)
     lowered = scheduled if target.mcu else _tvm.finish_lowering(scheduled, target.tvm())
-    return lowered, (check_module if strict else audit_module)(lowered, BOUNDARY_KERNELS)
+    # the float boundary's kernels: the audit counts the output kernel's float multiplies
+    # apart, and only while the program does not call it
+    return lowered, (check_module if strict else audit_module)(lowered, boundary.KERNELS)
 
 
 def codegen(lowered, target: TargetPreset, input_fl: int = 0, name: str = "model"):

@@ -48,6 +48,9 @@ MAX_FL = 100
 # the output's kernel in the library (see the module's docstring)
 DEQUANTIZE_OUTPUT = "f8tvm_dequantize_output"
 
+# the float boundary's kernels, input's then output's: in the library, outside the program
+KERNELS = (QUANTIZE_INPUT, DEQUANTIZE_OUTPUT)
+
 
 def quantize_input(shape, fl: int, signed: bool):
     """The scheduled PrimFunc ``QUANTIZE_INPUT(x: float32[shape], q: int8/uint8[shape],
