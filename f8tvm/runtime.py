@@ -205,8 +205,8 @@ class Module:
                 self._dequantize_kernel = self._kernel(lib_mod, out["kernel"])
                 self._y_arg = tvm.runtime.empty(tuple(out["shape"]), "float32", self.device)
                 self._y = np.from_dlpack(self._y_arg)
-                scale = np.broadcast_to(self._to_real, (1, out["shape"][1]) + (1,) * (
-                    len(out["shape"]) - 2)).reshape(-1)
+                # one factor, or one per channel (``_to_real`` holds one value or C)
+                scale = np.broadcast_to(np.ravel(self._to_real), (out["shape"][1],))
                 self._scale_arg = tvm.runtime.tensor(scale.astype(np.float64), self.device)
 
     @staticmethod
