@@ -152,6 +152,13 @@ class DotIntrin:
     # convs with whole 16-channel input blocks on AMX tiles (``cpu.schedule_conv_amx``); the
     # others (and depthwise convs) take this entry's vector intrinsics
     amx: bool = False
+    # the conv's next output tile's weights prefetched while a tile runs (``cpu.prefetch_
+    # weights``): a model's weights do not stay in the caches from one run to the next, and a
+    # tile reads its weights from memory in its first row of pixels.  Its kernels keep their
+    # accumulator tile on the stack (the preset's ``stack_buffer_bytes``): a heap buffer may
+    # alias the weights for LLVM, which then stores the accumulators at every prefetch (3x
+    # slower, ResNet-18's 28x28 convs at 4x4 tiles)
+    prefetch_weights: bool = False
     # the target's spec (find_dot): the layout PackChannelBlocks built for these intrinsics
     spec: DotSpec | None = None
 
@@ -246,16 +253,17 @@ def _x86():
                      narrow=_narrow(x.AVX512_NARROW),
                      narrow_2px=_narrow(x.AVX512_NARROW_2PX),
                      short_tiles=((16, 8), (48, 4), (1024, 12)), short_wide=(48, 2, 7),
-                     dense_blocks=8)
+                     dense_blocks=8, prefetch_weights=True)
     return {
         "vpdpbusd": vnni,
         # AMX-INT8: convs on tiles (intrin_amx), on VNNI's layout; the rest on VNNI
-        "tdpbusd": replace(vnni, instruction="tdpbusd", amx=True),
+        # (its VNNI convs without the prefetch: x86-amx keeps TVM's workspace buffers)
+        "tdpbusd": replace(vnni, instruction="tdpbusd", amx=True, prefetch_weights=False),
         # AVX-VNNI: the same dot on ymm registers (16 of them: 12 hold accumulators);
         # depthwise convs take window columns in pairs for AVX2's vpmaddwd, on 8-bit pairs
         "vpdpbusd.ymm": DotIntrin("vpdpbusd", x.AVXVNNI_8x4, (8, 4), 12, None, 0.5, 1.0,
                                   x.AVX2_DW_8x2, x.AVX2_DW_8x2 + "_s8",
-                                  narrow=_narrow(x.AVX2_NARROW)),
+                                  narrow=_narrow(x.AVX2_NARROW), prefetch_weights=True),
         # AVX2: vpbroadcastw + vpmovzxbw per 8-bit activation pair (a widened pair: one
         # broadcast load), vpmovsxbw per int8 weight tile
         "vpmaddwd": DotIntrin("vpmaddwd", x.AVX2_8x2, (8, 2), 12, x.AVX2_8x2 + "_s8", 2.0, 1.0,
@@ -389,6 +397,7 @@ def default_schedule(prim_func, dot: DotIntrin | None, tiles=None):
     sch = schedule_of(prim_func)
     if kind == "conv" and dot is not None:
         cpu.schedule_conv(sch, dot, tiles=tiles)
+        return cpu.prefetch_weights(sch.mod["main"]).with_attr("tirx.is_scheduled", True)
     elif kind == "depthwise":
         cpu.schedule_depthwise(sch, dot, tiles=tiles)
     elif not _sch.schedule_requantize(sch, dot):

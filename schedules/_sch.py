@@ -456,6 +456,11 @@ def activation_buffer(block):
     return region_tensor(_operand_loads(block)[0])
 
 
+def weight_buffer(block):
+    """The weight buffer a packed kernel block reads."""
+    return region_tensor(_operand_loads(block)[1])
+
+
 def activation_block(block) -> int:
     """The channel block of the activation a packed kernel block reads (its innermost axis)."""
     return int(activation_buffer(block).shape[-1])

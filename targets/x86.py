@@ -9,6 +9,9 @@ from .base import DotSpec, TargetPreset
 _AVX512_FLAGS = ("avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
                  "avx512_vnni")
 _TAP_QUADS = dict(pair_taps=True, tap_group=4, tap_rewrite=True)
+# kernel scratch buffers (a conv's accumulator tile: up to 1.5 KiB) on the stack: the weight
+# prefetch needs them there (``schedules.DotIntrin.prefetch_weights``); the same 8 KiB as ARM's
+_STACK = 8 * 1024
 
 PRESETS = [
     TargetPreset(
@@ -31,6 +34,7 @@ PRESETS = [
         isa="AVX-512 VNNI",
         description="x86-64 with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4/5)",
         cpu_flags=_AVX512_FLAGS,
+        stack_buffer_bytes=_STACK,
     ),
     TargetPreset(
         name="x86-amx",
@@ -59,5 +63,6 @@ PRESETS = [
         description="x86-64 with AVX2 and AVX-VNNI, no AVX-512 (Alder Lake and later client "
                     "cores)",
         cpu_flags=("avx2", "fma", "bmi2", "avx_vnni"),
+        stack_buffer_bytes=_STACK,
     ),
 ]

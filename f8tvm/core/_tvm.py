@@ -251,6 +251,64 @@ def map_blocks(func, fn):
     return func.with_body(tvm_ffi.structural_map(func.body, (s_tir.SBlock, fn)))
 
 
+def substitute(expr, mapping: dict):
+    """``expr`` with every TIR variable named in ``mapping`` (keyed by the variable itself)
+    replaced by its value."""
+    def sub(v):
+        for var, value in mapping.items():
+            if v.same_as(var):
+                return value
+        return v
+
+    return tvm_ffi.structural_map(expr, (tir.Var, sub))
+
+
+def block_realizes(stmt) -> list:
+    """Every block realization (block plus its iteration bindings) under ``stmt``."""
+    found = []
+    post_order_visit(stmt, lambda n: found.append(n) if isinstance(n, s_tir.SBlockRealize)
+                     else None)
+    return found
+
+
+def annotated_loops(func, key: str) -> list:
+    """The loops of ``func`` that carry the annotation ``key``."""
+    found = []
+    post_order_visit(func.body, lambda n: found.append(n) if isinstance(n, tir.For)
+                     and key in n.annotations else None)
+    return found
+
+
+def with_loop_body(func, loop, make_body, drop_annotation: str):
+    """``func`` with the body of ``loop`` (one of its ``For`` nodes) replaced by
+    ``make_body(loop)``, and the annotation ``drop_annotation`` taken off that loop."""
+    def fix(n):
+        if not n.loop_var.same_as(loop.loop_var):
+            return n
+        notes = {k: v for k, v in n.annotations.items() if k != drop_annotation}
+        return tir.For(n.loop_var, n.min, n.extent, n.kind, make_body(n), n.thread_binding,
+                       notes)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, (tir.For, fix)))
+
+
+def prefetch(buffer, indices, locality: int = 3):
+    """A statement that asks the CPU to bring ``buffer[indices]``'s cache line closer (LLVM's
+    ``llvm.prefetch``, a read; ``locality`` 3: into every level).  A hint: never faults,
+    changes no value."""
+    i32 = lambda v: tir.const(v, "int32")  # noqa: E731
+    address = tir.address_of(tir.BufferLoad(buffer, list(indices)))
+    return tir.Evaluate(tir.call_llvm_intrin("void", "llvm.prefetch.p0", address, i32(0),
+                                             i32(locality), i32(1)))
+
+
+def unrolled_loop(name: str, extent: int, make_body):
+    """``for v in unroll(extent): make_body(v)`` (int64 loop variable ``name``)."""
+    v = tir.Var(name, "int64")
+    return tir.For(v, tir.const(0, "int64"), tir.const(extent, "int64"), tir.ForKind.UNROLLED,
+                   make_body(v))
+
+
 def block_with(block, **fields):
     """A copy of the TIR block ``block`` with ``fields`` (``reads``, ``body``, ``init``, ...)
     replaced."""
