@@ -319,7 +319,9 @@ def apply_database(fused_mod, target, dot: DotIntrin | None, db_dir: str | None,
         if database is not None and kernel_kind(func) in ("conv", "depthwise"):
             sch = database.query_schedule(task_module(func), target, workload_name="main")
             if sch is not None:
-                new = sch.mod["main"].without_attr("global_symbol")
+                # the record's trace replayed; the weights' prefetch the trace only annotates
+                # (MetaSchedule times its candidates without it) goes in as in our schedule
+                new = cpu.prefetch_weights(sch.mod["main"]).without_attr("global_symbol")
                 tuned.append(name)
             elif (key := anchor_key(func)) in index:
                 tiles = index[key][1]

@@ -3,12 +3,14 @@ targets: each step of an output tile prefetches part of the next tile's weights,
 their cache lines exactly once over the tile (read off the emitted TIR by a small evaluator of its
 own, over every iteration of the loops), the last tile none, never outside the weights; the
 kernel stays bit-exact, and its inner loop keeps the accumulators in registers (the trap the
-stack buffers avoid: with heap ones LLVM stored them at every prefetch)."""
+stack buffers avoid: with heap ones LLVM stored them at every prefetch); whole programs built
+plainly and from tuning records prefetch and equal the NumPy integer reference."""
 
 import re
 
 import numpy as np
 import pytest
+import torch
 from conftest import kernel_source
 from kernel_ref import block, conv, unblock
 
@@ -220,3 +222,57 @@ def test_no_prefetch_on_targets_without_it():
         assert not find_dot(TARGETS[target].dot).prefetch_weights
     assert all(find_dot(TARGETS[t].dot).prefetch_weights for t in ("x86-avx512", "x86-avxvnni"))
     assert all(get_target(t).stack_buffer_bytes >= 1536 for t in ("x86-avx512", "x86-avxvnni"))
+
+
+class _WideNet(torch.nn.Module):
+    """Convs of 64 and 128 channels: several output tiles each (a prefetch in every one)."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Conv2d(3, 64, 3, padding=1)
+        self.c2 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(128, 128, 1)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        y = torch.relu(self.c2(y))
+        y = torch.relu(self.c3(y)) + y
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.mark.tuning
+def test_models_prefetch_bit_exact_plain_and_from_tuning_records(tmp_path):
+    # whole programs: the default build and one from tuning records (whose candidates were
+    # timed without the prefetch: the annotation must not upset MetaSchedule, and the build
+    # from the records must prefetch) both equal the NumPy integer reference
+    from conftest import module_asm
+
+    import f8tvm
+    from f8tvm import api
+    from f8tvm.reference import quantize_input, run_reference
+    from f8tvm.schedules import dot_intrin
+    from f8tvm.schedules.tuning import extract_tasks, tune
+
+    preset = get_target("x86-avx512")
+    if not _has(preset.cpu_flags):
+        pytest.skip("this CPU lacks AVX-512 VNNI: tuning measures on it")
+    torch.manual_seed(0)
+    net = _WideNet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    calib = [np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype("float32")]
+    fused, _ = api.fuse(net, x, "x86-avx512", calib)
+    tasks = [t for t in extract_tasks(fused) if t.kind == "conv"]
+    db = str(tmp_path / "db")
+    tune(tasks, preset.tvm(), dot_intrin(preset.dot), db, trials=2)
+    rng = np.random.default_rng(3)
+    for tuning_db in (None, db):
+        cm = f8tvm.compile(net, x, target="x86-avx512", calib=calib, tuning_db=tuning_db)
+        if tuning_db:
+            assert cm.extra_meta["tuning"]["tuned"] == len(tasks)
+        assert cm.audit.wide_multiplies == 0
+        assert module_asm(cm).count("\tprefetcht0\t") >= 2
+        for _ in range(2):
+            q = quantize_input(rng.standard_normal((1, 3, 16, 16)).astype("float32"), cm.plan)
+            assert np.array_equal(cm.run_int(q)[0], run_reference(cm.graph, cm.plan, q))

@@ -370,12 +370,16 @@ def run_kernel(exe: str, arrays: list[np.ndarray], count: bool = False) -> int |
         space.release()
 
 
-def compile_and_link(func, target, workdir: str | None = None) -> str:
-    """Compile one scheduled PrimFunc for ``target`` and link it for :func:`run_kernel`."""
+def compile_and_link(func, target, workdir: str | None = None,
+                     stack_buffer_bytes: int = 0) -> str:
+    """Compile one scheduled PrimFunc for ``target`` (scratch buffers up to
+    ``stack_buffer_bytes`` on the stack, as the preset's builds) and link it for
+    :func:`run_kernel`."""
     workdir = workdir or tempfile.mkdtemp(prefix="f8tvm-emu-")
     os.makedirs(workdir, exist_ok=True)
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                      target=target)
+    lib = _tvm.compile_relax_lowered(
+        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target,
+        stack_buffer_bytes)
     obj = os.path.join(workdir, "kernel.o")
     lib.mod.write_to_file(obj)
     return link_kernel(obj, workdir)
@@ -399,7 +403,8 @@ def emulated_executable(int_mod, preset, workdir: str, count: bool = False):
     prefix = f"f8tvm.emulated.{_serial[0]}."
 
     def kernel_runner(name, func, kind):
-        exe = compile_and_link(func, target, tempfile.mkdtemp(dir=workdir))
+        exe = compile_and_link(func, target, tempfile.mkdtemp(dir=workdir),
+                               preset.stack_buffer_bytes)
         native = []
 
         def run(*tensors):

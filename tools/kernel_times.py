@@ -81,7 +81,7 @@ def kernel_times(model_name: str, target: str, size: int | None = None, number: 
     for name, func in _tvm.primfuncs(scheduled):
         kind = _kind(fused[name], dot) if name in fused else "other"
         one = tvm.IRModule({name: func.with_attr("global_symbol", name)})
-        lib = tvm.compile(one, target=preset.tvm())
+        lib = _tvm.compile_relax_lowered(one, preset.tvm(), preset.stack_buffer_bytes)
         args = _random_args(func, dev)
         rt = lib.mod if hasattr(lib, "mod") else lib  # the runtime module of an Executable
         timer = rt.time_evaluator(name, dev, number=number, repeat=repeat)
