@@ -290,11 +290,15 @@ def prefetch_weights(func):
         (r, reg) for r in _tvm.block_realizes(loop.body) for reg in r.block.reads
         if _tvm.region_tensor(reg).name == name)
     weights = _tvm.region_tensor(region)
+
+    def unchanged():  # the annotation taken off, no prefetch
+        return _tvm.with_loop_body(func, loop, lambda n: n.body, WEIGHT_PREFETCH)
+
     sums = _tvm.region_tensor(realize.block.writes[0])
     if any(p.same_as(sums) for p in func.params):
         # the accumulators in the kernel's output (no epilogue): LLVM cannot tell them from
         # the weights the prefetch reads, and would store them at every step
-        return _tvm.with_loop_body(func, loop, lambda n: n.body, WEIGHT_PREFETCH)
+        return unchanged()
     ivs, values = realize.block.iter_vars, list(realize.iter_values)  # b o y x ol rc ry rx rq rk
     bound = {iv.var: v for iv, v in zip(ivs, values)}
     inner = []  # the loops inside the annotated one: the register tile's
@@ -309,7 +313,7 @@ def prefetch_weights(func):
     zero = {f.loop_var: _tvm.tir.const(0, "int64") for f in inner}
     blocks = [f for f in inner if uses(values[1], f.loop_var)]
     if len(blocks) > 1:  # (not a tile schedule_conv makes: one loop over the tile's blocks)
-        return _tvm.with_loop_body(func, loop, lambda n: n.body, WEIGHT_PREFETCH)
+        return unchanged()
     pixels = [f for f in inner if uses(values[3], f.loop_var)]
     t_o = math.prod(int(f.extent) for f in blocks)
     t_w = math.prod(int(f.extent) for f in pixels)

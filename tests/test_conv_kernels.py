@@ -17,6 +17,7 @@ from f8tvm.passes.pack_channel_blocks import pack_conv_weight
 from f8tvm.passes.packed_kernels import conv2d_nchwc
 from f8tvm.schedules import default_schedule, find_dot
 from f8tvm.targets import TARGETS, get_target
+from f8tvm.targets.cpu import read_cpuinfo
 
 LANES, DEPTH = 8, 2
 
@@ -77,11 +78,8 @@ NARROW_TILES = [("x86", 8, 4), ("x86", 7, None),
 
 
 def _cpu_has(flags) -> bool:
-    try:
-        info = open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
-    return all(f in info for f in flags)
+    info = read_cpuinfo()
+    return info is not None and set(flags) <= info.flags
 
 
 @pytest.mark.parametrize("dtype,lo,hi", [("uint8", 0, 255), ("int8", -128, 127),

@@ -20,6 +20,7 @@ from f8tvm.passes.pack_channel_blocks import pack_conv_weight
 from f8tvm.passes.packed_kernels import conv2d_nchwc
 from f8tvm.schedules import cpu, default_schedule, find_dot
 from f8tvm.targets import TARGETS, get_target
+from f8tvm.targets.cpu import read_cpuinfo
 
 # (target, C_in, C_out, H, W, window, stride, (oc, ow) register tile)
 CASES = [
@@ -178,11 +179,8 @@ def test_heap_accumulators_are_stored_at_every_prefetch():
 
 
 def _has(flags) -> bool:
-    try:
-        have = set(open("/proc/cpuinfo").read().split())
-    except OSError:
-        return False
-    return set(flags) <= have
+    info = read_cpuinfo()
+    return info is not None and set(flags) <= info.flags
 
 
 @pytest.mark.parametrize("target,cin,cout,h,w,k,stride,tiles", CASES)
